@@ -1,0 +1,31 @@
+# The two commands: `make run` and `make test`. Each sets up .venv first (idempotent).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FACES ?= $(if $(VISAGE_FACES),$(VISAGE_FACES),../shared/faces)
+
+.PHONY: run test setup bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	# face_recognition is only the reference we test and benchmark against. It declares a
+	# dependency on `dlib`, which compiles from source; dlib-bin already provides the module.
+	$(BIN)/pip install --quiet --no-deps face_recognition==1.3.0
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: $(STAMP)
+	VISAGE_FACES=$(FACES) $(BIN)/python -m visage.demo
+
+test: $(STAMP)
+	VISAGE_FACES=$(FACES) $(BIN)/python -m pytest
+
+bench: $(STAMP)
+	VISAGE_FACES=$(FACES) $(BIN)/python benchmarks/pipeline.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache

@@ -1,0 +1,79 @@
+"""One error tree for Visage.
+
+    VisageError
+    ├── InputError                 bad input from a user: a 4xx / exit 1, never a traceback
+    │   ├── InvalidImage           empty, truncated, corrupt, or not an image at all
+    │   ├── ImageTooLarge          over the pixel limit (checked before decoding pixels)
+    │   ├── NoFace                 no face where one was required
+    │   └── AmbiguousFace          several faces where one was required
+    ├── ModelError                 weights missing, corrupt, or a runtime unavailable
+    └── StorageError               gallery store / index / audit problems
+        ├── NotFound               an unknown collection, person, template or key
+        ├── Conflict               the operation clashes with what is stored
+        └── ConsentError           no valid consent for the requested operation
+
+Programmer errors (wrong argument types, impossible options) stay ``TypeError`` / ``ValueError``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class VisageError(Exception):
+    """Base of every operational error Visage raises on purpose."""
+
+
+class InputError(VisageError):
+    """The caller's input cannot be processed; the message says why."""
+
+
+class InvalidImage(InputError):
+    """The bytes are not a decodable image (empty, truncated, corrupt, unsupported)."""
+
+    def __init__(self, reason: str, *, source: str | Path | None = None) -> None:
+        self.reason = reason
+        self.source = str(source) if source is not None else None
+        where = f"{self.source}: " if self.source else ""
+        super().__init__(f"{where}invalid image: {reason}")
+
+
+class ImageTooLarge(InputError):
+    """The image has more pixels than the configured limit (a decompression-bomb guard)."""
+
+    def __init__(self, pixels: int, limit: int, *, source: str | Path | None = None) -> None:
+        self.pixels = pixels
+        self.limit = limit
+        self.source = str(source) if source is not None else None
+        where = f"{self.source}: " if self.source else ""
+        super().__init__(
+            f"{where}image too large: {pixels:,} pixels exceeds the limit of {limit:,}"
+        )
+
+
+class NoFace(InputError):
+    """No face was found where one was required."""
+
+
+class AmbiguousFace(InputError):
+    """Several faces were found where exactly one was required."""
+
+
+class ModelError(VisageError):
+    """A model file is missing or corrupt, or a runtime cannot be loaded."""
+
+
+class StorageError(VisageError):
+    """The gallery's store, index or audit log refused or failed an operation."""
+
+
+class NotFound(StorageError):
+    """An unknown collection, person, template or key."""
+
+
+class Conflict(StorageError):
+    """The operation clashes with what is already stored."""
+
+
+class ConsentError(StorageError):
+    """The person has no valid consent for the requested operation."""

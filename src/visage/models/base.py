@@ -1,0 +1,54 @@
+"""The small contracts every runtime implements, so the pipeline never names a runtime.
+
+Shapes: images are ``(h, w, 3) uint8`` RGB; boxes are ``(left, top, right, bottom)`` in pixels,
+right/bottom exclusive; landmarks ``(n, 2) float32`` (x, y); chips ``(n, 150, 150, 3) uint8``;
+descriptors ``(n, 128) float32`` on the network's own scale (not normalised).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+Image = npt.NDArray[np.uint8]
+Box = tuple[int, int, int, int]
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One face found by a detector: box clipped to the image, and the detector's score."""
+
+    box: Box
+    score: float
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """Finds faces. ``upsample`` doubles the image that many times to find smaller faces."""
+
+    name: str
+
+    def detect(self, image: Image, *, upsample: int = 1) -> list[Detection]: ...
+
+    def detect_many(self, images: list[Image], *, upsample: int = 1) -> list[list[Detection]]: ...
+
+
+@runtime_checkable
+class Landmarker(Protocol):
+    """Places ``points`` landmarks (5 or 68) on each detected face."""
+
+    points: int
+
+    def landmarks(self, image: Image, boxes: list[Box]) -> list[npt.NDArray[np.float32]]: ...
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns aligned 150x150 chips into raw 128-d descriptors, batched."""
+
+    model_id: str
+
+    def embed_chips(self, chips: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]: ...
