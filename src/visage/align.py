@@ -1,0 +1,140 @@
+"""Face alignment: the 150x150 chip dlib's ResNet was trained on, reproduced in numpy.
+
+dlib maps five landmarks onto a fixed template with a least-squares similarity transform
+(Umeyama), expresses it as a rotated rectangle, and samples that rectangle with bilinear
+interpolation, truncating to uint8. We do the same arithmetic, vectorised, so a chip is
+bit-identical to ``dlib.get_face_chip(img, shape, 150, 0.25)`` and needs no dlib call.
+
+One exception: when the face region is more than ~2x the chip's side, dlib first reduces the
+image with its pyramid filter to avoid aliasing; for those (large) faces we call dlib's own
+extractor rather than keep a second copy of its pyramid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from .models.base import Image
+
+CHIP_SIZE = 150
+CHIP_PADDING = 0.25
+
+# dlib's 5-point template (right eye outer, right eye inner, left eye outer, left eye inner,
+# nose base) in unit coordinates of the face box; from dlib's get_face_chip_details.
+_TEMPLATE_5 = np.array(
+    [
+        [0.8595674595992, 0.2134981538014],
+        [0.6460604764104, 0.2289674387677],
+        [0.1205750620789, 0.2137274526848],
+        [0.3340850613712, 0.2290642403242],
+        [0.4901123135679, 0.6277975316475],
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ChipPlacement:
+    """Where a chip sits in the image: a rectangle (centre, side) rotated by ``angle`` radians."""
+
+    center: tuple[float, float]
+    side: float
+    angle: float
+    size: int
+
+    def corners(self) -> npt.NDArray[np.float64]:
+        """Image coordinates of the chip's top-left, top-right and bottom-left pixel centres."""
+        half = self.side / 2.0
+        # dlib's drectangle spans centre +/- (side-1)/2 when built by centered_drect.
+        span = (self.side - 1.0) / 2.0 if self.side >= 1 else half
+        local = np.array([[-span, -span], [span, -span], [-span, span]])
+        c, s = np.cos(self.angle), np.sin(self.angle)
+        rot = np.array([[c, -s], [s, c]])
+        return np.asarray(local @ rot.T + np.asarray(self.center), dtype=np.float64)
+
+    def needs_pyramid(self) -> bool:
+        """True when dlib would pre-reduce the image (region area > 4x chip area)."""
+        return (self.side / 2.0) ** 2 > self.size * self.size
+
+
+def _similarity(src: npt.NDArray[np.float64], dst: npt.NDArray[np.float64]) -> tuple[
+    npt.NDArray[np.float64], npt.NDArray[np.float64]
+]:
+    """Least-squares similarity transform ``dst ~ M @ src + t`` (Umeyama 1991)."""
+    mu_s, mu_d = src.mean(axis=0), dst.mean(axis=0)
+    s0, d0 = src - mu_s, dst - mu_d
+    var_s = (s0**2).sum() / len(src)
+    cov = d0.T @ s0 / len(src)
+    u, d, vt = np.linalg.svd(cov)
+    sign = np.eye(2)
+    if np.linalg.det(cov) < 0 or (np.linalg.det(cov) == 0 and np.linalg.det(u) * np.linalg.det(vt) < 0):
+        sign[1, 1] = -1
+    rot = u @ sign @ vt
+    scale = np.trace(np.diag(d) @ sign) / var_s if var_s > 0 else 1.0
+    m = scale * rot
+    return m, mu_d - m @ mu_s
+
+
+def placement(landmarks: npt.ArrayLike, *, size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> ChipPlacement:
+    """The chip placement for 5-point landmarks, as dlib's ``get_face_chip_details`` computes it."""
+    pts = np.asarray(landmarks, dtype=np.float64)
+    if pts.shape != (5, 2):
+        raise ValueError(f"alignment needs 5 landmarks of shape (5, 2), got {pts.shape}")
+    template = (padding + _TEMPLATE_5) / (2 * padding + 1) * size
+    m, t = _similarity(template, pts)
+    p = m @ np.array([1.0, 0.0])
+    center = m @ np.array([size / 2.0, size / 2.0]) + t
+    return ChipPlacement(
+        center=(float(center[0]), float(center[1])),
+        side=float(size * np.hypot(p[0], p[1])),
+        angle=float(np.arctan2(p[1], p[0])),
+        size=size,
+    )
+
+
+def _sample(image: Image, place: ChipPlacement) -> Image:
+    """Bilinear sampling of the placement's grid; outside points are black, values truncated."""
+    n = place.size
+    tl, tr, bl = place.corners()
+    steps = np.arange(n, dtype=np.float64) / (n - 1)
+    gx = tl[0] + steps[None, :] * (tr[0] - tl[0]) + steps[:, None] * (bl[0] - tl[0])
+    gy = tl[1] + steps[None, :] * (tr[1] - tl[1]) + steps[:, None] * (bl[1] - tl[1])
+    left, top = np.floor(gx).astype(np.int64), np.floor(gy).astype(np.int64)
+    h, w = image.shape[:2]
+    inside = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
+    lx, ty = np.clip(left, 0, max(w - 2, 0)), np.clip(top, 0, max(h - 2, 0))
+    fx, fy = (gx - left)[..., None], (gy - top)[..., None]
+    img = image.astype(np.float64)
+    top_row = (1 - fx) * img[ty, lx] + fx * img[ty, lx + 1]
+    bottom_row = (1 - fx) * img[ty + 1, lx] + fx * img[ty + 1, lx + 1]
+    values = (1 - fy) * top_row + fy * bottom_row
+    chip = np.clip(values, 0, 255).astype(np.uint8)  # truncation, as dlib's assign_pixel
+    chip[~inside] = 0
+    return chip
+
+
+def _dlib_chip(image: Image, landmarks: npt.NDArray[np.float64], size: int, padding: float) -> Image:
+    import dlib  # only for large faces: dlib's anti-aliasing pyramid
+
+    pts = [dlib.point(int(round(x)), int(round(y))) for x, y in landmarks]
+    xs, ys = landmarks[:, 0], landmarks[:, 1]
+    rect = dlib.rectangle(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
+    shape = dlib.full_object_detection(rect, pts)
+    return np.asarray(dlib.get_face_chip(image, shape, size, padding), dtype=np.uint8)
+
+
+def align(image: Image, landmarks: npt.ArrayLike, *, size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> Image:
+    """The aligned ``(size, size, 3) uint8`` chip for one face's 5 landmarks."""
+    place = placement(landmarks, size=size, padding=padding)
+    if place.needs_pyramid():
+        return _dlib_chip(image, np.asarray(landmarks, dtype=np.float64), size, padding)
+    return _sample(image, place)
+
+
+def align_many(image: Image, landmarks: list[npt.NDArray[np.float32]]) -> npt.NDArray[np.uint8]:
+    """Chips for several faces of one image, stacked ``(n, 150, 150, 3)``."""
+    if not landmarks:
+        return np.empty((0, CHIP_SIZE, CHIP_SIZE, 3), np.uint8)
+    return np.stack([align(image, lm) for lm in landmarks])

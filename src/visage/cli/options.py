@@ -1,0 +1,26 @@
+"""Options shared by every command, declared once as ``Annotated`` aliases."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+DetectorOpt = Annotated[
+    str, typer.Option("--detector", "-d", help="Face detector: hog (fast, frontal) or cnn (MMOD).")
+]
+UpsampleOpt = Annotated[
+    int, typer.Option("--upsample", min=0, max=4, help="Upsample the image N times to find small faces.")
+]
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def emit_json(data: Any) -> None:
+    """Write one JSON document to stdout (no Rich markup, stable key order)."""
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

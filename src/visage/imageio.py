@@ -1,0 +1,103 @@
+"""Bytes or a path in, an RGB ``(h, w, 3) uint8`` array out — or a typed error.
+
+Decoding is Pillow's. What this module adds is the policy a server needs: the pixel limit is
+checked from the header before any pixel is decoded (a decompression bomb must not eat RAM),
+EXIF orientation is applied, every mode (grey, palette, RGBA, CMYK, 16-bit) becomes RGB, and
+every failure is an :class:`~visage.errors.InvalidImage` naming its source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageTooLarge, InvalidImage
+from .models.base import Image as ImageArray
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""40 MP: above any phone camera, far below what would exhaust memory (~120 MB as RGB)."""
+
+Source = str | Path | bytes | bytearray | memoryview
+
+_HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+
+
+def read_bytes(src: Source) -> tuple[bytes, str | None]:
+    """The raw bytes of ``src`` and a printable name for messages (``None`` for bytes)."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        return bytes(src), None
+    if isinstance(src, (str, Path)):
+        path = Path(src)
+        try:
+            return path.read_bytes(), str(path)
+        except FileNotFoundError:
+            raise InvalidImage("no such file", source=path) from None
+        except IsADirectoryError:
+            raise InvalidImage("is a directory, not an image file", source=path) from None
+        except OSError as exc:
+            raise InvalidImage(f"cannot read: {exc.strerror or exc}", source=path) from None
+    raise TypeError(f"expected a path or bytes, got {type(src).__name__}")
+
+
+def source_hash(data: bytes) -> str:
+    """sha256 hex of the encoded bytes: identifies a source photo without keeping it."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_image(src: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageArray:
+    """Decode ``src`` (path or encoded bytes) to an RGB uint8 array with EXIF orientation applied.
+
+    Raises :class:`InvalidImage` for empty, truncated, corrupt or non-image input and
+    :class:`ImageTooLarge` when width x height exceeds ``max_pixels``.
+    """
+    data, name = read_bytes(src)
+    return decode(data, max_pixels=max_pixels, source=name)
+
+
+def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | None = None) -> ImageArray:
+    """Decode encoded image bytes; see :func:`load_image`."""
+    if not data:
+        raise InvalidImage("empty file", source=source)
+    with warnings.catch_warnings():
+        # Our own limit replaces Pillow's DecompressionBombWarning/Error.
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise InvalidImage("not a recognised image format", source=source) from None
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise InvalidImage(f"unreadable header: {exc}", source=source) from None
+        width, height = im.size
+        if width <= 0 or height <= 0:
+            raise InvalidImage(f"bad dimensions {width}x{height}", source=source)
+        if width * height > max_pixels:
+            raise ImageTooLarge(width * height, max_pixels, source=source)
+        try:
+            im.seek(0)  # first frame of animated GIF/WebP/TIFF
+            im.load()
+            im = ImageOps.exif_transpose(im) or im
+            return _to_rgb(im)
+        except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+            raise InvalidImage(f"corrupt or truncated data: {exc}", source=source) from None
+
+
+def _to_rgb(im: Image.Image) -> ImageArray:
+    """Convert any Pillow mode to RGB uint8, scaling 16/32-bit grey rather than clipping it."""
+    if im.mode in _HIGH_BIT_MODES:
+        arr = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode != "I" or arr.max() > 255 else 255.0
+        grey = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Transparent areas become white rather than whatever colour hides under alpha 0.
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(background, rgba)
+    if im.mode != "RGB":
+        im = im.convert("RGB")
+    return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
