@@ -1,7 +1,7 @@
 """The small contracts every runtime implements, so the pipeline never names a runtime.
 
-Shapes: images are ``(h, w, 3) uint8`` RGB; boxes are ``(left, top, right, bottom)`` in pixels,
-right/bottom exclusive; landmarks ``(n, 2) float32`` (x, y); chips ``(n, 150, 150, 3) uint8``;
+Shapes: images are ``(h, w, 3) uint8`` RGB; boxes are ``(left, top, right, bottom)`` pixel
+coordinates as dlib reports its rectangles; landmarks ``(n, 2) float32`` (x, y); chips ``(n, 150, 150, 3) uint8``;
 descriptors ``(n, 128) float32`` on the network's own scale (not normalised).
 """
 
@@ -19,10 +19,20 @@ Box = tuple[int, int, int, int]
 
 @dataclass(frozen=True)
 class Detection:
-    """One face found by a detector: box clipped to the image, and the detector's score."""
+    """One face found by a detector.
+
+    ``box`` is clipped to ``[0, width] x [0, height]``; ``rect`` is the detector's own rectangle,
+    which may reach past the border and is what the landmarker uses (as dlib does).
+    """
 
     box: Box
     score: float
+    rect: Box | None = None
+
+    @property
+    def landmark_rect(self) -> Box:
+        """The rectangle to place landmarks in: the unclipped one when known."""
+        return self.rect if self.rect is not None else self.box
 
 
 @runtime_checkable

@@ -1,0 +1,3 @@
+from visage.cli import main
+
+main()

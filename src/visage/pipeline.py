@@ -1,0 +1,253 @@
+"""The face pipeline: decode → detect → landmarks → align → quality → embed, batched.
+
+:class:`Pipeline` wires runtimes (chosen by name) into that one direction of flow and returns
+:class:`Face` records, which everything downstream speaks.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from . import align as _align
+from .decision import normalize
+from .errors import VisageError
+from .imageio import DEFAULT_MAX_PIXELS, Source, decode, read_bytes, source_hash
+from .models import make_detector, make_embedder, make_landmarker
+from .models.base import Box, Detection, Image
+from .quality import DEFAULT_POLICY, Quality, QualityPolicy, assess
+
+log = logging.getLogger(__name__)
+
+Embedding = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Face:
+    """One face in one image.
+
+    ``box`` is ``(left, top, right, bottom)`` clipped to the image; ``landmarks`` ``(5, 2)``
+    float32 (x, y); ``score`` the detector's raw score; ``embedding`` ``(128,)`` float32,
+    L2-normalised, or ``None`` when only detection was asked for; ``model_id`` names the
+    embedding model (thresholds are only valid for the model they were calibrated on).
+    """
+
+    box: Box
+    landmarks: npt.NDArray[np.float32]
+    score: float
+    quality: Quality
+    embedding: Embedding | None = None
+    model_id: str | None = None
+
+    @property
+    def area(self) -> int:
+        return max(self.box[2] - self.box[0], 0) * max(self.box[3] - self.box[1], 0)
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """The outcome for one source in a batch: its faces, or the error that stopped it."""
+
+    source: str
+    faces: tuple[Face, ...] = ()
+    sha256: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Everything needed to rebuild a pipeline (in a worker process, say)."""
+
+    detector: str = "hog"
+    upsample: int = 1
+    tta: bool = False
+    runtime: str = "dlib"
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    policy: QualityPolicy = DEFAULT_POLICY
+
+
+class Pipeline:
+    """detect → landmarks → align → quality → embed over images, with batching.
+
+    ``detector``: ``hog`` (fast, frontal; ~20 ms/photo) or ``cnn`` (MMOD, finds profiles and
+    small faces; ~2 s/photo on CPU with dlib). ``upsample``: doubles the image N times before
+    detection to find faces below ~80 px (each step ~4x slower). ``tta``: embed the chip and its
+    mirror and average — twice the embedding cost (see docs/accuracy.md for its effect).
+    Models load on first use.
+    """
+
+    def __init__(
+        self,
+        *,
+        detector: str = "hog",
+        upsample: int = 1,
+        tta: bool = False,
+        runtime: str = "dlib",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        policy: QualityPolicy = DEFAULT_POLICY,
+    ) -> None:
+        self.config = PipelineConfig(detector, upsample, tta, runtime, max_pixels, policy)
+        self.detector = make_detector(detector, runtime=runtime)
+        self.landmarker = make_landmarker(5)
+        self.embedder = make_embedder(runtime)
+
+    @classmethod
+    def from_config(cls, config: PipelineConfig) -> Pipeline:
+        return cls(
+            detector=config.detector,
+            upsample=config.upsample,
+            tta=config.tta,
+            runtime=config.runtime,
+            max_pixels=config.max_pixels,
+            policy=config.policy,
+        )
+
+    @property
+    def model_id(self) -> str:
+        """Id of the embedding model; TTA embeddings are a different model for calibration."""
+        base = self.embedder.model_id
+        return f"{base}+flip" if self.config.tta else base
+
+    def load(self, src: Source) -> Image:
+        """Decode a path or encoded bytes with this pipeline's pixel limit."""
+        data, name = read_bytes(src)
+        return decode(data, max_pixels=self.config.max_pixels, source=name)
+
+    def _faces(self, image: Image, detections: Sequence[Detection]) -> tuple[list[Face], Image]:
+        """Landmarks, chips and quality for detections; largest face first."""
+        rects = [d.landmark_rect for d in detections]
+        marks = self.landmarker.landmarks(image, rects)
+        chips = _align.align_many(image, marks)
+        faces = [
+            Face(
+                box=d.box,
+                landmarks=lm,
+                score=d.score,
+                quality=assess(chip, d.box, lm, self.config.detector, d.score, self.config.policy),
+            )
+            for d, lm, chip in zip(detections, marks, chips)
+        ]
+        order = sorted(range(len(faces)), key=lambda i: -faces[i].area)
+        return [faces[i] for i in order], chips[order] if len(order) else chips
+
+    def detect(self, image: Image) -> list[Face]:
+        """Faces with box, landmarks and quality (no embedding), largest first."""
+        detections = self.detector.detect(image, upsample=self.config.upsample)
+        return self._faces(image, detections)[0]
+
+    def embed_chips(self, chips: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        """L2-normalised embeddings ``(n, 128)`` for aligned chips, with TTA when configured."""
+        raw = self.embedder.embed_chips(chips)
+        if self.config.tta and len(chips):
+            raw = raw + self.embedder.embed_chips(np.ascontiguousarray(chips[:, :, ::-1]))
+        return normalize(raw)
+
+    def _with_embeddings(self, faces: list[Face], chips: npt.NDArray[np.uint8]) -> list[Face]:
+        vectors = self.embed_chips(chips)
+        return [replace(f, embedding=v, model_id=self.model_id) for f, v in zip(faces, vectors)]
+
+    def embed(self, image: Image) -> list[Face]:
+        """Every face in ``image`` with its embedding, largest first."""
+        detections = self.detector.detect(image, upsample=self.config.upsample)
+        faces, chips = self._faces(image, detections)
+        return self._with_embeddings(faces, chips)
+
+    def embed_boxes(self, image: Image, boxes: Sequence[Box]) -> list[Face]:
+        """Embed faces at known boxes (skips detection; e.g. a tracker's boxes or LFW's centre box).
+
+        Order follows ``boxes``; each face's ``score`` is 0 since no detector vouched for it.
+        """
+        detections = [Detection(box=b, score=0.0, rect=b) for b in boxes]
+        rects = [d.box for d in detections]
+        marks = self.landmarker.landmarks(image, rects)
+        chips = _align.align_many(image, marks)
+        faces = [
+            Face(box=b, landmarks=lm, score=0.0,
+                 quality=assess(c, b, lm, self.config.detector, 0.0, self.config.policy))
+            for b, lm, c in zip(rects, marks, chips)
+        ]
+        return self._with_embeddings(faces, chips)
+
+    def _process_chunk(self, sources: Sequence[str]) -> list[ImageResult]:
+        """Decode, detect and align a chunk of files, then embed all their chips in one batch."""
+        pending: list[tuple[str, str, list[Face], Image]] = []
+        results: dict[str, ImageResult] = {}
+        for src in sources:
+            try:
+                data, _ = read_bytes(src)
+                image = decode(data, max_pixels=self.config.max_pixels, source=src)
+                detections = self.detector.detect(image, upsample=self.config.upsample)
+                faces, chips = self._faces(image, detections)
+                pending.append((src, source_hash(data), faces, chips))
+            except VisageError as exc:
+                results[src] = ImageResult(source=src, error=str(exc))
+        all_chips = [c for _, _, _, chips in pending for c in chips]
+        vectors = self.embed_chips(np.stack(all_chips)) if all_chips else np.empty((0, 128), np.float32)
+        at = 0
+        for src, digest, faces, _ in pending:
+            embedded = tuple(
+                replace(f, embedding=vectors[at + i], model_id=self.model_id) for i, f in enumerate(faces)
+            )
+            at += len(faces)
+            results[src] = ImageResult(source=src, faces=embedded, sha256=digest)
+        return [results[s] for s in sources]
+
+    def embed_many(
+        self,
+        sources: Iterable[str | Path],
+        *,
+        workers: int = 1,
+        chunk: int = 16,
+        progress: Callable[[ImageResult], None] | None = None,
+    ) -> Iterator[ImageResult]:
+        """Embed many files; yields one :class:`ImageResult` per source, in order.
+
+        A bad file yields its error and the batch goes on. ``workers > 1`` uses a process pool
+        started with ``spawn`` (safe beside runtime thread pools, so a script calling this
+        needs the usual ``if __name__ == "__main__":`` guard); each worker loads its own
+        models. Within a chunk all faces are embedded in one batched call.
+        """
+        paths = [str(s) for s in sources]
+        chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+        if workers <= 1:
+            batches: Iterable[list[ImageResult]] = map(self._process_chunk, chunks)
+            yield from _flatten(batches, progress)
+            return
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
+                                 initargs=(self.config,)) as pool:
+            yield from _flatten(pool.map(_worker_chunk, chunks), progress)
+
+
+def _flatten(
+    batches: Iterable[list[ImageResult]], progress: Callable[[ImageResult], None] | None
+) -> Iterator[ImageResult]:
+    for batch in batches:
+        for result in batch:
+            if progress is not None:
+                progress(result)
+            yield result
+
+
+_worker_pipeline: Pipeline | None = None
+
+
+def _init_worker(config: PipelineConfig) -> None:
+    global _worker_pipeline
+    _worker_pipeline = Pipeline.from_config(config)
+
+
+def _worker_chunk(sources: list[str]) -> list[ImageResult]:
+    assert _worker_pipeline is not None, "worker used before its initializer ran"
+    return _worker_pipeline._process_chunk(sources)
