@@ -1,0 +1,166 @@
+"""``visage detect | embed | compare | version``: thin shells over the pipeline API."""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from .. import __version__
+from ..api import compare as compare_faces
+from ..api import pipeline as get_pipeline
+from ..errors import InvalidImage, VisageError
+from ..facetable import FaceTable, collect_images
+from ..models.weights import MODEL_FILES
+from ..pipeline import Face
+from .app import app
+from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console
+from .progress import progress_bar
+
+
+def face_record(face: Face) -> dict[str, Any]:
+    """A JSON-ready view of a Face (embedding included when present)."""
+    q = face.quality
+    record: dict[str, Any] = {
+        "box": {"left": face.box[0], "top": face.box[1], "right": face.box[2], "bottom": face.box[3]},
+        "score": round(face.score, 4),
+        "landmarks": face.landmarks.round(1).tolist(),
+        "quality": {
+            "score": round(q.score, 3),
+            "acceptable": q.acceptable,
+            "reasons": list(q.reasons),
+            "size": q.size,
+            "sharpness": round(q.sharpness, 1),
+            "brightness": round(q.brightness, 1),
+            "yaw": round(q.yaw, 1),
+            "roll": round(q.roll, 1),
+        },
+    }
+    if face.embedding is not None:
+        record["embedding"] = [round(float(v), 7) for v in face.embedding]
+        record["model_id"] = face.model_id
+    return record
+
+
+@app.command()
+def detect(
+    paths: Annotated[list[Path], typer.Argument(help="Image files.")],
+    detector: DetectorOpt = "hog",
+    upsample: UpsampleOpt = 1,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find faces: boxes, landmarks and a quality score with reasons."""
+    pipe = get_pipeline(detector, upsample)
+    results: list[dict[str, Any]] = []
+    failed = 0
+    for path in paths:
+        try:
+            faces = pipe.detect(pipe.load(path))
+            results.append({"source": str(path), "faces": [face_record(f) for f in faces]})
+        except VisageError as exc:
+            failed += 1
+            results.append({"source": str(path), "error": str(exc)})
+            if not json_out:
+                err_console.print(f"error: {exc}", markup=False, highlight=False)
+    if json_out:
+        emit_json(results)
+    else:
+        table = Table("source", "#", "box (l,t,r,b)", "score", "quality", "reasons")
+        for r in results:
+            for i, f in enumerate(r.get("faces", [])):
+                b = f["box"]
+                table.add_row(r["source"], str(i), f"{b['left']},{b['top']},{b['right']},{b['bottom']}",
+                              f"{f['score']:.2f}", f"{f['quality']['score']:.2f}",
+                              "; ".join(f["quality"]["reasons"]) or "-")
+            if not r.get("faces") and "error" not in r:
+                table.add_row(r["source"], "-", "no face", "", "", "")
+        console.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+def embed(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files or directories (searched recursively).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Parquet file to write (resumable).")] = Path("faces.parquet"),
+    detector: DetectorOpt = "hog",
+    upsample: UpsampleOpt = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    tta: Annotated[bool, typer.Option(help="Average with the mirrored chip.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Embed every face of many photos into a Parquet table; re-running resumes where it stopped."""
+    images = collect_images(inputs)
+    if not images:
+        raise InvalidImage("no image files found in the given paths")
+    pipe = get_pipeline(detector, upsample, tta)
+    table = FaceTable(out)
+    todo = [p for p in images if str(p) not in table.done]
+    failures: list[str] = []
+    with progress_bar("embedding", total=len(todo), enabled=not json_out) as advance:
+        def step(result: Any) -> None:
+            if result.error:
+                failures.append(result.error)
+                if not json_out:
+                    err_console.print(f"skipped: {result.error}", markup=False, highlight=False)
+            advance()
+
+        table.write(pipe.embed_many(todo, workers=workers, progress=step))
+    summary = {
+        "out": str(out),
+        "images": len(images),
+        "already_done": len(images) - len(todo),
+        "processed": len(todo),
+        "failed": len(failures),
+        "errors": failures,
+        "faces": table.face_count(),
+    }
+    if json_out:
+        emit_json(summary)
+    else:
+        console.print(
+            f"{summary['processed']} processed, {summary['already_done']} already done, "
+            f"{summary['failed']} failed; {summary['faces']} faces in {out}"
+        )
+    if failures:
+        raise typer.Exit(1)
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="First photo (largest face is used).")],
+    b: Annotated[Path, typer.Argument(help="Second photo.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Is it the same person? Distance, decision, and the calibrated threshold used."""
+    result = compare_faces(a, b)
+    if json_out:
+        emit_json({"a": str(a), "b": str(b), "distance": result.distance, "same": result.same,
+                   "threshold": result.threshold, "threshold_source": result.threshold_source})
+    else:
+        verdict = "same person" if result.same else "different people"
+        console.print(f"{verdict}: distance {result.distance:.4f} "
+                      f"(threshold {result.threshold_source})", markup=False, highlight=False)
+
+
+@app.command()
+def version(json_out: JsonOpt = False) -> None:
+    """Versions of Visage, its runtime and its model files."""
+    import dlib
+
+    info = {
+        "visage": __version__,
+        "python": platform.python_version(),
+        "dlib": dlib.__version__,
+        "models": {m.name: {"file": m.filename, "sha256": m.sha256, "task": m.task}
+                   for m in MODEL_FILES.values()},
+    }
+    if json_out:
+        emit_json(info)
+    else:
+        console.print(f"visage {__version__} (python {info['python']}, dlib {info['dlib']})")
+        for name, m in info["models"].items():
+            console.print(f"  {name}: {m['file']} sha256:{m['sha256'][:12]}…", markup=False)
