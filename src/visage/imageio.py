@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from pathlib import Path
 
@@ -70,7 +71,11 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | N
             im = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise InvalidImage("not a recognised image format", source=source) from None
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        except Image.DecompressionBombError as exc:
+            # Pillow's own guard fires in open() past 2x its limit; report it as ours.
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            raise ImageTooLarge(int(found.group(1)) if found else -1, max_pixels, source=source) from None
+        except (OSError, ValueError, SyntaxError) as exc:
             raise InvalidImage(f"unreadable header: {exc}", source=source) from None
         width, height = im.size
         if width <= 0 or height <= 0:

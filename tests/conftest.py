@@ -1,0 +1,66 @@
+"""Shared fixtures: the labelled photos in ``$VISAGE_FACES`` (default ``../shared/faces``).
+
+Photo tests skip with a message naming VISAGE_FACES when the photos are absent. Embedding the
+whole set costs about a minute on 2 cores, so it is done once per session and shared.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from visage.pipeline import Face, ImageResult, Pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def faces_root() -> Path:
+    return Path(os.environ.get("VISAGE_FACES") or REPO.parent / "shared" / "faces").resolve()
+
+
+@pytest.fixture(scope="session")
+def faces_dir() -> Path:
+    root = faces_root()
+    if not (root / "people").is_dir():
+        pytest.skip(f"labelled photos not found at {root}: set VISAGE_FACES to the faces folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def people_photos(faces_dir: Path) -> list[Path]:
+    return sorted((faces_dir / "people").glob("*/*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def distractor_photos(faces_dir: Path) -> list[Path]:
+    return sorted((faces_dir / "distractors").glob("*.jpg"))
+
+
+def central_face(result: ImageResult, size: tuple[int, int] = (250, 250)) -> Face | None:
+    """The labelled face of an LFW photo: the detected face nearest the centre (within 40 px)."""
+    cx, cy = size[0] / 2, size[1] / 2
+
+    def off(f: Face) -> float:
+        return float(((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2) ** 0.5
+
+    best = min(result.faces, key=off, default=None)
+    return best if best is not None and off(best) <= 40 else None
+
+
+@dataclass(frozen=True)
+class EmbeddedSet:
+    """Every photo's batch result and its labelled face, computed once per session."""
+
+    results: dict[str, ImageResult]
+    labelled: dict[str, Face]
+
+
+@pytest.fixture(scope="session")
+def embedded(people_photos: list[Path], distractor_photos: list[Path]) -> EmbeddedSet:
+    paths = people_photos + distractor_photos
+    results = {r.source: r for r in Pipeline().embed_many(paths, workers=2)}
+    labelled = {s: f for s, r in results.items() if (f := central_face(r)) is not None}
+    return EmbeddedSet(results=results, labelled=labelled)
