@@ -184,8 +184,9 @@ def rates_at_threshold(
 
 @dataclass(frozen=True)
 class VerificationSummary:
-    """The threshold-free figures of a set of comparisons and its rates at target FMRs."""
+    """The ROC of a set of comparisons, its threshold-free figures and its rates at target FMRs."""
 
+    roc: Roc
     n_genuine: int
     n_impostor: int
     auc: float
@@ -199,6 +200,7 @@ def verification_summary(
     """AUC, EER and :func:`at_fmr` for each target, from one ROC."""
     curve = roc(genuine, impostor)
     return VerificationSummary(
+        roc=curve,
         n_genuine=curve.n_genuine,
         n_impostor=curve.n_impostor,
         auc=auc(curve),

@@ -1,0 +1,218 @@
+"""A self-contained HTML report of an evaluation: tables and figures (PNG, base64) in one file.
+
+The file needs nothing beside it to open, so it can be mailed or archived with the deployment
+it describes. Every string from the user's data is escaped.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+
+from .. import __version__
+from . import metrics
+from .results import Acquired, IdentificationResult, VerificationResult
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+.warn { color: #a33; } figure { display: inline-block; margin: 0.5em; }
+figcaption { text-align: center; color: #555; }
+"""
+
+_GROUPS_NOTE = (
+    "Groups come from the table the user supplied; Visage never infers them from photos. "
+    "Each group's false-match rate is measured at one threshold shared by all groups "
+    "(NISTIR 8280): a ratio above 1 means more false matches than overall."
+)
+
+
+def _groups_note(threshold: float, source: str) -> str:
+    return f"<p>{html.escape(_GROUPS_NOTE)} Threshold {threshold:.4f} ({html.escape(source)}).</p>"
+
+
+def _rate(value: float) -> str:
+    return "-" if not math.isfinite(value) else f"{value:.4f}"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(cell)}</td>" for cell in row) + "</tr>" for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _figures(figures: Mapping[str, bytes]) -> str:
+    return "".join(
+        f'<figure><img alt="{html.escape(name)}" src="data:image/png;base64,'
+        f'{base64.b64encode(png).decode("ascii")}"><figcaption>{html.escape(name)}</figcaption>'
+        "</figure>"
+        for name, png in figures.items()
+    )
+
+
+def _acquisition(acquired: Acquired) -> str:
+    return _table(
+        ["photos", "no face detected", "failure-to-acquire rate", "policy"],
+        [[str(acquired.photos), str(acquired.no_face), _rate(acquired.rate), acquired.policy]],
+    )
+
+
+def _operating_points(points: Sequence[metrics.OperatingPoint], fmr: str, fnmr: str) -> str:
+    return _table(
+        [f"target {fmr}", "threshold", fmr, f"1 - {fnmr}", fnmr, "non-mated", "supported"],
+        [
+            [
+                f"{p.target_fmr:g}",
+                f"{p.threshold:.4f}",
+                _rate(p.fmr),
+                _rate(p.tar),
+                _rate(p.fnmr),
+                str(p.n_impostor),
+                "yes" if p.supported else "no: too few non-mated comparisons",
+            ]
+            for p in points
+        ],
+    )
+
+
+def _verification(result: VerificationResult) -> str:
+    kfold, summary = result.kfold, result.summary
+    parts = [
+        f"<h2>Verification: {html.escape(result.protocol)}</h2>",
+        "<h3>Failure to acquire</h3>",
+        _acquisition(result.acquisition),
+        "<h3>Accuracy</h3>",
+        "<p>Each fold is tested at the threshold of best accuracy on the other folds.</p>",
+        _table(
+            ["fold", "accuracy", "threshold"],
+            [
+                [str(i + 1), _rate(a), f"{t:.4f}"]
+                for i, (a, t) in enumerate(zip(kfold.accuracies, kfold.thresholds))
+            ]
+            + [["mean ± std", f"{kfold.mean:.4f} ± {kfold.std:.4f}", ""]]
+            + [["standard error", _rate(kfold.standard_error), ""]],
+        ),
+        "<h3>Error rates</h3>",
+        _table(
+            ["genuine pairs", "impostor pairs", "ROC AUC", "EER", "EER threshold"],
+            [
+                [
+                    str(summary.n_genuine),
+                    str(summary.n_impostor),
+                    _rate(summary.auc),
+                    _rate(summary.eer.rate),
+                    f"{summary.eer.threshold:.4f}",
+                ]
+            ],
+        ),
+        _operating_points(summary.operating_points, "FMR", "FNMR"),
+    ]
+    if result.calibration is not None:
+        check = result.calibration
+        parts += [
+            "<h3>Saved calibration on this data</h3>",
+            f"<p>{html.escape(check.calibration.describe())}</p>",
+            _table(
+                ["FMR", "FNMR", "accuracy"],
+                [[_rate(check.fmr), _rate(check.fnmr), _rate(check.accuracy)]],
+            ),
+        ]
+    if result.groups:
+        parts += [
+            "<h3>By group</h3>",
+            _groups_note(result.threshold, result.threshold_source),
+            _table(
+                ["group", "genuine", "impostor", "FMR", "FNMR", "FMR / overall", "AUC", "EER"],
+                [
+                    [
+                        g.rates.group,
+                        str(g.rates.n_genuine),
+                        str(g.rates.n_impostor),
+                        _rate(g.rates.fmr),
+                        _rate(g.rates.fnmr),
+                        _rate(g.rates.fmr_ratio),
+                        _rate(g.summary.auc) if g.summary else "-",
+                        _rate(g.summary.eer.rate) if g.summary else "-",
+                    ]
+                    for g in result.groups
+                ],
+            ),
+        ]
+    return "".join(parts)
+
+
+def _identification(result: IdentificationResult) -> str:
+    parts = [
+        "<h2>Identification</h2>",
+        "<h3>Failure to acquire</h3>",
+        _acquisition(result.acquisition),
+        _table(
+            ["persons", "enrolled", "gallery photos not enrolled", "mated", "non-mated"],
+            [
+                [
+                    str(result.n_persons),
+                    str(result.n_enrolled),
+                    str(result.n_unenrolled_photos),
+                    str(result.ranks.size),
+                    str(result.nonmated.size),
+                ]
+            ],
+        ),
+        "<h3>Closed set (mated searches)</h3>",
+        _table(
+            ["rank 1", "rank 5", "rank 10"],
+            [[_rate(result.rank(1)), _rate(result.rank(5)), _rate(result.rank(10))]],
+        ),
+    ]
+    if result.open_set:
+        parts += [
+            "<h3>Open set (rank 1)</h3>",
+            _operating_points(result.open_set, "FPIR", "FNIR"),
+        ]
+    if result.groups:
+        parts += [
+            "<h3>By group</h3>",
+            _groups_note(result.threshold, result.threshold_source),
+            _table(
+                ["group", "mated", "non-mated", "rank 1", "FNIR", "FPIR"],
+                [
+                    [
+                        g.group,
+                        str(g.n_mated),
+                        str(g.n_nonmated),
+                        _rate(g.rank1),
+                        _rate(g.fnir),
+                        _rate(g.fpir),
+                    ]
+                    for g in result.groups
+                ],
+            ),
+        ]
+    return "".join(parts)
+
+
+def html_report(
+    result: VerificationResult | IdentificationResult, figures: Mapping[str, bytes]
+) -> str:
+    """The whole report as one HTML document."""
+    body = (
+        _verification(result) if isinstance(result, VerificationResult) else _identification(result)
+    )
+    created = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>Visage evaluation</title>"
+        f"<style>{_STYLE}</style></head><body>"
+        "<h1>Visage evaluation</h1>"
+        f"<p>Model {html.escape(result.model_id)}; Visage {html.escape(__version__)}; "
+        f"{created}. Distances: lower is more similar; a pair matches at or below the "
+        "threshold.</p>"
+        f"{body}<h2>Figures</h2>{_figures(figures)}</body></html>\n"
+    )
