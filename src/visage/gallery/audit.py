@@ -1,0 +1,208 @@
+"""The audit log: append-only events, each carrying the hash of the one before.
+
+``hash = sha256(canonical JSON of every field but hash)``, where the fields include
+``prev_hash``; the first event's ``prev_hash`` is 64 zeros. The newest ``seq`` and ``hash`` are
+also kept in the locked state row, so deleting the *last* event is detected too. Anyone with
+write access to the database can still rewrite the whole chain: record the head that
+``visage audit verify`` prints somewhere else to anchor it.
+
+Events are written in the same transaction as the change they describe, so there is never a
+change without its event nor an event without its change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .store import AuditRow, StateRow, utcnow
+
+GENESIS = "0" * 64
+
+
+def canonical_json(data: Any) -> str:
+    """The one serialisation that is hashed: sorted keys, no spaces, UTF-8 kept."""
+    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One audit event as stored; ``summary`` is the decoded result summary."""
+
+    seq: int
+    at: str
+    actor: str
+    action: str
+    collection: str | None
+    purpose: str | None
+    input_hash: str | None
+    summary: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def from_row(cls, row: AuditRow) -> AuditEvent:
+        return cls(
+            seq=row.seq,
+            at=row.at,
+            actor=row.actor,
+            action=row.action,
+            collection=row.collection,
+            purpose=row.purpose,
+            input_hash=row.input_hash,
+            summary=json.loads(row.summary),
+            prev_hash=row.prev_hash,
+            hash=row.hash,
+        )
+
+
+@dataclass(frozen=True)
+class ChainReport:
+    """The outcome of :func:`verify_chain`: ``ok``, or the first broken link and why."""
+
+    ok: bool
+    events: int
+    head: str
+    broken_seq: int | None = None
+    reason: str | None = None
+
+    def describe(self) -> str:
+        """One line for users."""
+        if self.ok:
+            return f"audit chain intact: {self.events} events, head {self.head}"
+        return f"audit chain broken at event {self.broken_seq}: {self.reason}"
+
+
+def event_hash(row: AuditRow) -> str:
+    """The hash an event should carry, from its stored fields."""
+    fields = {
+        "seq": row.seq,
+        "at": row.at,
+        "actor": row.actor,
+        "action": row.action,
+        "collection": row.collection,
+        "purpose": row.purpose,
+        "input_hash": row.input_hash,
+        "summary": row.summary,
+        "prev_hash": row.prev_hash,
+    }
+    return hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
+
+
+def append(
+    session: Session,
+    state: StateRow,
+    *,
+    actor: str,
+    action: str,
+    collection: str | None,
+    purpose: str | None,
+    input_hash: str | None,
+    summary: Mapping[str, Any],
+) -> AuditRow:
+    """Add the next event to the chain inside the caller's transaction.
+
+    ``state`` must be the :class:`StateRow` the transaction locked first; it supplies the
+    previous hash and receives the new head.
+    """
+    row = AuditRow(
+        seq=state.audit_seq + 1,
+        at=utcnow().isoformat(timespec="microseconds"),
+        actor=actor,
+        action=action,
+        collection=collection,
+        purpose=purpose,
+        input_hash=input_hash,
+        summary=canonical_json(dict(summary)),
+        prev_hash=state.audit_head,
+    )
+    row.hash = event_hash(row)
+    session.add(row)
+    state.audit_seq = row.seq
+    state.audit_head = row.hash
+    return row
+
+
+def _rows(session: Session, *, batch: int = 5000) -> Iterator[AuditRow]:
+    """Every event in ``seq`` order, read in pages so a long log needs little memory."""
+    after = 0
+    while True:
+        page = session.scalars(
+            select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(batch)
+        ).all()
+        if not page:
+            return
+        yield from page
+        after = page[-1].seq
+
+
+def verify_chain(session: Session) -> ChainReport:
+    """Walk the chain from the first event and name the first broken link.
+
+    Detects an edited event (its hash no longer matches its fields), a deleted or inserted
+    event (a gap in ``seq`` or a ``prev_hash`` that does not match), and a deleted or edited
+    newest event (the state row's head disagrees).
+    """
+    state = session.get(StateRow, 1)
+    if state is None:
+        return ChainReport(False, 0, GENESIS, 0, "the state row holding the chain's head is missing")
+    expected_seq, prev = 1, GENESIS
+    count = 0
+    for row in _rows(session):
+        if row.seq != expected_seq:
+            return ChainReport(
+                False, count, prev, expected_seq,
+                f"event {expected_seq} is missing (event {row.seq} follows event {expected_seq - 1})",
+            )
+        if row.prev_hash != prev:
+            return ChainReport(
+                False, count, prev, row.seq,
+                f"its prev_hash does not match the hash of event {row.seq - 1}",
+            )
+        if event_hash(row) != row.hash:
+            return ChainReport(False, count, prev, row.seq, "its contents do not match its hash")
+        prev = row.hash
+        expected_seq += 1
+        count += 1
+    if state.audit_seq > count:
+        return ChainReport(
+            False, count, prev, count + 1,
+            f"event {count + 1} is missing (the recorded head is event {state.audit_seq})",
+        )
+    if state.audit_seq < count:
+        return ChainReport(
+            False, count, prev, state.audit_seq + 1,
+            f"it is not covered by the recorded head (event {state.audit_seq})",
+        )
+    if state.audit_head != prev:
+        return ChainReport(False, count, prev, count, "it does not match the recorded head")
+    return ChainReport(True, count, prev)
+
+
+def events(
+    session: Session,
+    *,
+    collection: str | None = None,
+    action: str | None = None,
+    after: int = 0,
+    limit: int = 100,
+) -> list[AuditEvent]:
+    """Events with ``seq > after``, oldest first, optionally for one collection or action."""
+    query = select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(limit)
+    if collection is not None:
+        query = query.where(AuditRow.collection == collection)
+    if action is not None:
+        query = query.where(AuditRow.action == action)
+    return [AuditEvent.from_row(r) for r in session.scalars(query)]
+
+
+def last_events(session: Session, *, limit: int = 20) -> list[AuditEvent]:
+    """The newest ``limit`` events, oldest first."""
+    rows = session.scalars(select(AuditRow).order_by(AuditRow.seq.desc()).limit(limit)).all()
+    return [AuditEvent.from_row(r) for r in reversed(rows)]

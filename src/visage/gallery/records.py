@@ -1,0 +1,163 @@
+"""The records the gallery hands out: frozen dataclasses, no ORM objects past the service."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+
+class ConsentBasis(StrEnum):
+    """The lawful basis a template is held on (GDPR art. 6 vocabulary)."""
+
+    CONSENT = "consent"
+    CONTRACT = "contract"
+    LEGAL_OBLIGATION = "legal-obligation"
+    VITAL_INTERESTS = "vital-interests"
+    PUBLIC_TASK = "public-task"
+    LEGITIMATE_INTERESTS = "legitimate-interests"
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection: its embedding model and size, and how many persons and templates it holds."""
+
+    name: str
+    model_id: str
+    dim: int
+    keep_images: bool
+    created_at: datetime
+    persons: int
+    templates: int
+
+
+@dataclass(frozen=True)
+class ConsentInfo:
+    """One consent record; ``status`` is ``valid``, ``pending``, ``expired`` or ``revoked``."""
+
+    id: int
+    basis: str
+    purpose: str | None
+    granted_by: str
+    granted_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str | None
+    revoke_reason: str | None
+    status: str
+
+
+@dataclass(frozen=True)
+class PersonInfo:
+    """A person, the number of templates held for them and their consent history (oldest first)."""
+
+    id: str
+    collection: str
+    display_name: str
+    external_id: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    templates: int
+    consents: tuple[ConsentInfo, ...]
+
+    @property
+    def consent_valid(self) -> bool:
+        """True when some consent record is valid now (the person may be enrolled and found)."""
+        return any(c.status == "valid" for c in self.consents)
+
+
+@dataclass(frozen=True)
+class EmbeddingItem:
+    """One template to enroll from an embedding: the person (id or external id) and the vector.
+
+    ``source_sha256`` identifies the source (a photo's hash); when absent the embedding's own
+    hash is used, so enrolling the same vector twice is idempotent either way.
+    """
+
+    person: str
+    embedding: npt.NDArray[np.float32]
+    quality: float | None = None
+    source_sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class EnrollResult:
+    """An enrolled template; ``created`` is False when the same source was already enrolled."""
+
+    person_id: str
+    template_id: int
+    created: bool
+    quality: float | None
+    source_sha256: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A person returned by identify, scored by their best (nearest) template."""
+
+    person_id: str
+    display_name: str
+    external_id: str | None
+    distance: float
+    same: bool
+    template_id: int
+
+
+@dataclass(frozen=True)
+class Identification:
+    """Ranked candidates (nearest first) and the open-set answer.
+
+    ``unknown`` is True when no candidate is within ``threshold`` — the probe is nobody in the
+    collection as far as the calibration can tell. ``audit_seq`` is the audit event written.
+    """
+
+    candidates: tuple[Candidate, ...]
+    unknown: bool
+    threshold: float
+    threshold_source: str
+    audit_seq: int
+
+    @property
+    def best(self) -> Candidate | None:
+        """The nearest candidate when it is within the threshold, else ``None``."""
+        return None if self.unknown else self.candidates[0]
+
+
+@dataclass(frozen=True)
+class Verification:
+    """A 1:1 answer: the distance to the person's best template and the decision."""
+
+    person_id: str
+    distance: float
+    same: bool
+    threshold: float
+    threshold_source: str
+    template_id: int
+    audit_seq: int
+
+
+@dataclass(frozen=True)
+class SimilarFace:
+    """A template near the probe (find-similar is a search, not a decision: no threshold)."""
+
+    template_id: int
+    person_id: str
+    display_name: str
+    distance: float
+
+
+@dataclass(frozen=True)
+class TransferSummary:
+    """What an export or import moved; ``sha256`` is the file's hash (also in the audit log)."""
+
+    collection: str
+    path: Path
+    persons: int
+    templates: int
+    sha256: str
+    renamed_from: str | None = field(default=None)

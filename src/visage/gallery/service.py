@@ -1,0 +1,1328 @@
+"""The gallery service: the one place the rules live. The HTTP server, CLI and edge agent call it.
+
+Rules, in one place:
+
+- **Consent first.** A person is enrolled only while a consent record is valid (granted, not
+  yet expired, not revoked). Revoking consent or deleting a person removes every template
+  from the store and the index in one operation. Persons whose consent expired are skipped by
+  every search (their templates stay until deleted or revoked).
+- **Quality gate.** A face whose quality has reasons is refused with those reasons. A photo
+  with several faces is refused unless the caller picks one (``face=0`` is the largest,
+  ``face="center"`` the one nearest the image centre). Enrolling the same source (sha256 of the
+  photo, or of the embedding) for the same person again returns the existing template.
+- **One distance, calibrated.** Every score is :func:`visage.decision.distances` on
+  L2-normalised embeddings, and every decision :func:`visage.decision.decide` with the
+  calibration recorded for the collection's model — never a constant here.
+- **Best template per person.** A person is scored by the distance to their nearest template.
+  It rewards enrolling varied photos; each extra template also adds a chance of a false match
+  (~linearly), which the calibration's per-comparison FMR does not include (docs/gallery.md).
+- **Open set.** identify returns the top-k persons and ``unknown`` when none is within the
+  threshold.
+- **Accountability.** enroll, verify, identify, find-similar, deletions, consent changes,
+  import and export each write an audit event (actor, purpose, input hash, result summary) in
+  the same transaction as the change. Probes are never stored, only their hash.
+
+Crash safety: the store is the source of truth. The in-memory index of a collection is updated
+only after the store's transaction commits, and is known to match the store at the collection's
+``version`` (bumped by every transaction that adds or removes templates, under the writers'
+lock). Before each search the version is read in the searching transaction; a mismatch (another
+process wrote, or a crash left a stale snapshot) reloads the saved snapshot or rebuilds from the
+store. Snapshots are written beside the database with their version and count (temp file, fsync,
+rename), so a crash at any point leaves either the old snapshot or the new one.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, Self, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+
+from ..decision import Calibration, decide, default_calibration, distances, normalize
+from ..errors import (
+    AmbiguousFace,
+    Conflict,
+    ConsentError,
+    InputError,
+    NoFace,
+    NotFound,
+    StorageError,
+)
+from ..imageio import Source, decode, read_bytes
+from ..pipeline import Face, Pipeline
+from . import audit
+from .index import IndexSpec, VectorIndex, load_index, make_index
+from .records import (
+    Candidate,
+    CollectionInfo,
+    ConsentBasis,
+    ConsentInfo,
+    EmbeddingItem,
+    EnrollResult,
+    Identification,
+    PersonInfo,
+    SimilarFace,
+    TransferSummary,
+    Verification,
+)
+from .store import (
+    CollectionRow,
+    ConsentRow,
+    PersonRow,
+    StateRow,
+    TemplateRow,
+    database_url,
+    default_url,
+    open_engine,
+    sqlite_path,
+    utcnow,
+)
+
+AUTO_FAISS_AT = 50_000
+"""With ``index="auto"``, collections of this many templates or more get :data:`AUTO_FAISS_SPEC`."""
+
+AUTO_FAISS_SPEC = "faiss:HNSW32,Flat;efSearch=128"
+"""Measured in docs/performance-gallery.md: recall@1 >= 0.99 and p99 < 10 ms at 1M on 2 cores."""
+
+EXPORT_FORMAT = "visage-collection"
+EXPORT_VERSION = 1
+
+FacePick = int | Literal["largest", "center"] | None
+Probe: TypeAlias = Face | npt.NDArray[np.float32] | Source
+"""What decisions accept: a :class:`Face` with its embedding, an embedding, or a photo."""
+Progress = Callable[[int, int], None]
+
+
+class PoorQuality(InputError):
+    """The face failed the enrollment quality gate; ``reasons`` says why."""
+
+    def __init__(self, reasons: Sequence[str], *, source: str | None = None) -> None:
+        self.reasons = tuple(reasons)
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}face refused by the quality gate: {'; '.join(self.reasons)}")
+
+
+@dataclass
+class _Loaded:
+    """An in-memory index and the collection version it matches."""
+
+    index: VectorIndex
+    version: int
+
+
+@dataclass(frozen=True)
+class _Vector:
+    """A probe or template vector resolved from whatever the caller gave."""
+
+    vector: npt.NDArray[np.float32]
+    sha256: str
+    quality: float | None = None
+    image: bytes | None = None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _vector_bytes(vector: npt.NDArray[np.float32]) -> bytes:
+    return np.ascontiguousarray(vector, dtype="<f4").tobytes()
+
+
+def _chunks(items: Sequence[int], size: int = 5000) -> Iterator[Sequence[int]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _consent_valid(person_id: InstrumentedAttribute[str], now: datetime) -> ColumnElement[bool]:
+    """SQL: the person has a consent record that is valid at ``now``."""
+    return exists().where(
+        ConsentRow.person_id == person_id,
+        ConsentRow.revoked_at.is_(None),
+        ConsentRow.granted_at <= now,
+        or_(ConsentRow.expires_at.is_(None), ConsentRow.expires_at > now),
+    )
+
+
+def _consent_status(row: ConsentRow, now: datetime) -> str:
+    if row.revoked_at is not None:
+        return "revoked"
+    if row.granted_at > now:
+        return "pending"
+    if row.expires_at is not None and row.expires_at <= now:
+        return "expired"
+    return "valid"
+
+
+def _consent_info(row: ConsentRow, now: datetime) -> ConsentInfo:
+    return ConsentInfo(
+        id=row.id,
+        basis=row.basis,
+        purpose=row.purpose,
+        granted_by=row.granted_by,
+        granted_at=row.granted_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        revoked_by=row.revoked_by,
+        revoke_reason=row.revoke_reason,
+        status=_consent_status(row, now),
+    )
+
+
+class Gallery:
+    """Collections of persons with consent, templates, 1:1 and 1:N decisions, and an audit log.
+
+    ``url``: a SQLAlchemy URL or a SQLite file path (default ``$VISAGE_DB`` or
+    ``~/.local/share/visage/visage.db``). ``index``: ``auto`` (exact below
+    :data:`AUTO_FAISS_AT` templates, else :data:`AUTO_FAISS_SPEC`), ``exact`` or
+    ``faiss:<factory>[;<knobs>]``. ``index_dir``: where index snapshots are saved (default: a
+    ``.index`` folder beside a SQLite file; none for other URLs, so indexes are rebuilt from the
+    store when first used). ``pipeline``: used for photo input (the shared default pipeline when
+    omitted). ``calibrations``: thresholds per model id, overriding the shipped ones.
+    ``actor``: recorded in audit events unless a call names another.
+
+    Safe to share between threads (operations are serialised by a lock); several processes may
+    open the same store (writers are serialised by the store).
+    """
+
+    def __init__(
+        self,
+        url: str | Path | None = None,
+        *,
+        index: str = "auto",
+        index_dir: str | Path | None = None,
+        pipeline: Pipeline | None = None,
+        calibrations: Iterable[Calibration] = (),
+        actor: str = "local",
+    ) -> None:
+        if index != "auto":
+            IndexSpec.parse(index)
+        self.url = database_url(url) if url is not None else default_url()
+        self.actor = actor
+        self._index_spec = index
+        db_file = sqlite_path(self.url)
+        if index_dir is not None:
+            self._index_dir: Path | None = Path(index_dir)
+        elif db_file is not None:
+            self._index_dir = db_file.with_name(db_file.name + ".index")
+        else:
+            self._index_dir = None
+        self._pipeline = pipeline
+        self._calibrations = {c.model_id: c for c in calibrations}
+        self._engine = open_engine(self.url)
+        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self._loaded: dict[int, _Loaded] = {}
+        self._saved: dict[int, int] = {}
+        self._lock = threading.RLock()
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        """Save index snapshots that changed and release the database connections."""
+        with self._lock:
+            self.save_indexes()
+            self._engine.dispose()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[tuple[Session, StateRow]]:
+        """A write transaction that has locked the state row first (see ``store``)."""
+        try:
+            with self._sessions() as session, session.begin():
+                state = session.execute(
+                    select(StateRow).where(StateRow.id == 1).with_for_update()
+                ).scalar_one()
+                yield session, state
+        except IntegrityError as exc:
+            raise Conflict(f"the store refused a conflicting write: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            raise StorageError(f"gallery store error: {exc}") from exc
+
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        try:
+            with self._sessions() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise StorageError(f"gallery store error: {exc}") from exc
+
+    def _audit(
+        self,
+        session: Session,
+        state: StateRow,
+        action: str,
+        *,
+        actor: str | None,
+        collection: str | None,
+        purpose: str | None = None,
+        input_hash: str | None = None,
+        **summary: Any,
+    ) -> int:
+        row = audit.append(
+            session,
+            state,
+            actor=actor or self.actor,
+            action=action,
+            collection=collection,
+            purpose=purpose,
+            input_hash=input_hash,
+            summary=summary,
+        )
+        return row.seq
+
+    def calibration(self, model_id: str) -> Calibration:
+        """The calibration decisions use for ``model_id`` (given at construction, else shipped)."""
+        if model_id in self._calibrations:
+            return self._calibrations[model_id]
+        return default_calibration(model_id.split("+")[0])
+
+    def _get_pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            from ..api import pipeline
+
+            self._pipeline = pipeline()
+        return self._pipeline
+
+    # ------------------------------------------------------------------ lookups
+
+    @staticmethod
+    def _collection(session: Session, name: str) -> CollectionRow:
+        row = session.scalar(select(CollectionRow).where(CollectionRow.name == name))
+        if row is None:
+            raise NotFound(f"no collection named {name!r}")
+        return row
+
+    @staticmethod
+    def _person(session: Session, coll: CollectionRow, ref: str) -> PersonRow:
+        """A person of ``coll`` by id, or else by external id."""
+        row = session.scalar(
+            select(PersonRow).where(PersonRow.collection_id == coll.id, PersonRow.id == ref)
+        ) or session.scalar(
+            select(PersonRow).where(
+                PersonRow.collection_id == coll.id, PersonRow.external_id == ref
+            )
+        )
+        if row is None:
+            raise NotFound(f"no person {ref!r} in collection {coll.name!r}")
+        return row
+
+    @staticmethod
+    def _collection_info(session: Session, row: CollectionRow) -> CollectionInfo:
+        persons = session.scalar(
+            select(func.count()).select_from(PersonRow).where(PersonRow.collection_id == row.id)
+        )
+        templates = session.scalar(
+            select(func.count()).select_from(TemplateRow).where(TemplateRow.collection_id == row.id)
+        )
+        return CollectionInfo(
+            name=row.name,
+            model_id=row.model_id,
+            dim=row.dim,
+            keep_images=row.keep_images,
+            created_at=row.created_at,
+            persons=int(persons or 0),
+            templates=int(templates or 0),
+        )
+
+    @staticmethod
+    def _person_info(session: Session, coll: CollectionRow, row: PersonRow) -> PersonInfo:
+        now = utcnow()
+        consents = session.scalars(
+            select(ConsentRow).where(ConsentRow.person_id == row.id).order_by(ConsentRow.id)
+        ).all()
+        templates = session.scalar(
+            select(func.count()).select_from(TemplateRow).where(TemplateRow.person_id == row.id)
+        )
+        return PersonInfo(
+            id=row.id,
+            collection=coll.name,
+            display_name=row.display_name,
+            external_id=row.external_id,
+            metadata=dict(row.meta),
+            created_at=row.created_at,
+            templates=int(templates or 0),
+            consents=tuple(_consent_info(c, now) for c in consents),
+        )
+
+    @staticmethod
+    def _require_consent(session: Session, person: PersonRow, now: datetime) -> None:
+        """Raise :class:`ConsentError` saying why ``person`` has no valid consent at ``now``."""
+        rows = session.scalars(
+            select(ConsentRow).where(ConsentRow.person_id == person.id).order_by(ConsentRow.id)
+        ).all()
+        statuses = [_consent_status(r, now) for r in rows]
+        if "valid" in statuses:
+            return
+        if not rows:
+            why = "no consent record"
+        else:
+            last = rows[-1]
+            why = {
+                "revoked": f"consent revoked at {last.revoked_at:%Y-%m-%d %H:%M} UTC",
+                "expired": f"consent expired at {last.expires_at:%Y-%m-%d %H:%M} UTC",
+                "pending": f"consent starts at {last.granted_at:%Y-%m-%d %H:%M} UTC",
+            }[statuses[-1]]
+        raise ConsentError(f"person {person.id} ({person.display_name}) has no valid consent: {why}")
+
+    # ------------------------------------------------------------------ collections
+
+    def create_collection(
+        self,
+        name: str,
+        *,
+        model_id: str | None = None,
+        dim: int = 128,
+        keep_images: bool = False,
+        exist_ok: bool = False,
+        actor: str | None = None,
+    ) -> CollectionInfo:
+        """Create an isolated collection for embeddings of ``model_id`` (default: the pipeline's).
+
+        ``dim`` is the embedding size (128 for ``dlib_resnet_v1``). ``keep_images`` stores the
+        source photo with each template (off by default: only the embedding and its hash).
+        Raises :class:`Conflict` when it exists (unless ``exist_ok``).
+        """
+        if not name or len(name) > 200:
+            raise InputError("a collection name is 1 to 200 characters")
+        model = model_id if model_id is not None else self._get_pipeline().model_id
+        with self._lock, self._transaction() as (session, state):
+            existing = session.scalar(select(CollectionRow).where(CollectionRow.name == name))
+            if existing is not None:
+                if exist_ok and existing.model_id == model and existing.dim == dim:
+                    return self._collection_info(session, existing)
+                raise Conflict(
+                    f"collection {name!r} already exists (model {existing.model_id}, "
+                    f"dim {existing.dim})"
+                )
+            row = CollectionRow(
+                name=name,
+                model_id=model,
+                dim=dim,
+                keep_images=keep_images,
+                version=0,
+                created_at=utcnow(),
+            )
+            session.add(row)
+            session.flush()
+            self._audit(
+                session, state, "collection.create", actor=actor, collection=name,
+                model_id=model, dim=dim, keep_images=keep_images,
+            )
+            return self._collection_info(session, row)
+
+    def collections(self) -> list[CollectionInfo]:
+        """Every collection, by name."""
+        with self._reading() as session:
+            rows = session.scalars(select(CollectionRow).order_by(CollectionRow.name)).all()
+            return [self._collection_info(session, r) for r in rows]
+
+    def collection(self, name: str) -> CollectionInfo:
+        """One collection; :class:`NotFound` when absent."""
+        with self._reading() as session:
+            return self._collection_info(session, self._collection(session, name))
+
+    # ------------------------------------------------------------------ persons & consent
+
+    def add_person(
+        self,
+        collection: str,
+        display_name: str,
+        *,
+        external_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> PersonInfo:
+        """Add a person (no templates, no consent yet). :class:`Conflict` on a taken external id."""
+        if not display_name:
+            raise InputError("a person needs a display name")
+        with self._lock, self._transaction() as (session, state):
+            coll = self._collection(session, collection)
+            if external_id is not None and session.scalar(
+                select(PersonRow.id).where(
+                    PersonRow.collection_id == coll.id, PersonRow.external_id == external_id
+                )
+            ):
+                raise Conflict(f"external id {external_id!r} is taken in {collection!r}")
+            row = PersonRow(
+                id=uuid.uuid4().hex,
+                collection_id=coll.id,
+                display_name=display_name,
+                external_id=external_id,
+                meta=dict(metadata or {}),
+                created_at=utcnow(),
+            )
+            session.add(row)
+            session.flush()
+            self._audit(
+                session, state, "person.create", actor=actor, collection=collection,
+                person=row.id, external_id=external_id,
+            )
+            return self._person_info(session, coll, row)
+
+    def person(self, collection: str, ref: str) -> PersonInfo:
+        """A person by id or external id; :class:`NotFound` when absent."""
+        with self._reading() as session:
+            coll = self._collection(session, collection)
+            return self._person_info(session, coll, self._person(session, coll, ref))
+
+    def persons(self, collection: str, *, offset: int = 0, limit: int = 100) -> list[PersonInfo]:
+        """Persons of a collection in creation order, one page."""
+        with self._reading() as session:
+            coll = self._collection(session, collection)
+            rows = session.scalars(
+                select(PersonRow)
+                .where(PersonRow.collection_id == coll.id)
+                .order_by(PersonRow.created_at, PersonRow.id)
+                .offset(offset)
+                .limit(limit)
+            ).all()
+            return [self._person_info(session, coll, r) for r in rows]
+
+    def grant_consent(
+        self,
+        collection: str,
+        person: str,
+        *,
+        basis: str | ConsentBasis,
+        granted_by: str,
+        purpose: str | None = None,
+        granted_at: datetime | None = None,
+        expires_at: datetime | None = None,
+        actor: str | None = None,
+    ) -> ConsentInfo:
+        """Record consent (or another lawful basis) for a person; required before enrollment.
+
+        Datetimes must be timezone-aware. :class:`InputError` for an unknown basis, a missing
+        grantor or an expiry not after the grant.
+        """
+        try:
+            basis_value = ConsentBasis(basis).value
+        except ValueError:
+            allowed = ", ".join(b.value for b in ConsentBasis)
+            raise InputError(f"unknown consent basis {basis!r}; one of: {allowed}") from None
+        if not granted_by:
+            raise InputError("consent needs granted_by (who gave or recorded it)")
+        start = granted_at or utcnow()
+        for label, value in (("granted_at", start), ("expires_at", expires_at)):
+            if value is not None and value.tzinfo is None:
+                raise InputError(f"{label} must be timezone-aware")
+        if expires_at is not None and expires_at <= start:
+            raise InputError("consent must expire after it is granted")
+        with self._lock, self._transaction() as (session, state):
+            coll = self._collection(session, collection)
+            row_person = self._person(session, coll, person)
+            row = ConsentRow(
+                person_id=row_person.id,
+                basis=basis_value,
+                purpose=purpose,
+                granted_by=granted_by,
+                granted_at=start,
+                expires_at=expires_at,
+            )
+            session.add(row)
+            session.flush()
+            self._audit(
+                session, state, "consent.grant", actor=actor, collection=collection,
+                purpose=purpose, person=row_person.id, consent=row.id, basis=basis_value,
+                expires_at=expires_at.isoformat() if expires_at else None,
+            )
+            return _consent_info(row, utcnow())
+
+    def revoke_consent(
+        self,
+        collection: str,
+        person: str,
+        *,
+        reason: str | None = None,
+        actor: str | None = None,
+    ) -> int:
+        """Revoke every open consent record of a person and delete all their templates.
+
+        One transaction: store, audit event, then the index. Returns the templates removed.
+        :class:`ConsentError` when there is no open consent to revoke.
+        """
+        now = utcnow()
+        with self._lock:
+            with self._transaction() as (session, state):
+                coll = self._collection(session, collection)
+                row_person = self._person(session, coll, person)
+                open_rows = session.scalars(
+                    select(ConsentRow).where(
+                        ConsentRow.person_id == row_person.id, ConsentRow.revoked_at.is_(None)
+                    )
+                ).all()
+                if not open_rows:
+                    raise ConsentError(f"person {row_person.id} has no open consent to revoke")
+                for row in open_rows:
+                    row.revoked_at = now
+                    row.revoked_by = actor or self.actor
+                    row.revoke_reason = reason
+                removed = self._delete_templates(session, coll, row_person.id)
+                self._audit(
+                    session, state, "consent.revoke", actor=actor, collection=collection,
+                    person=row_person.id, consents=[r.id for r in open_rows],
+                    templates_removed=len(removed), reason=reason,
+                )
+                coll_id, version = coll.id, coll.version
+            if removed:
+                self._after_commit(coll_id, version, removed=removed)
+            return len(removed)
+
+    def delete_person(
+        self,
+        collection: str,
+        person: str,
+        *,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> int:
+        """Delete a person with their templates and consent records; returns templates removed."""
+        with self._lock:
+            with self._transaction() as (session, state):
+                coll = self._collection(session, collection)
+                row_person = self._person(session, coll, person)
+                removed = self._delete_templates(session, coll, row_person.id)
+                session.execute(delete(ConsentRow).where(ConsentRow.person_id == row_person.id))
+                session.delete(row_person)
+                self._audit(
+                    session, state, "person.delete", actor=actor, collection=collection,
+                    purpose=purpose, person=row_person.id, external_id=row_person.external_id,
+                    templates_removed=len(removed),
+                )
+                coll_id, version = coll.id, coll.version
+            if removed:
+                self._after_commit(coll_id, version, removed=removed)
+            return len(removed)
+
+    @staticmethod
+    def _delete_templates(session: Session, coll: CollectionRow, person_id: str) -> list[int]:
+        ids = list(session.scalars(select(TemplateRow.id).where(TemplateRow.person_id == person_id)))
+        if ids:
+            session.execute(delete(TemplateRow).where(TemplateRow.person_id == person_id))
+            coll.version += 1
+        return ids
+
+    # ------------------------------------------------------------------ probes & photos
+
+    def _pick(self, faces: Sequence[Face], face: FacePick, shape: tuple[int, ...], name: str) -> Face:
+        if not faces:
+            raise NoFace(f"{name}: no face found")
+        if face is None:
+            if len(faces) > 1:
+                raise AmbiguousFace(
+                    f"{name}: {len(faces)} faces found; pick one (face index, 0 = largest, "
+                    "or 'center')"
+                )
+            return faces[0]
+        if face == "largest":
+            return faces[0]
+        if face == "center":
+            cy, cx = shape[0] / 2.0, shape[1] / 2.0
+
+            def off_centre(f: Face) -> float:
+                left, top, right, bottom = f.box
+                return float(((left + right) / 2 - cx) ** 2 + ((top + bottom) / 2 - cy) ** 2)
+
+            return min(faces, key=off_centre)
+        if isinstance(face, int) and 0 <= face < len(faces):
+            return faces[face]
+        raise InputError(f"{name}: face {face!r} does not exist ({len(faces)} faces found)")
+
+    def _resolve(
+        self, coll: CollectionRow, probe: Probe, face: FacePick, *, keep_image: bool = False
+    ) -> tuple[_Vector, Face | None]:
+        """A normalised vector (and its hash) from a Face, an embedding, or a photo."""
+        if isinstance(probe, Face):
+            if probe.embedding is None:
+                raise InputError("this Face has no embedding: use Pipeline.embed()")
+            if probe.model_id is not None and probe.model_id != coll.model_id:
+                raise InputError(
+                    f"embedding from model {probe.model_id}; collection {coll.name!r} holds "
+                    f"{coll.model_id}"
+                )
+            vec = self._check_vector(coll, probe.embedding)
+            return _Vector(vec, _sha256(_vector_bytes(vec)), probe.quality.score), probe
+        if isinstance(probe, np.ndarray):
+            vec = self._check_vector(coll, probe)
+            return _Vector(vec, _sha256(_vector_bytes(vec))), None
+        data, name = read_bytes(probe)
+        pipe = self._get_pipeline()
+        if pipe.model_id != coll.model_id:
+            raise InputError(
+                f"the pipeline embeds with {pipe.model_id}; collection {coll.name!r} holds "
+                f"{coll.model_id}"
+            )
+        image = decode(data, max_pixels=pipe.config.max_pixels, source=name)
+        chosen = self._pick(pipe.embed(image), face, image.shape, name or "image")
+        assert chosen.embedding is not None, "Pipeline.embed returns faces with embeddings"
+        vector = _Vector(
+            self._check_vector(coll, chosen.embedding),
+            _sha256(data),
+            chosen.quality.score,
+            data if keep_image else None,
+        )
+        return vector, chosen
+
+    @staticmethod
+    def _check_vector(coll: CollectionRow, raw: npt.ArrayLike) -> npt.NDArray[np.float32]:
+        arr = np.asarray(raw, dtype=np.float32)
+        if arr.shape != (coll.dim,):
+            raise InputError(f"embedding shape {arr.shape}; collection {coll.name!r} needs ({coll.dim},)")
+        if not np.isfinite(arr).all() or not np.any(arr):
+            raise InputError("embedding must be finite and non-zero")
+        return normalize(arr)
+
+    # ------------------------------------------------------------------ enrollment
+
+    def enroll(
+        self,
+        collection: str,
+        person: str,
+        source: Probe,
+        *,
+        face: FacePick = None,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> EnrollResult:
+        """Add a template to a person from a photo (path or bytes), a :class:`Face`, or an embedding.
+
+        Refuses with :class:`ConsentError` (no valid consent), :class:`NoFace`,
+        :class:`AmbiguousFace` (several faces and no ``face`` pick) or :class:`PoorQuality`
+        (the quality gate's reasons). The same source for the same person is idempotent.
+        """
+        with self._reading() as session:
+            coll = self._collection(session, collection)
+        resolved, chosen = self._resolve(coll, source, face, keep_image=coll.keep_images)
+        if chosen is not None and not chosen.quality.acceptable:
+            name = str(source) if isinstance(source, (str, Path)) else None
+            raise PoorQuality(chosen.quality.reasons, source=name)
+        item = EmbeddingItem(person, resolved.vector, resolved.quality, resolved.sha256)
+        return self._enroll_batch(collection, [item], [resolved.image], purpose, actor)[0]
+
+    def enroll_many(
+        self,
+        collection: str,
+        items: Iterable[EmbeddingItem],
+        *,
+        batch_size: int = 500,
+        purpose: str | None = None,
+        actor: str | None = None,
+        progress: Progress | None = None,
+    ) -> list[EnrollResult]:
+        """Enroll embeddings in batches; each batch (templates + audit events) is one transaction.
+
+        A crash loses at most the batch in flight, never part of one. ``progress(done, total)``
+        is called after each batch.
+        """
+        todo = list(items)
+        results: list[EnrollResult] = []
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            results.extend(self._enroll_batch(collection, batch, [None] * len(batch), purpose, actor))
+            if progress is not None:
+                progress(len(results), len(todo))
+        return results
+
+    def _enroll_batch(
+        self,
+        collection: str,
+        items: Sequence[EmbeddingItem],
+        images: Sequence[bytes | None],
+        purpose: str | None,
+        actor: str | None,
+    ) -> list[EnrollResult]:
+        now = utcnow()
+        with self._lock:
+            with self._transaction() as (session, state):
+                coll = self._collection(session, collection)
+                results: list[EnrollResult] = []
+                new_rows: list[TemplateRow] = []
+                people: dict[str, PersonRow] = {}
+                seen: dict[tuple[str, str], EnrollResult] = {}
+                for item, image in zip(items, images):
+                    if item.person not in people:
+                        people[item.person] = self._person(session, coll, item.person)
+                        self._require_consent(session, people[item.person], now)
+                    prow = people[item.person]
+                    vec = self._check_vector(coll, item.embedding)
+                    digest = item.source_sha256 or _sha256(_vector_bytes(vec))
+                    existing = seen.get((prow.id, digest)) or self._existing(session, prow.id, digest)
+                    if existing is not None:
+                        results.append(existing)
+                        seen[(prow.id, digest)] = existing
+                        self._audit(
+                            session, state, "enroll", actor=actor, collection=collection,
+                            purpose=purpose, input_hash=digest, person=prow.id,
+                            template=existing.template_id, duplicate=True,
+                        )
+                        continue
+                    row = TemplateRow(
+                        person_id=prow.id,
+                        collection_id=coll.id,
+                        embedding=_vector_bytes(vec),
+                        model_id=coll.model_id,
+                        quality=item.quality,
+                        source_sha256=digest,
+                        image=image if coll.keep_images else None,
+                        created_at=now,
+                    )
+                    session.add(row)
+                    session.flush()
+                    new_rows.append(row)
+                    result = EnrollResult(prow.id, row.id, True, item.quality, digest)
+                    seen[(prow.id, digest)] = result
+                    results.append(result)
+                    self._audit(
+                        session, state, "enroll", actor=actor, collection=collection,
+                        purpose=purpose, input_hash=digest, person=prow.id, template=row.id,
+                        quality=None if item.quality is None else round(item.quality, 4),
+                        duplicate=False,
+                    )
+                if new_rows:
+                    coll.version += 1
+                coll_id, version = coll.id, coll.version
+            if new_rows:
+                ids = np.array([r.id for r in new_rows], np.int64)
+                vectors = np.stack([np.frombuffer(r.embedding, "<f4") for r in new_rows])
+                self._after_commit(coll_id, version, added=(ids, vectors))
+            return results
+
+    @staticmethod
+    def _existing(session: Session, person_id: str, digest: str) -> EnrollResult | None:
+        row = session.scalar(
+            select(TemplateRow).where(
+                TemplateRow.person_id == person_id, TemplateRow.source_sha256 == digest
+            )
+        )
+        if row is None:
+            return None
+        return EnrollResult(person_id, row.id, False, row.quality, digest)
+
+    # ------------------------------------------------------------------ index upkeep
+
+    def _spec_for(self, count: int) -> str:
+        if self._index_spec != "auto":
+            return self._index_spec
+        return AUTO_FAISS_SPEC if count >= AUTO_FAISS_AT else "exact"
+
+    def _after_commit(
+        self,
+        coll_id: int,
+        version: int,
+        *,
+        added: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | None = None,
+        removed: Sequence[int] = (),
+    ) -> None:
+        """Apply a committed change to the in-memory index, or drop it to be rebuilt."""
+        loaded = self._loaded.get(coll_id)
+        if loaded is None:
+            return
+        if loaded.version != version - 1:
+            del self._loaded[coll_id]  # it missed another writer's change: reload on next use
+            return
+        try:
+            if added is not None:
+                loaded.index.add(*added)
+            if removed:
+                loaded.index.remove(np.asarray(removed, np.int64))
+            loaded.version = version
+        except Exception:
+            del self._loaded[coll_id]
+            raise
+
+    def _snapshot_meta(self, coll_id: int) -> Path | None:
+        return None if self._index_dir is None else self._index_dir / f"collection-{coll_id}.json"
+
+    def _index(self, session: Session, coll: CollectionRow) -> VectorIndex:
+        """The collection's index, matching the store at ``coll.version``.
+
+        Call inside a transaction that holds the writers' lock, so the version cannot move.
+        """
+        loaded = self._loaded.get(coll.id)
+        if loaded is not None and loaded.version == coll.version:
+            return loaded.index
+        count = int(
+            session.scalar(
+                select(func.count()).select_from(TemplateRow).where(TemplateRow.collection_id == coll.id)
+            )
+            or 0
+        )
+        spec = self._spec_for(count)
+        index = self._load_snapshot(coll, count, spec)
+        if index is None:
+            index = self._rebuild(session, coll, spec)
+            self._loaded[coll.id] = _Loaded(index, coll.version)
+            self._save_snapshot(coll.id)
+        else:
+            self._loaded[coll.id] = _Loaded(index, coll.version)
+            self._saved[coll.id] = coll.version
+        return index
+
+    def _load_snapshot(self, coll: CollectionRow, count: int, spec: str) -> VectorIndex | None:
+        meta_path = self._snapshot_meta(coll.id)
+        if meta_path is None or not meta_path.exists():
+            return None
+        try:
+            meta = json.loads(meta_path.read_text("utf-8"))
+            if (meta["version"], meta["count"], meta["spec"]) != (coll.version, count, spec):
+                return None
+            index = load_index(meta_path.with_name(meta["file"]))
+        except (OSError, ValueError, KeyError, RuntimeError):
+            return None
+        return index if index.count() == count and index.dim == coll.dim else None
+
+    @staticmethod
+    def _rebuild(session: Session, coll: CollectionRow, spec: str) -> VectorIndex:
+        ids: list[int] = []
+        blobs: list[bytes] = []
+        query = (
+            select(TemplateRow.id, TemplateRow.embedding)
+            .where(TemplateRow.collection_id == coll.id)
+            .order_by(TemplateRow.id)
+            .execution_options(yield_per=20_000)
+        )
+        for template_id, blob in session.execute(query):
+            ids.append(template_id)
+            blobs.append(blob)
+        index = make_index(spec, coll.dim)
+        if ids:
+            vectors = np.frombuffer(b"".join(blobs), "<f4").reshape(len(ids), coll.dim)
+            index.add(np.asarray(ids, np.int64), vectors)
+        return index
+
+    def _save_snapshot(self, coll_id: int) -> None:
+        meta_path = self._snapshot_meta(coll_id)
+        loaded = self._loaded.get(coll_id)
+        if meta_path is None or loaded is None or self._saved.get(coll_id) == loaded.version:
+            return
+        folder = meta_path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        data_name = f"collection-{coll_id}-v{loaded.version}.npz"
+        tmp = folder / (data_name + ".tmp")
+        loaded.index.save(tmp)
+        os.replace(tmp, folder / data_name)
+        meta = {
+            "version": loaded.version,
+            "count": loaded.index.count(),
+            "spec": loaded.index.spec,
+            "dim": loaded.index.dim,
+            "file": data_name,
+        }
+        tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
+        with open(tmp_meta, "w", encoding="utf-8") as fh:
+            json.dump(meta, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_meta, meta_path)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        for old in folder.glob(f"collection-{coll_id}-v*.npz*"):
+            if old.name != data_name:
+                old.unlink(missing_ok=True)
+        self._saved[coll_id] = loaded.version
+
+    def save_indexes(self) -> None:
+        """Write snapshots of indexes changed since they were last saved (also done by close)."""
+        with self._lock:
+            for coll_id in list(self._loaded):
+                self._save_snapshot(coll_id)
+
+    def index(self, collection: str) -> VectorIndex:
+        """The collection's index, brought in line with the store first (loaded or rebuilt)."""
+        with self._lock, self._transaction() as (session, _state):
+            return self._index(session, self._collection(session, collection))
+
+    # ------------------------------------------------------------------ decisions
+
+    def _ranked(
+        self,
+        session: Session,
+        coll: CollectionRow,
+        vec: npt.NDArray[np.float32],
+        k: int,
+        *,
+        per_person: bool,
+    ) -> list[tuple[int, str, float]]:
+        """``(template id, person id, distance)`` nearest first, consented persons only.
+
+        The index proposes candidates; they are re-scored here with the one distance
+        primitive. With ``per_person`` each person appears once, at their best template. The
+        index is asked for more until ``k`` are found or it is exhausted (expired consents and
+        several templates per person are skipped that way).
+        """
+        index = self._index(session, coll)
+        total = index.count()
+        fetch = min(total, max(4 * k, 32))
+        now = utcnow()
+        while True:
+            _, ids = index.search(vec[None, :], fetch)
+            found = [int(i) for i in ids[0] if i >= 0]
+            scored: list[tuple[int, str, float]] = []
+            for part in _chunks(found):
+                rows = session.execute(
+                    select(TemplateRow.id, TemplateRow.person_id, TemplateRow.embedding).where(
+                        TemplateRow.id.in_(part),
+                        TemplateRow.collection_id == coll.id,
+                        _consent_valid(TemplateRow.person_id, now),
+                    )
+                ).all()
+                if rows:
+                    matrix = np.stack([np.frombuffer(r.embedding, "<f4") for r in rows])
+                    dist = distances(vec, matrix)
+                    scored.extend((r.id, r.person_id, float(d)) for r, d in zip(rows, dist))
+            scored.sort(key=lambda t: (t[2], t[0]))
+            if per_person:
+                best: dict[str, tuple[int, str, float]] = {}
+                for entry in scored:
+                    best.setdefault(entry[1], entry)
+                scored = list(best.values())
+            if len(scored) >= k or fetch >= total:
+                return scored[:k]
+            fetch = min(total, fetch * 4)
+
+    def _names(self, session: Session, person_ids: Sequence[str]) -> dict[str, PersonRow]:
+        rows = session.scalars(select(PersonRow).where(PersonRow.id.in_(list(person_ids)))).all()
+        return {r.id: r for r in rows}
+
+    def identify(
+        self,
+        collection: str,
+        probe: Probe,
+        *,
+        k: int = 5,
+        face: FacePick = None,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> Identification:
+        """Who is this? The ``k`` nearest consented persons (best template each) and the open-set
+        answer: ``unknown`` unless the nearest is within the calibrated threshold.
+
+        ``probe``: a photo (path or bytes), a :class:`Face` or an embedding. Nothing about the
+        probe is stored except its sha256 in the audit event.
+        """
+        if k < 1:
+            raise InputError("k must be at least 1")
+        with self._reading() as session:
+            coll = self._collection(session, collection)
+        resolved, _ = self._resolve(coll, probe, face)
+        cal = self.calibration(coll.model_id)
+        with self._lock, self._transaction() as (session, state):
+            coll = self._collection(session, collection)
+            ranked = self._ranked(session, coll, resolved.vector, k, per_person=True)
+            names = self._names(session, [p for _, p, _ in ranked])
+            candidates = []
+            for template_id, person_id, dist in ranked:
+                verdict = decide(dist, cal)
+                prow = names[person_id]
+                candidates.append(
+                    Candidate(person_id, prow.display_name, prow.external_id, dist, verdict.same,
+                              template_id)
+                )
+            unknown = not candidates or not candidates[0].same
+            seq = self._audit(
+                session, state, "identify", actor=actor, collection=collection, purpose=purpose,
+                input_hash=resolved.sha256, k=k, unknown=unknown, threshold=cal.threshold,
+                candidates=[
+                    {"person": c.person_id, "distance": round(c.distance, 6), "same": c.same}
+                    for c in candidates
+                ],
+            )
+        return Identification(tuple(candidates), unknown, cal.threshold, cal.describe(), seq)
+
+    def verify(
+        self,
+        collection: str,
+        person: str,
+        probe: Probe,
+        *,
+        face: FacePick = None,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> Verification:
+        """Is this that person? Distance to their best template and the calibrated decision.
+
+        :class:`ConsentError` when the person has no valid consent; :class:`NotFound` when they
+        have no template.
+        """
+        with self._reading() as session:
+            coll = self._collection(session, collection)
+        resolved, _ = self._resolve(coll, probe, face)
+        cal = self.calibration(coll.model_id)
+        with self._lock, self._transaction() as (session, state):
+            coll = self._collection(session, collection)
+            prow = self._person(session, coll, person)
+            self._require_consent(session, prow, utcnow())
+            rows = session.execute(
+                select(TemplateRow.id, TemplateRow.embedding).where(TemplateRow.person_id == prow.id)
+            ).all()
+            if not rows:
+                raise NotFound(f"person {prow.id} has no enrolled template")
+            dist = distances(resolved.vector, np.stack([np.frombuffer(r.embedding, "<f4") for r in rows]))
+            best = int(np.argmin(dist))
+            verdict = decide(float(dist[best]), cal)
+            seq = self._audit(
+                session, state, "verify", actor=actor, collection=collection, purpose=purpose,
+                input_hash=resolved.sha256, person=prow.id, distance=round(verdict.distance, 6),
+                same=verdict.same, threshold=cal.threshold,
+            )
+        return Verification(
+            prow.id, verdict.distance, verdict.same, cal.threshold, cal.describe(),
+            int(rows[best].id), seq,
+        )
+
+    def find_similar(
+        self,
+        collection: str,
+        probe: Probe,
+        *,
+        k: int = 10,
+        face: FacePick = None,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> list[SimilarFace]:
+        """The ``k`` nearest templates (several may belong to one person), with no decision."""
+        if k < 1:
+            raise InputError("k must be at least 1")
+        with self._reading() as session:
+            coll = self._collection(session, collection)
+        resolved, _ = self._resolve(coll, probe, face)
+        with self._lock, self._transaction() as (session, state):
+            coll = self._collection(session, collection)
+            ranked = self._ranked(session, coll, resolved.vector, k, per_person=False)
+            names = self._names(session, [p for _, p, _ in ranked])
+            found = [SimilarFace(t, p, names[p].display_name, d) for t, p, d in ranked]
+            self._audit(
+                session, state, "find_similar", actor=actor, collection=collection,
+                purpose=purpose, input_hash=resolved.sha256, k=k,
+                results=[{"template": f.template_id, "person": f.person_id,
+                          "distance": round(f.distance, 6)} for f in found],
+            )
+        return found
+
+    # ------------------------------------------------------------------ audit
+
+    def audit_events(
+        self,
+        *,
+        collection: str | None = None,
+        action: str | None = None,
+        after: int = 0,
+        limit: int = 100,
+    ) -> list[audit.AuditEvent]:
+        """Audit events with ``seq > after``, oldest first."""
+        with self._reading() as session:
+            return audit.events(
+                session, collection=collection, action=action, after=after, limit=limit
+            )
+
+    def last_audit_events(self, limit: int = 20) -> list[audit.AuditEvent]:
+        """The newest ``limit`` audit events, oldest first."""
+        with self._reading() as session:
+            return audit.last_events(session, limit=limit)
+
+    def verify_audit(self) -> audit.ChainReport:
+        """Walk the audit hash chain; the report names the first broken link."""
+        with self._reading() as session:
+            return audit.verify_chain(session)
+
+    # ------------------------------------------------------------------ export / import
+
+    def export_collection(
+        self,
+        collection: str,
+        path: str | Path,
+        *,
+        purpose: str | None = None,
+        actor: str | None = None,
+        progress: Progress | None = None,
+    ) -> TransferSummary:
+        """Write a collection (persons, consent records, embeddings; never images) as JSON lines.
+
+        The first line is a header; then one line per person with their consents and templates
+        (embeddings base64 little-endian float32). Written to a temporary file and renamed.
+        """
+        dest = Path(path)
+        tmp = dest.with_name(dest.name + ".tmp")
+        digest = hashlib.sha256()
+        with self._lock, self._transaction() as (session, state):
+            coll = self._collection(session, collection)
+            persons = session.scalars(
+                select(PersonRow).where(PersonRow.collection_id == coll.id).order_by(PersonRow.id)
+            ).all()
+            n_templates = 0
+            with open(tmp, "wb") as fh:
+
+                def write(record: dict[str, Any]) -> None:
+                    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+                    digest.update(line)
+                    fh.write(line)
+
+                write({
+                    "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "collection": coll.name,
+                    "model_id": coll.model_id, "dim": coll.dim, "persons": len(persons),
+                    "exported_at": utcnow().isoformat(),
+                })
+                for done, prow in enumerate(persons, 1):
+                    record = self._export_person(session, prow)
+                    n_templates += len(record["templates"])
+                    write(record)
+                    if progress is not None:
+                        progress(done, len(persons))
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._audit(
+                session, state, "collection.export", actor=actor, collection=collection,
+                purpose=purpose, persons=len(persons), templates=n_templates,
+                sha256=digest.hexdigest(), path=str(dest),
+            )
+        os.replace(tmp, dest)
+        return TransferSummary(collection, dest, len(persons), n_templates, digest.hexdigest())
+
+    @staticmethod
+    def _export_person(session: Session, prow: PersonRow) -> dict[str, Any]:
+        consents = session.scalars(
+            select(ConsentRow).where(ConsentRow.person_id == prow.id).order_by(ConsentRow.id)
+        ).all()
+        templates = session.scalars(
+            select(TemplateRow).where(TemplateRow.person_id == prow.id).order_by(TemplateRow.id)
+        ).all()
+
+        def when(value: datetime | None) -> str | None:
+            return value.isoformat() if value is not None else None
+
+        return {
+            "person": {
+                "id": prow.id, "display_name": prow.display_name,
+                "external_id": prow.external_id, "metadata": prow.meta,
+                "created_at": when(prow.created_at),
+            },
+            "consents": [
+                {
+                    "basis": c.basis, "purpose": c.purpose, "granted_by": c.granted_by,
+                    "granted_at": when(c.granted_at), "expires_at": when(c.expires_at),
+                    "revoked_at": when(c.revoked_at), "revoked_by": c.revoked_by,
+                    "revoke_reason": c.revoke_reason,
+                }
+                for c in consents
+            ],
+            "templates": [
+                {
+                    "embedding": base64.b64encode(t.embedding).decode("ascii"),
+                    "model_id": t.model_id, "quality": t.quality,
+                    "source_sha256": t.source_sha256, "created_at": when(t.created_at),
+                }
+                for t in templates
+            ],
+        }
+
+    def import_collection(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        purpose: str | None = None,
+        actor: str | None = None,
+        progress: Progress | None = None,
+    ) -> TransferSummary:
+        """Load an export into a new collection (``name`` or the exported one), in one transaction.
+
+        Person ids are kept. :class:`Conflict` when the collection or a person id exists;
+        :class:`InputError` when the file is not a valid export.
+        """
+        source = Path(path)
+        try:
+            raw = source.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {source}: {exc.strerror or exc}") from None
+        lines = raw.decode("utf-8", errors="replace").splitlines()
+        try:
+            header = json.loads(lines[0]) if lines else {}
+            records = [json.loads(line) for line in lines[1:] if line.strip()]
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{source}: not a Visage collection export ({exc})") from None
+        if header.get("format") != EXPORT_FORMAT or header.get("version") != EXPORT_VERSION:
+            raise InputError(f"{source}: not a Visage collection export (version {EXPORT_VERSION})")
+        target = name or str(header["collection"])
+        dim = int(header["dim"])
+        n_templates = 0
+        with self._lock, self._transaction() as (session, state):
+            if session.scalar(select(CollectionRow.id).where(CollectionRow.name == target)):
+                raise Conflict(f"collection {target!r} already exists")
+            coll = CollectionRow(
+                name=target, model_id=str(header["model_id"]), dim=dim, keep_images=False,
+                version=1, created_at=utcnow(),
+            )
+            session.add(coll)
+            session.flush()
+            for done, record in enumerate(records, 1):
+                n_templates += self._import_person(session, coll, record, source)
+                if progress is not None:
+                    progress(done, len(records))
+            self._audit(
+                session, state, "collection.import", actor=actor, collection=target,
+                purpose=purpose, persons=len(records), templates=n_templates,
+                sha256=_sha256(raw), source_collection=header["collection"],
+            )
+        return TransferSummary(
+            target, source, len(records), n_templates, _sha256(raw),
+            renamed_from=str(header["collection"]) if target != header["collection"] else None,
+        )
+
+    @staticmethod
+    def _import_person(
+        session: Session, coll: CollectionRow, record: dict[str, Any], source: Path
+    ) -> int:
+        def when(value: str | None) -> datetime | None:
+            return datetime.fromisoformat(value) if value else None
+
+        try:
+            p = record["person"]
+            if session.get(PersonRow, p["id"]) is not None:
+                raise Conflict(f"person id {p['id']} already exists in this store")
+            session.add(PersonRow(
+                id=p["id"], collection_id=coll.id, display_name=p["display_name"],
+                external_id=p["external_id"], meta=p["metadata"] or {},
+                created_at=when(p["created_at"]) or utcnow(),
+            ))
+            session.flush()  # no ORM relationships, so the person row must exist first
+            for c in record["consents"]:
+                session.add(ConsentRow(
+                    person_id=p["id"], basis=c["basis"], purpose=c["purpose"],
+                    granted_by=c["granted_by"], granted_at=when(c["granted_at"]),
+                    expires_at=when(c["expires_at"]), revoked_at=when(c["revoked_at"]),
+                    revoked_by=c["revoked_by"], revoke_reason=c["revoke_reason"],
+                ))
+            for t in record["templates"]:
+                blob = base64.b64decode(t["embedding"], validate=True)
+                if len(blob) != 4 * coll.dim or t["model_id"] != coll.model_id:
+                    raise InputError(f"{source}: a template of {p['id']} does not fit the collection")
+                session.add(TemplateRow(
+                    person_id=p["id"], collection_id=coll.id, embedding=blob,
+                    model_id=t["model_id"], quality=t["quality"],
+                    source_sha256=t["source_sha256"], created_at=when(t["created_at"]) or utcnow(),
+                ))
+            session.flush()
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"{source}: malformed person record ({exc})") from None
+        return len(record["templates"])

@@ -1,0 +1,259 @@
+"""The gallery's store: SQLAlchemy 2 typed models, the engine, and migrations run on open.
+
+The store is the source of truth; the vector index is rebuilt from it whenever they disagree.
+A SQLite file is the default (embedded, zero set-up); PostgreSQL is used by URL
+(``postgresql+psycopg://user@host/db``).
+
+Concurrency rule: every transaction that changes anything first locks the single
+:class:`StateRow` (``SELECT … FOR UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` takes the file's
+write lock on SQLite). Writers are therefore serialised, which is what makes the audit hash
+chain linear and lets a reader trust a collection's ``version`` for the whole transaction.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Engine,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+    create_engine,
+    event,
+)
+from sqlalchemy.engine import Dialect, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import StaticPool
+
+from ..errors import StorageError
+
+DEFAULT_DB = Path("~/.local/share/visage/visage.db")
+
+
+def default_url() -> str:
+    """``$VISAGE_DB`` (a URL or a file path) or the SQLite file ``~/.local/share/visage/visage.db``."""
+    return database_url(os.environ.get("VISAGE_DB") or str(DEFAULT_DB.expanduser()))
+
+
+def database_url(target: str | Path) -> str:
+    """A SQLAlchemy URL for ``target``: URLs pass through, file paths become SQLite URLs."""
+    text = str(target)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL; ``None`` for in-memory SQLite and other backends."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC (the only kind of time the store hands out)."""
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out; stored naive UTC on every backend.
+
+    Storing one form everywhere keeps SQLite's text comparisons and PostgreSQL's timestamp
+    comparisons in agreement (consent expiry is decided in SQL).
+    """
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the store; use timezone-aware UTC")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every gallery table."""
+
+
+class StateRow(Base):
+    """The single row every writer locks first; it also anchors the audit chain's head."""
+
+    __tablename__ = "gallery_state"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    audit_seq: Mapped[int] = mapped_column(Integer, default=0)
+    audit_head: Mapped[str] = mapped_column(String(64))
+
+
+class CollectionRow(Base):
+    """An isolated gallery (a tenant). ``version`` counts template changes, for the index."""
+
+    __tablename__ = "collection"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    model_id: Mapped[str] = mapped_column(String(100))
+    dim: Mapped[int] = mapped_column(Integer)
+    keep_images: Mapped[bool] = mapped_column(default=False)
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class PersonRow(Base):
+    """A person in one collection; ``id`` is a random hex uuid, ``external_id`` the caller's own."""
+
+    __tablename__ = "person"
+    __table_args__ = (UniqueConstraint("collection_id", "external_id"),)
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    collection_id: Mapped[int] = mapped_column(
+        ForeignKey("collection.id", ondelete="CASCADE"), index=True
+    )
+    display_name: Mapped[str] = mapped_column(String(300))
+    external_id: Mapped[str | None] = mapped_column(String(300))
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ConsentRow(Base):
+    """A consent record: the legal basis for holding a person's templates, and its life span."""
+
+    __tablename__ = "consent"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    basis: Mapped[str] = mapped_column(String(40))
+    purpose: Mapped[str | None] = mapped_column(String(300))
+    granted_by: Mapped[str] = mapped_column(String(300))
+    granted_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_by: Mapped[str | None] = mapped_column(String(300))
+    revoke_reason: Mapped[str | None] = mapped_column(Text)
+
+
+class TemplateRow(Base):
+    """One enrolled face: the embedding (float32 bytes), never the probe or, by default, the image."""
+
+    __tablename__ = "template"
+    __table_args__ = (
+        UniqueConstraint("person_id", "source_sha256"),
+        Index("ix_template_collection_id", "collection_id", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    person_id: Mapped[str] = mapped_column(ForeignKey("person.id", ondelete="CASCADE"), index=True)
+    collection_id: Mapped[int] = mapped_column(ForeignKey("collection.id", ondelete="CASCADE"))
+    embedding: Mapped[bytes] = mapped_column(LargeBinary)
+    model_id: Mapped[str] = mapped_column(String(100))
+    quality: Mapped[float | None] = mapped_column(Float)
+    source_sha256: Mapped[str] = mapped_column(String(64))
+    image: Mapped[bytes | None] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class AuditRow(Base):
+    """One audit event; ``hash`` covers every other column, including ``prev_hash``."""
+
+    __tablename__ = "audit_event"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(300))
+    action: Mapped[str] = mapped_column(String(60))
+    collection: Mapped[str | None] = mapped_column(String(200), index=True)
+    purpose: Mapped[str | None] = mapped_column(String(300))
+    input_hash: Mapped[str | None] = mapped_column(String(64))
+    summary: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+def _sqlite_pragmas(engine: Engine) -> None:
+    """WAL + full sync + foreign keys, and ``BEGIN IMMEDIATE`` so writers queue instead of failing.
+
+    pysqlite's own transaction handling is switched off (``isolation_level = None``) and the
+    ``begin`` event issues the BEGIN, the documented SQLAlchemy recipe.
+    """
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        if engine.url.database not in (None, "", ":memory:"):
+            cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _migrations_config(engine: Engine) -> Config:
+    cfg = Config()
+    location = resources.files("visage.gallery").joinpath("migrations")
+    cfg.set_main_option("script_location", str(location))
+    cfg.attributes["engine"] = engine
+    return cfg
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest Alembic revision (a no-op when it is current)."""
+    cfg = _migrations_config(engine)
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    with engine.connect() as conn:
+        current = MigrationContext.configure(conn).get_current_revision()
+    if current != head:
+        command.upgrade(cfg, "head")
+
+
+def open_engine(url: str) -> Engine:
+    """An engine for ``url`` with the schema migrated; SQLite's parent folder is created.
+
+    Raises :class:`StorageError` when the database cannot be reached or migrated.
+    """
+    path = sqlite_path(url)
+    try:
+        if make_url(url).get_backend_name() == "sqlite":
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                engine = create_engine(url)
+            else:
+                engine = create_engine(
+                    url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+                )
+            _sqlite_pragmas(engine)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        migrate(engine)
+    except (SQLAlchemyError, OSError) as exc:
+        shown = make_url(url).render_as_string(hide_password=True)
+        raise StorageError(f"cannot open gallery store {shown}: {exc}") from exc
+    return engine
