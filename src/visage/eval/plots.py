@@ -68,6 +68,7 @@ def roc_png(curves: Mapping[str, Roc]) -> bytes:
         keep = curve.fmr > 0
         axes.step(curve.fmr[keep], curve.tar[keep], where="post", label=name)
     axes.set_xscale("log")
+    axes.set_xlim(0.5 / max(c.n_impostor for c in curves.values()), 1.0)
     axes.set_xlabel("false match rate (FMR)")
     axes.set_ylabel("true accept rate (1 - FNMR)")
     axes.set_ylim(0.0, 1.01)
@@ -79,15 +80,19 @@ def det_png(curves: Mapping[str, Roc], *, scale: Literal["log", "normal"] = "log
     """Detection error trade-off: FNMR against FMR, both axes log (NIST FRTE's convention) or
     normal deviates (Martin et al. 1997, where normal score distributions draw straight lines).
 
-    Points where a rate is 0 cannot be placed on either scale and are left out.
+    Points where a rate is 0 cannot be placed on either scale and are left out; log axes start
+    at half the smallest rate the data can measure (one error among all comparisons).
     """
     figure, axes = _new_axes("DET")
     for name, curve in curves.items():
         keep = (curve.fmr > 0) & (curve.fnmr > 0)
-        axes.step(curve.fmr[keep], curve.fnmr[keep], where="post", label=name)
+        label = name if keep.any() else f"{name} (no threshold with both rates above 0)"
+        axes.step(curve.fmr[keep], curve.fnmr[keep], where="post", label=label)
     if scale == "log":
         axes.set_xscale("log")
         axes.set_yscale("log")
+        axes.set_xlim(0.5 / max(c.n_impostor for c in curves.values()), 1.0)
+        axes.set_ylim(0.5 / max(c.n_genuine for c in curves.values()), 1.0)
     else:
         axes.set_xscale("function", functions=(_probit, _normal_cdf))
         axes.set_yscale("function", functions=(_probit, _normal_cdf))

@@ -30,7 +30,7 @@ import numpy.typing as npt
 from ..decision import distance
 from ..errors import InputError
 from ..models.base import Box
-from ..pipeline import Embedding, Face, Pipeline
+from ..pipeline import Embedding, Face, ImageResult, Pipeline
 from .metrics import person_distances
 
 Floats = npt.NDArray[np.float64]
@@ -295,8 +295,29 @@ def embed_photos(
     absent = [p for p in unique if not p.is_file()]
     if absent:
         raise InputError(f"{len(absent)} photo(s) not found, first: {absent[0]}")
+    return acquire(
+        zip(unique, pipeline.embed_many(unique)),
+        pipeline,
+        missing_face=missing_face,
+        progress=progress,
+    )
+
+
+def acquire(
+    results: Iterable[tuple[Path, ImageResult]],
+    pipeline: Pipeline,
+    *,
+    missing_face: MissingFace = MissingFace.COUNT,
+    progress: Callable[[], None] | None = None,
+) -> Embedded:
+    """Pick each photo's labelled face from the pipeline's results for it.
+
+    :func:`embed_photos` feeds it; call it directly for photos already run through
+    :meth:`Pipeline.embed_many` (by the same ``pipeline`` configuration), so they are not
+    embedded twice. ``pipeline`` re-reads only photos with several faces or none.
+    """
     photos: dict[Path, Acquisition] = {}
-    for path, result in zip(unique, pipeline.embed_many(unique)):
+    for path, result in results:
         if result.error is not None:
             raise InputError(result.error)
         photos[path] = _acquire(path, result.faces, pipeline, missing_face)

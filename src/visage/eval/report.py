@@ -36,7 +36,8 @@ def _groups_note(threshold: float, source: str) -> str:
     return f"<p>{html.escape(_GROUPS_NOTE)} Threshold {threshold:.4f} ({html.escape(source)}).</p>"
 
 
-def _rate(value: float) -> str:
+def format_rate(value: float) -> str:
+    """A rate to four decimals, ``-`` where it is undefined (NaN: nothing to measure it on)."""
     return "-" if not math.isfinite(value) else f"{value:.4f}"
 
 
@@ -60,7 +61,14 @@ def _figures(figures: Mapping[str, bytes]) -> str:
 def _acquisition(acquired: Acquired) -> str:
     return _table(
         ["photos", "no face detected", "failure-to-acquire rate", "policy"],
-        [[str(acquired.photos), str(acquired.no_face), _rate(acquired.rate), acquired.policy]],
+        [
+            [
+                str(acquired.photos),
+                str(acquired.no_face),
+                format_rate(acquired.rate),
+                acquired.policy,
+            ]
+        ],
     )
 
 
@@ -71,9 +79,9 @@ def _operating_points(points: Sequence[metrics.OperatingPoint], fmr: str, fnmr: 
             [
                 f"{p.target_fmr:g}",
                 f"{p.threshold:.4f}",
-                _rate(p.fmr),
-                _rate(p.tar),
-                _rate(p.fnmr),
+                format_rate(p.fmr),
+                format_rate(p.tar),
+                format_rate(p.fnmr),
                 str(p.n_impostor),
                 "yes" if p.supported else "no: too few non-mated comparisons",
             ]
@@ -93,11 +101,11 @@ def _verification(result: VerificationResult) -> str:
         _table(
             ["fold", "accuracy", "threshold"],
             [
-                [str(i + 1), _rate(a), f"{t:.4f}"]
+                [str(i + 1), format_rate(a), f"{t:.4f}"]
                 for i, (a, t) in enumerate(zip(kfold.accuracies, kfold.thresholds))
             ]
             + [["mean ± std", f"{kfold.mean:.4f} ± {kfold.std:.4f}", ""]]
-            + [["standard error", _rate(kfold.standard_error), ""]],
+            + [["standard error", format_rate(kfold.standard_error), ""]],
         ),
         "<h3>Error rates</h3>",
         _table(
@@ -106,8 +114,8 @@ def _verification(result: VerificationResult) -> str:
                 [
                     str(summary.n_genuine),
                     str(summary.n_impostor),
-                    _rate(summary.auc),
-                    _rate(summary.eer.rate),
+                    format_rate(summary.auc),
+                    format_rate(summary.eer.rate),
                     f"{summary.eer.threshold:.4f}",
                 ]
             ],
@@ -121,7 +129,7 @@ def _verification(result: VerificationResult) -> str:
             f"<p>{html.escape(check.calibration.describe())}</p>",
             _table(
                 ["FMR", "FNMR", "accuracy"],
-                [[_rate(check.fmr), _rate(check.fnmr), _rate(check.accuracy)]],
+                [[format_rate(check.fmr), format_rate(check.fnmr), format_rate(check.accuracy)]],
             ),
         ]
     if result.groups:
@@ -135,11 +143,11 @@ def _verification(result: VerificationResult) -> str:
                         g.rates.group,
                         str(g.rates.n_genuine),
                         str(g.rates.n_impostor),
-                        _rate(g.rates.fmr),
-                        _rate(g.rates.fnmr),
-                        _rate(g.rates.fmr_ratio),
-                        _rate(g.summary.auc) if g.summary else "-",
-                        _rate(g.summary.eer.rate) if g.summary else "-",
+                        format_rate(g.rates.fmr),
+                        format_rate(g.rates.fnmr),
+                        format_rate(g.rates.fmr_ratio),
+                        format_rate(g.summary.auc) if g.summary else "-",
+                        format_rate(g.summary.eer.rate) if g.summary else "-",
                     ]
                     for g in result.groups
                 ],
@@ -168,7 +176,13 @@ def _identification(result: IdentificationResult) -> str:
         "<h3>Closed set (mated searches)</h3>",
         _table(
             ["rank 1", "rank 5", "rank 10"],
-            [[_rate(result.rank(1)), _rate(result.rank(5)), _rate(result.rank(10))]],
+            [
+                [
+                    format_rate(result.rank(1)),
+                    format_rate(result.rank(5)),
+                    format_rate(result.rank(10)),
+                ]
+            ],
         ),
     ]
     if result.open_set:
@@ -187,9 +201,9 @@ def _identification(result: IdentificationResult) -> str:
                         g.group,
                         str(g.n_mated),
                         str(g.n_nonmated),
-                        _rate(g.rank1),
-                        _rate(g.fnir),
-                        _rate(g.fpir),
+                        format_rate(g.rank1),
+                        format_rate(g.fnir),
+                        format_rate(g.fpir),
                     ]
                     for g in result.groups
                 ],

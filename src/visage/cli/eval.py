@@ -1,0 +1,367 @@
+"""``visage eval verify | identify`` and ``visage calibrate``: thin shells over :mod:`visage.eval`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..api import pipeline as get_pipeline
+from ..decision import load_calibration
+from ..errors import InputError
+from ..eval import metrics, plots
+from ..eval.protocols import (
+    Embedded,
+    MissingFace,
+    all_pairs,
+    embed_photos,
+    read_groups,
+    read_identification_list,
+    read_pairs,
+    score_identification,
+    score_pairs,
+)
+from ..eval.report import format_rate, html_report
+from ..eval.results import (
+    Acquired,
+    IdentificationResult,
+    VerificationResult,
+    calibrate,
+    evaluate_identification,
+    evaluate_verification,
+)
+from .app import app
+from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json
+from .progress import progress_bar
+
+eval_app = typer.Typer(
+    help="Measure error rates on labelled photos: verification pairs or identification.",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+
+RootOpt = Annotated[
+    Path | None,
+    typer.Option("--root", help="Folder the protocol's photo paths are relative to."),
+]
+GroupsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--groups",
+        help="A user-supplied 'person,group' CSV: report every figure per group too.",
+    ),
+]
+ReportOpt = Annotated[
+    Path | None, typer.Option("--report", help="Write a self-contained HTML report here.")
+]
+PlotsOpt = Annotated[Path | None, typer.Option("--plots", help="Write the PNG figures here.")]
+CalibrationOpt = Annotated[
+    Path | None,
+    typer.Option("--calibration", help="A calibration record to evaluate on this data."),
+]
+NoFaceOpt = Annotated[
+    MissingFace,
+    typer.Option(
+        "--no-face",
+        help="A photo with no face detected: 'count' it as an error, or embed its 'centre' box.",
+    ),
+]
+TtaOpt = Annotated[bool, typer.Option(help="Average with the mirrored chip.")]
+
+
+def _embed(
+    paths: Iterable[Path],
+    *,
+    detector: str,
+    upsample: int,
+    tta: bool,
+    missing_face: MissingFace,
+    quiet: bool,
+) -> Embedded:
+    unique = list(dict.fromkeys(paths))
+    pipe = get_pipeline(detector, upsample, tta)
+    with progress_bar("embedding", total=len(unique), enabled=not quiet) as advance:
+        return embed_photos(unique, pipe, missing_face=missing_face, progress=advance)
+
+
+def _write(
+    result: VerificationResult | IdentificationResult,
+    figures: Mapping[str, bytes],
+    report: Path | None,
+    plots_dir: Path | None,
+) -> list[str]:
+    """Write the report and the PNGs asked for; returns the paths written."""
+    written: list[Path] = []
+    try:
+        if plots_dir is not None:
+            plots_dir.mkdir(parents=True, exist_ok=True)
+            for name, png in figures.items():
+                (plots_dir / f"{name}.png").write_bytes(png)
+                written.append(plots_dir / f"{name}.png")
+        if report is not None:
+            report.write_text(html_report(result, figures), encoding="utf-8")
+            written.append(report)
+    except OSError as exc:
+        raise InputError(f"cannot write output: {exc}") from exc
+    return [str(p) for p in written]
+
+
+def _acquisition_line(acquired: Acquired, model_id: str) -> str:
+    handled = "counted as errors" if acquired.policy == MissingFace.COUNT else "centre box used"
+    return (
+        f"model {model_id}; {acquired.photos} photos, {acquired.no_face} with no face detected "
+        f"(failure to acquire {acquired.rate:.2%}, {handled})"
+    )
+
+
+def _points_table(points: Iterable[metrics.OperatingPoint], fmr: str, fnmr: str) -> Table:
+    table = Table(f"target {fmr}", "threshold", fmr, f"1-{fnmr}", fnmr, "non-mated", "supported")
+    for p in points:
+        table.add_row(
+            f"{p.target_fmr:g}",
+            f"{p.threshold:.4f}",
+            format_rate(p.fmr),
+            format_rate(p.tar),
+            format_rate(p.fnmr),
+            str(p.n_impostor),
+            "yes" if p.supported else "no (too few)",
+        )
+    return table
+
+
+def _print_verification(result: VerificationResult) -> None:
+    kfold, summary = result.kfold, result.summary
+    console.print(_acquisition_line(result.acquisition, result.model_id), markup=False)
+    console.print(
+        f"accuracy {kfold.mean:.4f} ± {kfold.std:.4f} over {len(kfold.accuracies)} folds "
+        f"(standard error {kfold.standard_error:.4f}); ROC AUC {summary.auc:.4f}; "
+        f"EER {summary.eer.rate:.4f} at {summary.eer.threshold:.4f}",
+        markup=False,
+    )
+    console.print(_points_table(summary.operating_points, "FMR", "FNMR"))
+    if result.calibration is not None:
+        check = result.calibration
+        console.print(
+            f"calibration {check.calibration.describe()}: FMR {check.fmr:.4f}, "
+            f"FNMR {check.fnmr:.4f}, accuracy {check.accuracy:.4f} on this data",
+            markup=False,
+        )
+    if result.groups:
+        table = Table("group", "genuine", "impostor", "FMR", "FNMR", "FMR / overall")
+        for g in result.groups:
+            r = g.rates
+            table.add_row(
+                r.group,
+                str(r.n_genuine),
+                str(r.n_impostor),
+                format_rate(r.fmr),
+                format_rate(r.fnmr),
+                format_rate(r.fmr_ratio),
+            )
+        console.print(f"by group at {result.threshold:.4f} ({result.threshold_source}):")
+        console.print(table)
+
+
+def _print_identification(result: IdentificationResult) -> None:
+    console.print(_acquisition_line(result.acquisition, result.model_id), markup=False)
+    console.print(
+        f"{result.n_enrolled} of {result.n_persons} persons enrolled; "
+        f"{result.ranks.size} mated and {result.nonmated.size} non-mated searches; "
+        f"rank-1 {result.rank(1):.4f}, rank-5 {result.rank(5):.4f}",
+        markup=False,
+    )
+    if result.open_set:
+        console.print(_points_table(result.open_set, "FPIR", "FNIR"))
+    if result.groups:
+        table = Table("group", "mated", "non-mated", "rank-1", "FNIR", "FPIR")
+        for g in result.groups:
+            table.add_row(
+                g.group,
+                str(g.n_mated),
+                str(g.n_nonmated),
+                format_rate(g.rank1),
+                format_rate(g.fnir),
+                format_rate(g.fpir),
+            )
+        console.print(f"by group at {result.threshold:.4f} ({result.threshold_source}):")
+        console.print(table)
+
+
+def _finish(
+    result: VerificationResult | IdentificationResult,
+    figures: Mapping[str, bytes],
+    *,
+    report: Path | None,
+    plots_dir: Path | None,
+    json_out: bool,
+) -> None:
+    written = _write(result, figures, report, plots_dir)
+    if json_out:
+        doc: dict[str, Any] = result.as_dict() | {"written": written}
+        emit_json(doc)
+        return
+    if isinstance(result, VerificationResult):
+        _print_verification(result)
+    else:
+        _print_identification(result)
+    for path in written:
+        console.print(f"wrote {path}", markup=False)
+
+
+@eval_app.command("verify")
+def verify(
+    pairs_file: Annotated[
+        Path, typer.Argument(metavar="PAIRS", help="LFW View-2 pairs file, or a CSV 'a,b,same'.")
+    ],
+    root: RootOpt = None,
+    groups: GroupsOpt = None,
+    report: ReportOpt = None,
+    plots_dir: PlotsOpt = None,
+    calibration: CalibrationOpt = None,
+    no_face: NoFaceOpt = MissingFace.COUNT,
+    detector: DetectorOpt = "hog",
+    upsample: UpsampleOpt = 1,
+    tta: TtaOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """1:1 verification on a pairs protocol: k-fold accuracy, ROC AUC, EER, TAR at FMR."""
+    pairs = read_pairs(pairs_file, root if root is not None else pairs_file.parent)
+    group_table = read_groups(groups) if groups is not None else None
+    saved = load_calibration(calibration) if calibration is not None else None
+    embedded = _embed(
+        [path for p in pairs for path in (p.a, p.b)],
+        detector=detector,
+        upsample=upsample,
+        tta=tta,
+        missing_face=no_face,
+        quiet=json_out,
+    )
+    result = evaluate_verification(
+        score_pairs(pairs, embedded),
+        embedded,
+        protocol=pairs_file.name,
+        groups=group_table,
+        calibration=saved,
+    )
+    _finish(
+        result,
+        plots.verification_figures(result),
+        report=report,
+        plots_dir=plots_dir,
+        json_out=json_out,
+    )
+
+
+@eval_app.command("identify")
+def identify(
+    gallery: Annotated[
+        Path, typer.Option("--gallery", help="Enrolment list: 'person path' lines.")
+    ],
+    probes: Annotated[
+        Path,
+        typer.Option(
+            "--probes", help="Search list: 'person path'; persons not enrolled are non-mated."
+        ),
+    ],
+    root: RootOpt = None,
+    groups: GroupsOpt = None,
+    report: ReportOpt = None,
+    plots_dir: PlotsOpt = None,
+    calibration: CalibrationOpt = None,
+    no_face: NoFaceOpt = MissingFace.COUNT,
+    detector: DetectorOpt = "hog",
+    upsample: UpsampleOpt = 1,
+    tta: TtaOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """1:N identification: rank-1 / rank-5 / CMC, and open-set FNIR at FPIR."""
+    enrol = read_identification_list(gallery, root)
+    search = read_identification_list(probes, root)
+    group_table = read_groups(groups) if groups is not None else None
+    saved = load_calibration(calibration) if calibration is not None else None
+    embedded = _embed(
+        [e.path for e in [*enrol, *search]],
+        detector=detector,
+        upsample=upsample,
+        tta=tta,
+        missing_face=no_face,
+        quiet=json_out,
+    )
+    result = evaluate_identification(
+        score_identification(enrol, search, embedded),
+        embedded,
+        groups=group_table,
+        calibration=saved,
+    )
+    _finish(
+        result,
+        plots.identification_figures(result),
+        report=report,
+        plots_dir=plots_dir,
+        json_out=json_out,
+    )
+
+
+@app.command("calibrate")
+def calibrate_command(
+    pairs_file: Annotated[
+        Path,
+        typer.Option(
+            "--pairs", help="LFW View-2 pairs file, or a CSV 'a,b,same', of your own photos."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Calibration record to write.")],
+    target_fmr: Annotated[
+        float,
+        typer.Option("--target-fmr", min=0.0, max=1.0, help="The false-match rate to allow."),
+    ] = 1e-3,
+    root: RootOpt = None,
+    every_pair: Annotated[
+        bool,
+        typer.Option(
+            "--all-pairs",
+            help="Compare every two photos the protocol names, not only its pairs "
+            "(far more impostor pairs, so smaller FMRs can be supported).",
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option(help="Write even when too few impostor pairs back the target.")
+    ] = False,
+    no_face: NoFaceOpt = MissingFace.COUNT,
+    detector: DetectorOpt = "hog",
+    upsample: UpsampleOpt = 1,
+    tta: TtaOpt = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Choose the threshold that meets a target false-match rate; write the calibration."""
+    pairs = read_pairs(pairs_file, root if root is not None else pairs_file.parent)
+    embedded = _embed(
+        [path for p in pairs for path in (p.a, p.b)],
+        detector=detector,
+        upsample=upsample,
+        tta=tta,
+        missing_face=no_face,
+        quiet=json_out,
+    )
+    scored = score_pairs(all_pairs(pairs) if every_pair else pairs, embedded)
+    scope = f"all pairs of the {embedded.n_photos} photos of" if every_pair else "the pairs of"
+    record = calibrate(
+        scored,
+        embedded,
+        target_fmr=target_fmr,
+        source=f"{scope} {pairs_file.name}, {detector} detector, no face: {no_face}",
+        allow_unsupported=force,
+    )
+    try:
+        out.write_text(record.to_json() + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise InputError(f"cannot write {out}: {exc}") from exc
+    if json_out:
+        emit_json({"out": str(out), "calibration": asdict(record)})
+    else:
+        console.print(f"threshold {record.describe()}", markup=False)
+        console.print(f"wrote {out}", markup=False)
