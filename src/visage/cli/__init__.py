@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from . import pipeline as _pipeline  # noqa: F401  (registers detect/embed/compare/version)
+from . import eval as _eval  # noqa: F401  (registers eval verify/identify and calibrate)
 from .app import app
 
 __all__ = ["app", "main"]
