@@ -17,7 +17,7 @@ from ..facetable import FaceTable, collect_images
 from ..models.weights import MODEL_FILES
 from ..pipeline import Face
 from .app import app
-from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console
+from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json
 from .progress import progress_bar
 
 
@@ -63,20 +63,20 @@ def detect(
         except VisageError as exc:
             failed += 1
             results.append({"source": str(path), "error": str(exc)})
-            if not json_out:
-                err_console.print(f"error: {exc}", markup=False, highlight=False)
+            typer.echo(f"error: {exc}", err=True)
     if json_out:
         emit_json(results)
     else:
-        table = Table("source", "#", "box (l,t,r,b)", "score", "quality", "reasons")
+        table = Table("#", "box (l,t,r,b)", "score", "quality", "reasons")
+        table.add_column("source", overflow="fold")
         for r in results:
             for i, f in enumerate(r.get("faces", [])):
                 b = f["box"]
-                table.add_row(r["source"], str(i), f"{b['left']},{b['top']},{b['right']},{b['bottom']}",
+                table.add_row(str(i), f"{b['left']},{b['top']},{b['right']},{b['bottom']}",
                               f"{f['score']:.2f}", f"{f['quality']['score']:.2f}",
-                              "; ".join(f["quality"]["reasons"]) or "-")
+                              "; ".join(f["quality"]["reasons"]) or "-", r["source"])
             if not r.get("faces") and "error" not in r:
-                table.add_row(r["source"], "-", "no face", "", "", "")
+                table.add_row("-", "no face", "", "", "", r["source"])
         console.print(table)
     if failed:
         raise typer.Exit(1)
@@ -104,8 +104,7 @@ def embed(
         def step(result: Any) -> None:
             if result.error:
                 failures.append(result.error)
-                if not json_out:
-                    err_console.print(f"skipped: {result.error}", markup=False, highlight=False)
+                typer.echo(f"skipped: {result.error}", err=True)
             advance()
 
         table.write(pipe.embed_many(todo, workers=workers, progress=step))

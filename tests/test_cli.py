@@ -1,0 +1,95 @@
+"""The CLI through Typer's runner: output, --json, resumable embed, and clean errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+from typer.testing import CliRunner
+
+from visage.cli import app
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output + result.stderr
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_detect_json(people_photos: list[Path]) -> None:
+    code, out, _ = run("detect", str(people_photos[0]), "--json")
+    assert code == 0
+    doc = json.loads(out)
+    assert doc[0]["source"] == str(people_photos[0]) and len(doc[0]["faces"]) >= 1
+    assert set(doc[0]["faces"][0]["box"]) == {"left", "top", "right", "bottom"}
+
+
+def test_detect_table_and_bad_file(people_photos: list[Path], tmp_path: Path) -> None:
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("this is text")
+    code, out, err = run("detect", str(people_photos[0]), str(bad))
+    assert code == 1
+    assert "notes.jpg: invalid image: not a recognised image format" in err
+    assert people_photos[0].name[:10] in out
+
+
+def test_compare_same_and_different(people_photos: list[Path]) -> None:
+    a, b = [p for p in people_photos if p.parent == people_photos[0].parent][:2]
+    code, out, _ = run("compare", str(a), str(b), "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["same"] is True and doc["distance"] < doc["threshold"]
+    assert "FMR" in doc["threshold_source"]
+    other = next(p for p in people_photos if p.parent != a.parent)
+    code, out, _ = run("compare", str(a), str(other))
+    assert code == 0 and out.startswith("different people")
+
+
+def test_compare_errors_are_one_line(tmp_path: Path, people_photos: list[Path]) -> None:
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    code, _, err = run("compare", str(empty), str(people_photos[0]))
+    assert code == 1 and err.strip() == f"error: {empty}: invalid image: empty file"
+    code, _, err = run("compare", str(tmp_path / "missing.jpg"), str(people_photos[0]))
+    assert code == 1 and "no such file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_embed_resumes_and_reports_bad_files(people_photos: list[Path], tmp_path: Path) -> None:
+    folder = people_photos[0].parent
+    out = tmp_path / "faces.parquet"
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(people_photos[0].read_bytes()[:300])
+    code, stdout, err = run("embed", str(folder), str(bad), "--out", str(out), "--json")
+    assert code == 1 and "truncated.jpg" in err
+    summary = json.loads(stdout)
+    n = len(list(folder.glob("*.jpg")))
+    assert summary["processed"] == n + 1 and summary["failed"] == 1
+    table = pq.read_table(out).to_pylist()
+    faces = [r for r in table if r["face_index"] >= 0]
+    assert len(faces) >= n and all(len(r["embedding"]) == 128 for r in faces)
+    assert all(r["model_id"] == "dlib_resnet_v1" for r in faces)
+    # Re-run: the good photos are done, only the bad one is retried.
+    code, stdout, _ = run("embed", str(folder), str(bad), "--out", str(out), "--json")
+    summary = json.loads(stdout)
+    assert summary["already_done"] == n and summary["processed"] == 1
+    assert len([r for r in pq.read_table(out).to_pylist() if r["face_index"] >= 0]) == len(faces)
+    assert not out.with_name(out.name + ".parts").exists()
+
+
+def test_embed_with_nothing_to_do(tmp_path: Path) -> None:
+    code, _, err = run("embed", str(tmp_path), "--out", str(tmp_path / "x.parquet"))
+    assert code == 1 and "no image files" in err
+
+
+def test_version_and_bad_option() -> None:
+    code, out, _ = run("version", "--json")
+    assert code == 0 and json.loads(out)["models"]["resnet"]["sha256"].startswith("55533b28")
+    result = runner.invoke(app, ["detect", "--upsample", "9", "x.jpg"])
+    assert result.exit_code == 2
+
+
+def test_unknown_detector_is_an_error(people_photos: list[Path]) -> None:
+    result = runner.invoke(app, ["detect", "--detector", "mtcnn", str(people_photos[0])])
+    assert result.exit_code != 0
