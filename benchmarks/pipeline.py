@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-
 from visage import align
 from visage.imageio import load_image
 from visage.pipeline import Pipeline

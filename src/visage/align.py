@@ -118,11 +118,12 @@ def _sample(image: Image, place: ChipPlacement) -> Image:
 def _dlib_chip(image: Image, landmarks: npt.NDArray[np.float64], size: int, padding: float) -> Image:
     import dlib  # only for large faces: dlib's anti-aliasing pyramid
 
-    pts = [dlib.point(int(round(x)), int(round(y))) for x, y in landmarks]
+    pts = [dlib.point(round(float(x)), round(float(y))) for x, y in landmarks]
     xs, ys = landmarks[:, 0], landmarks[:, 1]
     rect = dlib.rectangle(int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max()))
     shape = dlib.full_object_detection(rect, pts)
-    return np.asarray(dlib.get_face_chip(image, shape, size, padding), dtype=np.uint8)
+    chip: Image = np.asarray(dlib.get_face_chip(image, shape, size, padding), dtype=np.uint8)
+    return chip
 
 
 def align(image: Image, landmarks: npt.ArrayLike, *, size: int = CHIP_SIZE, padding: float = CHIP_PADDING) -> Image:

@@ -25,7 +25,8 @@ def normalize(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """L2-normalise rows (or one vector); zero vectors are returned unchanged."""
     arr = np.asarray(vectors, dtype=np.float32)
     norms = np.linalg.norm(arr, axis=-1, keepdims=True)
-    return np.divide(arr, norms, out=np.zeros_like(arr), where=norms > 0)
+    out: npt.NDArray[np.float32] = np.divide(arr, norms, out=np.zeros_like(arr), where=norms > 0)
+    return out
 
 
 def distances(query: npt.ArrayLike, candidates: npt.ArrayLike) -> npt.NDArray[np.float32]:
@@ -36,7 +37,8 @@ def distances(query: npt.ArrayLike, candidates: npt.ArrayLike) -> npt.NDArray[np
     q = np.asarray(query, dtype=np.float32)
     c = np.asarray(candidates, dtype=np.float32).reshape(-1, q.shape[-1])
     cos = c @ q
-    return np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, None)).astype(np.float32)
+    out: npt.NDArray[np.float32] = np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, None)).astype(np.float32)
+    return out
 
 
 def distance(a: npt.ArrayLike, b: npt.ArrayLike) -> float:

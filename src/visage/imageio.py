@@ -68,7 +68,7 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | N
         # Our own limit replaces Pillow's DecompressionBombWarning/Error.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            im = Image.open(io.BytesIO(data))
+            im: Image.Image = Image.open(io.BytesIO(data))
         except UnidentifiedImageError:
             raise InvalidImage("not a recognised image format", source=source) from None
         except Image.DecompressionBombError as exc:
