@@ -60,7 +60,7 @@ def test_verification_figures() -> None:
     assert result.acquisition.no_face == 1 and result.acquisition.photos == 6
     # Both genuine pairs (10 deg) are nearer than every impostor, the one without a face included.
     assert result.summary.auc == 1.0
-    assert result.kfold.accuracies == (1.0, pytest.approx(2 / 3))  # the no-face pair is wrong
+    assert result.kfold.accuracies == pytest.approx((1.0, 2 / 3))  # the no-face pair is wrong
     assert result.threshold_source == "EER threshold of all pairs"
     x, y = result.groups
     assert (x.rates.group, x.rates.n_genuine, x.rates.n_impostor) == ("x", 1, 1)

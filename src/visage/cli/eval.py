@@ -33,6 +33,7 @@ from ..eval.results import (
     calibrate,
     evaluate_identification,
     evaluate_verification,
+    require_support,
 )
 from .app import app
 from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json
@@ -339,6 +340,9 @@ def calibrate_command(
 ) -> None:
     """Choose the threshold that meets a target false-match rate; write the calibration."""
     pairs = read_pairs(pairs_file, root if root is not None else pairs_file.parent)
+    compared = all_pairs(pairs) if every_pair else pairs
+    if not force:
+        require_support(sum(not p.same for p in compared), target_fmr)
     embedded = _embed(
         [path for p in pairs for path in (p.a, p.b)],
         detector=detector,
@@ -347,7 +351,7 @@ def calibrate_command(
         missing_face=no_face,
         quiet=json_out,
     )
-    scored = score_pairs(all_pairs(pairs) if every_pair else pairs, embedded)
+    scored = score_pairs(compared, embedded)
     scope = f"all pairs of the {embedded.n_photos} photos of" if every_pair else "the pairs of"
     record = calibrate(
         scored,

@@ -377,6 +377,17 @@ def evaluate_identification(
     )
 
 
+def require_support(n_impostor: int, target_fmr: float) -> None:
+    """Raise :class:`InputError` when ``n_impostor`` pairs are too few to measure ``target_fmr``
+    (see :data:`metrics.MIN_EXPECTED_ERRORS`); cheap, so callers can check before embedding."""
+    if n_impostor * target_fmr < metrics.MIN_EXPECTED_ERRORS:
+        needed = math.ceil(metrics.MIN_EXPECTED_ERRORS / target_fmr)
+        raise InputError(
+            f"{n_impostor} impostor pairs cannot support FMR {target_fmr:g} "
+            f"(at least {needed} are needed): use more pairs (--all-pairs) or --force"
+        )
+
+
 def calibrate(
     scores: VerificationScores,
     embedded: Embedded,
@@ -391,12 +402,8 @@ def calibrate(
     ``allow_unsupported``: a threshold for FMR 1e-3 from 300 impostor pairs is a guess.
     """
     point = metrics.at_fmr(metrics.roc(scores.genuine, scores.impostor), target_fmr)
-    if not point.supported and not allow_unsupported:
-        needed = math.ceil(metrics.MIN_EXPECTED_ERRORS / target_fmr)
-        raise InputError(
-            f"{point.n_impostor} impostor pairs cannot support FMR {target_fmr:g} "
-            f"(at least {needed} are needed): use more pairs (--all-pairs) or --force"
-        )
+    if not allow_unsupported:
+        require_support(point.n_impostor, target_fmr)
     return Calibration(
         model_id=embedded.model_id,
         threshold=point.threshold,
