@@ -25,7 +25,12 @@ from ..eval.protocols import (
     score_identification,
     score_pairs,
 )
-from ..eval.report import format_rate, html_report
+from ..eval.report import (
+    format_rate,
+    html_report,
+    operating_point_cells,
+    operating_point_headers,
+)
 from ..eval.results import (
     Acquired,
     IdentificationResult,
@@ -120,17 +125,9 @@ def _acquisition_line(acquired: Acquired, model_id: str) -> str:
 
 
 def _points_table(points: Iterable[metrics.OperatingPoint], fmr: str, fnmr: str) -> Table:
-    table = Table(f"target {fmr}", "threshold", fmr, f"1-{fnmr}", fnmr, "non-mated", "supported")
-    for p in points:
-        table.add_row(
-            f"{p.target_fmr:g}",
-            f"{p.threshold:.4f}",
-            format_rate(p.fmr),
-            format_rate(p.tar),
-            format_rate(p.fnmr),
-            str(p.n_impostor),
-            "yes" if p.supported else "no (too few)",
-        )
+    table = Table(*operating_point_headers(fmr, fnmr))
+    for point in points:
+        table.add_row(*operating_point_cells(point))
     return table
 
 

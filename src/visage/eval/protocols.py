@@ -107,32 +107,15 @@ def read_lfw_pairs(path: Path, root: Path) -> list[Pair]:
         fold, same = index // (2 * per_side), index % (2 * per_side) < per_side
         fields = line.split()
         if same and len(fields) == 3:
-            name, i, j = fields
-            pairs.append(
-                Pair(
-                    _lfw_photo(root, name, i, where),
-                    _lfw_photo(root, name, j, where),
-                    True,
-                    fold,
-                    name,
-                    name,
-                )
-            )
+            name_a, i, j = fields
+            name_b = name_a
         elif not same and len(fields) == 4:
             name_a, i, name_b, j = fields
-            pairs.append(
-                Pair(
-                    _lfw_photo(root, name_a, i, where),
-                    _lfw_photo(root, name_b, j, where),
-                    False,
-                    fold,
-                    name_a,
-                    name_b,
-                )
-            )
         else:
             kind = "'name i j'" if same else "'name1 i name2 j'"
             raise InputError(f"{where}: expected {kind}, got {line!r}")
+        a, b = _lfw_photo(root, name_a, i, where), _lfw_photo(root, name_b, j, where)
+        pairs.append(Pair(a, b, same, fold, name_a, name_b))
     return pairs
 
 

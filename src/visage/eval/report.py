@@ -72,22 +72,26 @@ def _acquisition(acquired: Acquired) -> str:
     )
 
 
+def operating_point_headers(fmr: str, fnmr: str) -> list[str]:
+    """Column names of an operating-point table (``FMR``/``FNMR`` or ``FPIR``/``FNIR``)."""
+    return [f"target {fmr}", "threshold", fmr, f"1 - {fnmr}", fnmr, "non-mated", "supported"]
+
+
+def operating_point_cells(point: metrics.OperatingPoint) -> list[str]:
+    """One row of an operating-point table, shared by the report and the CLI."""
+    return [
+        f"{point.target_fmr:g}",
+        f"{point.threshold:.4f}",
+        format_rate(point.fmr),
+        format_rate(point.tar),
+        format_rate(point.fnmr),
+        str(point.n_impostor),
+        "yes" if point.supported else "no: too few non-mated comparisons",
+    ]
+
+
 def _operating_points(points: Sequence[metrics.OperatingPoint], fmr: str, fnmr: str) -> str:
-    return _table(
-        [f"target {fmr}", "threshold", fmr, f"1 - {fnmr}", fnmr, "non-mated", "supported"],
-        [
-            [
-                f"{p.target_fmr:g}",
-                f"{p.threshold:.4f}",
-                format_rate(p.fmr),
-                format_rate(p.tar),
-                format_rate(p.fnmr),
-                str(p.n_impostor),
-                "yes" if p.supported else "no: too few non-mated comparisons",
-            ]
-            for p in points
-        ],
-    )
+    return _table(operating_point_headers(fmr, fnmr), [operating_point_cells(p) for p in points])
 
 
 def _verification(result: VerificationResult) -> str:
