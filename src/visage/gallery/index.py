@@ -12,8 +12,10 @@ Indexes are described by one string, in the manner of ``faiss.index_factory``:
   ~50k templates (1M x 128 floats is ~40 ms a query on 2 cores, memory-bound).
 - ``faiss:<factory>[;<knobs>]`` — any faiss factory string with search-time knobs after ``;``,
   e.g. ``faiss:HNSW32,Flat;efSearch=128`` (graph; no training; ~0.8 KB per vector at d=128) or
-  ``faiss:IVF4096,PQ32,RFlat;nprobe=32,k_factor_rf=8`` (inverted lists, compressed codes, then
-  an exact refine step over ``k x k_factor_rf`` candidates). See docs/performance-gallery.md.
+  ``faiss:IVF4096,PQ32np,RFlat;nprobe=32,k_factor_rf=8`` (inverted lists, compressed codes,
+  then an exact refine step over ``k x k_factor_rf`` candidates; ``np`` skips faiss's
+  polysemous training, which costs about a minute and only serves polysemous search).
+  See docs/performance-gallery.md.
 """
 
 from __future__ import annotations

@@ -41,7 +41,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, Self, TypeAlias
@@ -374,12 +374,11 @@ class Gallery:
         if not rows:
             why = "no consent record"
         else:
-            last = rows[-1]
-            why = {
-                "revoked": f"consent revoked at {last.revoked_at:%Y-%m-%d %H:%M} UTC",
-                "expired": f"consent expired at {last.expires_at:%Y-%m-%d %H:%M} UTC",
-                "pending": f"consent starts at {last.granted_at:%Y-%m-%d %H:%M} UTC",
-            }[statuses[-1]]
+            last, status = rows[-1], statuses[-1]
+            when = {"revoked": last.revoked_at, "expired": last.expires_at}.get(status)
+            moment = when or last.granted_at
+            verb = {"revoked": "revoked", "expired": "expired"}.get(status, "starts")
+            why = f"consent {verb} at {moment:%Y-%m-%d %H:%M} UTC"
         raise ConsentError(f"person {person.id} ({person.display_name}) has no valid consent: {why}")
 
     # ------------------------------------------------------------------ collections
@@ -766,6 +765,7 @@ class Gallery:
                     digest = item.source_sha256 or _sha256(_vector_bytes(vec))
                     existing = seen.get((prow.id, digest)) or self._existing(session, prow.id, digest)
                     if existing is not None:
+                        existing = replace(existing, created=False)
                         results.append(existing)
                         seen[(prow.id, digest)] = existing
                         self._audit(

@@ -1,0 +1,41 @@
+"""Run by test_crash.py in a subprocess that gets SIGKILLed mid-work.
+
+``crash_worker.py URL INDEX_DIR enroll|delete``: enrolls batches of templates (or deletes
+persons one by one) forever, saving index snapshots after each step, and prints one line after
+each commit so the test knows work is under way.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+
+from visage.decision import Calibration
+from visage.gallery import EmbeddingItem, Gallery
+
+BATCH = 400
+
+
+def main(url: str, index_dir: str, mode: str) -> None:
+    cal = Calibration("synthetic-128", 0.6, "fixed", "crash test", "2026-11-29", 0, 0)
+    gallery = Gallery(url, index_dir=index_dir, calibrations=[cal], actor="crash-worker")
+    persons = [p.id for p in gallery.persons("people", limit=10_000)]
+    rng = np.random.default_rng()
+    step = 0
+    while True:
+        if mode == "enroll":
+            vectors = rng.standard_normal((BATCH, 128)).astype(np.float32)
+            items = [EmbeddingItem(persons[i % len(persons)], v) for i, v in enumerate(vectors)]
+            gallery.enroll_many("people", items, batch_size=BATCH)
+        else:
+            if step >= len(persons):
+                break
+            gallery.delete_person("people", persons[step])
+        gallery.save_indexes()
+        step += 1
+        print(f"committed {step}", flush=True)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
