@@ -1,0 +1,210 @@
+"""The ONNX runtime against dlib itself, on the labelled photos.
+
+- Embeddings: for every ``people/*/*.jpg`` photo, the faces dlib's HOG detector finds are aligned
+  by dlib (5-point landmarks, ``get_face_chip(img, shape, 150, 0.25)``) and embedded by dlib's
+  ``face_recognition_model_v1`` and by :class:`OnnxEmbedder`; they must agree within 1e-4 (max
+  abs difference, unnormalised).
+- MMOD: boxes within 2 px of ``cnn_face_detection_model_v1`` and the same count, at the default
+  ``upsample=1``, on every 12th photo (~37): dlib's detector costs ~2 s per photo on 2 cores,
+  so the whole set would take 15 minutes.
+- The converter: deterministic bytes, a cached file reused, malformed files a ``ModelError``.
+
+Photos come from ``$VISAGE_FACES`` (default ``../shared/faces``); without them the photo tests
+skip with a message naming VISAGE_FACES. Converted models go to a temporary ``VISAGE_CACHE``.
+The whole file takes about 2-3 minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+from PIL import Image
+
+from visage.errors import ModelError
+from visage.models import onnx_convert
+from visage.models.dlib_format import parse_net
+from visage.models.onnx_convert import convert, converted_model_path
+from visage.models.onnx_runtime import OnnxEmbedder, OnnxMmodDetector
+from visage.models.weights import model_path
+
+dlib = pytest.importorskip("dlib")
+
+TOLERANCE = 1e-4
+BOX_PX = 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Conversions of this module go to a fresh folder, not the user's cache."""
+    path = tmp_path_factory.mktemp("visage-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISAGE_CACHE", str(path))
+        yield path
+
+
+def _load(path: Path) -> npt.NDArray[np.uint8]:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+@dataclass(frozen=True)
+class Chips:
+    """dlib-aligned chips of every face dlib's HOG detector finds, and the photo of each."""
+
+    chips: npt.NDArray[np.uint8]
+    photos: list[str]
+    photos_seen: int
+
+
+@pytest.fixture(scope="module")
+def dlib_chips(people_photos: list[Path]) -> Chips:
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(model_path("landmarks5")))
+    chips, photos = [], []
+    for path in people_photos:
+        img = _load(path)
+        for rect in detector(img, 1):
+            chips.append(dlib.get_face_chip(img, predictor(img, rect), 150, 0.25))
+            photos.append(f"{path.parent.name}/{path.name}")
+    return Chips(np.stack(chips), photos, len(people_photos))
+
+
+def test_embeddings_equal_dlib_on_every_photo(dlib_chips: Chips) -> None:
+    assert len(set(dlib_chips.photos)) >= 0.9 * dlib_chips.photos_seen, "HOG found too few faces"
+    reference = dlib.face_recognition_model_v1(str(model_path("resnet")))
+    expected = np.array(reference.compute_face_descriptor(list(dlib_chips.chips)), np.float32)
+    got = OnnxEmbedder().embed_chips(dlib_chips.chips)
+    assert got.shape == expected.shape and got.dtype == np.float32
+    diffs = np.abs(got - expected).max(axis=1)
+    failures = [
+        f"{photo}: max abs difference {d:.2e}"
+        for photo, d in zip(dlib_chips.photos, diffs)
+        if not d <= TOLERANCE
+    ]
+    assert not failures, f"{len(failures)} faces differ from dlib by > {TOLERANCE}:\n" + "\n".join(
+        failures
+    )
+
+
+def test_batching_does_not_change_descriptors(dlib_chips: Chips) -> None:
+    chips = dlib_chips.chips[:20]
+    batched = OnnxEmbedder(batch_size=8).embed_chips(chips)
+    single = np.concatenate([OnnxEmbedder().embed_chips(c[None]) for c in chips[:4]])
+    assert np.abs(batched[:4] - single).max() <= 1e-5
+    assert OnnxEmbedder().embed_chips(chips[:0]).shape == (0, 128)
+
+
+def test_int8_embedder_stays_close_and_has_its_own_model_id(dlib_chips: Chips) -> None:
+    calibration, held_out = dlib_chips.chips[:64], dlib_chips.chips[64:224]
+    int8 = OnnxEmbedder(quantized=True, calibration_chips=calibration)
+    assert int8.model_id == "dlib_resnet_v1_int8" != OnnxEmbedder().model_id
+    fp32 = OnnxEmbedder().embed_chips(held_out)
+    q = int8.embed_chips(held_out)
+    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    moved = np.linalg.norm(unit(fp32) - unit(q), axis=1)
+    # Same-person pairs sit below ~0.6; INT8 moves a descriptor by ~0.03.
+    assert moved.max() < 0.1, f"INT8 moved a descriptor by {moved.max():.3f}"
+    again = OnnxEmbedder(quantized=True, calibration_chips=calibration)
+    assert np.array_equal(again.embed_chips(held_out[:8]), q[:8])
+
+
+def test_quantized_needs_calibration_chips() -> None:
+    with pytest.raises(ValueError, match="calibration_chips"):
+        OnnxEmbedder(quantized=True)
+
+
+def _rects(found: Any) -> list[tuple[tuple[int, int, int, int], float]]:
+    return [
+        ((d.rect.left(), d.rect.top(), d.rect.right(), d.rect.bottom()), d.confidence)
+        for d in found
+    ]
+
+
+def test_mmod_boxes_match_dlib(people_photos: list[Path]) -> None:
+    reference = dlib.cnn_face_detection_model_v1(str(model_path("mmod")))
+    detector = OnnxMmodDetector()
+    assert detector.name == "mmod"
+    failures, faces = [], 0
+    for path in people_photos[::12]:
+        img = _load(path)
+        expected = _rects(reference(img, 1))
+        got = detector.detect(img, upsample=1)
+        faces += len(expected)
+        name = f"{path.parent.name}/{path.name}"
+        if len(got) != len(expected):
+            failures.append(f"{name}: dlib found {len(expected)} faces, onnx {len(got)}")
+            continue
+        for (rect, score), det in zip(expected, got):
+            assert det.rect is not None
+            off = max(abs(a - b) for a, b in zip(rect, det.rect))
+            if off > BOX_PX or abs(score - det.score) > 1e-2:
+                failures.append(f"{name}: dlib {rect} {score:.3f}, onnx {det.rect} {det.score:.3f}")
+            h, w = img.shape[:2]
+            assert det.box == (max(rect[0], 0), max(rect[1], 0), min(rect[2], w), min(rect[3], h))
+    assert faces > 0
+    assert not failures, "MMOD differs from dlib:\n" + "\n".join(failures)
+
+
+def test_mmod_batch_equals_single(people_photos: list[Path]) -> None:
+    images = [_load(p) for p in people_photos[:3]]
+    detector = OnnxMmodDetector()
+    batched = detector.detect_many(images, upsample=0)
+    assert batched == [detector.detect(img, upsample=0) for img in images]
+    assert detector.detect_many([], upsample=0) == []
+
+
+def test_conversion_is_deterministic() -> None:
+    first = convert("resnet").SerializeToString(deterministic=True)
+    second = convert("resnet").SerializeToString(deterministic=True)
+    assert first == second
+    mmod = convert("mmod").SerializeToString(deterministic=True)
+    assert mmod == convert("mmod").SerializeToString(deterministic=True)
+
+
+def test_cached_conversion_is_written_once_and_reused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VISAGE_CACHE", str(tmp_path))
+    path = converted_model_path("resnet")
+    assert path.parent == tmp_path
+    assert "55533b28a95800a5" in path.name and f"v{onnx_convert.CONVERTER_VERSION}" in path.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name], "temporary files left"
+    assert path.read_bytes() == convert("resnet").SerializeToString(deterministic=True)
+
+    def no_second_conversion(kind: str) -> None:
+        raise AssertionError("converted again instead of reusing the cache")
+
+    monkeypatch.setattr(onnx_convert, "convert", no_second_conversion)
+    assert converted_model_path("resnet") == path
+
+
+def test_embedder_pickles_without_its_session(dlib_chips: Chips) -> None:
+    embedder = OnnxEmbedder()
+    before = embedder.embed_chips(dlib_chips.chips[:2])
+    clone = pickle.loads(pickle.dumps(embedder))
+    assert clone._session is None
+    assert np.array_equal(clone.embed_chips(dlib_chips.chips[:2]), before)
+
+
+def test_embed_chips_rejects_wrong_shapes() -> None:
+    with pytest.raises(ValueError, match="150,150,3"):
+        OnnxEmbedder().embed_chips(np.zeros((1, 112, 112, 3), np.uint8))
+
+
+@pytest.mark.parametrize("cut", [0, 3, 40, 5000, -7])
+def test_malformed_files_raise_model_error(cut: int) -> None:
+    data = model_path("mmod").read_bytes()
+    with pytest.raises(ModelError, match="malformed dlib file"):
+        parse_net(data[:cut] if cut >= 0 else data + b"\x00" * -cut, "mmod.dat")
+
+
+def test_unknown_kind_is_a_value_error() -> None:
+    with pytest.raises(ValueError, match="unknown model kind"):
+        converted_model_path("vgg")
