@@ -101,14 +101,18 @@ def test_batching_does_not_change_descriptors(dlib_chips: Chips) -> None:
     assert OnnxEmbedder().embed_chips(chips[:0]).shape == (0, 128)
 
 
+def _unit(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    unit: npt.NDArray[np.float32] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return unit
+
+
 def test_int8_embedder_stays_close_and_has_its_own_model_id(dlib_chips: Chips) -> None:
     calibration, held_out = dlib_chips.chips[:64], dlib_chips.chips[64:224]
     int8 = OnnxEmbedder(quantized=True, calibration_chips=calibration)
     assert int8.model_id == "dlib_resnet_v1_int8" != OnnxEmbedder().model_id
     fp32 = OnnxEmbedder().embed_chips(held_out)
     q = int8.embed_chips(held_out)
-    unit = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
-    moved = np.linalg.norm(unit(fp32) - unit(q), axis=1)
+    moved = np.linalg.norm(_unit(fp32) - _unit(q), axis=1)
     # Same-person pairs sit below ~0.6; INT8 moves a descriptor by ~0.03.
     assert moved.max() < 0.1, f"INT8 moved a descriptor by {moved.max():.3f}"
     again = OnnxEmbedder(quantized=True, calibration_chips=calibration)
