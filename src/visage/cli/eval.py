@@ -11,8 +11,8 @@ import typer
 from rich.table import Table
 
 from ..api import pipeline as get_pipeline
-from ..decision import load_calibration
-from ..errors import InputError
+from ..decision import Calibration, default_calibration, load_calibration
+from ..errors import InputError, ModelError
 from ..eval import metrics, plots
 from ..eval.protocols import (
     Embedded,
@@ -67,7 +67,10 @@ ReportOpt = Annotated[
 PlotsOpt = Annotated[Path | None, typer.Option("--plots", help="Write the PNG figures here.")]
 CalibrationOpt = Annotated[
     Path | None,
-    typer.Option("--calibration", help="A calibration record to evaluate on this data."),
+    typer.Option(
+        "--calibration",
+        help="A calibration record to evaluate on this data (default: the one Visage ships).",
+    ),
 ]
 NoFaceOpt = Annotated[
     MissingFace,
@@ -92,6 +95,15 @@ def _embed(
     pipe = get_pipeline(detector, upsample, tta)
     with progress_bar("embedding", total=len(unique), enabled=not quiet) as advance:
         return embed_photos(unique, pipe, missing_face=missing_face, progress=advance)
+
+
+def _shipped(model_id: str) -> Calibration | None:
+    """The calibration Visage ships for ``model_id``, so that every evaluation shows how the
+    default threshold fares on the user's data; ``None`` for a model without one (TTA)."""
+    try:
+        return default_calibration(model_id)
+    except ModelError:
+        return None
 
 
 def _write(
@@ -243,7 +255,7 @@ def verify(
         embedded,
         protocol=pairs_file.name,
         groups=group_table,
-        calibration=saved,
+        calibration=saved or _shipped(embedded.model_id),
     )
     _finish(
         result,
@@ -293,7 +305,7 @@ def identify(
         score_identification(enrol, search, embedded),
         embedded,
         groups=group_table,
-        calibration=saved,
+        calibration=saved or _shipped(embedded.model_id),
     )
     _finish(
         result,

@@ -86,12 +86,18 @@ def operating_point_cells(point: metrics.OperatingPoint) -> list[str]:
         format_rate(point.tar),
         format_rate(point.fnmr),
         str(point.n_impostor),
-        "yes" if point.supported else "no: too few non-mated comparisons",
+        "yes" if point.supported else "no (too few)",
     ]
 
 
 def _operating_points(points: Sequence[metrics.OperatingPoint], fmr: str, fnmr: str) -> str:
-    return _table(operating_point_headers(fmr, fnmr), [operating_point_cells(p) for p in points])
+    note = (
+        f"<p>The threshold is the largest whose {fmr} on this data does not exceed the target. "
+        f"A figure is supported when at least {metrics.MIN_EXPECTED_ERRORS:g} / target "
+        "non-mated comparisons back it; below that it is an optimistic extrapolation.</p>"
+    )
+    rows = [operating_point_cells(p) for p in points]
+    return note + _table(operating_point_headers(fmr, fnmr), rows)
 
 
 def _verification(result: VerificationResult) -> str:
