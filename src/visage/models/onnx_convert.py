@@ -497,6 +497,7 @@ def quantized_model_path(calibration_chips: npt.NDArray[np.uint8]) -> Path:
             QuantType,
             quantize_static,
         )
+        from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise ModelError("INT8 needs onnxruntime: pip install onnxruntime") from None
     chips = np.ascontiguousarray(calibration_chips, dtype=np.uint8)
@@ -520,9 +521,11 @@ def quantized_model_path(calibration_chips: npt.NDArray[np.uint8]) -> Path:
 
     log.info("quantizing the embedder to INT8 on %d chips at %s", len(chips), path)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        out = Path(tmp) / "int8.onnx"
+        prepared, out = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
+        # onnxruntime's recommended pre-pass (shape inference, graph clean-up) before QDQ.
+        quant_pre_process(source, prepared, skip_symbolic_shape=True)
         quantize_static(
-            source,
+            prepared,
             out,
             _Chips(),
             quant_format=QuantFormat.QDQ,
