@@ -1,9 +1,10 @@
 """End-to-end photos/s and per-stage ms: Visage vs face_recognition, same photos, same run.
 
-    .venv/bin/python benchmarks/pipeline.py [--photos 60] [--faces DIR]
+    .venv/bin/python benchmarks/pipeline.py [--photos 60] [--faces DIR] [--runtime auto|onnx|dlib]
 
-Both use HOG detection with one upsample and dlib's ResNet; the figures are medians over the
-photos after one warm-up photo (model loading excluded for both).
+Both use HOG detection with one upsample and dlib's ResNet weights (Visage on the chosen
+runtime); the figures are medians over the photos after one warm-up photo (model loading
+excluded for both).
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--photos", type=int, default=60)
     default_faces = os.environ.get("VISAGE_FACES") or str(Path(__file__).resolve().parents[2] / "shared" / "faces")
     parser.add_argument("--faces", default=default_faces)
+    parser.add_argument("--runtime", default="auto", choices=["auto", "onnx", "dlib"])
     args = parser.parse_args()
     paths = sorted(Path(args.faces, "people").glob("*/*.jpg"))[: args.photos]
     if not paths:
@@ -73,12 +75,13 @@ def main() -> None:
 
     import face_recognition as fr
 
-    pipe = Pipeline()
+    pipe = Pipeline(runtime=args.runtime)
     visage_stages(pipe, paths[0]), fr_stages(fr, paths[0])  # warm-up: load models
     ours = [visage_stages(pipe, p) for p in paths]
     theirs = [fr_stages(fr, p) for p in paths]
-    v, f = summarise("visage (dlib runtime)", ours), summarise("face_recognition 1.3.0", theirs)
+    v, f = summarise(f"visage ({type(pipe.embedder).__name__})", ours), summarise("face_recognition 1.3.0", theirs)
     print(f"\nspeed-up, visage / face_recognition: {f / v:.2f}x end-to-end")
+    print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
 
 
 if __name__ == "__main__":

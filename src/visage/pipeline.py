@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from .decision import normalize
 from .errors import VisageError
 from .imageio import DEFAULT_MAX_PIXELS, Source, decode, read_bytes, source_hash
 from .models import make_detector, make_embedder, make_landmarker
-from .models.base import Box, Detection, Image
+from .models.base import Box, Detection, Embedder, Image
 from .quality import DEFAULT_POLICY, Quality, QualityPolicy, assess
 
 log = logging.getLogger(__name__)
@@ -72,9 +73,11 @@ class PipelineConfig:
     detector: str = "hog"
     upsample: int = 1
     tta: bool = False
-    runtime: str = "dlib"
+    runtime: str = "auto"
     max_pixels: int = DEFAULT_MAX_PIXELS
     policy: QualityPolicy = DEFAULT_POLICY
+    threads: int | None = None
+    embedder: Embedder | None = None
 
 
 class Pipeline:
@@ -83,8 +86,10 @@ class Pipeline:
     ``detector``: ``hog`` (fast, frontal; ~20 ms/photo) or ``cnn`` (MMOD, finds profiles and
     small faces; ~2 s/photo on CPU with dlib). ``upsample``: doubles the image N times before
     detection to find faces below ~80 px (each step ~4x slower). ``tta``: embed the chip and its
-    mirror and average — twice the embedding cost (see docs/accuracy.md for its effect).
-    Models load on first use.
+    mirror and average — twice the embedding cost (see docs/pipeline.md for its effect).
+    ``runtime``: ``auto`` (onnx when onnxruntime is installed, else dlib), ``onnx`` or
+    ``dlib``; ``threads`` caps the runtime's threads; ``embedder`` injects a prepared embedder
+    (e.g. an INT8 :class:`~visage.models.onnx_runtime.OnnxEmbedder`). Models load on first use.
     """
 
     def __init__(
@@ -93,25 +98,22 @@ class Pipeline:
         detector: str = "hog",
         upsample: int = 1,
         tta: bool = False,
-        runtime: str = "dlib",
+        runtime: str = "auto",
         max_pixels: int = DEFAULT_MAX_PIXELS,
         policy: QualityPolicy = DEFAULT_POLICY,
+        threads: int | None = None,
+        embedder: Embedder | None = None,
     ) -> None:
-        self.config = PipelineConfig(detector, upsample, tta, runtime, max_pixels, policy)
-        self.detector = make_detector(detector, runtime=runtime)
+        self.config = PipelineConfig(
+            detector, upsample, tta, runtime, max_pixels, policy, threads, embedder
+        )
+        self.detector = make_detector(detector, runtime=runtime, threads=threads)
         self.landmarker = make_landmarker(5)
-        self.embedder = make_embedder(runtime)
+        self.embedder = embedder if embedder is not None else make_embedder(runtime, threads=threads)
 
     @classmethod
     def from_config(cls, config: PipelineConfig) -> Pipeline:
-        return cls(
-            detector=config.detector,
-            upsample=config.upsample,
-            tta=config.tta,
-            runtime=config.runtime,
-            max_pixels=config.max_pixels,
-            policy=config.policy,
-        )
+        return cls(**{f.name: getattr(config, f.name) for f in fields(config)})
 
     @property
     def model_id(self) -> str:
@@ -225,8 +227,11 @@ class Pipeline:
             yield from _flatten(batches, progress)
             return
         ctx = multiprocessing.get_context("spawn")
+        # One runtime thread per worker unless told otherwise: workers x threads <= cores.
+        threads = self.config.threads or max(1, (os.cpu_count() or 1) // workers)
+        config = replace(self.config, threads=threads)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(self.config,)) as pool:
+                                 initargs=(config,)) as pool:
             yield from _flatten(pool.map(_worker_chunk, chunks), progress)
 
 
