@@ -46,11 +46,18 @@ def test_known_locations_and_large_model_encodings(people_photos: list[Path]) ->
             assert len(a) == len(b) and all(np.abs(x - y).max() <= 1e-4 for x, y in zip(a, b))
 
 
+def close_boxes(a: list[tuple[int, ...]], b: list[tuple[int, ...]], tol: int = 2) -> bool:
+    return len(a) == len(b) and all(max(abs(x - y) for x, y in zip(u, v)) <= tol for u, v in zip(a, b))
+
+
 def test_cnn_locations_agree(people_photos: list[Path]) -> None:
+    """MMOD runs on ONNX here: boxes within 2 px of dlib's, same count."""
     sample = [fr.load_image_file(p) for p in people_photos[:3]]
     for img in sample:
-        assert compat.face_locations(img, model="cnn") == fr.face_locations(img, model="cnn")
-    assert compat.batch_face_locations(sample, batch_size=2) == fr.batch_face_locations(sample, batch_size=2)
+        assert close_boxes(compat.face_locations(img, model="cnn"), fr.face_locations(img, model="cnn"))
+    ours = compat.batch_face_locations(sample, batch_size=2)
+    theirs = fr.batch_face_locations(sample, batch_size=2)
+    assert len(ours) == len(theirs) and all(close_boxes(a, b) for a, b in zip(ours, theirs))
 
 
 def test_distance_and_compare_semantics(people_photos: list[Path]) -> None:
