@@ -239,6 +239,9 @@ def test_export_import_round_trip(gallery: Gallery, tmp_path: Path) -> None:
         assert copy.person("restored", ids[2]).consents[-1].status == "revoked"
         with pytest.raises(Conflict):
             copy.import_collection(tmp_path / "people.jsonl", name="restored")
+        twin = copy.import_collection(tmp_path / "people.jsonl", name="twin")
+        assert twin.rekeyed == 3 and copy.collection("twin").templates == 3
+        assert copy.identify("twin", vecs[3]).best.person_id != ids[0]  # type: ignore[union-attr]
         (tmp_path / "bad.jsonl").write_text('{"format": "something-else"}\n')
         with pytest.raises(InputError, match="not a Visage collection export"):
             copy.import_collection(tmp_path / "bad.jsonl")

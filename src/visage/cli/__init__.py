@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from . import pipeline as _pipeline  # noqa: F401  (registers detect/embed/compare/version)
 from . import eval as _eval  # noqa: F401  (registers eval verify/identify and calibrate)
+from . import server as _server  # noqa: F401  (registers serve and keys create/list/revoke)
+from . import gallery as _gallery  # noqa: F401  (registers enroll, identify, persons, audit, …)
 from .app import app
 
 __all__ = ["app", "main"]

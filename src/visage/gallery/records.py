@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from ..errors import InputError
 
 
 class ConsentBasis(StrEnum):
@@ -21,6 +23,15 @@ class ConsentBasis(StrEnum):
     VITAL_INTERESTS = "vital-interests"
     PUBLIC_TASK = "public-task"
     LEGITIMATE_INTERESTS = "legitimate-interests"
+
+    @classmethod
+    def parse(cls, text: str) -> ConsentBasis:
+        """The basis named ``text``; :class:`InputError` listing the choices otherwise."""
+        try:
+            return cls(text)
+        except ValueError:
+            allowed = ", ".join(b.value for b in cls)
+            raise InputError(f"unknown consent basis {text!r}; one of: {allowed}") from None
 
 
 @dataclass(frozen=True)
@@ -153,11 +164,15 @@ class SimilarFace:
 
 @dataclass(frozen=True)
 class TransferSummary:
-    """What an export or import moved; ``sha256`` is the file's hash (also in the audit log)."""
+    """What an export or import moved; ``sha256`` is the file's hash (also in the audit log).
+
+    ``rekeyed``: imported persons whose id was taken in the store and were given a new one.
+    """
 
     collection: str
     path: Path
     persons: int
     templates: int
     sha256: str
-    renamed_from: str | None = field(default=None)
+    renamed_from: str | None = None
+    rekeyed: int = 0

@@ -512,11 +512,7 @@ class Gallery:
         Datetimes must be timezone-aware. :class:`InputError` for an unknown basis, a missing
         grantor or an expiry not after the grant.
         """
-        try:
-            basis_value = ConsentBasis(basis).value
-        except ValueError:
-            allowed = ", ".join(b.value for b in ConsentBasis)
-            raise InputError(f"unknown consent basis {basis!r}; one of: {allowed}") from None
+        basis_value = ConsentBasis.parse(basis).value
         if not granted_by:
             raise InputError("consent needs granted_by (who gave or recorded it)")
         start = granted_at or utcnow()
@@ -1247,8 +1243,10 @@ class Gallery:
     ) -> TransferSummary:
         """Load an export into a new collection (``name`` or the exported one), in one transaction.
 
-        Person ids are kept. :class:`Conflict` when the collection or a person id exists;
-        :class:`InputError` when the file is not a valid export.
+        Person ids are kept unless already taken in this store (importing a copy beside the
+        original), in which case new ids are drawn and counted in ``rekeyed``.
+        :class:`Conflict` when the collection exists; :class:`InputError` when the file is not a
+        valid export.
         """
         source = Path(path)
         try:
@@ -1265,7 +1263,7 @@ class Gallery:
             raise InputError(f"{source}: not a Visage collection export (version {EXPORT_VERSION})")
         target = name or str(header["collection"])
         dim = int(header["dim"])
-        n_templates = 0
+        n_templates = rekeyed = 0
         with self._lock, self._transaction() as (session, state):
             if session.scalar(select(CollectionRow.id).where(CollectionRow.name == target)):
                 raise Conflict(f"collection {target!r} already exists")
@@ -1276,39 +1274,46 @@ class Gallery:
             session.add(coll)
             session.flush()
             for done, record in enumerate(records, 1):
-                n_templates += self._import_person(session, coll, record, source)
+                templates, new_id = self._import_person(session, coll, record, source)
+                n_templates += templates
+                rekeyed += new_id
                 if progress is not None:
                     progress(done, len(records))
             self._audit(
                 session, state, "collection.import", actor=actor, collection=target,
                 purpose=purpose, persons=len(records), templates=n_templates,
-                sha256=_sha256(raw), source_collection=header["collection"],
+                sha256=_sha256(raw), source_collection=header["collection"], rekeyed=rekeyed,
             )
         return TransferSummary(
             target, source, len(records), n_templates, _sha256(raw),
             renamed_from=str(header["collection"]) if target != header["collection"] else None,
+            rekeyed=rekeyed,
         )
 
     @staticmethod
     def _import_person(
         session: Session, coll: CollectionRow, record: dict[str, Any], source: Path
-    ) -> int:
+    ) -> tuple[int, bool]:
+        """Insert one exported person; returns (templates added, whether the id was redrawn)."""
+
         def when(value: str | None) -> datetime | None:
             return datetime.fromisoformat(value) if value else None
 
         try:
             p = record["person"]
-            if session.get(PersonRow, p["id"]) is not None:
-                raise Conflict(f"person id {p['id']} already exists in this store")
+            person_id = str(p["id"])
+            rekeyed = session.get(PersonRow, person_id) is not None
+            if rekeyed:
+                person_id = uuid.uuid4().hex
             session.add(PersonRow(
-                id=p["id"], collection_id=coll.id, display_name=p["display_name"],
+                id=person_id, collection_id=coll.id, display_name=p["display_name"],
                 external_id=p["external_id"], meta=p["metadata"] or {},
                 created_at=when(p["created_at"]) or utcnow(),
             ))
             session.flush()  # no ORM relationships, so the person row must exist first
             for c in record["consents"]:
                 session.add(ConsentRow(
-                    person_id=p["id"], basis=c["basis"], purpose=c["purpose"],
+                    person_id=person_id, basis=c["basis"], purpose=c["purpose"],
                     granted_by=c["granted_by"], granted_at=when(c["granted_at"]),
                     expires_at=when(c["expires_at"]), revoked_at=when(c["revoked_at"]),
                     revoked_by=c["revoked_by"], revoke_reason=c["revoke_reason"],
@@ -1318,11 +1323,11 @@ class Gallery:
                 if len(blob) != 4 * coll.dim or t["model_id"] != coll.model_id:
                     raise InputError(f"{source}: a template of {p['id']} does not fit the collection")
                 session.add(TemplateRow(
-                    person_id=p["id"], collection_id=coll.id, embedding=blob,
+                    person_id=person_id, collection_id=coll.id, embedding=blob,
                     model_id=t["model_id"], quality=t["quality"],
                     source_sha256=t["source_sha256"], created_at=when(t["created_at"]) or utcnow(),
                 ))
             session.flush()
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(f"{source}: malformed person record ({exc})") from None
-        return len(record["templates"])
+        return len(record["templates"]), rekeyed

@@ -1,0 +1,429 @@
+"""``visage enroll | identify | persons | consent | audit | export | import``: shells over the gallery.
+
+Every rule (consent, quality gate, thresholds, audit) lives in :class:`visage.gallery.Gallery`;
+these commands parse arguments, call it, and print a table or ``--json``.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from ..api import pipeline as get_pipeline
+from ..errors import InputError, NotFound, StorageError, VisageError
+from ..facetable import collect_images
+from ..gallery import ConsentBasis, Gallery, PersonInfo
+from ..gallery.service import FacePick
+from .app import app
+from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console
+from .progress import progress_bar
+
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", envvar="VISAGE_DB", show_envvar=True,
+                 help="Store: a SQLite file or a database URL (postgresql+psycopg://…). "
+                      "Default ~/.local/share/visage/visage.db."),
+]
+CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="The collection (gallery).")]
+ActorOpt = Annotated[
+    str | None, typer.Option("--actor", help="Who is acting, for the audit log (default cli:$USER).")
+]
+PurposeOpt = Annotated[str | None, typer.Option("--purpose", help="Why, for the audit log.")]
+IndexOpt = Annotated[
+    str, typer.Option("--index", help="auto, exact, or faiss:<factory>[;<knobs>].")
+]
+FaceOpt = Annotated[
+    str | None,
+    typer.Option("--face", help="With several faces in a photo: largest, center, or an index "
+                                "(0 = largest). Default: refuse such photos."),
+]
+
+persons_app = typer.Typer(help="List, show and delete enrolled persons.", no_args_is_help=True)
+consent_app = typer.Typer(help="Grant and revoke consent records.", no_args_is_help=True)
+audit_app = typer.Typer(help="Read and verify the hash-chained audit log.", no_args_is_help=True)
+app.add_typer(persons_app, name="persons")
+app.add_typer(consent_app, name="consent")
+app.add_typer(audit_app, name="audit")
+
+
+@contextmanager
+def _open(db: str | None, actor: str | None, *, index: str = "auto",
+          pipeline_args: tuple[str, int] | None = None) -> Iterator[Gallery]:
+    pipe = get_pipeline(*pipeline_args) if pipeline_args else None
+    who = actor or f"cli:{getpass.getuser()}"
+    with Gallery(db, index=index, actor=who, pipeline=pipe) as gallery:
+        yield gallery
+
+
+def _face_pick(face: str | None) -> FacePick:
+    if face is None or face in ("largest", "center"):
+        return face  # type: ignore[return-value]
+    try:
+        return int(face)
+    except ValueError:
+        raise InputError(f"--face must be largest, center or a number, not {face!r}") from None
+
+
+def _when(value: str | None) -> datetime | None:
+    """An ISO date or datetime from the command line; naive values are taken as UTC."""
+    if value is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InputError(f"not an ISO date or datetime: {value!r}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat(timespec="seconds") if value else None
+
+
+def _person_record(p: PersonInfo) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "display_name": p.display_name,
+        "external_id": p.external_id,
+        "metadata": p.metadata,
+        "templates": p.templates,
+        "consent_valid": p.consent_valid,
+        "created_at": _iso(p.created_at),
+        "consents": [
+            {"id": c.id, "basis": c.basis, "purpose": c.purpose, "granted_by": c.granted_by,
+             "granted_at": _iso(c.granted_at), "expires_at": _iso(c.expires_at),
+             "revoked_at": _iso(c.revoked_at), "status": c.status}
+            for c in p.consents
+        ],
+    }
+
+
+def _consent_status(p: PersonInfo) -> str:
+    return p.consents[-1].status if p.consents else "none"
+
+
+@app.command()
+def enroll(
+    directory: Annotated[Path, typer.Argument(help="One sub-folder of photos per person.")],
+    basis: Annotated[str, typer.Option("--basis", help="Lawful basis: consent, contract, "
+                                       "legal-obligation, vital-interests, public-task, "
+                                       "legitimate-interests.")],
+    granted_by: Annotated[str, typer.Option("--granted-by", help="Who gave or recorded consent.")],
+    collection: CollectionOpt = "default",
+    expires: Annotated[str | None, typer.Option("--expires", help="Consent end (ISO date).")] = None,
+    consent_purpose: Annotated[str | None, typer.Option("--consent-purpose")] = None,
+    face: FaceOpt = None,
+    db: DbOpt = None,
+    actor: ActorOpt = None,
+    purpose: PurposeOpt = None,
+    detector: DetectorOpt = "hog",
+    upsample: UpsampleOpt = 1,
+    json_out: JsonOpt = False,
+) -> None:
+    """Enroll every person folder in DIRECTORY (the folder name is the external id).
+
+    New persons get a consent record with the basis given here; persons already enrolled keep
+    theirs (one whose consent was revoked is refused, not re-consented). Photos failing the
+    quality gate or holding several faces (without --face) are refused with the reason.
+    """
+    if not directory.is_dir():
+        raise InputError(f"{directory}: not a directory")
+    folders = sorted(p for p in directory.iterdir() if p.is_dir())
+    if not folders:
+        raise InputError(f"{directory}: no person sub-folders")
+    pick = _face_pick(face)
+    until = _when(expires)
+    ConsentBasis.parse(basis)  # refuse a bad basis before any person is created
+    photos = [(folder, photo) for folder in folders for photo in collect_images([folder])]
+    rows: list[dict[str, Any]] = []
+    with _open(db, actor, pipeline_args=(detector, upsample)) as g:
+        g.create_collection(collection, exist_ok=True)
+        ids: dict[Path, str] = {}
+        for folder in folders:
+            try:
+                ids[folder] = g.person(collection, folder.name).id
+            except NotFound:
+                person = g.add_person(collection, folder.name.replace("_", " "),
+                                      external_id=folder.name)
+                g.grant_consent(collection, person.id, basis=basis, granted_by=granted_by,
+                                purpose=consent_purpose, expires_at=until)
+                ids[folder] = person.id
+        with progress_bar("enrolling", total=len(photos), enabled=not json_out) as advance:
+            for folder, photo in photos:
+                try:
+                    result = g.enroll(collection, ids[folder], photo, face=pick, purpose=purpose)
+                    rows.append({"photo": str(photo), "person": folder.name,
+                                 "template": result.template_id,
+                                 "status": "enrolled" if result.created else "duplicate"})
+                except VisageError as exc:
+                    rows.append({"photo": str(photo), "person": folder.name,
+                                 "status": "refused", "reason": str(exc)})
+                advance()
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("enrolled", "duplicate", "refused")}
+    if json_out:
+        emit_json({"collection": collection, **counts, "photos": rows})
+        return
+    for r in rows:
+        if r["status"] == "refused":
+            typer.echo(f"refused: {r['reason']}", err=True)
+    typer.echo(f"{counts['enrolled']} enrolled, {counts['duplicate']} already enrolled, "
+               f"{counts['refused']} refused; {len(folders)} persons in {collection!r}")
+
+
+@app.command()
+def identify(
+    photos: Annotated[list[Path], typer.Argument(help="Photos to identify.")],
+    collection: CollectionOpt = "default",
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Candidates per photo.")] = 3,
+    face: FaceOpt = None,
+    db: DbOpt = None,
+    actor: ActorOpt = None,
+    purpose: PurposeOpt = None,
+    detector: DetectorOpt = "hog",
+    upsample: UpsampleOpt = 1,
+    json_out: JsonOpt = False,
+) -> None:
+    """Who is in each photo? The nearest persons and 'unknown' beyond the calibrated threshold."""
+    pick = _face_pick(face)
+    results: list[dict[str, Any]] = []
+    with (
+        _open(db, actor, pipeline_args=(detector, upsample)) as g,
+        progress_bar("identifying", total=len(photos), enabled=not json_out) as advance,
+    ):
+        for photo in photos:
+            try:
+                found = g.identify(collection, photo, k=k, face=pick, purpose=purpose)
+                results.append({
+                    "photo": str(photo),
+                    "unknown": found.unknown,
+                    "threshold": found.threshold,
+                    "candidates": [
+                        {"person": c.person_id, "display_name": c.display_name,
+                         "external_id": c.external_id, "distance": round(c.distance, 4),
+                         "same": c.same}
+                        for c in found.candidates
+                    ],
+                })
+            except InputError as exc:
+                results.append({"photo": str(photo), "error": str(exc)})
+                if not json_out:
+                    typer.echo(f"error: {exc}", err=True)
+            advance()
+    failed = sum("error" in r for r in results)
+    if json_out:
+        emit_json(results)
+    else:
+        table = Table("photo", "answer", "distance", "next candidates")
+        for r in results:
+            if "error" in r:
+                table.add_row(r["photo"], f"error: {r['error']}", "", "")
+                continue
+            cands = r["candidates"]
+            answer = "unknown" if r["unknown"] else cands[0]["display_name"]
+            best = f"{cands[0]['distance']:.3f}" if cands else "-"
+            rest = ", ".join(f"{c['display_name']} {c['distance']:.3f}" for c in cands[1:])
+            table.add_row(r["photo"], answer, best, rest)
+        console.print(table)
+    if failed:
+        raise typer.Exit(1)
+
+
+@persons_app.command("list")
+def persons_list(
+    collection: CollectionOpt = "default",
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 1000,
+    offset: Annotated[int, typer.Option("--offset", min=0)] = 0,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Persons of a collection with their template count and consent status."""
+    with _open(db, None) as g:
+        people = g.persons(collection, offset=offset, limit=limit)
+    if json_out:
+        emit_json([_person_record(p) for p in people])
+        return
+    table = Table("id", "name", "external id", "templates", "consent")
+    for p in people:
+        table.add_row(p.id, p.display_name, p.external_id or "", str(p.templates),
+                      _consent_status(p))
+    console.print(table)
+
+
+@persons_app.command("show")
+def persons_show(
+    person: Annotated[str, typer.Argument(help="Person id or external id.")],
+    collection: CollectionOpt = "default",
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """One person: metadata, templates, and every consent record."""
+    with _open(db, None) as g:
+        info = g.person(collection, person)
+    record = _person_record(info)
+    if json_out:
+        emit_json(record)
+        return
+    for key in ("id", "display_name", "external_id", "templates", "consent_valid", "created_at"):
+        typer.echo(f"{key}: {record[key]}")
+    table = Table("consent", "basis", "granted by", "granted", "expires", "revoked", "status")
+    for c in record["consents"]:
+        table.add_row(str(c["id"]), c["basis"], c["granted_by"], c["granted_at"],
+                      c["expires_at"] or "", c["revoked_at"] or "", c["status"])
+    console.print(table)
+
+
+@persons_app.command("delete")
+def persons_delete(
+    person: Annotated[str, typer.Argument(help="Person id or external id.")],
+    collection: CollectionOpt = "default",
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    db: DbOpt = None,
+    actor: ActorOpt = None,
+    purpose: PurposeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Delete a person, their consent records and every template (store and index)."""
+    with _open(db, actor) as g:
+        info = g.person(collection, person)
+        if not yes:
+            typer.confirm(f"delete {info.display_name} ({info.id}) and {info.templates} "
+                          "templates?", abort=True)
+        removed = g.delete_person(collection, info.id, purpose=purpose)
+    if json_out:
+        emit_json({"person": info.id, "templates_removed": removed})
+    else:
+        typer.echo(f"deleted {info.display_name} ({info.id}): {removed} templates removed")
+
+
+@consent_app.command("grant")
+def consent_grant(
+    person: Annotated[str, typer.Argument(help="Person id or external id.")],
+    basis: Annotated[str, typer.Option("--basis", help="Lawful basis (see `visage enroll`).")],
+    granted_by: Annotated[str, typer.Option("--granted-by")],
+    collection: CollectionOpt = "default",
+    expires: Annotated[str | None, typer.Option("--expires", help="ISO date.")] = None,
+    consent_purpose: Annotated[str | None, typer.Option("--consent-purpose")] = None,
+    db: DbOpt = None,
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Record consent (or another lawful basis) for a person."""
+    with _open(db, actor) as g:
+        c = g.grant_consent(collection, person, basis=basis, granted_by=granted_by,
+                            purpose=consent_purpose, expires_at=_when(expires))
+    if json_out:
+        emit_json({"consent": c.id, "status": c.status, "expires_at": _iso(c.expires_at)})
+    else:
+        typer.echo(f"consent {c.id} recorded ({c.basis}, {c.status})")
+
+
+@consent_app.command("revoke")
+def consent_revoke(
+    person: Annotated[str, typer.Argument(help="Person id or external id.")],
+    collection: CollectionOpt = "default",
+    reason: Annotated[str | None, typer.Option("--reason")] = None,
+    db: DbOpt = None,
+    actor: ActorOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Revoke a person's consent and delete every template of theirs (store and index)."""
+    with _open(db, actor) as g:
+        removed = g.revoke_consent(collection, person, reason=reason)
+    if json_out:
+        emit_json({"person": person, "templates_removed": removed})
+    else:
+        typer.echo(f"consent revoked; {removed} templates removed")
+
+
+@audit_app.command("show")
+def audit_show(
+    limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Newest N events.")] = 20,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """The newest audit events."""
+    with _open(db, None) as g:
+        events = g.last_audit_events(limit)
+    if json_out:
+        emit_json([e.__dict__ for e in events])
+        return
+    table = Table("seq", "time", "actor", "action", "collection", "purpose", "summary")
+    for e in events:
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(e.summary.items()) if k != "candidates")
+        table.add_row(str(e.seq), e.at[:19], e.actor, e.action, e.collection or "",
+                      e.purpose or "", summary[:80])
+    console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Walk the hash chain; exit 1 naming the first broken link."""
+    with _open(db, None) as g:
+        report = g.verify_audit()
+    if json_out:
+        emit_json(report.__dict__)
+        if not report.ok:
+            raise typer.Exit(1)
+        return
+    if not report.ok:
+        raise StorageError(report.describe())
+    typer.echo(report.describe())
+
+
+@contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
+    """A ``progress(done, total)`` callback drawing a bar on a terminal, for export/import."""
+    if not enabled or not err_console.is_terminal:
+        yield lambda done, total: None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err_console) as bar:
+        task = bar.add_task(label, total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+@app.command("export")
+def export_collection(
+    collection: Annotated[str, typer.Argument(help="The collection to export.")],
+    path: Annotated[Path, typer.Argument(help="Output file (JSON lines; no images).")],
+    db: DbOpt = None,
+    actor: ActorOpt = None,
+    purpose: PurposeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Export a collection: persons, consent records and embeddings — never images."""
+    with _open(db, actor) as g, _progress("exporting", not json_out) as progress:
+        s = g.export_collection(collection, path, purpose=purpose, progress=progress)
+    if json_out:
+        emit_json({"collection": s.collection, "path": str(s.path), "persons": s.persons,
+                   "templates": s.templates, "sha256": s.sha256})
+    else:
+        typer.echo(f"exported {s.persons} persons, {s.templates} templates to {s.path} "
+                   f"(sha256 {s.sha256})")
+
+
+@app.command("import")
+def import_collection(
+    path: Annotated[Path, typer.Argument(help="A file written by `visage export`.")],
+    name: Annotated[str | None, typer.Option("--as", help="New collection name.")] = None,
+    db: DbOpt = None,
+    actor: ActorOpt = None,
+    purpose: PurposeOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Import an exported collection into a new collection (one transaction)."""
+    with _open(db, actor) as g, _progress("importing", not json_out) as progress:
+        s = g.import_collection(path, name=name, purpose=purpose, progress=progress)
+    if json_out:
+        emit_json({"collection": s.collection, "persons": s.persons, "templates": s.templates,
+                   "sha256": s.sha256})
+    else:
+        typer.echo(f"imported {s.persons} persons, {s.templates} templates into "
+                   f"{s.collection!r}")

@@ -1,0 +1,123 @@
+"""The gallery commands through Typer's runner, on SQLite and PostgreSQL, with real photos."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from visage.cli import app
+
+runner = CliRunner()
+PEOPLE = ("Al_Sharpton", "Alvaro_Uribe", "Angelina_Jolie")
+
+
+def run(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, list(args))
+    assert "Traceback" not in result.output + result.stderr
+    return result.exit_code, result.stdout, result.stderr
+
+
+@pytest.fixture
+def enrolled(db_url: str, tmp_path: Path, faces_dir: Path) -> str:
+    """Two photos each of three people enrolled into collection ``demo`` through the CLI."""
+    folder = tmp_path / "enroll"
+    for name in PEOPLE:
+        (folder / name).mkdir(parents=True)
+        for i in (1, 2):
+            photo = faces_dir / "people" / name / f"{name}_{i:04d}.jpg"
+            shutil.copy(photo, folder / name / photo.name)
+    code, out, err = run("enroll", str(folder), "--basis", "consent", "--granted-by", "tests",
+                         "-c", "demo", "--face", "center", "--db", db_url, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert (doc["enrolled"], doc["refused"]) == (6, 0)
+    return db_url
+
+
+def test_enroll_is_idempotent_and_identify_answers(
+    enrolled: str, faces_dir: Path, tmp_path: Path
+) -> None:
+    code, out, _ = run("enroll", str(tmp_path / "enroll"), "--basis", "consent", "--granted-by",
+                       "tests", "-c", "demo", "--face", "center", "--db", enrolled, "--json")
+    assert code == 0 and json.loads(out)["duplicate"] == 6
+    probe = faces_dir / "people" / "Angelina_Jolie" / "Angelina_Jolie_0003.jpg"
+    stranger = min((faces_dir / "distractors").glob("*.jpg"))
+    code, out, _ = run("identify", str(probe), str(stranger), "-c", "demo", "--face", "center",
+                       "--db", enrolled, "--json")
+    assert code == 0
+    answers = json.loads(out)
+    assert answers[0]["candidates"][0]["external_id"] == "Angelina_Jolie"
+    assert not answers[0]["unknown"] and answers[1]["unknown"]
+    code, out, _ = run("identify", str(probe), "-c", "demo", "--face", "center", "--db", enrolled)
+    assert code == 0 and "Angelina Jolie" in out
+
+
+def test_persons_consent_and_delete(enrolled: str) -> None:
+    code, out, _ = run("persons", "list", "-c", "demo", "--db", enrolled, "--json")
+    people = json.loads(out)
+    assert code == 0 and sorted(p["external_id"] for p in people) == sorted(PEOPLE)
+    assert all(p["templates"] == 2 and p["consent_valid"] for p in people)
+
+    code, out, _ = run("consent", "revoke", "Al_Sharpton", "-c", "demo", "--reason", "asked",
+                       "--db", enrolled, "--json")
+    assert code == 0 and json.loads(out)["templates_removed"] == 2
+    code, out, _ = run("persons", "show", "Al_Sharpton", "-c", "demo", "--db", enrolled, "--json")
+    shown = json.loads(out)
+    assert shown["templates"] == 0 and shown["consents"][-1]["status"] == "revoked"
+
+    code, out, _ = run("persons", "delete", "Alvaro_Uribe", "-c", "demo", "--yes",
+                       "--purpose", "erasure", "--db", enrolled)
+    assert code == 0 and "2 templates removed" in out
+    code, _, err = run("persons", "show", "Alvaro_Uribe", "-c", "demo", "--db", enrolled)
+    assert code == 1 and err.strip().startswith("error: no person 'Alvaro_Uribe'")
+    assert len(err.strip().splitlines()) == 1
+
+    code, out, _ = run("audit", "show", "-n", "3", "--db", enrolled, "--json")
+    assert [e["action"] for e in json.loads(out)][-2:] == ["consent.revoke", "person.delete"]
+
+
+def test_audit_verify_names_the_tampered_row(enrolled: str) -> None:
+    code, out, _ = run("audit", "verify", "--db", enrolled)
+    assert code == 0 and "audit chain intact" in out
+    engine = create_engine(enrolled)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE audit_event SET purpose = 'nothing to see' WHERE seq = 7"))
+    engine.dispose()
+    code, _, err = run("audit", "verify", "--db", enrolled)
+    assert code == 1
+    assert err.strip() == "error: audit chain broken at event 7: its contents do not match its hash"
+
+
+def test_export_import(enrolled: str, tmp_path: Path) -> None:
+    dump = tmp_path / "demo.jsonl"
+    code, out, _ = run("export", "demo", str(dump), "--db", enrolled, "--json")
+    assert code == 0 and json.loads(out)["templates"] == 6
+    assert "image" not in dump.read_text()
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    code, out, _ = run("import", str(dump), "--as", "copy", "--db", other, "--json")
+    assert code == 0 and (json.loads(out)["persons"], json.loads(out)["templates"]) == (3, 6)
+    code, out, _ = run("persons", "list", "-c", "copy", "--db", other, "--json")
+    assert len(json.loads(out)) == 3
+
+
+def test_bad_input_is_one_line_and_exit_1(enrolled: str, tmp_path: Path) -> None:
+    cases = [
+        ("identify", str(tmp_path / "missing.jpg"), "-c", "demo"),
+        ("identify", str(tmp_path), "-c", "nowhere"),
+        ("enroll", str(tmp_path / "nope"), "--basis", "consent", "--granted-by", "x"),
+        ("enroll", str(tmp_path), "--basis", "whim", "--granted-by", "x", "-c", "demo"),
+        ("consent", "grant", "Angelina_Jolie", "--basis", "consent", "--granted-by", "x",
+         "--expires", "soon", "-c", "demo"),
+        ("import", str(tmp_path / "missing.jsonl")),
+    ]
+    (tmp_path / "x").mkdir()
+    shutil.copy(Path(__file__), tmp_path / "x" / "photo.jpg")
+    for args in cases:
+        code, _, err = run(*args, "--db", enrolled)
+        assert code == 1, args
+        assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (args, err)
