@@ -108,7 +108,12 @@ def test_identification_figures() -> None:
     assert (x.group, x.n_mated, x.n_nonmated, x.rank1) == ("x", 1, 1, 1.0)
     assert (y.group, y.n_mated, y.rank1, y.fnir) == ("y", 2, 0.5, 0.5)
     assert math.isnan(y.fpir)
+    assert result.calibration is None
     json.dumps(result.as_dict(), allow_nan=False)
+    checked = r.evaluate_identification(scores, EMBEDDED, calibration=calibration(chord(20)))
+    assert checked.calibration is not None and checked.calibration.accuracy is None
+    assert (checked.calibration.fmr, checked.calibration.fnmr) == (0.0, pytest.approx(1 / 3))
+    assert checked.as_dict()["calibration"]["fnmr"] == pytest.approx(1 / 3, abs=1e-6)
 
 
 def test_identification_needs_a_mated_probe() -> None:

@@ -33,6 +33,7 @@ from ..eval.report import (
 )
 from ..eval.results import (
     Acquired,
+    CalibrationCheck,
     IdentificationResult,
     VerificationResult,
     calibrate,
@@ -143,6 +144,13 @@ def _points_table(points: Iterable[metrics.OperatingPoint], fmr: str, fnmr: str)
     return table
 
 
+def _print_calibration(check: CalibrationCheck, fmr: str, fnmr: str) -> None:
+    rates = f"{fmr} {format_rate(check.fmr)}, {fnmr} {format_rate(check.fnmr)}"
+    if check.accuracy is not None:
+        rates += f", accuracy {format_rate(check.accuracy)}"
+    console.print(f"calibration {check.calibration.describe()}: {rates} on this data", markup=False)
+
+
 def _print_verification(result: VerificationResult) -> None:
     kfold, summary = result.kfold, result.summary
     console.print(_acquisition_line(result.acquisition, result.model_id), markup=False)
@@ -154,12 +162,7 @@ def _print_verification(result: VerificationResult) -> None:
     )
     console.print(_points_table(summary.operating_points, "FMR", "FNMR"))
     if result.calibration is not None:
-        check = result.calibration
-        console.print(
-            f"calibration {check.calibration.describe()}: FMR {check.fmr:.4f}, "
-            f"FNMR {check.fnmr:.4f}, accuracy {check.accuracy:.4f} on this data",
-            markup=False,
-        )
+        _print_calibration(result.calibration, "FMR", "FNMR")
     if result.groups:
         table = Table("group", "genuine", "impostor", "FMR", "FNMR", "FMR / overall")
         for g in result.groups:
@@ -186,6 +189,8 @@ def _print_identification(result: IdentificationResult) -> None:
     )
     if result.open_set:
         console.print(_points_table(result.open_set, "FPIR", "FNIR"))
+    if result.calibration is not None:
+        _print_calibration(result.calibration, "FPIR", "FNIR")
     if result.groups:
         table = Table("group", "mated", "non-mated", "rank-1", "FNIR", "FPIR")
         for g in result.groups:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 
 from .. import __version__
 from . import metrics
-from .results import Acquired, IdentificationResult, VerificationResult
+from .results import Acquired, CalibrationCheck, IdentificationResult, VerificationResult
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
@@ -100,6 +100,17 @@ def _operating_points(points: Sequence[metrics.OperatingPoint], fmr: str, fnmr: 
     return note + _table(operating_point_headers(fmr, fnmr), rows)
 
 
+def _calibration(check: CalibrationCheck, fmr: str, fnmr: str) -> str:
+    headers, cells = [fmr, fnmr], [format_rate(check.fmr), format_rate(check.fnmr)]
+    if check.accuracy is not None:
+        headers.append("accuracy")
+        cells.append(format_rate(check.accuracy))
+    return (
+        "<h3>Saved calibration on this data</h3>"
+        f"<p>{html.escape(check.calibration.describe())}</p>{_table(headers, [cells])}"
+    )
+
+
 def _verification(result: VerificationResult) -> str:
     kfold, summary = result.kfold, result.summary
     parts = [
@@ -133,15 +144,7 @@ def _verification(result: VerificationResult) -> str:
         _operating_points(summary.operating_points, "FMR", "FNMR"),
     ]
     if result.calibration is not None:
-        check = result.calibration
-        parts += [
-            "<h3>Saved calibration on this data</h3>",
-            f"<p>{html.escape(check.calibration.describe())}</p>",
-            _table(
-                ["FMR", "FNMR", "accuracy"],
-                [[format_rate(check.fmr), format_rate(check.fnmr), format_rate(check.accuracy)]],
-            ),
-        ]
+        parts.append(_calibration(result.calibration, "FMR", "FNMR"))
     if result.groups:
         parts += [
             "<h3>By group</h3>",
@@ -195,6 +198,8 @@ def _identification(result: IdentificationResult) -> str:
             ],
         ),
     ]
+    if result.calibration is not None:
+        parts.append(_calibration(result.calibration, "FPIR", "FNIR"))
     if result.open_set:
         parts += [
             "<h3>Open set (rank 1)</h3>",

@@ -94,12 +94,15 @@ def _check_model(calibration: Calibration | None, model_id: str) -> None:
 
 @dataclass(frozen=True)
 class CalibrationCheck:
-    """How a saved calibration's threshold does on this evaluation's data."""
+    """How a saved calibration's threshold does on this evaluation's data.
+
+    In identification ``fmr``/``fnmr`` read FPIR/FNIR (rank 1) and ``accuracy`` is ``None``.
+    """
 
     calibration: Calibration
     fmr: float
     fnmr: float
-    accuracy: float
+    accuracy: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -108,7 +111,7 @@ class CalibrationCheck:
             "describe": self.calibration.describe(),
             "fmr": _num(self.fmr),
             "fnmr": _num(self.fnmr),
-            "accuracy": _num(self.accuracy),
+            "accuracy": None if self.accuracy is None else _num(self.accuracy),
         }
 
 
@@ -282,6 +285,7 @@ class IdentificationResult:
     threshold: float
     threshold_source: str
     groups: tuple[GroupIdentification, ...]
+    calibration: CalibrationCheck | None
 
     def rank(self, k: int) -> float:
         """Share of mated searches whose mate is within the first ``k`` candidates."""
@@ -303,6 +307,7 @@ class IdentificationResult:
             "group_threshold": _num(self.threshold),
             "group_threshold_source": self.threshold_source,
             "groups": [g.as_dict() for g in self.groups],
+            "calibration": self.calibration.as_dict() if self.calibration else None,
         }
 
 
@@ -342,8 +347,11 @@ def evaluate_identification(
         curve = metrics.roc(mated_scores, nonmated_scores)
         open_set = tuple(metrics.at_fmr(curve, t) for t in targets)
         threshold, source = metrics.eer(curve).threshold, "FNIR = FPIR threshold"
+    check = None
     if calibration is not None:
         threshold, source = calibration.threshold, f"calibration {calibration.describe()}"
+        fpir, fnir = metrics.rates_at_threshold(mated_scores, nonmated_scores, threshold)
+        check = CalibrationCheck(calibration, fpir, fnir)
     group_results: tuple[GroupIdentification, ...] = ()
     if groups is not None:
         mated_groups = np.array([groups.get(p.person) for p in mated_probes], dtype=object)
@@ -374,6 +382,7 @@ def evaluate_identification(
         threshold=threshold,
         threshold_source=source,
         groups=group_results,
+        calibration=check,
     )
 
 
