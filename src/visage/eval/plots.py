@@ -152,7 +152,7 @@ def cmc_png(cmc: npt.ArrayLike) -> bytes:
 def verification_figures(result: VerificationResult) -> dict[str, bytes]:
     """The PNGs of a verification evaluation, by file stem: ROC, DET and histogram; per-group
     curves are drawn beside the overall one when groups were given."""
-    curves = {"all pairs": result.summary.roc} | {
+    curves = {"overall": result.summary.roc} | {
         f"group {g.rates.group}": g.summary.roc for g in result.groups if g.summary is not None
     }
     return {
