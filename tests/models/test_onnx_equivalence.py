@@ -164,6 +164,14 @@ def test_mmod_batch_equals_single(people_photos: list[Path]) -> None:
     assert detector.detect_many([], upsample=0) == []
 
 
+def test_mmod_tiny_images_have_no_faces() -> None:
+    """Too small for the network (dlib raises there): no detections, and no runtime error."""
+    detector = OnnxMmodDetector()
+    for shape in [(1, 1, 3), (6, 40, 3), (40, 3, 3)]:
+        assert detector.detect(np.zeros(shape, np.uint8), upsample=0) == []
+    assert detector.detect(np.zeros((1, 1, 3), np.uint8), upsample=1) == []
+
+
 def test_conversion_is_deterministic() -> None:
     first = convert("resnet").SerializeToString(deterministic=True)
     second = convert("resnet").SerializeToString(deterministic=True)

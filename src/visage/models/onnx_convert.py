@@ -53,7 +53,7 @@ from .weights import MODEL_FILES, model_path
 
 log = logging.getLogger(__name__)
 
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2
 """Bump whenever the graphs change, so cached conversions are rebuilt."""
 
 OPSET = 17
@@ -393,6 +393,7 @@ def mmod_to_onnx(net: DlibNet) -> onnx.ModelProto:
         "pyramid_padding": int(a["pyramid_padding"]),
         "pyramid_outer_padding": int(a["pyramid_outer_padding"]),
         "windows": [[w.width, w.height] for w in net.mmod.windows],
+        "min_size": _min_input_size(net.layers),
         "map_scale": scale,
         "map_offset": offset,
         "nms_iou": net.mmod.nms_iou,
@@ -411,6 +412,17 @@ def mmod_to_onnx(net: DlibNet) -> onnx.ModelProto:
         "dlib_mmod_human_face_detector",
         {"visage.kind": "mmod", "visage.mmod": json.dumps(meta, sort_keys=True)},
     )
+
+
+def _min_input_size(layers: Sequence[Layer | Marker]) -> int:
+    """The smallest input side for which every convolution still has an output pixel."""
+    size = 1
+    for layer in reversed(layers):
+        if isinstance(layer, Layer) and layer.kind.startswith("con_"):
+            a = layer.attrs
+            size = (size - 1) * int(a["stride_x"]) + int(a["nc"]) - 2 * int(a["padding_x"])
+            size = max(size, 1)
+    return size
 
 
 def _output_to_input(layers: Sequence[Layer | Marker]) -> tuple[float, float]:

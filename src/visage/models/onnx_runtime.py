@@ -170,6 +170,7 @@ class MmodParams:
     pyramid_padding: int
     pyramid_outer_padding: int
     windows: tuple[tuple[int, int], ...]
+    min_size: int
     map_scale: float
     map_offset: float
     nms_iou: float
@@ -458,6 +459,7 @@ def _mmod_params(session: Any) -> MmodParams:
             pyramid_padding=int(m["pyramid_padding"]),
             pyramid_outer_padding=int(m["pyramid_outer_padding"]),
             windows=tuple((int(w), int(h)) for w, h in m["windows"]),
+            min_size=int(m["min_size"]),
             map_scale=float(m["map_scale"]),
             map_offset=float(m["map_offset"]),
             nms_iou=float(m["nms_iou"]),
@@ -490,9 +492,17 @@ class OnnxMmodDetector(_SessionHolder):
         return self._params
 
     def _scores(self, tensors: list[FloatArray]) -> list[FloatArray]:
-        if len({t.shape for t in tensors}) == 1:
+        """Score maps ``(windows, r, c)``; empty for a pyramid too small for the network (where
+        dlib raises), so a tiny image simply has no faces."""
+        params = self.params
+        empty = np.zeros((len(params.windows), 0, 0), np.float32)
+        fits = [min(t.shape[1:]) >= params.min_size for t in tensors]
+        if all(fits) and len({t.shape for t in tensors}) == 1:
             return list(self.session.run(None, {"pyramid": np.stack(tensors)})[0])
-        return [self.session.run(None, {"pyramid": t[None]})[0][0] for t in tensors]
+        return [
+            self.session.run(None, {"pyramid": t[None]})[0][0] if ok else empty
+            for t, ok in zip(tensors, fits)
+        ]
 
     def detect(self, image: Image, *, upsample: int = 1) -> list[Detection]:
         return self.detect_many([image], upsample=upsample)[0]
