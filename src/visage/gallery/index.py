@@ -273,6 +273,12 @@ class FaissIndex:
             except RuntimeError as exc:
                 raise ValueError(f"invalid faiss search knobs {self._knobs!r}: {exc}") from None
 
+    def set_knobs(self, knobs: str) -> None:
+        """Change the search-time knobs (``efSearch=256``, ``nprobe=64``…) without rebuilding."""
+        self._knobs = knobs
+        self._apply_knobs()
+        self._params = None
+
     @property
     def spec(self) -> str:
         return str(IndexSpec("faiss", self._factory, self._knobs))

@@ -41,14 +41,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Self, TypeAlias
+from typing import Any, Literal, Self, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, delete, exists, func, or_, select
+from sqlalchemy import ColumnElement, delete, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
@@ -105,6 +105,7 @@ FacePick = int | Literal["largest", "center"] | None
 Probe: TypeAlias = Face | npt.NDArray[np.float32] | Source
 """What decisions accept: a :class:`Face` with its embedding, an embedding, or a photo."""
 Progress = Callable[[int, int], None]
+_T = TypeVar("_T")
 
 
 class PoorQuality(InputError):
@@ -142,7 +143,7 @@ def _vector_bytes(vector: npt.NDArray[np.float32]) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
-def _chunks(items: Sequence[int], size: int = 5000) -> Iterator[Sequence[int]]:
+def _chunks(items: Sequence[_T], size: int = 5000) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
 
@@ -744,73 +745,83 @@ class Gallery:
         purpose: str | None,
         actor: str | None,
     ) -> list[EnrollResult]:
+        """One transaction: consent checks, duplicate lookup, one multi-row insert, audit events."""
         now = utcnow()
         with self._lock:
             with self._transaction() as (session, state):
                 coll = self._collection(session, collection)
-                results: list[EnrollResult] = []
-                new_rows: list[TemplateRow] = []
-                people: dict[str, PersonRow] = {}
-                seen: dict[tuple[str, str], EnrollResult] = {}
+                people: dict[str, str] = {}
+                keyed: list[tuple[str, str, bytes, EmbeddingItem, bytes | None]] = []
                 for item, image in zip(items, images):
                     if item.person not in people:
-                        people[item.person] = self._person(session, coll, item.person)
-                        self._require_consent(session, people[item.person], now)
-                    prow = people[item.person]
-                    vec = self._check_vector(coll, item.embedding)
-                    digest = item.source_sha256 or _sha256(_vector_bytes(vec))
-                    existing = seen.get((prow.id, digest)) or self._existing(session, prow.id, digest)
-                    if existing is not None:
-                        existing = replace(existing, created=False)
-                        results.append(existing)
-                        seen[(prow.id, digest)] = existing
-                        self._audit(
-                            session, state, "enroll", actor=actor, collection=collection,
-                            purpose=purpose, input_hash=digest, person=prow.id,
-                            template=existing.template_id, duplicate=True,
-                        )
-                        continue
-                    row = TemplateRow(
-                        person_id=prow.id,
-                        collection_id=coll.id,
-                        embedding=_vector_bytes(vec),
-                        model_id=coll.model_id,
-                        quality=item.quality,
-                        source_sha256=digest,
-                        image=image if coll.keep_images else None,
-                        created_at=now,
+                        prow = self._person(session, coll, item.person)
+                        self._require_consent(session, prow, now)
+                        people[item.person] = prow.id
+                    blob = _vector_bytes(self._check_vector(coll, item.embedding))
+                    digest = item.source_sha256 or _sha256(blob)
+                    keyed.append((people[item.person], digest, blob, item, image))
+                known = self._existing(session, {(pid, digest) for pid, digest, *_ in keyed})
+                fresh: dict[tuple[str, str], int] = {}  # key -> position in ``rows``
+                rows: list[dict[str, Any]] = []
+                for pid, digest, blob, item, image in keyed:
+                    if (pid, digest) not in known and (pid, digest) not in fresh:
+                        fresh[(pid, digest)] = len(rows)
+                        rows.append({
+                            "person_id": pid, "collection_id": coll.id, "embedding": blob,
+                            "model_id": coll.model_id, "quality": item.quality,
+                            "source_sha256": digest, "created_at": now,
+                            "image": image if coll.keep_images else None,
+                        })
+                new_ids: list[int] = []
+                if rows:
+                    insert_rows = insert(TemplateRow).returning(
+                        TemplateRow.id, sort_by_parameter_order=True
                     )
-                    session.add(row)
-                    session.flush()
-                    new_rows.append(row)
-                    result = EnrollResult(prow.id, row.id, True, item.quality, digest)
-                    seen[(prow.id, digest)] = result
+                    new_ids = list(session.scalars(insert_rows, rows))
+                    coll.version += 1
+                results: list[EnrollResult] = []
+                first_use: set[tuple[str, str]] = set()
+                for pid, digest, _blob, item, _image in keyed:
+                    key = (pid, digest)
+                    created = key in fresh and key not in first_use
+                    first_use.add(key)
+                    if key in fresh:
+                        result = EnrollResult(pid, new_ids[fresh[key]], created, item.quality, digest)
+                    else:
+                        template_id, quality = known[key]
+                        result = EnrollResult(pid, template_id, False, quality, digest)
                     results.append(result)
                     self._audit(
                         session, state, "enroll", actor=actor, collection=collection,
-                        purpose=purpose, input_hash=digest, person=prow.id, template=row.id,
+                        purpose=purpose, input_hash=digest, person=pid,
+                        template=result.template_id, duplicate=not created,
                         quality=None if item.quality is None else round(item.quality, 4),
-                        duplicate=False,
                     )
-                if new_rows:
-                    coll.version += 1
                 coll_id, version = coll.id, coll.version
-            if new_rows:
-                ids = np.array([r.id for r in new_rows], np.int64)
-                vectors = np.stack([np.frombuffer(r.embedding, "<f4") for r in new_rows])
-                self._after_commit(coll_id, version, added=(ids, vectors))
+            if rows:
+                vectors = np.frombuffer(b"".join(r["embedding"] for r in rows), "<f4")
+                self._after_commit(
+                    coll_id, version,
+                    added=(np.asarray(new_ids, np.int64), vectors.reshape(len(rows), coll.dim)),
+                )
             return results
 
     @staticmethod
-    def _existing(session: Session, person_id: str, digest: str) -> EnrollResult | None:
-        row = session.scalar(
-            select(TemplateRow).where(
-                TemplateRow.person_id == person_id, TemplateRow.source_sha256 == digest
+    def _existing(
+        session: Session, keys: set[tuple[str, str]]
+    ) -> dict[tuple[str, str], tuple[int, float | None]]:
+        """Templates already stored for ``(person id, source sha256)`` keys: id and quality."""
+        found: dict[tuple[str, str], tuple[int, float | None]] = {}
+        digests = sorted({digest for _, digest in keys})
+        for part in _chunks(digests):
+            rows = session.execute(
+                select(TemplateRow.id, TemplateRow.person_id, TemplateRow.source_sha256,
+                       TemplateRow.quality).where(TemplateRow.source_sha256.in_(part))
             )
-        )
-        if row is None:
-            return None
-        return EnrollResult(person_id, row.id, False, row.quality, digest)
+            for template_id, pid, digest, quality in rows:
+                if (pid, digest) in keys:
+                    found[(pid, digest)] = (template_id, quality)
+        return found
 
     # ------------------------------------------------------------------ index upkeep
 
