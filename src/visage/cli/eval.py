@@ -208,12 +208,19 @@ def _print_identification(result: IdentificationResult) -> None:
 
 def _finish(
     result: VerificationResult | IdentificationResult,
-    figures: Mapping[str, bytes],
     *,
     report: Path | None,
     plots_dir: Path | None,
     json_out: bool,
 ) -> None:
+    """Draw the figures only when asked for, write them, then print the summary or JSON."""
+    figures: Mapping[str, bytes] = {}
+    if report is not None or plots_dir is not None:
+        figures = (
+            plots.verification_figures(result)
+            if isinstance(result, VerificationResult)
+            else plots.identification_figures(result)
+        )
     written = _write(result, figures, report, plots_dir)
     if json_out:
         doc: dict[str, Any] = result.as_dict() | {"written": written}
@@ -262,13 +269,7 @@ def verify(
         groups=group_table,
         calibration=saved or _shipped(embedded.model_id),
     )
-    _finish(
-        result,
-        plots.verification_figures(result),
-        report=report,
-        plots_dir=plots_dir,
-        json_out=json_out,
-    )
+    _finish(result, report=report, plots_dir=plots_dir, json_out=json_out)
 
 
 @eval_app.command("identify")
@@ -312,13 +313,7 @@ def identify(
         groups=group_table,
         calibration=saved or _shipped(embedded.model_id),
     )
-    _finish(
-        result,
-        plots.identification_figures(result),
-        report=report,
-        plots_dir=plots_dir,
-        json_out=json_out,
-    )
+    _finish(result, report=report, plots_dir=plots_dir, json_out=json_out)
 
 
 @app.command("calibrate")
