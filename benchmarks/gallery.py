@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from visage.decision import Calibration
+from visage.decision import Calibration, normalize
 from visage.gallery import EmbeddingItem, FaissIndex, Gallery
 from visage.gallery.index import ExactIndex, IndexSpec
 
@@ -45,15 +45,13 @@ Floats = npt.NDArray[np.float32]
 
 
 def unit(rng: np.random.Generator, n: int) -> Floats:
-    x = rng.standard_normal((n, DIM)).astype(np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    return x
+    return normalize(rng.standard_normal((n, DIM)).astype(np.float32))
 
 
 def genuine(rng: np.random.Generator, gallery: Floats, n: int) -> Floats:
     picks = gallery[rng.integers(0, len(gallery), n)]
     noisy = picks + GENUINE_NOISE * rng.standard_normal(picks.shape).astype(np.float32)
-    return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
+    return normalize(noisy)
 
 
 def exact_top1(gallery: Floats, queries: Floats, chunk: int = 100_000) -> npt.NDArray[np.int64]:
@@ -69,7 +67,7 @@ def exact_top1(gallery: Floats, queries: Floats, chunk: int = 100_000) -> npt.ND
     return arg
 
 
-def latencies(search: Callable[[Floats], npt.NDArray[np.int64]], queries: Floats) -> tuple[list[float], npt.NDArray[np.int64]]:
+def latencies(search: Callable[[Floats], np.int64], queries: Floats) -> tuple[list[float], npt.NDArray[np.int64]]:
     for q in queries[:20]:
         search(q)
     times, top = [], []
@@ -78,6 +76,11 @@ def latencies(search: Callable[[Floats], npt.NDArray[np.int64]], queries: Floats
         top.append(search(q))
         times.append((time.perf_counter() - start) * 1000)
     return times, np.array(top, np.int64)
+
+
+def top1(index: ExactIndex | FaissIndex) -> Callable[[Floats], np.int64]:
+    """One-query search returning the nearest id, the way identify asks."""
+    return lambda q: np.int64(index.search(q[None, :], 1)[1][0, 0])
 
 
 def pct(values: list[float], q: float) -> float:
@@ -105,10 +108,9 @@ def bench_size(size: int, n_queries: int, indexes: list[str], exact_queries: int
     start = time.perf_counter()
     exact = ExactIndex.from_arrays(ids, gallery)
     build = time.perf_counter() - start
-    times, top = latencies(lambda q: exact.search(q[None, :], 1)[1][0, 0], probes["genuine"][:exact_queries])
+    times, top = latencies(top1(exact), probes["genuine"][:exact_queries])
     recall = {"genuine": float((top == truth["genuine"][:exact_queries]).mean()), "stranger": 1.0}
     rows.append(row("exact (numpy)", size, build, times, recall))
-    del exact
 
     for text in indexes:
         factory, _, knob_sets = text.partition(";")
@@ -120,12 +122,11 @@ def bench_size(size: int, n_queries: int, indexes: list[str], exact_queries: int
             index.set_knobs(knobs)
             recall, all_times = {}, []
             for kind, queries in probes.items():
-                times, top = latencies(lambda q: index.search(q[None, :], 1)[1][0, 0], queries)
+                times, top = latencies(top1(index), queries)
                 recall[kind] = float((top == truth[kind]).mean())
                 if kind == "genuine":
                     all_times = times
             rows.append(row(str(IndexSpec("faiss", factory, knobs)), size, build, all_times, recall))
-        del index
     exact_p99 = rows[0]["p99_ms"]
     for r in rows[1:]:
         print(f"  speed-up of p99 vs exact: {float(exact_p99) / float(r['p99_ms']):6.1f}x  {r['index']}")  # type: ignore[arg-type]
