@@ -112,7 +112,7 @@ def test_identification_figures() -> None:
     json.dumps(result.as_dict(), allow_nan=False)
     checked = r.evaluate_identification(scores, EMBEDDED, calibration=calibration(chord(20)))
     assert checked.calibration is not None and checked.calibration.accuracy is None
-    assert (checked.calibration.fmr, checked.calibration.fnmr) == (0.0, pytest.approx(1 / 3))
+    assert (checked.calibration.fmr, checked.calibration.fnmr) == pytest.approx((0.0, 1 / 3))
     assert checked.as_dict()["calibration"]["fnmr"] == pytest.approx(1 / 3, abs=1e-6)
 
 
