@@ -6,6 +6,7 @@ whole set costs about a minute on 2 cores, so it is done once per session and sh
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,12 +40,13 @@ def distractor_photos(faces_dir: Path) -> list[Path]:
     return sorted((faces_dir / "distractors").glob("*.jpg"))
 
 
-def central_face(result: ImageResult, size: tuple[int, int] = (250, 250)) -> Face | None:
+def central_face(result: ImageResult) -> Face | None:
     """The labelled face of an LFW photo: the detected face nearest the centre (within 40 px)."""
-    cx, cy = size[0] / 2, size[1] / 2
+    width, height = result.size or (250, 250)
+    cx, cy = width / 2, height / 2
 
     def off(f: Face) -> float:
-        return float(((f.box[0] + f.box[2]) / 2 - cx) ** 2 + ((f.box[1] + f.box[3]) / 2 - cy) ** 2) ** 0.5
+        return math.hypot((f.box[0] + f.box[2]) / 2 - cx, (f.box[1] + f.box[3]) / 2 - cy)
 
     best = min(result.faces, key=off, default=None)
     return best if best is not None and off(best) <= 40 else None

@@ -60,6 +60,7 @@ class ImageResult:
     faces: tuple[Face, ...] = ()
     sha256: str | None = None
     error: str | None = None
+    size: tuple[int, int] | None = None  # (width, height) of the decoded image
 
     @property
     def ok(self) -> bool:
@@ -183,7 +184,7 @@ class Pipeline:
 
     def _process_chunk(self, sources: Sequence[str]) -> list[ImageResult]:
         """Decode, detect and align a chunk of files, then embed all their chips in one batch."""
-        pending: list[tuple[str, str, list[Face], Image]] = []
+        pending: list[tuple[str, str, list[Face], Image, tuple[int, int]]] = []
         results: dict[str, ImageResult] = {}
         for src in sources:
             try:
@@ -191,18 +192,19 @@ class Pipeline:
                 image = decode(data, max_pixels=self.config.max_pixels, source=src)
                 detections = self.detector.detect(image, upsample=self.config.upsample)
                 faces, chips = self._faces(image, detections)
-                pending.append((src, source_hash(data), faces, chips))
+                size = (int(image.shape[1]), int(image.shape[0]))
+                pending.append((src, source_hash(data), faces, chips, size))
             except VisageError as exc:
                 results[src] = ImageResult(source=src, error=str(exc))
-        all_chips = [c for _, _, _, chips in pending for c in chips]
+        all_chips = [c for _, _, _, chips, _ in pending for c in chips]
         vectors = self.embed_chips(np.stack(all_chips)) if all_chips else np.empty((0, 128), np.float32)
         at = 0
-        for src, digest, faces, _ in pending:
+        for src, digest, faces, _, size in pending:
             embedded = tuple(
                 replace(f, embedding=vectors[at + i], model_id=self.model_id) for i, f in enumerate(faces)
             )
             at += len(faces)
-            results[src] = ImageResult(source=src, faces=embedded, sha256=digest)
+            results[src] = ImageResult(source=src, faces=embedded, sha256=digest, size=size)
         return [results[s] for s in sources]
 
     def embed_many(

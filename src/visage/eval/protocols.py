@@ -303,19 +303,22 @@ def acquire(
     for path, result in results:
         if result.error is not None:
             raise InputError(result.error)
-        photos[path] = _acquire(path, result.faces, pipeline, missing_face)
+        photos[path] = _acquire(path, result, pipeline, missing_face)
         if progress is not None:
             progress()
     return Embedded(photos, pipeline.model_id, missing_face)
 
 
 def _acquire(
-    path: Path, faces: Sequence[Face], pipeline: Pipeline, missing_face: MissingFace
+    path: Path, result: ImageResult, pipeline: Pipeline, missing_face: MissingFace
 ) -> Acquisition:
+    faces = result.faces
     if len(faces) == 1:
         return Acquisition(1, faces[0].embedding)
     if not faces and missing_face is MissingFace.COUNT:
         return Acquisition(0, None)
+    if faces and result.size is not None:
+        return Acquisition(len(faces), _nearest_centre(faces, *result.size).embedding)
     image = pipeline.load(path)
     height, width = image.shape[:2]
     if faces:
