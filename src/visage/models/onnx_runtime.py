@@ -77,7 +77,7 @@ def make_session(path: Path, *, threads: int | None = None) -> Any:
 
 
 class _SessionHolder:
-    """A lazily opened session on ``self.path``; pickles as the path alone."""
+    """A session opened on first use on the file ``_model_file()`` names; pickles without it."""
 
     threads: int | None
     _session: Any = None
@@ -107,7 +107,8 @@ class OnnxEmbedder(_SessionHolder):
     e.g. from the deployment's own photos); the INT8 model is built once and cached, keyed by
     those chips.
 
-    ``batch_size`` bounds memory (about 6 MB of activations per chip); larger batches are split.
+    ``batch_size`` bounds peak memory: larger inputs run in slices of that many chips (32 is
+    past the point where bigger batches stop paying on 2 cores).
     """
 
     def __init__(
