@@ -133,7 +133,10 @@ class _Reader:
             return -math.inf
         if exponent == _FLOAT_NAN:
             return math.nan
-        return math.ldexp(float(mantissa), exponent)
+        try:
+            return math.ldexp(float(mantissa), exponent)
+        except OverflowError:
+            raise self.fail(f"float exponent {exponent} out of range") from None
 
     def read_bool(self) -> bool:
         byte = self.take(1)
@@ -278,7 +281,10 @@ def _read_fc(r: _Reader, kind: str) -> Layer:
     use_bias = r.read_bool() if kind == "fc_3" else True
     has_bias = bias_mode == 0 and use_bias
     n = _alias_count(weights)
-    if n + (_alias_count(biases) if has_bias else 0) != params.size:
+    if (
+        n != num_inputs * num_outputs
+        or n + (_alias_count(biases) if has_bias else 0) != params.size
+    ):
         raise r.fail("fc params do not match weight and bias shapes")
     tensors: dict[str, FloatArray] = {"weights": params[:n].reshape(num_inputs, num_outputs)}
     if has_bias:
