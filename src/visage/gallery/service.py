@@ -131,6 +131,7 @@ class _Vector:
 
     vector: npt.NDArray[np.float32]
     sha256: str
+    model_id: str
     quality: float | None = None
     image: bytes | None = None
 
@@ -643,9 +644,16 @@ class Gallery:
         raise InputError(f"{name}: face {face!r} does not exist ({len(faces)} faces found)")
 
     def _resolve(
-        self, coll: CollectionRow, probe: Probe, face: FacePick, *, keep_image: bool = False
+        self, collection: str, probe: Probe, face: FacePick, *, for_enrollment: bool = False
     ) -> tuple[_Vector, Face | None]:
-        """A normalised vector (and its hash) from a Face, an embedding, or a photo."""
+        """A normalised vector (and its hash) from a Face, an embedding, or a photo.
+
+        Runs outside any write transaction: embedding a photo takes far longer than a query.
+        The photo's bytes are kept only for enrollment into a ``keep_images`` collection.
+        """
+        with self._reading() as session:
+            coll = self._collection(session, collection)
+        keep_image = for_enrollment and coll.keep_images
         if isinstance(probe, Face):
             if probe.embedding is None:
                 raise InputError("this Face has no embedding: use Pipeline.embed()")
@@ -655,10 +663,10 @@ class Gallery:
                     f"{coll.model_id}"
                 )
             vec = self._check_vector(coll, probe.embedding)
-            return _Vector(vec, _sha256(_vector_bytes(vec)), probe.quality.score), probe
+            return _Vector(vec, _sha256(_vector_bytes(vec)), coll.model_id, probe.quality.score), probe
         if isinstance(probe, np.ndarray):
             vec = self._check_vector(coll, probe)
-            return _Vector(vec, _sha256(_vector_bytes(vec))), None
+            return _Vector(vec, _sha256(_vector_bytes(vec)), coll.model_id), None
         data, name = read_bytes(probe)
         pipe = self._get_pipeline()
         if pipe.model_id != coll.model_id:
@@ -672,6 +680,7 @@ class Gallery:
         vector = _Vector(
             self._check_vector(coll, chosen.embedding),
             _sha256(data),
+            coll.model_id,
             chosen.quality.score,
             data if keep_image else None,
         )
@@ -704,9 +713,7 @@ class Gallery:
         :class:`AmbiguousFace` (several faces and no ``face`` pick) or :class:`PoorQuality`
         (the quality gate's reasons). The same source for the same person is idempotent.
         """
-        with self._reading() as session:
-            coll = self._collection(session, collection)
-        resolved, chosen = self._resolve(coll, source, face, keep_image=coll.keep_images)
+        resolved, chosen = self._resolve(collection, source, face, for_enrollment=True)
         if chosen is not None and not chosen.quality.acceptable:
             name = str(source) if isinstance(source, (str, Path)) else None
             raise PoorQuality(chosen.quality.reasons, source=name)
@@ -1030,10 +1037,8 @@ class Gallery:
         """
         if k < 1:
             raise InputError("k must be at least 1")
-        with self._reading() as session:
-            coll = self._collection(session, collection)
-        resolved, _ = self._resolve(coll, probe, face)
-        cal = self.calibration(coll.model_id)
+        resolved, _ = self._resolve(collection, probe, face)
+        cal = self.calibration(resolved.model_id)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
             ranked = self._ranked(session, coll, resolved.vector, k, per_person=True)
@@ -1072,10 +1077,8 @@ class Gallery:
         :class:`ConsentError` when the person has no valid consent; :class:`NotFound` when they
         have no template.
         """
-        with self._reading() as session:
-            coll = self._collection(session, collection)
-        resolved, _ = self._resolve(coll, probe, face)
-        cal = self.calibration(coll.model_id)
+        resolved, _ = self._resolve(collection, probe, face)
+        cal = self.calibration(resolved.model_id)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
             prow = self._person(session, coll, person)
@@ -1111,9 +1114,7 @@ class Gallery:
         """The ``k`` nearest templates (several may belong to one person), with no decision."""
         if k < 1:
             raise InputError("k must be at least 1")
-        with self._reading() as session:
-            coll = self._collection(session, collection)
-        resolved, _ = self._resolve(coll, probe, face)
+        resolved, _ = self._resolve(collection, probe, face)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
             ranked = self._ranked(session, coll, resolved.vector, k, per_person=False)
