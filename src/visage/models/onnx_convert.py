@@ -16,8 +16,8 @@ from dlib's own definitions (``tools/python/src/face_recognition.cpp`` and
     dlib's ``input_rgb_image_pyramid`` does (built in numpy by :mod:`.onnx_runtime`). Output
     ``scores``: ``(n, 1, rows', cols')``, one detector score per sliding-window position. The
     model's metadata (``visage.mmod``, JSON) carries what the runtime needs around the graph:
-    channel means, pyramid padding, detector windows, the score-to-pixel mapping and the NMS
-    thresholds.
+    channel means, pyramid padding, detector windows, the score-to-pixel mapping, the NMS
+    thresholds and the smallest input the convolutions accept.
 
 dlib stores batch norm folded into per-channel ``affine`` layers (or as ``bn_con`` statistics,
 folded here the same way dlib folds them on load); each affine is folded again into the
