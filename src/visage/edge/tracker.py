@@ -1,0 +1,284 @@
+"""Link faces across frames into tracks, keep each track's best shots, embed only a few.
+
+Per processed frame, detections are linked to open tracks in two passes:
+
+1. **Box overlap.** Pairs (track's last box, detection) are taken greedily by IoU, highest
+   first, down to ``iou_match``. Costs nothing beyond detection.
+2. **Embedding similarity.** Detections and tracks left over (a fast move, a missed frame, two
+   people crossing) are compared by embedding: each leftover detection is embedded once and
+   linked to the nearest unmatched track within ``relink_distance`` (the calibrated threshold
+   by default).
+
+A detection still unlinked starts a track (its embedding from pass 2, or one computed now, is
+the track's first). A track unseen for ``max_missed_s`` closes: its ``shots`` best-quality
+chips that have no embedding yet are embedded in one batch, and the track's embedding is the
+normalised mean of its shots'. So a track costs at most ``shots + 1`` embeddings however long
+it is in view — the saving over embedding every face of every frame (see
+docs/performance-edge.md).
+
+Memory is bounded: at most ``max_tracks`` open tracks (the least recently seen closes first),
+each holding ``shots`` aligned 150x150 chips (66 KB each) and, only when ``record_boxes`` is
+set (for drawing an annotated video), one box per detection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from .. import align as _align
+from ..decision import distances, normalize
+from ..models.base import Box, Image
+from ..pipeline import Face
+
+Embed = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
+"""Aligned chips ``(n, 150, 150, 3) uint8`` to L2-normalised embeddings ``(n, 128) float32``."""
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """How tracks are linked, closed and summarised.
+
+    ``iou_match``: the least box overlap that links a detection to a track by position.
+    ``relink_distance``: the largest embedding distance that links by appearance (the
+    calibrated decision threshold when ``None``; the caller passes it). ``max_missed_s``: a track
+    unseen this long is closed. ``shots``: best-quality chips kept and embedded per track.
+    ``min_detections``: shorter tracks are dropped as noise. ``max_tracks``: open tracks held at
+    once. ``record_boxes``: keep every box, for an annotated video.
+    """
+
+    iou_match: float = 0.3
+    relink_distance: float | None = None
+    max_missed_s: float = 1.0
+    shots: int = 3
+    min_detections: int = 1
+    max_tracks: int = 32
+    record_boxes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.shots < 1 or self.max_tracks < 1 or self.min_detections < 1:
+            raise ValueError("shots, max_tracks and min_detections must be at least 1")
+        if not 0.0 < self.iou_match <= 1.0:
+            raise ValueError("iou_match must be in (0, 1]")
+
+
+@dataclass(frozen=True)
+class Shot:
+    """One kept view of a track: where and when, its quality, and (once embedded) its embedding."""
+
+    frame: int
+    time_s: float
+    box: Box
+    quality: float
+    chip: npt.NDArray[np.uint8] = field(repr=False)
+    embedding: npt.NDArray[np.float32] | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class TrackResult:
+    """A closed track: one person in view from ``first_s`` to ``last_s``.
+
+    ``embedding`` ``(128,) float32`` L2-normalised: the mean of the shots' embeddings.
+    ``best`` is the highest-quality shot (its chip can be sent or drawn); ``embedded`` counts the
+    embeddings this track cost; ``boxes`` holds ``(frame, box)`` when boxes were recorded.
+    """
+
+    id: int
+    first_frame: int
+    last_frame: int
+    first_s: float
+    last_s: float
+    detections: int
+    best: Shot
+    shots: tuple[Shot, ...]
+    embedding: npt.NDArray[np.float32] = field(repr=False)
+    embedded: int
+    boxes: tuple[tuple[int, Box], ...] = field(default=(), repr=False)
+
+
+@dataclass
+class _Track:
+    id: int
+    first_frame: int
+    first_s: float
+    last_frame: int
+    last_s: float
+    box: Box
+    detections: int = 0
+    embedded: int = 0
+    shots: list[Shot] = field(default_factory=list)
+    boxes: list[tuple[int, Box]] = field(default_factory=list)
+    seen: npt.NDArray[np.float32] | None = None  # sum of every embedding computed for it
+
+    def remember(self, vector: npt.NDArray[np.float32]) -> None:
+        self.seen = vector.copy() if self.seen is None else self.seen + vector
+        self.embedded += 1
+
+    def appearance(self) -> npt.NDArray[np.float32] | None:
+        """The normalised mean of every embedding computed for this track (for relinking)."""
+        return None if self.seen is None else normalize(self.seen)
+
+
+def iou(a: Box, b: Box) -> float:
+    """Intersection over union of two ``(left, top, right, bottom)`` boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    if w <= 0 or h <= 0:
+        return 0.0
+    inter = float(w * h)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class Tracker:
+    """Turns per-frame faces into :class:`TrackResult` records; feed frames in order.
+
+    ``embed`` embeds aligned chips (``Pipeline.embed_chips``). ``update`` returns the tracks
+    that closed at this frame; ``finish`` closes the rest at the end of the source.
+    """
+
+    def __init__(self, embed: Embed, config: TrackerConfig, *, relink_distance: float) -> None:
+        self._embed = embed
+        self.config = config
+        self._relink = config.relink_distance if config.relink_distance is not None else relink_distance
+        self._open: list[_Track] = []
+        self._next_id = 1
+        self.embeddings = 0
+        """Embeddings computed so far (for the cost figures)."""
+
+    @property
+    def open_tracks(self) -> int:
+        return len(self._open)
+
+    def update(self, frame: int, time_s: float, image: Image, faces: Sequence[Face]) -> list[TrackResult]:
+        """Link this frame's detected faces (no embeddings needed) and close stale tracks."""
+        unmatched_tracks = list(self._open)
+        unmatched = list(range(len(faces)))
+        for track, i in self._match_boxes(unmatched_tracks, faces):
+            self._extend(track, frame, time_s, image, faces[i], None, None)
+            unmatched_tracks.remove(track)
+            unmatched.remove(i)
+        if unmatched:
+            chips = np.stack([_align.align(image, faces[i].landmarks) for i in unmatched])
+            vectors = self._embed_counted(chips)
+            linked = self._match_appearance(unmatched_tracks, vectors)
+            for j, i in enumerate(unmatched):
+                target = linked.get(j) or self._start(frame, time_s, faces[i].box)
+                self._extend(target, frame, time_s, image, faces[i], chips[j], vectors[j])
+                target.remember(vectors[j])
+        return self._close(lambda t: time_s - t.last_s > self.config.max_missed_s) + self._evict()
+
+    def finish(self) -> list[TrackResult]:
+        """Close every open track (the source ended)."""
+        return self._close(lambda t: True)
+
+    def _embed_counted(self, chips: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        self.embeddings += len(chips)
+        return self._embed(chips)
+
+    def _match_boxes(self, tracks: list[_Track], faces: Sequence[Face]) -> list[tuple[_Track, int]]:
+        pairs = sorted(
+            ((iou(t.box, f.box), ti, fi) for ti, t in enumerate(tracks) for fi, f in enumerate(faces)),
+            reverse=True,
+        )
+        used_t: set[int] = set()
+        used_f: set[int] = set()
+        matches: list[tuple[_Track, int]] = []
+        for overlap, ti, fi in pairs:
+            if overlap < self.config.iou_match:
+                break
+            if ti in used_t or fi in used_f:
+                continue
+            used_t.add(ti)
+            used_f.add(fi)
+            matches.append((tracks[ti], fi))
+        return matches
+
+    def _match_appearance(
+        self, tracks: list[_Track], vectors: npt.NDArray[np.float32]
+    ) -> dict[int, _Track]:
+        """Greedy nearest pairs (detection index -> track) within the relink distance."""
+        known = [(t, a) for t in tracks if (a := t.appearance()) is not None]
+        if not known:
+            return {}
+        pairs = sorted(
+            (float(d), j, ti)
+            for ti, (_, a) in enumerate(known)
+            for j, d in enumerate(distances(a, vectors))
+        )
+        linked: dict[int, _Track] = {}
+        used: set[int] = set()
+        for dist, j, ti in pairs:
+            if dist > self._relink:
+                break
+            if j in linked or ti in used:
+                continue
+            linked[j] = known[ti][0]
+            used.add(ti)
+        return linked
+
+    def _start(self, frame: int, time_s: float, box: Box) -> _Track:
+        track = _Track(self._next_id, frame, time_s, frame, time_s, box)
+        self._next_id += 1
+        self._open.append(track)
+        return track
+
+    def _extend(
+        self,
+        track: _Track,
+        frame: int,
+        time_s: float,
+        image: Image,
+        face: Face,
+        chip: npt.NDArray[np.uint8] | None,
+        vector: npt.NDArray[np.float32] | None,
+    ) -> None:
+        track.box, track.last_frame, track.last_s = face.box, frame, time_s
+        track.detections += 1
+        if self.config.record_boxes:
+            track.boxes.append((frame, face.box))
+        quality = face.quality.score
+        shots = track.shots
+        if len(shots) >= self.config.shots and quality <= min(s.quality for s in shots):
+            return
+        if chip is None:
+            chip = _align.align(image, face.landmarks)
+        shots.append(Shot(frame, time_s, face.box, quality, chip, vector))
+        shots.sort(key=lambda s: -s.quality)
+        del shots[self.config.shots:]
+
+    def _evict(self) -> list[TrackResult]:
+        """Close the least recently seen tracks past ``max_tracks``."""
+        excess = len(self._open) - self.config.max_tracks
+        if excess <= 0:
+            return []
+        stale = {id(t) for t in sorted(self._open, key=lambda t: t.last_s)[:excess]}
+        return self._close(lambda t: id(t) in stale)
+
+    def _close(self, done: Callable[[_Track], bool]) -> list[TrackResult]:
+        closing = [t for t in self._open if done(t)]
+        if not closing:
+            return []
+        self._open = [t for t in self._open if not done(t)]
+        kept = [t for t in closing if t.detections >= self.config.min_detections]
+        missing = [(t, k) for t in kept for k, s in enumerate(t.shots) if s.embedding is None]
+        if missing:
+            vectors = self._embed_counted(np.stack([t.shots[k].chip for t, k in missing]))
+            for (t, k), v in zip(missing, vectors):
+                old = t.shots[k]
+                t.shots[k] = Shot(old.frame, old.time_s, old.box, old.quality, old.chip, v)
+                t.remember(v)
+        return [self._result(t) for t in kept]
+
+    @staticmethod
+    def _result(t: _Track) -> TrackResult:
+        """The summary; its embedding is the mean over the best shots (all embedded by now)."""
+        vectors = np.stack([s.embedding for s in t.shots if s.embedding is not None])
+        return TrackResult(
+            id=t.id, first_frame=t.first_frame, last_frame=t.last_frame, first_s=t.first_s,
+            last_s=t.last_s, detections=t.detections, best=t.shots[0], shots=tuple(t.shots),
+            embedding=normalize(vectors.mean(axis=0)), embedded=t.embedded, boxes=tuple(t.boxes),
+        )
