@@ -1,0 +1,144 @@
+"""What an edge device reports for each track — the only thing that leaves it by default.
+
+An :class:`EdgeEvent` carries times, quality, the track's embedding and the device's own
+decision (from its offline snapshot, when it had one); never an image, unless the operator
+turned crops on (then the best aligned 150x150 chip as JPEG). Its ``key`` is the idempotency
+key, drawn once when the track closes and kept through every retry, so the server stores it
+once however many times it is sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InputError
+
+MAX_CROP_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """Who is sending: the device's stable id and its agent version."""
+
+    id: str
+    agent_version: str
+
+
+@dataclass(frozen=True)
+class DeviceDecision:
+    """The device's answer from snapshot ``snapshot`` (its sequence): ``person_id`` or unknown."""
+
+    person_id: str | None
+    distance: float | None
+    threshold: float
+    snapshot: int
+
+    @property
+    def unknown(self) -> bool:
+        return self.person_id is None
+
+
+@dataclass(frozen=True)
+class EdgeEvent:
+    """One closed track as reported by a device. ``embedding`` ``(dim,) float32`` L2-normalised."""
+
+    key: str
+    device_id: str
+    track: int
+    first_seen: datetime
+    last_seen: datetime
+    detections: int
+    quality: float
+    model_id: str
+    embedding: npt.NDArray[np.float32]
+    decision: DeviceDecision | None = None
+    crop_jpeg: bytes | None = None
+
+    @property
+    def embedding_sha256(self) -> str:
+        """The hash the audit log records for this probe (the probe itself is never stored)."""
+        return hashlib.sha256(np.ascontiguousarray(self.embedding, dtype="<f4").tobytes()).hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "key": self.key,
+            "device": self.device_id,
+            "track": self.track,
+            "first_seen": self.first_seen.isoformat(),
+            "last_seen": self.last_seen.isoformat(),
+            "detections": self.detections,
+            "quality": round(self.quality, 4),
+            "model_id": self.model_id,
+            "embedding": base64.b64encode(
+                np.ascontiguousarray(self.embedding, dtype="<f4").tobytes()
+            ).decode("ascii"),
+            "decision": None if d is None else {
+                "person_id": d.person_id,
+                "distance": None if d.distance is None else round(d.distance, 6),
+                "threshold": d.threshold,
+                "snapshot": d.snapshot,
+            },
+            "crop_jpeg": None if self.crop_jpeg is None else base64.b64encode(self.crop_jpeg).decode("ascii"),
+        }
+
+    def to_bytes(self) -> bytes:
+        """The compact JSON queued and uploaded."""
+        return json.dumps(self.to_json(), separators=(",", ":"), sort_keys=True).encode("utf-8")
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], *, dim: int) -> EdgeEvent:
+        """Parse an uploaded event; :class:`InputError` saying what is wrong."""
+        try:
+            raw = base64.b64decode(doc["embedding"], validate=True)
+            if len(raw) != 4 * dim:
+                raise InputError(f"embedding has {len(raw) // 4} values; the collection uses {dim}")
+            vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+            if not np.all(np.isfinite(vector)) or abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
+                raise InputError("embedding is not an L2-normalised finite vector")
+            crop = doc.get("crop_jpeg")
+            crop_bytes = base64.b64decode(crop, validate=True) if crop else None
+            if crop_bytes is not None and len(crop_bytes) > MAX_CROP_BYTES:
+                raise InputError(f"crop exceeds {MAX_CROP_BYTES} bytes")
+            d = doc.get("decision")
+            first, last = datetime.fromisoformat(doc["first_seen"]), datetime.fromisoformat(doc["last_seen"])
+            if first.tzinfo is None or last.tzinfo is None:
+                raise InputError("times must carry a time zone")
+            return cls(
+                key=str(doc["key"]), device_id=str(doc["device"]), track=int(doc["track"]),
+                first_seen=first, last_seen=last, detections=int(doc["detections"]),
+                quality=float(doc["quality"]), model_id=str(doc["model_id"]), embedding=vector,
+                decision=None if d is None else DeviceDecision(
+                    person_id=d["person_id"],
+                    distance=None if d["distance"] is None else float(d["distance"]),
+                    threshold=float(d["threshold"]), snapshot=int(d["snapshot"]),
+                ),
+                crop_jpeg=crop_bytes,
+            )
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise InputError(f"malformed edge event ({exc!s})") from None
+
+
+@dataclass(frozen=True)
+class Receipt:
+    """The server's answer for one event: ``stored`` now, a ``duplicate`` of one stored
+    before, or ``rejected`` with ``reason`` (never worth retrying). ``person_id`` is the identity
+    the server recorded (the device's decision, or its own identify)."""
+
+    key: str
+    status: str
+    person_id: str | None = None
+    reason: str | None = None
+
+    @property
+    def delivered(self) -> bool:
+        return self.status in ("stored", "duplicate")

@@ -1,0 +1,325 @@
+"""Offline gallery snapshots: what a device needs to identify with no link, signed by the server.
+
+A snapshot holds, for one collection, each consented person's id, display name, external id,
+consent expiry and template embeddings — never an image — with the model id and the calibration
+its decisions use. The server signs it with Ed25519; the device verifies the signature against
+a key it trusts *before* reading anything else, then refuses it when:
+
+- the signature does not match (any byte of the payload changed, or another key signed it);
+- it has expired (``expires_at``, set by the server; a device that cannot sync stops
+  identifying rather than use a gallery that may still hold revoked persons);
+- its ``sequence`` is lower than one the device already used (a replayed old snapshot would
+  bring deleted persons back);
+- it is for another collection, format or version.
+
+``sequence`` grows whenever the content changes (a person deleted, consent revoked or
+re-granted, a template added), so "deleted persons vanish at the next sync" is checkable.
+A person whose consent expires while a snapshot is in use stops matching at that moment.
+
+The document on the wire and on disk is JSON ``{"format", "version", "key_id", "payload",
+"signature"}``; ``payload`` is the base64 of the canonical JSON the signature covers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..decision import Calibration, decide, distances
+from ..errors import InputError, StorageError
+from .identity import Identity, Match
+
+SNAPSHOT_FORMAT = "visage-edge-snapshot"
+SNAPSHOT_VERSION = 1
+KEY_PREFIX = "ed25519:"
+
+
+class SnapshotRefused(InputError):
+    """A snapshot that must not be used; ``reason`` says why (tampered, expired, replayed …)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+        super().__init__(f"offline snapshot refused: {reason}")
+
+
+@dataclass(frozen=True)
+class SnapshotPerson:
+    """One consented person: ``embeddings`` ``(n, dim) float32`` L2-normalised templates."""
+
+    id: str
+    display_name: str
+    external_id: str | None
+    consent_expires_at: datetime | None
+    embeddings: npt.NDArray[np.float32]
+
+    def consented(self, now: datetime) -> bool:
+        return self.consent_expires_at is None or self.consent_expires_at > now
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A collection's consented templates at one ``sequence``, valid until ``expires_at``."""
+
+    collection: str
+    model_id: str
+    dim: int
+    sequence: int
+    issued_at: datetime
+    expires_at: datetime
+    calibration: Calibration
+    persons: tuple[SnapshotPerson, ...]
+
+    @property
+    def templates(self) -> int:
+        return sum(len(p.embeddings) for p in self.persons)
+
+    def content(self) -> dict[str, Any]:
+        """Everything but the issue times and sequence: equal content means an equal gallery."""
+        return {
+            "collection": self.collection, "model_id": self.model_id, "dim": self.dim,
+            "calibration": asdict(self.calibration),
+            "persons": [
+                {
+                    "id": p.id, "display_name": p.display_name, "external_id": p.external_id,
+                    "consent_expires_at": _iso(p.consent_expires_at),
+                    "embeddings": base64.b64encode(
+                        np.ascontiguousarray(p.embeddings, dtype="<f4").tobytes()
+                    ).decode("ascii"),
+                }
+                for p in sorted(self.persons, key=lambda p: p.id)
+            ],
+        }
+
+    def content_sha256(self) -> str:
+        return hashlib.sha256(_canonical(self.content())).hexdigest()
+
+    def payload(self) -> bytes:
+        """The canonical JSON bytes the signature covers."""
+        return _canonical({
+            "format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "sequence": self.sequence,
+            "issued_at": _iso(self.issued_at), "expires_at": _iso(self.expires_at),
+            **self.content(),
+        })
+
+    @classmethod
+    def from_payload(cls, data: bytes) -> Snapshot:
+        """Parse a payload whose signature was already checked; :class:`SnapshotRefused` if odd."""
+        try:
+            doc = json.loads(data)
+            if doc["format"] != SNAPSHOT_FORMAT or doc["version"] != SNAPSHOT_VERSION:
+                raise SnapshotRefused(f"unsupported format {doc['format']!r} v{doc['version']}")
+            dim = int(doc["dim"])
+            persons = tuple(
+                SnapshotPerson(
+                    id=str(p["id"]), display_name=str(p["display_name"]),
+                    external_id=p["external_id"],
+                    consent_expires_at=_parse_time(p["consent_expires_at"]),
+                    embeddings=np.frombuffer(
+                        base64.b64decode(p["embeddings"], validate=True), dtype="<f4"
+                    ).astype(np.float32).reshape(-1, dim),
+                )
+                for p in doc["persons"]
+            )
+            return cls(
+                collection=str(doc["collection"]), model_id=str(doc["model_id"]), dim=dim,
+                sequence=int(doc["sequence"]), issued_at=_require_time(doc["issued_at"]),
+                expires_at=_require_time(doc["expires_at"]),
+                calibration=Calibration(**doc["calibration"]), persons=persons,
+            )
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise SnapshotRefused(f"malformed payload ({exc})") from None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat() if value is not None else None
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    if parsed.tzinfo is None:
+        raise ValueError(f"naive time {value!r}")
+    return parsed
+
+
+def _require_time(value: str) -> datetime:
+    parsed = _parse_time(value)
+    if parsed is None:
+        raise ValueError("missing time")
+    return parsed
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")
+
+
+# ---------------------------------------------------------------------- keys
+
+
+def generate_signing_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def load_signing_key(path: str | Path, *, create: bool = False) -> Ed25519PrivateKey:
+    """The server's signing key from a PEM (PKCS#8) file; with ``create``, made when missing
+    (owner-only permissions, written to a temporary file and renamed)."""
+    file = Path(path)
+    try:
+        if create and not file.exists():
+            key = generate_signing_key()
+            pem = key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+            tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(pem)
+                fh.flush()
+                os.fsync(fh.fileno())
+            try:
+                os.link(tmp, file)  # never replaces a key another process created meanwhile
+            except FileExistsError:
+                pass
+            finally:
+                tmp.unlink()
+        loaded = serialization.load_pem_private_key(file.read_bytes(), password=None)
+    except OSError as exc:
+        raise StorageError(f"cannot read the snapshot signing key {file}: {exc}") from exc
+    except ValueError as exc:
+        raise InputError(f"{file} is not a PEM private key: {exc}") from None
+    if not isinstance(loaded, Ed25519PrivateKey):
+        raise InputError(f"{file} is not an Ed25519 key")
+    return loaded
+
+
+def public_key_text(key: Ed25519PublicKey) -> str:
+    """``ed25519:<base64 of the 32 raw bytes>`` — short enough to paste into a device config."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return KEY_PREFIX + base64.b64encode(raw).decode("ascii")
+
+
+def parse_public_key(text: str) -> Ed25519PublicKey:
+    """The key written by :func:`public_key_text`; :class:`InputError` for anything else."""
+    value = text.strip()
+    if not value.startswith(KEY_PREFIX):
+        raise InputError(f"a snapshot public key starts with {KEY_PREFIX!r}")
+    try:
+        return Ed25519PublicKey.from_public_bytes(base64.b64decode(value[len(KEY_PREFIX):], validate=True))
+    except (ValueError, binascii.Error):
+        raise InputError("not a valid Ed25519 public key") from None
+
+
+def key_id(key: Ed25519PublicKey) -> str:
+    """The first 16 hex digits of the raw key's sha256: names the key in documents and logs."""
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------- documents
+
+
+def sign_snapshot(snapshot: Snapshot, key: Ed25519PrivateKey) -> bytes:
+    """The signed document for ``snapshot`` (JSON bytes)."""
+    payload = snapshot.payload()
+    return _canonical({
+        "format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION,
+        "key_id": key_id(key.public_key()),
+        "payload": base64.b64encode(payload).decode("ascii"),
+        "signature": base64.b64encode(key.sign(payload)).decode("ascii"),
+    })
+
+
+def verify_snapshot(
+    document: bytes,
+    trusted: Ed25519PublicKey,
+    *,
+    now: datetime | None = None,
+    min_sequence: int = 0,
+    collection: str | None = None,
+) -> Snapshot:
+    """The snapshot in ``document`` once every check passes; :class:`SnapshotRefused` otherwise.
+
+    The signature is checked on the exact payload bytes before the payload is parsed.
+    """
+    try:
+        outer = json.loads(document)
+        payload = base64.b64decode(outer["payload"], validate=True)
+        signature = base64.b64decode(outer["signature"], validate=True)
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise SnapshotRefused("not a signed snapshot document") from None
+    try:
+        trusted.verify(signature, payload)
+    except InvalidSignature:
+        raise SnapshotRefused(
+            f"bad signature (tampered, or not signed by trusted key {key_id(trusted)})"
+        ) from None
+    snapshot = Snapshot.from_payload(payload)
+    when = now or datetime.now(UTC)
+    if snapshot.expires_at <= when:
+        raise SnapshotRefused(f"expired at {snapshot.expires_at.isoformat()}")
+    if snapshot.sequence < min_sequence:
+        raise SnapshotRefused(
+            f"sequence {snapshot.sequence} is older than {min_sequence}, already in use (replay)"
+        )
+    if collection is not None and snapshot.collection != collection:
+        raise SnapshotRefused(f"for collection {snapshot.collection!r}, not {collection!r}")
+    return snapshot
+
+
+class OfflineGallery:
+    """An :class:`~visage.edge.identity.Identifier` over a verified snapshot, with no link.
+
+    Same decision as the gallery's identify: each person scored by their nearest template,
+    :func:`visage.decision.decide` with the snapshot's calibration, ``unknown`` when the nearest
+    is beyond it. Persons whose consent has expired by ``now`` are skipped; an expired snapshot
+    raises :class:`SnapshotRefused`.
+    """
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        self.snapshot = snapshot
+        rows = [p.embeddings for p in snapshot.persons]
+        self._matrix = np.concatenate(rows) if rows else np.empty((0, snapshot.dim), np.float32)
+        self._owner = np.repeat(np.arange(len(rows)), [len(r) for r in rows])
+
+    @property
+    def threshold(self) -> float:
+        return self.snapshot.calibration.threshold
+
+    def identify(
+        self, embedding: npt.NDArray[np.float32], *, k: int = 3, now: datetime | None = None
+    ) -> Identity:
+        when = now or datetime.now(UTC)
+        if self.snapshot.expires_at <= when:
+            raise SnapshotRefused(f"expired at {self.snapshot.expires_at.isoformat()}")
+        persons = self.snapshot.persons
+        best = np.full(len(persons), np.inf, np.float32)
+        if len(self._matrix):
+            np.minimum.at(best, self._owner, distances(embedding, self._matrix))
+        usable = [i for i in np.argsort(best, kind="stable")
+                  if np.isfinite(best[i]) and persons[i].consented(when)]
+        ranked = [(int(i), float(best[i])) for i in usable[:k]]
+        cal = self.snapshot.calibration
+        candidates = tuple(
+            Match(persons[i].id, persons[i].display_name, d, decide(d, cal).same) for i, d in ranked
+        )
+        return Identity(
+            candidates=candidates,
+            unknown=not candidates or not candidates[0].same,
+            threshold=cal.threshold,
+            source=f"snapshot:{self.snapshot.collection}#{self.snapshot.sequence}",
+        )
