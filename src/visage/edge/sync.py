@@ -10,7 +10,7 @@ in-memory server for tests, with the same deduplication and switchable outages.
 - an event leaves the queue only when the server's receipt says it is stored (now or
   before), so a connection cut after the server committed just means the retry comes back
   ``duplicate`` — nothing lost, nothing stored twice;
-- a failed upload (connection refused or cut, timeout, 5xx, 429) waits
+- a failed upload (connection refused or cut, timeout, 5xx, 429, 409) waits
   ``uniform(0, min(cap, base * 2**(failures-1)))`` seconds ("full jitter": a fleet of devices
   coming back after an outage does not hammer the server in step), at least what the
   server's ``Retry-After`` asks;
@@ -47,7 +47,8 @@ class UplinkUnavailable(VisageError):
 
 
 class UplinkDenied(VisageError):
-    """The server refused the key (401/403): events stay queued until an operator fixes it."""
+    """The server refused the key or does not know the collection (401/403/404): events stay
+    queued until an operator fixes the configuration."""
 
 
 class UplinkRejected(InputError):
@@ -106,16 +107,17 @@ class HttpUplink:
             len(k) + len(v) + 4 for k, v in response.headers.raw
         )
         status = response.status_code
-        if status in (401, 403):
-            raise UplinkDenied(f"the server refused the device key ({status}): {_detail(response)}")
-        if status == 429 or status >= 500 or status == 408:
+        if status in (401, 403, 404):
+            raise UplinkDenied(f"the server refused the key or collection ({status}): "
+                               f"{_detail(response)}")
+        if status in (400, 413, 422):
+            raise UplinkRejected(f"server refused the request ({status}): {_detail(response)}")
+        if status >= 400:
             retry = response.headers.get("retry-after")
             raise UplinkUnavailable(
                 f"server answered {status}: {_detail(response)}",
                 retry_after=float(retry) if retry and retry.replace(".", "", 1).isdigit() else None,
             )
-        if status >= 400:
-            raise UplinkRejected(f"server refused the request ({status}): {_detail(response)}")
         return response
 
     def post_events(
