@@ -49,6 +49,9 @@ def test_search_remove_save_load(spec: str, tmp_path: Path) -> None:
     assert (loaded.ids() == ids[900:]).all()
     more = np.stack([near(v, 0.02, seed=i) for i, v in enumerate(vectors[900:950])])
     assert (loaded.search(more, 1)[1][:, 0] == ids[900:950]).all()
+    snapshot = (tmp_path / "snap.npz").read_bytes()
+    assert not any(v.tobytes() in snapshot for v in vectors[:900:50])  # removed means erased
+    assert vectors[950].tobytes() in snapshot or not spec.startswith(("exact", "faiss:Flat"))
 
 
 @pytest.mark.parametrize("spec", ["exact", "faiss:HNSW16,Flat"])
@@ -86,3 +89,15 @@ def test_spec_round_trips_through_text() -> None:
     spec = IndexSpec.parse("faiss:IVF64,PQ16,RFlat;nprobe=8")
     assert (spec.kind, spec.factory, spec.knobs) == ("faiss", "IVF64,PQ16,RFlat", "nprobe=8")
     assert str(spec) == "faiss:IVF64,PQ16,RFlat;nprobe=8"
+
+
+@pytest.mark.parametrize("spec", SPECS)
+def test_removed_vectors_are_erased_before_compaction(spec: str, tmp_path: Path) -> None:
+    vectors = unit_vectors(1000, seed=7)
+    index = make_index(spec, 128)
+    index.add(np.arange(1000, dtype=np.int64), vectors)
+    index.remove(np.arange(10, dtype=np.int64))  # far below the compaction point
+    index.save(tmp_path / "snap.npz")
+    snapshot = (tmp_path / "snap.npz").read_bytes()
+    assert not any(v.tobytes() in snapshot for v in vectors[:10])
+    assert load_index(tmp_path / "snap.npz").count() == 990

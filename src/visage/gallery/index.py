@@ -240,12 +240,33 @@ def _search_params(index: Any, sel: Any, keep: list[Any]) -> Any:
     return params
 
 
+def _flat_storages(index: Any) -> tuple[list[Any], bool]:
+    """The ``IndexFlat`` parts of ``index`` that hold raw vectors, and whether that is all it holds.
+
+    An HNSW graph over ``Flat`` storage, a bare ``Flat``, and the ``RFlat`` refine stage keep
+    raw vectors that can be erased in place; IVF lists and PQ codes cannot.
+    """
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexRefine):
+        base, base_flat = _flat_storages(index.base_index)
+        refine, refine_flat = _flat_storages(index.refine_index)
+        return base + refine, base_flat and refine_flat
+    if isinstance(index, faiss.IndexHNSW):
+        return _flat_storages(index.storage)
+    if isinstance(index, faiss.IndexFlat):
+        return [index], True
+    return [], False
+
+
 class FaissIndex:
     """A faiss index built from a factory string; positions map to template ids.
 
     faiss's graph indexes cannot delete, so removal marks the entry dead and searches skip dead
-    entries with a bitmap selector; when :data:`COMPACT_FRACTION` of entries are dead the live
-    vectors are reconstructed and re-added (exact for ``Flat``/``RFlat`` storage).
+    entries with a bitmap selector; the removed vectors are overwritten with zeros at once where
+    they are stored raw (``Flat``, HNSW over ``Flat``, ``RFlat``). When :data:`COMPACT_FRACTION`
+    of entries are dead the live vectors are reconstructed and re-added; an index holding other
+    codes (IVF lists, PQ) is also compacted before it is saved, so a snapshot never holds a
+    removed template.
     """
 
     def __init__(self, dim: int, factory: str, knobs: str = "", *, built: Any = None) -> None:
@@ -310,11 +331,16 @@ class FaissIndex:
 
     def remove(self, ids: Ids) -> int:
         removed = 0
+        positions = []
         for raw in np.asarray(ids, dtype=np.int64).reshape(-1):
             pos = self._pos.pop(int(raw), None)
             if pos is not None:
                 self._live[pos] = False
+                positions.append(pos)
                 removed += 1
+        for flat in _flat_storages(self._index)[0]:
+            stored = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * self._dim)
+            stored.reshape(-1, self._dim)[positions] = 0.0
         if removed:
             self._dead += removed
             self._params = None
@@ -370,6 +396,8 @@ class FaissIndex:
         return np.sort(self._ids[self._live])
 
     def save(self, path: Path) -> None:
+        if self._dead and not _flat_storages(self._index)[1]:
+            self._compact()
         _write_npz(
             path,
             {
