@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -131,7 +132,7 @@ def test_revoke_removes_templates_from_store_index_and_results(
         gallery.revoke_consent("people", ada)
 
 
-def test_delete_person_leaves_nothing_behind(gallery: Gallery, db_url: str) -> None:
+def test_delete_person_leaves_nothing_behind(gallery: Gallery, db_url: str, tmp_path: Path) -> None:
     vecs = unit_vectors(2, seed=9)
     ada, bob = consented_person(gallery, "Ada"), consented_person(gallery, "Bob")
     gallery.enroll("people", ada, vecs[0])
@@ -144,6 +145,15 @@ def test_delete_person_leaves_nothing_behind(gallery: Gallery, db_url: str) -> N
         assert _store_rows(db_url, f"SELECT * FROM {table} WHERE {column} = :p", p=ada) == []
     with pytest.raises(NotFound):
         gallery.person("people", ada)
+    gallery.save_indexes()
+    erased = vecs[0].astype("<f4").tobytes()
+    saved = [p for p in (tmp_path / "index").iterdir() if p.is_file()]
+    assert saved and not any(erased in p.read_bytes() for p in saved)
+    if db_url.startswith("sqlite"):  # the bytes are gone from the file, not just unlinked
+        db_file = tmp_path / "gallery.db"
+        with sqlite3.connect(db_file) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        assert erased not in db_file.read_bytes()
     event = gallery.audit_events(action="person.delete")[0]
     assert event.purpose == "erasure request" and event.actor == "tester"
     assert event.summary["person"] == ada and event.summary["templates_removed"] == 1

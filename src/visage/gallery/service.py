@@ -581,6 +581,7 @@ class Gallery:
                 coll_id, version = coll.id, coll.version
             if removed:
                 self._after_commit(coll_id, version, removed=removed)
+                self._drop_snapshot(coll_id)
             return len(removed)
 
     def delete_person(
@@ -607,6 +608,7 @@ class Gallery:
                 coll_id, version = coll.id, coll.version
             if removed:
                 self._after_commit(coll_id, version, removed=removed)
+                self._drop_snapshot(coll_id)
             return len(removed)
 
     @staticmethod
@@ -955,6 +957,20 @@ class Gallery:
             if old.name != data_name:
                 old.unlink(missing_ok=True)
         self._saved[coll_id] = loaded.version
+
+    def _drop_snapshot(self, coll_id: int) -> None:
+        """Delete a collection's saved snapshot: after a deletion it holds erased templates.
+
+        The in-memory index is already up to date; ``close()`` saves a new snapshot, and a
+        crash before then only costs a rebuild from the store.
+        """
+        meta_path = self._snapshot_meta(coll_id)
+        if meta_path is None:
+            return
+        meta_path.unlink(missing_ok=True)
+        for old in meta_path.parent.glob(f"collection-{coll_id}-v*.npz*"):
+            old.unlink(missing_ok=True)
+        self._saved.pop(coll_id, None)
 
     def save_indexes(self) -> None:
         """Write snapshots of indexes changed since they were last saved (also done by close)."""

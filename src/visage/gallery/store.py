@@ -194,7 +194,7 @@ class AuditRow(Base):
 
 
 def _sqlite_pragmas(engine: Engine) -> None:
-    """WAL + full sync + foreign keys, and ``BEGIN IMMEDIATE`` so writers queue instead of failing.
+    """WAL + full sync + foreign keys + secure delete, and ``BEGIN IMMEDIATE`` so writers queue.
 
     pysqlite's own transaction handling is switched off (``isolation_level = None``) and the
     ``begin`` event issues the BEGIN, the documented SQLAlchemy recipe.
@@ -209,6 +209,7 @@ def _sqlite_pragmas(engine: Engine) -> None:
         if engine.url.database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA secure_delete = ON")  # deleted templates are zeroed, not left in free pages
         cursor.close()
 
     @event.listens_for(engine, "begin")
