@@ -67,6 +67,10 @@ def make_session(path: Path, *, threads: int | None = None) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads or os.cpu_count() or 1
     options.inter_op_num_threads = 1
+    # Idle worker threads must sleep, not spin: the pipeline runs dlib (HOG, landmarks) between
+    # inference calls, and spinning threads stole half the CPU from it (HOG + embed per photo:
+    # 159 ms spinning vs 60 ms not, on 2 cores; batch-32 throughput unchanged).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CPUExecutionProvider"]
     if "CUDAExecutionProvider" in ort.get_available_providers():
         providers.insert(0, "CUDAExecutionProvider")
@@ -480,7 +484,7 @@ class OnnxMmodDetector(_SessionHolder):
     pyramid; ``upsample`` doubles the photo first (finds faces down to ~40 px, 4x the work).
     """
 
-    name = "mmod"
+    name = "cnn"
 
     def __init__(self, *, threads: int | None = None) -> None:
         self.threads = threads
