@@ -106,9 +106,12 @@ def _sample(image: Image, place: ChipPlacement) -> Image:
     inside = (left >= 0) & (top >= 0) & (left + 1 < w) & (top + 1 < h)
     lx, ty = np.clip(left, 0, max(w - 2, 0)), np.clip(top, 0, max(h - 2, 0))
     fx, fy = (gx - left)[..., None], (gy - top)[..., None]
-    img = image.astype(np.float64)
-    top_row = (1 - fx) * img[ty, lx] + fx * img[ty, lx + 1]
-    bottom_row = (1 - fx) * img[ty + 1, lx] + fx * img[ty + 1, lx + 1]
+    # Gather the four neighbours from uint8 first, then widen only those (not the whole image).
+    def at(rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        return image[rows, cols].astype(np.float64)
+
+    top_row = (1 - fx) * at(ty, lx) + fx * at(ty, lx + 1)
+    bottom_row = (1 - fx) * at(ty + 1, lx) + fx * at(ty + 1, lx + 1)
     values = (1 - fy) * top_row + fy * bottom_row
     chip = np.clip(values, 0, 255).astype(np.uint8)  # truncation, as dlib's assign_pixel
     chip[~inside] = 0
