@@ -1,0 +1,221 @@
+"""API keys, stored hashed in the gallery's database (the ``api_key`` table).
+
+A key is shown once, when created, as ``<key id>.<secret>``: the id (``vk_`` and 12 hex digits)
+is public and is what the audit log records as the actor; the secret is 32 random bytes. Only
+``sha256(token)`` is stored, so a copy of the database does not hand out working keys, and a
+token is checked by looking its id up and comparing hashes in constant time.
+
+A key carries scopes (``identify``, ``enroll``, ``admin``; admin implies the other two) and
+the collections it may touch (``*`` for all). Creating and revoking keys writes audit events.
+
+The table's model is declared on the gallery's declarative ``Base`` so one schema (and one
+Alembic history) covers the whole store; revision ``0002_api_key`` creates it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from sqlalchemy import JSON, Engine, Float, String, func, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+
+from ..errors import InputError, NotFound, StorageError
+from ..gallery.store import Base, UTCDateTime, utcnow
+from .events import record_event, transaction
+
+ALL_COLLECTIONS = "*"
+KEY_ID_PREFIX = "vk_"
+_TOKEN = re.compile(r"^(vk_[0-9a-f]{12})\.([A-Za-z0-9_-]{20,100})$")
+_COLLECTION = re.compile(r"^[^\s,]{1,200}$")
+
+
+class Scope(StrEnum):
+    """What a key may do: search (``identify``), change persons (``enroll``), or everything."""
+
+    IDENTIFY = "identify"
+    ENROLL = "enroll"
+    ADMIN = "admin"
+
+
+class ApiKeyRow(Base):
+    """One API key: its public id, the hash of its token, and what it may do."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    collections: Mapped[list[str]] = mapped_column(JSON)
+    rate_limit: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A key as the server sees it (never its secret). ``collections`` ``None`` means all."""
+
+    id: str
+    name: str
+    scopes: frozenset[Scope]
+    collections: frozenset[str] | None
+    rate_limit: float | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+    def allows(self, scope: Scope) -> bool:
+        """True when the key holds ``scope`` (admin holds every scope)."""
+        return scope in self.scopes or Scope.ADMIN in self.scopes
+
+    def sees(self, collection: str) -> bool:
+        """True when the key may touch ``collection``."""
+        return self.collections is None or collection in self.collections
+
+    @classmethod
+    def from_row(cls, row: ApiKeyRow) -> ApiKey:
+        return cls(
+            id=row.id,
+            name=row.name,
+            scopes=frozenset(Scope(s) for s in row.scopes),
+            collections=None if ALL_COLLECTIONS in row.collections else frozenset(row.collections),
+            rate_limit=row.rate_limit,
+            created_at=row.created_at,
+            revoked_at=row.revoked_at,
+        )
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just created and its token, which is shown this once and never stored."""
+
+    key: ApiKey
+    token: str
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
+    """Scopes from names (``identify``, ``enroll``, ``admin``); :class:`InputError` otherwise."""
+    found: set[Scope] = set()
+    for value in values:
+        try:
+            found.add(Scope(value.strip()))
+        except ValueError:
+            allowed = ", ".join(s.value for s in Scope)
+            raise InputError(f"unknown scope {value!r}; one of: {allowed}") from None
+    if not found:
+        raise InputError("a key needs at least one scope")
+    return frozenset(found)
+
+
+class KeyStore:
+    """Create, list, revoke and check API keys in the gallery's database (an open engine)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    def create(
+        self,
+        name: str,
+        *,
+        scopes: Iterable[str],
+        collections: Iterable[str] = (ALL_COLLECTIONS,),
+        rate_limit: float | None = None,
+        actor: str = "local",
+    ) -> NewKey:
+        """A new key; the returned token is the only copy of its secret."""
+        scope_set = parse_scopes(scopes)
+        names = sorted({c.strip() for c in collections if c.strip()})
+        if not names:
+            raise InputError("a key needs at least one collection (or '*' for all)")
+        for coll in names:
+            if not _COLLECTION.match(coll):
+                raise InputError(f"invalid collection name {coll!r}")
+        if not name or len(name) > 200:
+            raise InputError("a key name is 1 to 200 characters")
+        if rate_limit is not None and rate_limit < 0:
+            raise InputError("a rate limit is 0 (unlimited) or more requests per second")
+        key_id = KEY_ID_PREFIX + secrets.token_hex(6)
+        token = f"{key_id}.{secrets.token_urlsafe(32)}"
+        row = ApiKeyRow(
+            id=key_id,
+            name=name,
+            token_sha256=_hash(token),
+            scopes=sorted(s.value for s in scope_set),
+            collections=[ALL_COLLECTIONS] if ALL_COLLECTIONS in names else names,
+            rate_limit=rate_limit,
+            created_at=utcnow(),
+            revoked_at=None,
+        )
+        with transaction(self._sessions, "API key store") as session:
+            record_event(
+                session,
+                "key.create",
+                actor=actor,
+                key=key_id,
+                name=name,
+                scopes=row.scopes,
+                collections=row.collections,
+                rate_limit=rate_limit,
+            )
+            session.add(row)
+            return NewKey(ApiKey.from_row(row), token)
+
+    def revoke(self, key_id: str, *, actor: str = "local") -> ApiKey:
+        """Revoke a key at once; :class:`NotFound` for an unknown id."""
+        with transaction(self._sessions, "API key store") as session:
+            record_event(session, "key.revoke", actor=actor, key=key_id)
+            row = session.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFound(f"no API key {key_id!r}")
+            if row.revoked_at is None:
+                row.revoked_at = utcnow()
+            return ApiKey.from_row(row)
+
+    def keys(self) -> list[ApiKey]:
+        """Every key, oldest first, revoked ones included."""
+        with self._read() as session:
+            rows = session.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at)).all()
+            return [ApiKey.from_row(r) for r in rows]
+
+    def active_count(self) -> int:
+        """How many keys are not revoked."""
+        with self._read() as session:
+            count = session.scalar(
+                select(func.count()).select_from(ApiKeyRow).where(ApiKeyRow.revoked_at.is_(None))
+            )
+            return int(count or 0)
+
+    def authenticate(self, token: str) -> ApiKey | None:
+        """The live key a token belongs to, or ``None`` (malformed, unknown, wrong or revoked)."""
+        found = _TOKEN.match(token)
+        if found is None:
+            return None
+        with self._read() as session:
+            row = session.get(ApiKeyRow, found.group(1))
+            if row is None or row.revoked_at is not None:
+                return None
+            if not hmac.compare_digest(row.token_sha256, _hash(token)):
+                return None
+            return ApiKey.from_row(row)
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        try:
+            with self._sessions() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise StorageError(f"API key store error: {exc}") from exc
