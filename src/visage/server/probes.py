@@ -1,0 +1,121 @@
+"""Faces from a request body: every face of a photo or of many photos, or the embeddings sent.
+
+Identify and find-similar answer for each face in the photo (not only the largest), so the
+photo is embedded here once and each face goes to the gallery as a :class:`~visage.pipeline.Face`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from ..errors import InputError, VisageError
+from ..imageio import source_hash
+from ..models.base import Box
+from ..pipeline import Face
+from .bodies import PhotoBatch, Upload
+from .problems import TooManyFaces
+from .runtime import ServicePipeline
+from .schemas import EmbeddingsIn
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One face of the photo (``face``) or one embedding sent (``vector``), at ``index``."""
+
+    index: int
+    face: Face | None = None
+    vector: npt.NDArray[np.float32] | None = None
+
+    @property
+    def query(self) -> Face | npt.NDArray[np.float32]:
+        """What the gallery is asked with."""
+        if self.face is not None:
+            return self.face
+        assert self.vector is not None, "a probe holds a face or a vector"
+        return self.vector
+
+
+@dataclass(frozen=True)
+class Probes:
+    """The probes of one request and the sha256 of what was sent (for the audit log)."""
+
+    items: list[Probe]
+    sha256: str
+
+
+def read_probes(
+    body: Upload | EmbeddingsIn, pipeline: ServicePipeline, *, max_faces: int
+) -> Probes:
+    """Embed every face of a photo (largest first), or take the embeddings as sent."""
+    if isinstance(body, Upload):
+        faces = pipeline.embed(pipeline.load(body.data))
+        return Probes([Probe(i, face=f) for i, f in enumerate(faces)], source_hash(body.data))
+    if len(body.embeddings) > max_faces:
+        raise TooManyFaces(len(body.embeddings), max_faces)
+    vectors = [np.asarray(e, dtype=np.float32) for e in body.embeddings]
+    digest = hashlib.sha256(b"".join(v.astype("<f4").tobytes() for v in vectors)).hexdigest()
+    return Probes([Probe(i, vector=v) for i, v in enumerate(vectors)], digest)
+
+
+@dataclass(frozen=True)
+class FaceBatch:
+    """The faces of many items (photos or embeddings), each tagged ``(item, face number, box)``.
+
+    ``vectors`` is ``(n, d) float32``, one row per face; ``failed`` lists the items that could
+    not be read, with the error; ``sha256`` covers every item read, for the audit log.
+    """
+
+    tags: list[tuple[int, int, Box | None]]
+    vectors: npt.NDArray[np.float32]
+    failed: list[tuple[int, str | None, VisageError]]
+    sha256: str
+    items: int
+
+
+def read_batch(
+    body: PhotoBatch | EmbeddingsIn, pipeline: ServicePipeline, *, max_batch: int
+) -> FaceBatch:
+    """Every face of every photo (an unreadable photo is recorded and skipped), or the
+    embeddings as sent (all of one length, finite and non-zero, or the request is refused)."""
+    count = len(body.photos) if isinstance(body, PhotoBatch) else len(body.embeddings)
+    if count == 0:
+        raise InputError("send photos in the multipart field 'photos', or embeddings as JSON")
+    if count > max_batch:
+        raise InputError(f"{count} items; at most {max_batch} per request")
+    tags: list[tuple[int, int, Box | None]] = []
+    rows: list[npt.NDArray[np.float32]] = []
+    failed: list[tuple[int, str | None, VisageError]] = []
+    digest = hashlib.sha256()
+    if isinstance(body, PhotoBatch):
+        for item, upload in enumerate(body.photos):
+            try:
+                faces = pipeline.embed(pipeline.load(upload.data))
+            except VisageError as exc:
+                failed.append((item, upload.filename, exc))
+                continue
+            digest.update(source_hash(upload.data).encode())
+            for number, face in enumerate(faces):
+                assert face.embedding is not None, "Pipeline.embed returns embeddings"
+                tags.append((item, number, face.box))
+                rows.append(face.embedding)
+    else:
+        for item, values in enumerate(body.embeddings):
+            vector = np.asarray(values, dtype=np.float32)
+            if (
+                len(vector) != len(body.embeddings[0])
+                or not np.isfinite(vector).all()
+                or not vector.any()
+            ):
+                raise InputError(
+                    f"embedding {item}: embeddings must share one length and be finite and non-zero"
+                )
+            digest.update(vector.astype("<f4").tobytes())
+            tags.append((item, 0, None))
+            rows.append(vector)
+    width = rows[0].shape[0] if rows else 128
+    vectors = np.stack(rows) if rows else np.empty((0, width), np.float32)
+    return FaceBatch(tags, vectors, failed, digest.hexdigest(), count)

@@ -1,0 +1,36 @@
+"""``/v1/audit``: read the audit log and verify its hash chain (admin scope)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from ..auth import ensure_sees
+from ..deps import AdminKey, GalleryDep
+from ..problems import problem_responses
+from ..schemas import AuditEventOut, AuditList, ChainOut
+
+router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses())
+
+
+@router.get("", response_model=AuditList)
+def list_audit_events(
+    key: AdminKey,
+    gallery: GalleryDep,
+    collection: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    action: Annotated[str | None, Query(min_length=1, max_length=60)] = None,
+    after: Annotated[int, Query(ge=0, le=2**62, description="Return events after this seq")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> AuditList:
+    """Audit events after ``after``, oldest first; a key limited to some collections names one."""
+    ensure_sees(key, collection)
+    events = gallery.audit_events(collection=collection, action=action, after=after, limit=limit)
+    return AuditList(items=[AuditEventOut.from_event(e) for e in events])
+
+
+@router.get("/verify", response_model=ChainOut)
+def verify_audit(key: AdminKey, gallery: GalleryDep) -> ChainOut:
+    """Walk the whole hash chain and name the first broken link (needs an all-collections key)."""
+    ensure_sees(key, None)
+    return ChainOut.from_report(gallery.verify_audit())

@@ -1,0 +1,37 @@
+"""``/v1/collections``: list the collections a key may use, create (admin), read."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ..auth import ensure_sees
+from ..deps import AdminKey, AnyKey, CollectionKey, CollectionPath, GalleryDep, JsonOnly
+from ..problems import problem_responses
+from ..schemas import CollectionCreate, CollectionList, CollectionOut
+
+router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=problem_responses())
+
+
+@router.get("", response_model=CollectionList)
+def list_collections(key: AnyKey, gallery: GalleryDep) -> CollectionList:
+    """The collections this key may use, by name, with their sizes."""
+    return CollectionList(
+        items=[CollectionOut.from_info(c) for c in gallery.collections() if key.sees(c.name)]
+    )
+
+
+@router.post("", status_code=201, response_model=CollectionOut, dependencies=[JsonOnly])
+def create_collection(key: AdminKey, body: CollectionCreate, gallery: GalleryDep) -> CollectionOut:
+    """A new, empty collection for the server's embedding model (409 if the name is taken)."""
+    ensure_sees(key, body.name)
+    return CollectionOut.from_info(
+        gallery.create_collection(body.name, keep_images=body.keep_images, actor=key.id)
+    )
+
+
+@router.get("/{collection}", response_model=CollectionOut)
+def get_collection(
+    key: CollectionKey, collection: CollectionPath, gallery: GalleryDep
+) -> CollectionOut:
+    """One collection with its model and how many persons and templates it holds."""
+    return CollectionOut.from_info(gallery.collection(collection))

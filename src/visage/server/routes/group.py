@@ -1,0 +1,73 @@
+"""``POST /v1/group``: cluster the faces of many photos (or embeddings) into one group per
+person, plus a "messy" group of faces that match no other."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from ...grouping import group
+from ...models.base import Box
+from ..bodies import GROUP_BODY
+from ..deps import (
+    EventsDep,
+    GalleryDep,
+    GroupBody,
+    IdentifyKey,
+    MetricsDep,
+    PipelineDep,
+    Purpose,
+    SettingsDep,
+)
+from ..probes import read_batch
+from ..problems import Problem, problem_body, problem_responses
+from ..schemas import BoxOut, GroupMember, GroupOut, ItemProblem
+
+router = APIRouter(prefix="/v1", tags=["decisions"], responses=problem_responses())
+
+
+def _member(tag: tuple[int, int, Box | None]) -> GroupMember:
+    item, face, box = tag
+    shown = None if box is None else BoxOut(left=box[0], top=box[1], right=box[2], bottom=box[3])
+    return GroupMember(item=item, face=face, box=shown)
+
+
+@router.post("/group", response_model=GroupOut, openapi_extra=GROUP_BODY)
+def group_faces(
+    key: IdentifyKey,
+    body: GroupBody,
+    gallery: GalleryDep,
+    pipeline: PipelineDep,
+    events: EventsDep,
+    metrics: MetricsDep,
+    settings: SettingsDep,
+    purpose: Purpose = None,
+) -> GroupOut:
+    """Every face of every photo, grouped by person at the calibrated threshold (Chinese
+    whispers). A photo that cannot be read is listed in ``failed``; the rest are grouped."""
+    batch = read_batch(body, pipeline, max_batch=settings.max_batch)
+    metrics.faces.labels("group").inc(len(batch.tags))
+    cal = gallery.calibration(pipeline.model_id)
+    found = group(batch.vectors, cal.threshold)
+    seq = events.record(
+        "group",
+        actor=key.id,
+        purpose=purpose,
+        input_hash=batch.sha256,
+        items=batch.items,
+        faces=len(batch.tags),
+        groups=len(found.groups),
+        messy=len(found.messy),
+        failed=len(batch.failed),
+    )
+    return GroupOut(
+        threshold=cal.threshold,
+        threshold_source=cal.describe(),
+        faces=len(batch.tags),
+        groups=[[_member(batch.tags[i]) for i in g] for g in found.groups],
+        messy=[_member(batch.tags[i]) for i in found.messy],
+        failed=[
+            ItemProblem(item=i, filename=name, problem=Problem(**problem_body(exc)))
+            for i, name, exc in batch.failed
+        ],
+        audit_seq=seq,
+    )

@@ -1,0 +1,98 @@
+"""``POST /v1/verify``: is this the same person? Two photos, or a photo and an enrolled person."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from ...api import compare
+from ...errors import InputError, NoFace
+from ...imageio import source_hash
+from ...pipeline import Face
+from ..bodies import PAIR_BODY, Upload
+from ..deps import (
+    EventsDep,
+    FaceQuery,
+    GalleryDep,
+    IdentifyKey,
+    MetricsDep,
+    PhotoPairBody,
+    PipelineDep,
+    Purpose,
+    face_pick,
+)
+from ..problems import problem_responses
+from ..runtime import ServicePipeline
+from ..schemas import VerifyOut
+
+router = APIRouter(prefix="/v1", tags=["decisions"], responses=problem_responses())
+
+
+def _largest(pipeline: ServicePipeline, upload: Upload, label: str) -> Face:
+    faces = pipeline.embed(pipeline.load(upload.data))
+    if not faces:
+        raise NoFace(f"{label}: no face found")
+    return faces[0]
+
+
+@router.post("/verify", response_model=VerifyOut, openapi_extra=PAIR_BODY)
+def verify(
+    key: IdentifyKey,
+    photos: PhotoPairBody,
+    gallery: GalleryDep,
+    pipeline: PipelineDep,
+    events: EventsDep,
+    metrics: MetricsDep,
+    collection: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="Collection of `person`")
+    ] = None,
+    person: Annotated[
+        str | None, Query(min_length=1, max_length=300, description="Person id or external id")
+    ] = None,
+    face: FaceQuery = None,
+    purpose: Purpose = None,
+) -> VerifyOut:
+    """Distance, decision and calibrated threshold: between the largest faces of two photos, or
+    between the photo's face and the best template of an enrolled, consented person."""
+    photo, other = photos
+    if other is not None:
+        if collection is not None or person is not None:
+            raise InputError(
+                "compare two photos, or a photo with a collection and person, not both"
+            )
+        a, b = _largest(pipeline, photo, "photo"), _largest(pipeline, other, "other_photo")
+        metrics.faces.labels("verify").inc(2)
+        result = compare(a, b, calibration=gallery.calibration(pipeline.model_id))
+        both = hashlib.sha256(
+            (source_hash(photo.data) + source_hash(other.data)).encode()
+        ).hexdigest()
+        seq = events.record(
+            "compare",
+            actor=key.id,
+            purpose=purpose,
+            input_hash=both,
+            distance=round(result.distance, 6),
+            same=result.same,
+            threshold=result.threshold,
+        )
+        return VerifyOut.from_comparison(result, seq)
+    if collection is None or person is None:
+        raise InputError(
+            "send a second photo (multipart field other_photo), or name the "
+            "collection and person to verify against"
+        )
+    found = gallery.verify(
+        collection, person, photo.data, face=face_pick(face), purpose=purpose, actor=key.id
+    )
+    metrics.faces.labels("verify").inc()
+    return VerifyOut(
+        distance=found.distance,
+        same=found.same,
+        threshold=found.threshold,
+        threshold_source=found.threshold_source,
+        person_id=found.person_id,
+        template_id=found.template_id,
+        audit_seq=found.audit_seq,
+    )

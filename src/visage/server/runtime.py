@@ -1,0 +1,61 @@
+"""The face pipeline as the server shares it between request threads.
+
+dlib's detector and network keep state while they run and are not safe to call from two
+threads at once, so one call runs at a time (on 2 cores a second concurrent call would only
+compete for the same cores). The per-photo face limit is enforced right after detection,
+before landmarks and embeddings, so a crowd photo costs one detection and a 422, not a
+hundred embeddings.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ..models.base import Detection, Detector, Image
+from ..pipeline import Face, Pipeline
+from .problems import TooManyFaces
+
+
+class _LimitedDetector:
+    """A detector that refuses a photo holding more than ``limit`` faces."""
+
+    def __init__(self, inner: Detector, limit: int) -> None:
+        self.inner = inner
+        self.limit = limit
+        self.name = inner.name
+
+    def detect(self, image: Image, *, upsample: int = 1) -> list[Detection]:
+        found = self.inner.detect(image, upsample=upsample)
+        if len(found) > self.limit:
+            raise TooManyFaces(len(found), self.limit)
+        return found
+
+    def detect_many(self, images: list[Image], *, upsample: int = 1) -> list[list[Detection]]:
+        return [self.detect(image, upsample=upsample) for image in images]
+
+
+class ServicePipeline(Pipeline):
+    """A :class:`Pipeline` whose ``detect``/``embed`` run one at a time, on ``max_faces``."""
+
+    def __init__(self, *, detector: str, upsample: int, max_pixels: int, max_faces: int) -> None:
+        super().__init__(detector=detector, upsample=upsample, max_pixels=max_pixels)
+        self.detector = _LimitedDetector(self.detector, max_faces)
+        self._lock = threading.Lock()
+
+    def detect(self, image: Image) -> list[Face]:
+        with self._lock:
+            return super().detect(image)
+
+    def embed(self, image: Image) -> list[Face]:
+        with self._lock:
+            return super().embed(image)
+
+    def warm(self) -> None:
+        """Load every model now (readiness means the first request pays no loading time)."""
+        blank = np.zeros((80, 80, 3), np.uint8)
+        with self._lock:
+            self.detector.detect(blank, upsample=0)
+            self.landmarker.landmarks(blank, [(10, 10, 70, 70)])
+            self.embed_chips(np.zeros((1, 150, 150, 3), np.uint8))

@@ -1,0 +1,554 @@
+"""Request and response bodies, a family per resource (Create / Update / Public / List).
+
+Responses are built from the gallery's frozen records with ``from_*`` constructors, so the
+wire format is declared here once and the routes only pick which record to send.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+
+from ..decision import Comparison
+from ..gallery import (
+    Candidate,
+    CollectionInfo,
+    ConsentBasis,
+    ConsentInfo,
+    EnrollResult,
+    Identification,
+    PersonInfo,
+    SimilarFace,
+)
+from ..gallery.audit import AuditEvent, ChainReport
+from ..pipeline import Face
+from .problems import Problem
+
+MAX_DIM = 1024
+"""Longest embedding a request may carry (the collection's ``dim`` decides what fits)."""
+MAX_BATCH = 1000
+"""Most embeddings or items in one request (the ``max_batch`` setting may lower it)."""
+
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Vector = Annotated[list[Finite], Field(min_length=1, max_length=MAX_DIM)]
+Name = Annotated[str, Field(min_length=1, max_length=300)]
+CollectionName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Letters, digits, '.', '_' and '-', starting with a letter or digit",
+    ),
+]
+
+
+def _iso_text(value: object) -> object:
+    """Times arrive as ISO 8601 text; a number is refused rather than read as a Unix time."""
+    if isinstance(value, (int, float)):
+        # pydantic turns a ValueError into a 422; a TypeError would escape as a 500.
+        raise ValueError("expected an ISO 8601 date-time string with a time zone")  # noqa: TRY004
+    return value
+
+
+IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
+Quality = Annotated[float, Field(strict=True, ge=0, le=1)]
+
+
+class _In(BaseModel):
+    """Request bodies: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# ---------------------------------------------------------------- faces
+
+
+class BoxOut(BaseModel):
+    """A face box in pixels, clipped to the photo."""
+
+    left: int
+    top: int
+    right: int
+    bottom: int
+
+
+class QualityOut(BaseModel):
+    """The face's quality score (0..1), the reasons it would be refused, and the measures."""
+
+    score: float
+    acceptable: bool
+    reasons: list[str]
+    size: float
+    sharpness: float
+    brightness: float
+    yaw: float
+    roll: float
+
+
+class FaceOut(BaseModel):
+    """One face: box, five landmarks (x, y), detector score, quality, optionally the embedding."""
+
+    box: BoxOut
+    landmarks: list[list[float]]
+    score: float
+    quality: QualityOut
+    embedding: list[float] | None = None
+    model_id: str | None = None
+
+    @classmethod
+    def from_face(cls, face: Face, *, embedding: bool = False) -> FaceOut:
+        q = face.quality
+        return cls(
+            box=BoxOut(left=face.box[0], top=face.box[1], right=face.box[2], bottom=face.box[3]),
+            landmarks=face.landmarks.round(2).tolist(),
+            score=round(face.score, 4),
+            quality=QualityOut(
+                score=round(q.score, 4),
+                acceptable=q.acceptable,
+                reasons=list(q.reasons),
+                size=q.size,
+                sharpness=round(q.sharpness, 2),
+                brightness=round(q.brightness, 2),
+                yaw=round(q.yaw, 2),
+                roll=round(q.roll, 2),
+            ),
+            embedding=face.embedding.tolist() if embedding and face.embedding is not None else None,
+            model_id=face.model_id if embedding else None,
+        )
+
+
+class DetectOut(BaseModel):
+    """The faces found in a photo, largest first."""
+
+    width: int
+    height: int
+    faces: list[FaceOut]
+    audit_seq: int
+
+
+class EmbeddingsIn(_In):
+    """Probes given as embeddings (L2-normalised on arrival), e.g. from an edge device."""
+
+    embeddings: list[Vector] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EmbeddingIn(_In):
+    """One template given as an embedding, with the quality it was measured at, if known."""
+
+    embedding: Vector
+    quality: Quality | None = None
+
+
+# ---------------------------------------------------------------- decisions
+
+
+class VerifyOut(BaseModel):
+    """A 1:1 answer: the distance, the decision, and the calibrated threshold it used."""
+
+    distance: float
+    same: bool
+    threshold: float
+    threshold_source: str
+    person_id: str | None = None
+    template_id: int | None = None
+    audit_seq: int
+
+    @classmethod
+    def from_comparison(cls, c: Comparison, audit_seq: int) -> VerifyOut:
+        return cls(
+            distance=c.distance,
+            same=c.same,
+            threshold=c.threshold,
+            threshold_source=c.threshold_source,
+            audit_seq=audit_seq,
+        )
+
+
+class CandidateOut(BaseModel):
+    """A person who may be the probe, scored by their nearest template."""
+
+    person_id: str
+    display_name: str
+    external_id: str | None
+    distance: float
+    same: bool
+    template_id: int
+
+    @classmethod
+    def from_candidate(cls, c: Candidate) -> CandidateOut:
+        return cls(
+            person_id=c.person_id,
+            display_name=c.display_name,
+            external_id=c.external_id,
+            distance=c.distance,
+            same=c.same,
+            template_id=c.template_id,
+        )
+
+
+class IdentifiedFace(BaseModel):
+    """One probe's answer. ``face`` is absent for embedding probes. A face below
+    ``min_quality`` is not searched: ``skipped`` says so and the decision fields are absent."""
+
+    index: int
+    face: FaceOut | None = None
+    candidates: list[CandidateOut] = []
+    unknown: bool = True
+    threshold: float | None = None
+    threshold_source: str | None = None
+    skipped: str | None = None
+    audit_seq: int | None = None
+
+    @classmethod
+    def from_identification(
+        cls, index: int, face: FaceOut | None, i: Identification
+    ) -> IdentifiedFace:
+        return cls(
+            index=index,
+            face=face,
+            unknown=i.unknown,
+            threshold=i.threshold,
+            threshold_source=i.threshold_source,
+            audit_seq=i.audit_seq,
+            candidates=[CandidateOut.from_candidate(c) for c in i.candidates],
+        )
+
+
+class IdentifyOut(BaseModel):
+    """Every face of the photo (or every embedding), each with ranked candidates."""
+
+    faces: list[IdentifiedFace]
+    audit_seq: int | None = Field(None, description="The event recorded when no face was found")
+
+
+class SimilarOut(BaseModel):
+    """A template near the probe; find-similar is a search, so there is no decision."""
+
+    template_id: int
+    person_id: str
+    display_name: str
+    distance: float
+
+    @classmethod
+    def from_similar(cls, s: SimilarFace) -> SimilarOut:
+        return cls(
+            template_id=s.template_id,
+            person_id=s.person_id,
+            display_name=s.display_name,
+            distance=s.distance,
+        )
+
+
+class SimilarFaces(BaseModel):
+    """One probe's nearest templates."""
+
+    index: int
+    face: FaceOut | None = None
+    similar: list[SimilarOut]
+
+
+class FindSimilarOut(BaseModel):
+    """The nearest templates for every face of the photo (or every embedding)."""
+
+    faces: list[SimilarFaces]
+    audit_seq: int | None = Field(None, description="The event recorded when no face was found")
+
+
+class GroupMember(BaseModel):
+    """A face in a group: which item (photo or embedding) and which face of it."""
+
+    item: int
+    face: int
+    box: BoxOut | None = None
+
+
+class ItemProblem(BaseModel):
+    """Why one item of a batch was not used; the rest of the batch went on."""
+
+    item: int
+    filename: str | None = None
+    problem: Problem
+
+
+class GroupOut(BaseModel):
+    """Faces grouped by person (largest group first); ``messy`` holds faces that joined none."""
+
+    threshold: float
+    threshold_source: str
+    faces: int
+    groups: list[list[GroupMember]]
+    messy: list[GroupMember]
+    failed: list[ItemProblem]
+    audit_seq: int
+
+
+# ---------------------------------------------------------------- collections
+
+
+class CollectionCreate(_In):
+    """A new collection; ``keep_images`` stores each enrolled photo beside its template."""
+
+    name: CollectionName
+    keep_images: StrictBool = False
+
+
+class CollectionOut(BaseModel):
+    """A collection and its size."""
+
+    name: str
+    model_id: str
+    dim: int
+    keep_images: bool
+    created_at: datetime
+    persons: int
+    templates: int
+
+    @classmethod
+    def from_info(cls, c: CollectionInfo) -> CollectionOut:
+        return cls(
+            name=c.name,
+            model_id=c.model_id,
+            dim=c.dim,
+            keep_images=c.keep_images,
+            created_at=c.created_at,
+            persons=c.persons,
+            templates=c.templates,
+        )
+
+
+class CollectionList(BaseModel):
+    """The collections this key may use."""
+
+    items: list[CollectionOut]
+
+
+# ---------------------------------------------------------------- persons & consent
+
+
+class PersonCreate(_In):
+    """A new person; ``external_id`` is your own id for them, unique in the collection."""
+
+    display_name: Name
+    external_id: Name | None = None
+    metadata: dict[str, Any] = {}
+
+
+class ConsentCreate(_In):
+    """A consent record (or another lawful basis); ``expires_at`` after ``granted_at``."""
+
+    basis: ConsentBasis
+    granted_by: Name
+    purpose: Name | None = None
+    granted_at: IsoTime | None = None
+    expires_at: IsoTime | None = None
+
+
+class RevokeIn(_In):
+    """Why consent is revoked (kept in the record and the audit log)."""
+
+    reason: Annotated[str, Field(max_length=2000)] | None = None
+
+
+class ConsentOut(BaseModel):
+    """A consent record; ``status`` is valid, pending, expired or revoked."""
+
+    id: int
+    basis: str
+    purpose: str | None
+    granted_by: str
+    granted_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    revoked_by: str | None
+    revoke_reason: str | None
+    status: str
+
+    @classmethod
+    def from_info(cls, c: ConsentInfo) -> ConsentOut:
+        return cls(
+            id=c.id,
+            basis=c.basis,
+            purpose=c.purpose,
+            granted_by=c.granted_by,
+            granted_at=c.granted_at,
+            expires_at=c.expires_at,
+            revoked_at=c.revoked_at,
+            revoked_by=c.revoked_by,
+            revoke_reason=c.revoke_reason,
+            status=c.status,
+        )
+
+
+class ConsentList(BaseModel):
+    """A person's consent history, oldest first."""
+
+    items: list[ConsentOut]
+
+
+class PersonOut(BaseModel):
+    """A person, how many templates are held for them and their consent history."""
+
+    id: str
+    collection: str
+    display_name: str
+    external_id: str | None
+    metadata: dict[str, Any]
+    created_at: datetime
+    templates: int
+    consent_valid: bool
+    consents: list[ConsentOut]
+
+    @classmethod
+    def from_info(cls, p: PersonInfo) -> PersonOut:
+        return cls(
+            id=p.id,
+            collection=p.collection,
+            display_name=p.display_name,
+            external_id=p.external_id,
+            metadata=p.metadata,
+            created_at=p.created_at,
+            templates=p.templates,
+            consent_valid=p.consent_valid,
+            consents=[ConsentOut.from_info(c) for c in p.consents],
+        )
+
+
+class PersonList(BaseModel):
+    """One page of persons, in creation order."""
+
+    items: list[PersonOut]
+    offset: int
+    limit: int
+
+
+class RemovedOut(BaseModel):
+    """How many templates a deletion or revocation removed (from store and index, at once)."""
+
+    templates_removed: int
+
+
+# ---------------------------------------------------------------- enrollment
+
+
+class EnrollOut(BaseModel):
+    """An enrolled template; ``created`` is false when the same source was already enrolled."""
+
+    person_id: str
+    template_id: int
+    created: bool
+    quality: float | None
+    source_sha256: str
+
+    @classmethod
+    def from_result(cls, r: EnrollResult) -> EnrollOut:
+        return cls(
+            person_id=r.person_id,
+            template_id=r.template_id,
+            created=r.created,
+            quality=r.quality,
+            source_sha256=r.source_sha256,
+        )
+
+
+class BulkItemIn(_In):
+    """One template of a bulk enrollment by embedding."""
+
+    person: Name
+    embedding: Vector
+    quality: Quality | None = None
+
+
+class BulkIn(_In):
+    """Many templates by embedding, enrolled in one transaction (all or none)."""
+
+    items: list[BulkItemIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class BulkItemOut(BaseModel):
+    """The outcome for one item: its template, or the problem that stopped it."""
+
+    item: int
+    filename: str | None = None
+    person: str
+    result: EnrollOut | None = None
+    problem: Problem | None = None
+
+
+class BulkOut(BaseModel):
+    """Per-item results of a bulk enrollment and the counts."""
+
+    enrolled: int
+    duplicates: int
+    failed: int
+    items: list[BulkItemOut]
+
+
+# ---------------------------------------------------------------- audit & health
+
+
+class AuditEventOut(BaseModel):
+    """One audit event; ``hash`` covers every other field, ``prev_hash`` links the chain."""
+
+    seq: int
+    at: str
+    actor: str
+    action: str
+    collection: str | None
+    purpose: str | None
+    input_hash: str | None
+    summary: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    @classmethod
+    def from_event(cls, e: AuditEvent) -> AuditEventOut:
+        return cls(
+            seq=e.seq,
+            at=e.at,
+            actor=e.actor,
+            action=e.action,
+            collection=e.collection,
+            purpose=e.purpose,
+            input_hash=e.input_hash,
+            summary=e.summary,
+            prev_hash=e.prev_hash,
+            hash=e.hash,
+        )
+
+
+class AuditList(BaseModel):
+    """Audit events with ``seq`` after the one asked for, oldest first."""
+
+    items: list[AuditEventOut]
+
+
+class ChainOut(BaseModel):
+    """The audit chain walked from the start: intact, or the first broken link and why."""
+
+    ok: bool
+    events: int
+    head: str
+    broken_seq: int | None
+    reason: str | None
+    description: str
+
+    @classmethod
+    def from_report(cls, r: ChainReport) -> ChainOut:
+        return cls(
+            ok=r.ok,
+            events=r.events,
+            head=r.head,
+            broken_seq=r.broken_seq,
+            reason=r.reason,
+            description=r.describe(),
+        )
+
+
+class HealthOut(BaseModel):
+    """Liveness or readiness, with the checks behind it."""
+
+    status: str
+    checks: dict[str, str] = {}

@@ -1,0 +1,63 @@
+"""What the app holds while it runs — gallery, key store, event log, pipeline, rate limiter —
+opened in the lifespan, never at import, and closed when the server stops."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from ..gallery import Gallery
+from ..gallery.store import open_engine
+from .auth import RateLimiter
+from .events import EventLog
+from .keys_store import KeyStore
+from .metrics import Metrics
+from .runtime import ServicePipeline
+from .settings import Settings
+
+SERVER_ACTOR = "server"
+"""The gallery's default audit actor; every route passes its caller's key id instead."""
+
+
+@dataclass
+class Services:
+    """The running app's state; routes reach it through :mod:`visage.server.deps`."""
+
+    settings: Settings
+    gallery: Gallery
+    engine: Engine
+    keys: KeyStore
+    events: EventLog
+    pipeline: ServicePipeline
+    limiter: RateLimiter
+    metrics: Metrics
+
+    def close(self) -> None:
+        """Save index snapshots and release the database connections."""
+        self.gallery.close()
+        self.engine.dispose()
+
+
+def open_services(settings: Settings, metrics: Metrics) -> Services:
+    """Load the models, open (and migrate) the store and the gallery; blocking, seconds."""
+    pipeline = ServicePipeline(
+        detector=settings.detector,
+        upsample=settings.upsample,
+        max_pixels=settings.max_pixels,
+        max_faces=settings.max_faces,
+    )
+    pipeline.warm()
+    gallery = Gallery(settings.db_url, index=settings.index, pipeline=pipeline, actor=SERVER_ACTOR)
+    engine = open_engine(settings.db_url)
+    metrics.watch_gallery(gallery.collections)
+    return Services(
+        settings=settings,
+        gallery=gallery,
+        engine=engine,
+        keys=KeyStore(engine),
+        events=EventLog(engine),
+        pipeline=pipeline,
+        limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
+        metrics=metrics,
+    )
