@@ -1,0 +1,191 @@
+"""``visage serve`` (the HTTP service) and ``visage keys create | list | revoke``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from ..gallery.store import open_engine
+from ..server.keys_store import ApiKey, KeyStore
+from ..server.settings import Settings, load_settings
+from .app import app
+from .options import JsonOpt, console, emit_json, err_console
+
+keys_app = typer.Typer(help="Create, list and revoke the server's API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML settings file (also $VISAGE_CONFIG).", dir_okay=False),
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option("--db", help="Gallery store: SQLAlchemy URL or SQLite file (also $VISAGE_DB)."),
+]
+BOOTSTRAP_NAME = "bootstrap admin"
+
+
+def _key_store(settings: Settings) -> KeyStore:
+    return KeyStore(open_engine(settings.db_url))
+
+
+def _key_record(key: ApiKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "scopes": sorted(s.value for s in key.scopes),
+        "collections": ["*"] if key.collections is None else sorted(key.collections),
+        "rate_limit": key.rate_limit,
+        "created_at": key.created_at.isoformat(),
+        "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
+    }
+
+
+def _announce_keys(settings: Settings, bootstrap: bool) -> None:
+    """Make sure someone can call the server: create and show a first admin key, or say how."""
+    store = _key_store(settings)
+    if store.active_count() > 0:
+        err_console.print(
+            "API keys exist; create another with "
+            "[bold]visage keys create --scopes identify --collections NAME[/]",
+            soft_wrap=True,
+        )
+        return
+    if not bootstrap:
+        err_console.print(
+            "No API key yet: create one with "
+            "[bold]visage keys create --scopes admin --collections '*'[/]",
+            soft_wrap=True,
+        )
+        return
+    new = store.create(BOOTSTRAP_NAME, scopes=["admin"], collections=["*"], actor="visage serve")
+    err_console.print(
+        f"No API key existed, so an admin key was created ({new.key.id}). It is shown once:\n\n"
+        f"    [bold]{new.token}[/]\n\n"
+        "Use it as 'Authorization: Bearer <key>'; revoke it with "
+        f"`visage keys revoke {new.key.id}`.",
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    host: Annotated[str | None, typer.Option(help="Interface to listen on [127.0.0.1].")] = None,
+    port: Annotated[int | None, typer.Option(help="Port [8000].")] = None,
+    db: DbOpt = None,
+    index: Annotated[
+        str | None, typer.Option(help="Vector index: exact, auto or faiss:… [exact].")
+    ] = None,
+    detector: Annotated[str | None, typer.Option(help="Face detector: hog or cnn [hog].")] = None,
+    max_body_bytes: Annotated[int | None, typer.Option(help="Request body limit in bytes.")] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="Photo pixel limit.")] = None,
+    max_faces: Annotated[int | None, typer.Option(help="Faces processed per photo.")] = None,
+    rate_limit: Annotated[
+        float | None, typer.Option(help="Requests per second per key (0: unlimited).")
+    ] = None,
+    log_level: Annotated[
+        str | None, typer.Option(help="critical, error, warning, info, debug.")
+    ] = None,
+    bootstrap_key: Annotated[
+        bool, typer.Option(help="Create and show an admin key when none exists.")
+    ] = True,
+) -> None:
+    """Run the HTTP service. Settings: flag > $VISAGE_* > config file > default; docs at /docs."""
+    import uvicorn
+
+    from ..server.app import create_app
+
+    settings = load_settings(
+        config=config,
+        host=host,
+        port=port,
+        db=db,
+        index=index,
+        detector=detector,
+        max_body_bytes=max_body_bytes,
+        max_pixels=max_pixels,
+        max_faces=max_faces,
+        rate_limit=rate_limit,
+        log_level=log_level,
+    )
+    _announce_keys(settings, bootstrap_key)
+    err_console.print(
+        f"Visage on http://{settings.host}:{settings.port} (docs at /docs), store {settings.db}, "
+        f"index {settings.index}",
+        soft_wrap=True,
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+        server_header=False,
+    )
+
+
+@keys_app.command("create")
+def keys_create(
+    scopes: Annotated[str, typer.Option(help="Comma-separated: identify, enroll, admin.")],
+    collections: Annotated[
+        str, typer.Option(help="Comma-separated collection names, or '*' for all.")
+    ] = "*",
+    name: Annotated[str, typer.Option(help="A label for people reading the key list.")] = "api key",
+    rate: Annotated[
+        float | None, typer.Option(help="This key's requests per second (default: the server's).")
+    ] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a key; its secret is printed once and only its hash is stored."""
+    store = _key_store(load_settings(config=config, db=db))
+    new = store.create(
+        name,
+        scopes=scopes.split(","),
+        collections=collections.split(","),
+        rate_limit=rate,
+        actor="visage keys",
+    )
+    if json_out:
+        emit_json({**_key_record(new.key), "token": new.token})
+        return
+    err_console.print(f"Created {new.key.id}; the key is shown once:", soft_wrap=True)
+    console.print(new.token, markup=False, highlight=False)
+
+
+@keys_app.command("list")
+def keys_list(config: ConfigOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Every key (never its secret), revoked ones included."""
+    keys = _key_store(load_settings(config=config, db=db)).keys()
+    if json_out:
+        emit_json([_key_record(k) for k in keys])
+        return
+    table = Table("id", "name", "scopes", "collections", "rate", "created", "revoked")
+    for key in keys:
+        r = _key_record(key)
+        table.add_row(
+            r["id"],
+            r["name"],
+            ",".join(r["scopes"]),
+            ",".join(r["collections"]),
+            "" if r["rate_limit"] is None else f"{r['rate_limit']:g}/s",
+            r["created_at"][:19],
+            (r["revoked_at"] or "")[:19],
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (vk_…).")],
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+) -> None:
+    """Revoke a key; the server refuses it from the next request on."""
+    key = _key_store(load_settings(config=config, db=db)).revoke(key_id, actor="visage keys")
+    err_console.print(f"Revoked {key.id} ({key.name}).", soft_wrap=True)
