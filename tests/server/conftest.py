@@ -1,0 +1,147 @@
+"""The real server in a subprocess: uvicorn on a free loopback port with a temporary store.
+
+One server serves the module's tests; each test works in collections of its own (tenants are
+isolated by collection), so no test sees another's data. Keys are created straight in the
+store, as ``visage keys create`` does, and the server picks them up on the next request.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from visage.gallery.store import database_url, open_engine
+from visage.server.keys_store import KeyStore
+
+START_TIMEOUT_S = 90.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Server:
+    """A running ``visage serve``: its URL, store, an admin token, and ways to get more keys."""
+
+    url: str
+    db: Path
+    log: Path
+    process: subprocess.Popen[bytes]
+    admin: str = ""
+    _keys: KeyStore | None = field(default=None, repr=False)
+
+    @property
+    def keys(self) -> KeyStore:
+        if self._keys is None:
+            self._keys = KeyStore(open_engine(database_url(self.db)))
+        return self._keys
+
+    def key(
+        self,
+        scopes: Sequence[str],
+        collections: Sequence[str] = ("*",),
+        *,
+        rate: float | None = None,
+    ) -> str:
+        """A fresh key's token."""
+        return self.keys.create(
+            "test", scopes=scopes, collections=collections, rate_limit=rate
+        ).token
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120.0)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log.read_text(errors="replace")[-chars:]
+
+
+def start_server(folder: Path, **settings: str) -> Server:
+    """Start ``python -m visage serve`` with ``VISAGE_*`` settings and wait until it is ready."""
+    folder.mkdir(parents=True, exist_ok=True)
+    db = folder / "gallery.db"
+    port = free_port()
+    env = {
+        **os.environ,
+        "VISAGE_DB": str(db),
+        "VISAGE_HOST": "127.0.0.1",
+        "VISAGE_PORT": str(port),
+        "VISAGE_LOG_LEVEL": "warning",
+    }
+    env.update({f"VISAGE_{k.upper()}": v for k, v in settings.items()})
+    log = folder / "server.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "visage", "serve", "--no-bootstrap-key"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(url=f"http://127.0.0.1:{port}", db=db, log=log, process=process)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_tail()}")
+        try:
+            if httpx.get(f"{server.url}/readyz", timeout=2.0).status_code == 200:
+                server.admin = server.key(["admin"])
+                return server
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    stop_server(server)
+    raise RuntimeError(f"server not ready after {START_TIMEOUT_S} s:\n{server.log_tail()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("server"))
+    yield running
+    stop_server(running)
+    errors = [line for line in running.log_tail(100_000).splitlines() if "Traceback" in line]
+    assert not errors, f"the server logged tracebacks:\n{running.log_tail()}"
+
+
+@pytest.fixture
+def collection(server: Server) -> str:
+    """A new, empty collection for this test alone."""
+    name = f"c-{uuid.uuid4().hex[:10]}"
+    with server.client(server.admin) as client:
+        response = client.post("/v1/collections", json={"name": name})
+        assert response.status_code == 201, response.text
+    return name
+
+
+def problem(response: httpx.Response, status: int) -> dict[str, object]:
+    """Assert ``response`` is a problem+json with ``status``; return the document."""
+    assert response.status_code == status, (response.status_code, response.text[:500])
+    assert response.headers["content-type"].startswith("application/problem+json"), response.headers
+    body = response.json()
+    assert (
+        body["status"] == status
+        and body["detail"]
+        and str(body["type"]).startswith("urn:visage:problem:")
+    )
+    return dict(body)

@@ -1,0 +1,109 @@
+"""Every call that touches biometric data leaves an audit event with the key as actor."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+
+from .conftest import Server
+
+
+def test_every_biometric_call_is_in_the_chain(
+    server: Server, collection: str, people_photos: list[Path]
+) -> None:
+    token = server.key(["identify", "enroll"], [collection])
+    key_id = token.split(".")[0]
+    photo, other = people_photos[0].read_bytes(), people_photos[1].read_bytes()
+    jpeg = {"content-type": "image/jpeg"}
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(buffer, "PNG")
+    faceless = buffer.getvalue()
+    with server.client(server.admin) as admin:
+        start = admin.get("/v1/audit/verify").json()["events"]
+    seqs: dict[str, int] = {}
+    with server.client(token) as client:
+        base = f"/v1/collections/{collection}"
+        person = client.post(f"{base}/persons", json={"display_name": "Ada"}).json()["id"]
+        client.post(
+            f"{base}/persons/{person}/consents", json={"basis": "consent", "granted_by": "Ada"}
+        )
+        enrolled = client.post(
+            f"{base}/persons/{person}/faces",
+            params={"face": "center", "purpose": "onboarding"},
+            content=photo,
+            headers=jpeg,
+        )
+        assert enrolled.status_code == 201, enrolled.text
+        detected = client.post(
+            "/v1/detect",
+            params={"embeddings": "true", "purpose": "qa"},
+            content=photo,
+            headers=jpeg,
+        ).json()
+        seqs["detect"] = detected["audit_seq"]
+        vector = detected["faces"][0]["embedding"]
+        found = client.post(
+            f"{base}/identify", params={"purpose": "door"}, content=other, headers=jpeg
+        ).json()
+        seqs["identify"] = found["faces"][0]["audit_seq"]
+        by_vector = client.post(
+            f"{base}/identify", params={"purpose": "door"}, json={"embeddings": [vector]}
+        ).json()
+        seqs["identify-embedding"] = by_vector["faces"][0]["audit_seq"]
+        seqs["verify"] = client.post(
+            "/v1/verify",
+            params={
+                "collection": collection,
+                "person": person,
+                "face": "center",
+                "purpose": "check",
+            },
+            content=other,
+            headers=jpeg,
+        ).json()["audit_seq"]
+        seqs["compare"] = client.post(
+            "/v1/verify", files={"photo": ("a.jpg", photo), "other_photo": ("b.jpg", other)}
+        ).json()["audit_seq"]
+        seqs["group"] = client.post(
+            "/v1/group", files=[("photos", ("a.jpg", photo)), ("photos", ("b.jpg", other))]
+        ).json()["audit_seq"]
+        nobody = client.post(
+            f"{base}/identify",
+            params={"purpose": "door"},
+            content=faceless,
+            headers={"content-type": "image/png"},
+        ).json()
+        assert nobody["faces"] == []
+        seqs["identify-no-face"] = nobody["audit_seq"]
+        client.post(
+            f"{base}/find-similar", params={"purpose": "review"}, json={"embeddings": [vector]}
+        )
+        client.delete(f"{base}/persons/{person}", params={"purpose": "erasure request"})
+    with server.client(server.admin) as admin:
+        events = admin.get("/v1/audit", params={"after": start, "limit": 1000}).json()["items"]
+        chain = admin.get("/v1/audit/verify").json()
+    mine = [e for e in events if e["actor"] == key_id]
+    actions = [e["action"] for e in mine]
+    for action in (
+        "person.create",
+        "consent.grant",
+        "enroll",
+        "detect",
+        "identify",
+        "verify",
+        "compare",
+        "group",
+        "find_similar",
+        "person.delete",
+    ):
+        assert action in actions, actions
+    by_seq = {e["seq"]: e for e in events}
+    for name, seq in seqs.items():
+        assert by_seq[seq]["actor"] == key_id, name
+    assert by_seq[seqs["identify"]]["purpose"] == "door"
+    assert all(
+        e["input_hash"] for e in mine if e["action"] in ("detect", "identify", "verify", "group")
+    )
+    assert chain["ok"] and chain["events"] >= start + len(mine), chain

@@ -1,0 +1,232 @@
+"""Enrollment and identification over HTTP with the labelled photos, and deletion at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import Server, problem
+
+PEOPLE = 4
+"""Persons enrolled from their first three photos; the fourth and fifth are held back as probes."""
+
+
+def central(faces: list[dict[str, Any]], size: int = 250) -> dict[str, Any]:
+    """The labelled face of an LFW photo: the one nearest the centre."""
+
+    def off(entry: dict[str, Any]) -> float:
+        box = (entry.get("face") or entry)["box"]
+        return float(
+            ((box["left"] + box["right"]) / 2 - size / 2) ** 2
+            + ((box["top"] + box["bottom"]) / 2 - size / 2) ** 2
+        )
+
+    return min(faces, key=off)
+
+
+@pytest.fixture(scope="module")
+def people(people_photos: list[Path]) -> dict[str, list[Path]]:
+    by_name: dict[str, list[Path]] = {}
+    for path in people_photos:
+        by_name.setdefault(path.parent.name, []).append(path)
+    chosen = sorted(name for name, paths in by_name.items() if len(paths) >= 5)[:PEOPLE]
+    return {name: sorted(by_name[name])[:5] for name in chosen}
+
+
+def enroll_people(
+    client: httpx.Client, collection: str, people: dict[str, list[Path]]
+) -> dict[str, str]:
+    """Persons with consent and three photos each (bulk, one request); name -> person id.
+
+    A photo the quality gate refuses comes back as its own problem and the batch goes on.
+    """
+    ids: dict[str, str] = {}
+    for name in people:
+        made = client.post(
+            f"/v1/collections/{collection}/persons",
+            json={"display_name": name.replace("_", " "), "external_id": name},
+        )
+        assert made.status_code == 201, made.text
+        ids[name] = made.json()["id"]
+        granted = client.post(
+            f"/v1/collections/{collection}/persons/{name}/consents",
+            json={"basis": "consent", "granted_by": name, "purpose": "test"},
+        )
+        assert granted.status_code == 201, granted.text
+    files = [
+        ("photos", (p.name, p.read_bytes(), "image/jpeg")) for ps in people.values() for p in ps[:3]
+    ]
+    fields = {"person": [name for name, ps in people.items() for _ in ps[:3]]}
+    bulk = client.post(
+        f"/v1/collections/{collection}/faces/bulk",
+        params={"face": "center"},
+        files=files,
+        data=fields,
+    )
+    assert bulk.status_code == 200, bulk.text
+    report = bulk.json()
+    assert [i["filename"] for i in report["items"]] == [f[1][0] for f in files]
+    assert report["enrolled"] + report["failed"] == len(files) and report["duplicates"] == 0
+    for item in report["items"]:
+        if item["problem"] is not None:
+            assert item["problem"]["status"] == 422 and item["result"] is None, item
+    for name in people:
+        created = [i for i in report["items"] if i["person"] == name and i["result"]]
+        assert len(created) >= 2, report
+    return ids
+
+
+def identify_photo(client: httpx.Client, collection: str, photo: Path) -> dict[str, Any]:
+    found = client.post(
+        f"/v1/collections/{collection}/identify",
+        params={"purpose": "test", "k": 3},
+        content=photo.read_bytes(),
+        headers={"content-type": "image/jpeg"},
+    )
+    assert found.status_code == 200, found.text
+    return central(found.json()["faces"])
+
+
+def test_enroll_then_identify_every_person(
+    server: Server, collection: str, people: dict[str, list[Path]]
+) -> None:
+    with server.client(server.key(["identify", "enroll"], [collection])) as client:
+        ids = enroll_people(client, collection, people)
+        for name, photos in people.items():
+            face = identify_photo(client, collection, photos[3])
+            assert not face["unknown"], face
+            assert face["candidates"][0]["person_id"] == ids[name]
+            assert face["candidates"][0]["distance"] <= face["threshold"]
+        listed = client.get(f"/v1/collections/{collection}/persons").json()["items"]
+        assert {p["id"] for p in listed} == set(ids.values())
+        assert all(p["templates"] >= 2 and p["consent_valid"] for p in listed)
+
+
+def test_identify_reports_every_face_and_embeddings_work(
+    server: Server, collection: str, people: dict[str, list[Path]], distractor_photos: list[Path]
+) -> None:
+    with server.client(server.key(["identify", "enroll"], [collection])) as client:
+        ids = enroll_people(client, collection, people)
+        name, photos = next(iter(people.items()))
+        detected = client.post(
+            "/v1/detect",
+            params={"embeddings": "true"},
+            files={"photo": (photos[4].name, photos[4].read_bytes(), "image/jpeg")},
+        )
+        assert detected.status_code == 200, detected.text
+        faces = detected.json()["faces"]
+        vector = central(faces)["embedding"]
+        assert len(vector) == 128
+        by_embedding = client.post(
+            f"/v1/collections/{collection}/identify",
+            params={"purpose": "test"},
+            json={"embeddings": [vector]},
+        )
+        assert by_embedding.status_code == 200, by_embedding.text
+        answer = by_embedding.json()["faces"]
+        assert len(answer) == 1 and answer[0]["face"] is None
+        assert answer[0]["candidates"][0]["person_id"] == ids[name] and not answer[0]["unknown"]
+        by_photo = client.post(
+            f"/v1/collections/{collection}/identify",
+            params={"purpose": "test"},
+            files={"photo": (photos[4].name, photos[4].read_bytes(), "image/jpeg")},
+        )
+        assert len(by_photo.json()["faces"]) == len(faces)  # every face, not only the largest
+        stranger = identify_photo(client, collection, distractor_photos[0])
+        assert stranger["unknown"]
+
+
+def test_verify_and_find_similar(
+    server: Server, collection: str, people: dict[str, list[Path]]
+) -> None:
+    with server.client(server.key(["identify", "enroll"], [collection])) as client:
+        ids = enroll_people(client, collection, people)
+        (first, a), (_, b) = list(people.items())[:2]
+        same = client.post(
+            "/v1/verify",
+            params={"collection": collection, "person": first, "face": "center"},
+            content=a[3].read_bytes(),
+            headers={"content-type": "image/jpeg"},
+        )
+        assert same.status_code == 200, same.text
+        assert same.json()["same"] and same.json()["person_id"] == ids[first]
+        pair = client.post(
+            "/v1/verify",
+            files={
+                "photo": ("a.jpg", a[3].read_bytes(), "image/jpeg"),
+                "other_photo": ("b.jpg", b[3].read_bytes(), "image/jpeg"),
+            },
+        )
+        assert pair.status_code == 200, pair.text
+        assert not pair.json()["same"] and pair.json()["distance"] > pair.json()["threshold"]
+        similar = client.post(
+            f"/v1/collections/{collection}/find-similar",
+            params={"purpose": "review", "k": 3},
+            content=a[4].read_bytes(),
+            headers={"content-type": "image/jpeg"},
+        )
+        assert similar.status_code == 200, similar.text
+        nearest = central(similar.json()["faces"])["similar"]
+        assert len(nearest) == 3 and nearest[0]["person_id"] == ids[first]
+
+
+def test_group_photos_by_person(server: Server, people: dict[str, list[Path]]) -> None:
+    names = list(people)[:2]
+    photos = [p for name in names for p in people[name][:3]]
+    with server.client(server.key(["identify"])) as client:
+        grouped = client.post(
+            "/v1/group",
+            params={"purpose": "test"},
+            files=[("photos", (p.name, p.read_bytes(), "image/jpeg")) for p in photos],
+        )
+    assert grouped.status_code == 200, grouped.text
+    body = grouped.json()
+    assert body["failed"] == [] and body["faces"] >= len(photos)
+    owner = {i: photos[i].parent.name for i in range(len(photos))}
+    central_faces = {
+        (m["item"], m["face"])
+        for g in body["groups"] + [body["messy"]]
+        for m in g
+        if abs((m["box"]["left"] + m["box"]["right"]) / 2 - 125) < 40
+    }
+    for group in body["groups"]:
+        labelled = {owner[m["item"]] for m in group if (m["item"], m["face"]) in central_faces}
+        assert len(labelled) <= 1, body["groups"]  # a group never mixes the two people
+    assert len([g for g in body["groups"] if len(g) >= 2]) >= 2
+
+
+def test_deletion_and_revocation_are_visible_at_once(
+    server: Server, collection: str, people: dict[str, list[Path]]
+) -> None:
+    with server.client(server.key(["identify", "enroll"], [collection])) as client:
+        ids = enroll_people(client, collection, people)
+        (gone, gone_photos), (revoked, revoked_photos) = list(people.items())[:2]
+        held = {
+            n: client.get(f"/v1/collections/{collection}/persons/{n}").json()["templates"]
+            for n in (gone, revoked)
+        }
+        deleted = client.delete(f"/v1/collections/{collection}/persons/{ids[gone]}")
+        assert deleted.status_code == 200 and deleted.json() == {"templates_removed": held[gone]}
+        face = identify_photo(client, collection, gone_photos[3])
+        assert ids[gone] not in {c["person_id"] for c in face["candidates"]}
+        problem(client.get(f"/v1/collections/{collection}/persons/{ids[gone]}"), 404)
+
+        out = client.post(
+            f"/v1/collections/{collection}/persons/{revoked}/consents/revoke",
+            json={"reason": "asked to be forgotten"},
+        )
+        assert out.status_code == 200 and out.json() == {"templates_removed": held[revoked]}
+        face = identify_photo(client, collection, revoked_photos[3])
+        assert ids[revoked] not in {c["person_id"] for c in face["candidates"]}
+        again = client.post(
+            f"/v1/collections/{collection}/persons/{revoked}/faces",
+            params={"face": "center"},
+            content=revoked_photos[0].read_bytes(),
+            headers={"content-type": "image/jpeg"},
+        )
+        problem(again, 409)
+        consents = client.get(f"/v1/collections/{collection}/persons/{revoked}/consents").json()
+        assert [c["status"] for c in consents["items"]] == ["revoked"]

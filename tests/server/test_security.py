@@ -1,0 +1,137 @@
+"""Keys, scopes, collections and the rate limit: every route refuses what the key may not do."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from .conftest import Server, problem
+
+# method, path ({c}: the test's collection), the scope it needs (None: any key).
+ROUTES: list[tuple[str, str, str | None]] = [
+    ("POST", "/v1/detect", "identify"),
+    ("POST", "/v1/verify", "identify"),
+    ("POST", "/v1/collections/{c}/identify?purpose=test", "identify"),
+    ("POST", "/v1/collections/{c}/find-similar?purpose=test", "identify"),
+    ("POST", "/v1/group", "identify"),
+    ("GET", "/v1/collections", None),
+    ("POST", "/v1/collections", "admin"),
+    ("GET", "/v1/collections/{c}", None),
+    ("GET", "/v1/collections/{c}/persons", "enroll"),
+    ("POST", "/v1/collections/{c}/persons", "enroll"),
+    ("GET", "/v1/collections/{c}/persons/p1", "enroll"),
+    ("DELETE", "/v1/collections/{c}/persons/p1", "enroll"),
+    ("GET", "/v1/collections/{c}/persons/p1/consents", "enroll"),
+    ("POST", "/v1/collections/{c}/persons/p1/consents", "enroll"),
+    ("POST", "/v1/collections/{c}/persons/p1/consents/revoke", "enroll"),
+    ("POST", "/v1/collections/{c}/persons/p1/faces", "enroll"),
+    ("POST", "/v1/collections/{c}/faces/bulk", "enroll"),
+    ("GET", "/v1/audit", "admin"),
+    ("GET", "/v1/audit/verify", "admin"),
+]
+OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+OTHER_SCOPES = {"identify": ["enroll"], "enroll": ["identify"], "admin": ["identify", "enroll"]}
+
+
+def call(client: httpx.Client, method: str, path: str, collection: str) -> httpx.Response:
+    """The route with a JSON body ({}), so only the key decides the answer."""
+    url = path.replace("{c}", collection)
+    if method in ("POST", "PUT", "PATCH"):
+        return client.request(method, url, json={})
+    return client.request(method, url)
+
+
+def test_the_table_covers_every_route(server: Server) -> None:
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    served = {(m.upper(), p) for p, ops in spec["paths"].items() for m in ops}
+    listed = {
+        (m, p.split("?")[0].replace("{c}", "{collection}").replace("p1", "{person}"))
+        for m, p, _ in ROUTES
+    }
+    assert served - OPEN == listed
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), [r for r in ROUTES if r[2] is not None])
+def test_a_key_without_the_scope_is_refused(
+    server: Server, collection: str, method: str, path: str, scope: str
+) -> None:
+    with server.client(server.key(OTHER_SCOPES[scope], [collection])) as client:
+        body = problem(call(client, method, path, collection), 403)
+    assert scope in str(body["detail"]) or "collections" in str(body["detail"])
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), [r for r in ROUTES if "{c}" in r[1]])
+def test_a_key_for_another_collection_is_refused(
+    server: Server, collection: str, method: str, path: str, scope: str | None
+) -> None:
+    with server.client(server.key(["admin"], ["some-other-collection"])) as client:
+        problem(call(client, method, path, collection), 403)
+
+
+@pytest.mark.parametrize(("method", "path", "scope"), ROUTES)
+def test_no_key_or_a_bad_key_is_unauthorized(
+    server: Server, collection: str, method: str, path: str, scope: str | None
+) -> None:
+    for token in (None, "not-a-key", "vk_000000000000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"):
+        with server.client(token) as client:
+            response = call(client, method, path, collection)
+        problem(response, 401)
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+
+def test_collections_listing_shows_only_the_keys_collections(
+    server: Server, collection: str
+) -> None:
+    with server.client(server.key(["identify"], [collection])) as client:
+        names = [c["name"] for c in client.get("/v1/collections").json()["items"]]
+    assert names == [collection]
+
+
+def test_audit_needs_a_key_for_every_collection_unless_one_is_named(
+    server: Server, collection: str
+) -> None:
+    with server.client(server.key(["admin"], [collection])) as client:
+        problem(client.get("/v1/audit"), 403)
+        problem(client.get("/v1/audit/verify"), 403)
+        events = client.get("/v1/audit", params={"collection": collection})
+        assert events.status_code == 200
+        assert [e["action"] for e in events.json()["items"]] == ["collection.create"]
+
+
+def test_a_revoked_key_is_refused_at_once(server: Server) -> None:
+    token = server.key(["identify"])
+    with server.client(token) as client:
+        assert client.get("/v1/collections").status_code == 200
+        server.keys.revoke(token.split(".")[0])
+        problem(client.get("/v1/collections"), 401)
+
+
+def test_the_rate_limit_answers_429_with_retry_after(server: Server) -> None:
+    with server.client(server.key(["identify"], rate=0.5)) as client:
+        statuses = []
+        for _ in range(300):
+            response = client.get("/v1/collections")
+            statuses.append(response.status_code)
+            if response.status_code == 429:
+                break
+        body = problem(response, 429)
+        assert int(response.headers["retry-after"]) >= 1
+        assert set(statuses[:-1]) == {200}, body
+        time.sleep(2.1)
+        assert client.get("/v1/collections").status_code == 200
+
+
+def test_health_readiness_and_metrics_are_open(server: Server) -> None:
+    assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok", "checks": {}}
+    ready = httpx.get(f"{server.url}/readyz").json()
+    assert ready["status"] == "ready" and ready["checks"]["models"] == "dlib_resnet_v1"
+    text = httpx.get(f"{server.url}/metrics").text
+    for name in (
+        "visage_http_requests_total",
+        "visage_http_request_duration_seconds_bucket",
+        "visage_gallery_templates",
+    ):
+        assert name in text
+    assert 'route="/readyz"' in text

@@ -1,0 +1,107 @@
+"""The server's parts without a server: settings precedence, keys, the rate limiter, grouping."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from visage.errors import InputError, NotFound
+from visage.gallery import Gallery
+from visage.gallery.store import database_url, open_engine, utcnow
+from visage.grouping import group
+from visage.server.auth import RateLimiter
+from visage.server.keys_store import ApiKey, KeyStore, Scope
+from visage.server.problems import RateLimited
+from visage.server.settings import load_settings
+
+
+def test_settings_flag_beats_environment_beats_file_beats_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "visage.toml"
+    config.write_text("port = 9001\nmax_faces = 7\nrate_limit = 3.5\n")
+    monkeypatch.setenv("VISAGE_CONFIG", str(config))
+    monkeypatch.setenv("VISAGE_MAX_FACES", "9")
+    settings = load_settings(rate_limit=None, port=9002)
+    assert (settings.port, settings.max_faces, settings.rate_limit, settings.host) == (
+        9002,
+        9,
+        3.5,
+        "127.0.0.1",
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "word"),
+    [
+        ("port = 0\n", "port"),
+        ("colour = 'red'\n", "colour"),
+        ("index = 'annoy'\n", "index"),
+        ("port = [\n", "TOML"),
+    ],
+)
+def test_bad_settings_name_the_problem(tmp_path: Path, text: str, word: str) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(text)
+    with pytest.raises(InputError, match=word):
+        load_settings(config=config)
+
+
+def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
+    engine = open_engine(database_url(tmp_path / "g.db"))
+    store = KeyStore(engine)
+    new = store.create("door", scopes=["identify"], collections=["lobby"], actor="test")
+    assert new.token.startswith(new.key.id + ".")
+    with engine.connect() as conn:
+        stored = conn.exec_driver_sql("SELECT token_sha256 FROM api_key").scalar_one()
+    assert new.token.split(".")[1] not in stored and len(stored) == 64
+    key = store.authenticate(new.token)
+    assert key is not None and key.allows(Scope.IDENTIFY) and not key.allows(Scope.ENROLL)
+    assert key.sees("lobby") and not key.sees("vault")
+    assert store.authenticate(new.token[:-1] + ("A" if new.token[-1] != "A" else "B")) is None
+    assert store.authenticate("garbage") is None
+    store.revoke(new.key.id, actor="test")
+    assert store.authenticate(new.token) is None and store.active_count() == 0
+    with pytest.raises(NotFound):
+        store.revoke("vk_000000000000")
+    with pytest.raises(InputError, match="scope"):
+        store.create("x", scopes=["superuser"])
+    events = Gallery(database_url(tmp_path / "g.db"), index="exact").audit_events()
+    assert [(e.action, e.actor) for e in events] == [("key.create", "test"), ("key.revoke", "test")]
+
+
+def test_rate_limiter_refills_over_time() -> None:
+    now = [0.0]
+    limiter = RateLimiter(rate=2.0, burst=3, clock=lambda: now[0])
+    key = ApiKey(
+        id="vk_1",
+        name="t",
+        scopes=frozenset({Scope.IDENTIFY}),
+        collections=None,
+        rate_limit=None,
+        created_at=utcnow(),
+        revoked_at=None,
+    )
+    for _ in range(3):
+        limiter.spend(key)
+    with pytest.raises(RateLimited) as refused:
+        limiter.spend(key)
+    assert refused.value.retry_after == pytest.approx(0.5)
+    now[0] = 0.5
+    limiter.spend(key)
+    limiter.spend(replace(key, rate_limit=0.0))  # a key's own rate of 0: unlimited
+
+
+def test_grouping_separates_people_and_leaves_strangers_messy() -> None:
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((3, 128)).astype(np.float32)
+    faces = [c + 0.05 * rng.standard_normal((5, 128)).astype(np.float32) for c in centres]
+    strangers = rng.standard_normal((4, 128)).astype(np.float32)
+    vectors = np.concatenate([*faces, strangers])
+    result = group(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), threshold=0.6)
+    assert result.groups == [list(range(5)), list(range(5, 10)), list(range(10, 15))]
+    assert result.messy == [15, 16, 17, 18]
+    assert group(np.empty((0, 128), np.float32), 0.6).groups == []
