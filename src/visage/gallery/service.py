@@ -76,6 +76,7 @@ from .records import (
     Identification,
     PersonInfo,
     SimilarFace,
+    TemplateInfo,
     TransferSummary,
     Verification,
 )
@@ -440,6 +441,29 @@ class Gallery:
         with self._reading() as session:
             return self._collection_info(session, self._collection(session, name))
 
+    def delete_collection(
+        self, name: str, *, purpose: str | None = None, actor: str | None = None
+    ) -> int:
+        """Delete a collection with every person, consent record and template, from store and
+        index at once; returns the templates removed."""
+        with self._lock:
+            with self._transaction() as (session, state):
+                coll = self._collection(session, name)
+                info = self._collection_info(session, coll)
+                persons = select(PersonRow.id).where(PersonRow.collection_id == coll.id)
+                session.execute(delete(TemplateRow).where(TemplateRow.collection_id == coll.id))
+                session.execute(delete(ConsentRow).where(ConsentRow.person_id.in_(persons)))
+                session.execute(delete(PersonRow).where(PersonRow.collection_id == coll.id))
+                session.delete(coll)
+                self._audit(
+                    session, state, "collection.delete", actor=actor, collection=name,
+                    purpose=purpose, persons_removed=info.persons, templates_removed=info.templates,
+                )
+                coll_id = coll.id
+            self._loaded.pop(coll_id, None)
+            self._drop_snapshot(coll_id)
+            return info.templates
+
     # ------------------------------------------------------------------ persons & consent
 
     def add_person(
@@ -496,6 +520,44 @@ class Gallery:
                 .limit(limit)
             ).all()
             return [self._person_info(session, coll, r) for r in rows]
+
+    def update_person(
+        self,
+        collection: str,
+        person: str,
+        *,
+        display_name: str | None = None,
+        external_id: str | None = None,
+        metadata: dict[str, Any] | None = None,
+        actor: str | None = None,
+    ) -> PersonInfo:
+        """Change what is given of a person's display name, external id and metadata (metadata
+        is replaced whole). :class:`Conflict` on an external id taken by someone else."""
+        if display_name is not None and not display_name:
+            raise InputError("a person needs a display name")
+        with self._lock, self._transaction() as (session, state):
+            coll = self._collection(session, collection)
+            row = self._person(session, coll, person)
+            if external_id is not None and external_id != row.external_id and session.scalar(
+                select(PersonRow.id).where(
+                    PersonRow.collection_id == coll.id, PersonRow.external_id == external_id
+                )
+            ):
+                raise Conflict(f"external id {external_id!r} is taken in {collection!r}")
+            changed = {
+                "display_name": display_name, "external_id": external_id, "metadata": metadata,
+            }
+            if display_name is not None:
+                row.display_name = display_name
+            if external_id is not None:
+                row.external_id = external_id
+            if metadata is not None:
+                row.meta = dict(metadata)
+            self._audit(
+                session, state, "person.update", actor=actor, collection=collection,
+                person=row.id, fields=sorted(k for k, v in changed.items() if v is not None),
+            )
+            return self._person_info(session, coll, row)
 
     def grant_consent(
         self,
@@ -610,6 +672,47 @@ class Gallery:
                 self._after_commit(coll_id, version, removed=removed)
                 self._drop_snapshot(coll_id)
             return len(removed)
+
+    def templates(self, collection: str, person: str) -> list[TemplateInfo]:
+        """A person's templates, oldest first (their embeddings stay in the store)."""
+        with self._reading() as session:
+            coll = self._collection(session, collection)
+            row = self._person(session, coll, person)
+            found = session.execute(
+                select(
+                    TemplateRow.id, TemplateRow.model_id, TemplateRow.quality,
+                    TemplateRow.source_sha256, TemplateRow.image.is_not(None),
+                    TemplateRow.created_at,
+                ).where(TemplateRow.person_id == row.id).order_by(TemplateRow.id)
+            ).all()
+            return [TemplateInfo(t[0], row.id, t[1], t[2], t[3], bool(t[4]), t[5]) for t in found]
+
+    def delete_template(
+        self,
+        collection: str,
+        person: str,
+        template_id: int,
+        *,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> None:
+        """Delete one template of a person, from store and index at once."""
+        with self._lock:
+            with self._transaction() as (session, state):
+                coll = self._collection(session, collection)
+                row_person = self._person(session, coll, person)
+                mine = (TemplateRow.id == template_id, TemplateRow.person_id == row_person.id)
+                if session.scalar(select(TemplateRow.id).where(*mine)) is None:
+                    raise NotFound(f"no template {template_id} of person {row_person.id}")
+                session.execute(delete(TemplateRow).where(*mine))
+                coll.version += 1
+                self._audit(
+                    session, state, "template.delete", actor=actor, collection=collection,
+                    purpose=purpose, person=row_person.id, template=template_id,
+                )
+                coll_id, version = coll.id, coll.version
+            self._after_commit(coll_id, version, removed=[template_id])
+            self._drop_snapshot(coll_id)
 
     @staticmethod
     def _delete_templates(session: Session, coll: CollectionRow, person_id: str) -> list[int]:
@@ -759,13 +862,9 @@ class Gallery:
         with self._lock:
             with self._transaction() as (session, state):
                 coll = self._collection(session, collection)
-                people: dict[str, str] = {}
+                people = self._consented(session, coll, {item.person for item in items}, now)
                 keyed: list[tuple[str, str, bytes, EmbeddingItem, bytes | None]] = []
                 for item, image in zip(items, images):
-                    if item.person not in people:
-                        prow = self._person(session, coll, item.person)
-                        self._require_consent(session, prow, now)
-                        people[item.person] = prow.id
                     blob = _vector_bytes(self._check_vector(coll, item.embedding))
                     digest = item.source_sha256 or _sha256(blob)
                     keyed.append((people[item.person], digest, blob, item, image))
@@ -814,6 +913,40 @@ class Gallery:
                     added=(np.asarray(new_ids, np.int64), vectors.reshape(len(rows), coll.dim)),
                 )
             return results
+
+    def _consented(
+        self, session: Session, coll: CollectionRow, refs: set[str], now: datetime
+    ) -> dict[str, str]:
+        """Person ids for ``refs`` (ids or external ids), all with valid consent at ``now``.
+
+        Two queries for the whole batch; the first person failing either check raises
+        :class:`NotFound` or :class:`ConsentError` with the reason.
+        """
+        found: dict[str, PersonRow] = {}
+        for part in _chunks(sorted(refs)):
+            rows = session.scalars(
+                select(PersonRow).where(
+                    PersonRow.collection_id == coll.id,
+                    or_(PersonRow.id.in_(part), PersonRow.external_id.in_(part)),
+                )
+            )
+            for row in rows:
+                if row.id in refs:
+                    found[row.id] = row
+                if row.external_id in refs:
+                    found.setdefault(row.external_id, row)
+        for ref in sorted(refs - found.keys()):
+            self._person(session, coll, ref)  # raises NotFound naming the ref
+        ids = sorted({row.id for row in found.values()})
+        valid: set[str] = set()
+        for part in _chunks(ids):
+            valid.update(session.scalars(
+                select(PersonRow.id).where(PersonRow.id.in_(part), _consent_valid(PersonRow.id, now))
+            ))
+        for row in found.values():
+            if row.id not in valid:
+                self._require_consent(session, row, now)
+        return {ref: row.id for ref, row in found.items()}
 
     @staticmethod
     def _existing(
