@@ -127,14 +127,19 @@ def test_hub_stores_once_audits_and_registers(hub: EdgeHub, local_gallery: Galle
     decided = EdgeEvent("e1", DEVICE.id, 1, now, now, 3, 0.9, "dlib_resnet_v1", vectors[0],
                         DeviceDecision(person.id, 0.2, 0.6, 1))
     undecided = EdgeEvent("e2", DEVICE.id, 2, now, now, 3, 0.9, "dlib_resnet_v1", vectors[1])
-    docs = [decided.to_json(), undecided.to_json(), {"key": "e3", "embedding": "!!"}]
+    stale = EdgeEvent("e4", DEVICE.id, 4, now, now, 3, 0.9, "dlib_resnet_v1", vectors[0],
+                      DeviceDecision("f" * 32, 0.2, 0.6, 1))  # a person the server no longer has
+    docs = [decided.to_json(), undecided.to_json(), {"key": "e3", "embedding": "!!"},
+            stale.to_json(), decided.to_json()]
     first = hub.ingest(key_id="vk_test", collection=COLLECTION, device=DEVICE, events=docs)
-    assert [r.status for r in first] == ["stored", "stored", "rejected"]
-    assert first[1].person_id == person.id  # identified on the server
+    assert [r.status for r in first] == ["stored", "stored", "rejected", "stored", "duplicate"]
+    assert first[1].person_id == person.id  # no device decision: identified on the server
+    assert first[3].person_id == person.id  # a stale device decision: re-identified
     again = hub.ingest(key_id="vk_test", collection=COLLECTION, device=DEVICE, events=docs[:2])
     assert [r.status for r in again] == ["duplicate", "duplicate"]
-    assert hub.events_stored(COLLECTION) == 2
+    assert [r.person_id for r in again] == [person.id, person.id]
+    assert hub.events_stored(COLLECTION) == 3
     actions = [e.action for e in local_gallery.audit_events(collection=COLLECTION, limit=1000)]
-    assert actions.count("edge.identify") == 1 and actions.count("identify") == 1
+    assert actions.count("edge.identify") == 1 and actions.count("identify") == 2
     (device,) = hub.devices()
-    assert (device.device_id, device.events, device.agent_version) == (DEVICE.id, 2, "0.1.0")
+    assert (device.device_id, device.events, device.agent_version) == (DEVICE.id, 3, "0.1.0")

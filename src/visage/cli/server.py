@@ -130,7 +130,7 @@ def serve(
 
 @keys_app.command("create")
 def keys_create(
-    scopes: Annotated[str, typer.Option(help="Comma-separated: identify, enroll, admin.")],
+    scopes: Annotated[str, typer.Option(help="Comma-separated: identify, enroll, admin, device.")],
     collections: Annotated[
         str, typer.Option(help="Comma-separated collection names, or '*' for all.")
     ] = "*",

@@ -9,9 +9,10 @@ Rules, in one place (the HTTP routes in :mod:`visage.server.routes.edge` only tr
   cut at any point leaves either all of a batch or none of it.
 - **Every identification audited.** An event decided on the device (from its snapshot) is
   appended to the audit log as ``edge.identify`` with the device key as actor, in the same
-  transaction that stores the event. An event with no decision is identified here with
-  :meth:`Gallery.identify` (which audits it) before it is stored. The probe embedding is
-  never stored, only its sha256 — the gallery's rule for probes.
+  transaction that stores the event. An event with no decision — or whose decision names a
+  person the gallery no longer holds with valid consent (a stale snapshot) — is identified
+  here with :meth:`Gallery.identify` (which audits it) before it is stored. The probe
+  embedding is never stored, only its sha256 — the gallery's rule for probes.
 - **Snapshots from the gallery's own rules.** A snapshot holds the persons the gallery says
   have valid consent now (:attr:`PersonInfo.consent_valid`), with the templates its export
   hands out (embeddings only, never images), the calibration it decides with, and the
@@ -49,7 +50,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from ..errors import InputError, StorageError
+from ..errors import InputError, NotFound, StorageError
 from ..gallery import Gallery, PersonInfo, audit
 from ..gallery.store import Base, StateRow, UTCDateTime, sqlite_path, utcnow
 from .events import DeviceInfo, EdgeEvent, Receipt
@@ -213,17 +214,20 @@ class EdgeHub:
             parsed.append(self._check(doc, device, info.dim, info.model_id))
         fresh = [e for e in parsed if isinstance(e, EdgeEvent)]
         known = self._stored(key_id, [e.key for e in fresh])
+        unseen = {e.key: e for e in reversed(fresh) if e.key not in known}  # first of each key
         purpose = f"edge device {device.id}"
         server_side: dict[str, tuple[str | None, float | None, int]] = {}
-        for event in fresh:
-            if event.decision is None and event.key not in known:
-                found = self.gallery.identify(collection, event.embedding, k=1, purpose=purpose,
-                                              actor=key_id)
-                nearest = found.candidates[0] if found.candidates else None
-                server_side[event.key] = (
-                    found.best.person_id if found.best else None,
-                    nearest.distance if nearest else None, found.audit_seq,
-                )
+        valid: dict[str, bool] = {}
+        for event in unseen.values():
+            if not self._needs_server(collection, event, valid):
+                continue
+            found = self.gallery.identify(collection, event.embedding, k=1, purpose=purpose,
+                                          actor=key_id)
+            nearest = found.candidates[0] if found.candidates else None
+            server_side[event.key] = (
+                found.best.person_id if found.best else None,
+                nearest.distance if nearest else None, found.audit_seq,
+            )
         for attempt in (1, 2):
             try:
                 stored = self._store(key_id, collection, device, fresh, server_side, purpose, queue)
@@ -231,7 +235,23 @@ class EdgeHub:
             except IntegrityError:
                 if attempt == 2:
                     raise StorageError("edge events clashed twice with concurrent uploads") from None
-        return [item if isinstance(item, Receipt) else stored[item.key] for item in parsed]
+        answers = iter(stored)
+        return [item if isinstance(item, Receipt) else next(answers) for item in parsed]
+
+    def _needs_server(self, collection: str, event: EdgeEvent, valid: dict[str, bool]) -> bool:
+        """True when the server must identify: no device decision, or one naming a person the
+        gallery no longer holds with valid consent (the device's snapshot was stale)."""
+        if event.decision is None:
+            return True
+        person = event.decision.person_id
+        if person is None:
+            return False
+        if person not in valid:
+            try:
+                valid[person] = self.gallery.person(collection, person).consent_valid
+            except NotFound:
+                valid[person] = False
+        return not valid[person]
 
     @staticmethod
     def _check(doc: dict[str, Any], device: DeviceInfo, dim: int, model_id: str) -> EdgeEvent | Receipt:
@@ -265,8 +285,11 @@ class EdgeHub:
         server_side: dict[str, tuple[str | None, float | None, int]],
         purpose: str,
         queue: QueueReport | None,
-    ) -> dict[str, Receipt]:
+    ) -> list[Receipt]:
+        """One receipt per event, in order; a key seen before (stored, or earlier in this
+        batch) is a duplicate carrying the stored outcome."""
         receipts: dict[str, Receipt] = {}
+        out: list[Receipt] = []
         now = utcnow()
         try:
             with self._sessions.begin() as session:
@@ -279,9 +302,9 @@ class EdgeHub:
                 added = 0
                 for event in events:
                     if event.key in existing or event.key in receipts:
-                        row = existing.get(event.key)
-                        receipts[event.key] = Receipt(event.key, "duplicate",
-                                                      row.person_id if row else None)
+                        row, first = existing.get(event.key), receipts.get(event.key)
+                        person = row.person_id if row else first.person_id if first else None
+                        out.append(Receipt(event.key, "duplicate", person))
                         continue
                     person, distance, seq, by = self._outcome(session, state, key_id, collection,
                                                               event, server_side, purpose)
@@ -295,13 +318,14 @@ class EdgeHub:
                         crop=event.crop_jpeg, audit_seq=seq, received_at=now,
                     ))
                     receipts[event.key] = Receipt(event.key, "stored", person)
+                    out.append(receipts[event.key])
                     added += 1
                 self._touch(session, key_id, collection, device, now, events=added, queue=queue)
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
             raise StorageError(f"edge store error: {exc}") from exc
-        return receipts
+        return out
 
     @staticmethod
     def _outcome(
@@ -310,7 +334,7 @@ class EdgeHub:
     ) -> tuple[str | None, float | None, int, str]:
         """(person, distance, audit seq, who decided); audits a device decision here."""
         decision = event.decision
-        if decision is None:
+        if event.key in server_side or decision is None:
             person, distance, seq = server_side[event.key]
             return person, distance, seq, "server"
         row = audit.append(

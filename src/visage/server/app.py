@@ -28,7 +28,8 @@ DESCRIPTION = """Self-hosted, accountable face recognition.
 
 Send an API key as `Authorization: Bearer <key>` (create one with `visage keys create`).
 Scopes: `identify` (detect, verify, identify, find-similar, group), `enroll` (persons, consent,
-faces), `admin` (everything, plus collections and the audit log). Every error is an RFC 7807
+faces), `device` (edge agents: post events, pull offline snapshots), `admin` (everything, plus
+collections and the audit log). Every error is an RFC 7807
 `application/problem+json` document. Every call that touches biometric data is written to the
 hash-chained audit log with the key as actor and the `purpose` you state.
 """

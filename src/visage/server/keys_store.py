@@ -39,11 +39,13 @@ _COLLECTION = re.compile(r"^[^\s,]{1,200}$")
 
 
 class Scope(StrEnum):
-    """What a key may do: search (``identify``), change persons (``enroll``), or everything."""
+    """What a key may do: search (``identify``), change persons (``enroll``), report edge events
+    and pull offline snapshots (``device``, see :mod:`visage.server.routes.edge`), or everything."""
 
     IDENTIFY = "identify"
     ENROLL = "enroll"
     ADMIN = "admin"
+    DEVICE = "device"
 
 
 class ApiKeyRow(Base):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import audit, collections, detect, faces, group, persons, search, system, verify
+from . import audit, collections, detect, edge, faces, group, persons, search, system, verify
 
 ROUTERS: tuple[APIRouter, ...] = (
     system.router,
@@ -16,4 +16,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     persons.router,
     faces.router,
     audit.router,
+    edge.router,
 )

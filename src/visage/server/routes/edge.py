@@ -1,0 +1,223 @@
+"""``/v1/edge/…``: edge devices post events and pull signed offline snapshots (``device`` scope);
+admins list the devices. Every rule lives in :class:`visage.edge.hub.EdgeHub`."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from ...edge.events import DeviceInfo
+from ...edge.hub import MAX_TTL_S, DeviceRecord, EdgeHub, QueueReport
+from ..auth import Requires
+from ..deps import AdminKey, JsonOnly, ServicesDep
+from ..keys_store import ApiKey, Scope
+from ..problems import problem_responses
+
+router = APIRouter(prefix="/v1/edge", tags=["edge"], responses=problem_responses())
+
+DeviceKey = Annotated[ApiKey, Depends(Requires(Scope.DEVICE))]
+"""A key with the ``device`` scope (or admin) that sees the collection named in the query."""
+
+MAX_EVENTS = 500
+MAX_DIM = 4096
+_KEY = r"^[A-Za-z0-9_-]{1,64}$"
+_DEVICE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
+Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
+
+_hub_lock = threading.Lock()
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware times, normalised to UTC (a time that cannot be expressed in UTC is refused)."""
+    if value.tzinfo is None:
+        raise ValueError("a time zone is required")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class _In(BaseModel):
+    """Request bodies: unknown fields are refused, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+CollectionQuery = Annotated[
+    str, Query(min_length=1, max_length=200, description="The collection the device serves")
+]
+
+
+class DeviceIn(_In):
+    id: str = Field(pattern=_DEVICE, description="The device's own stable id")
+    agent_version: str = Field(min_length=1, max_length=50)
+
+
+class QueueIn(_In):
+    pending: Int32
+    dead: Int32
+    dropped: Int32
+
+
+class DecisionIn(_In):
+    person_id: str | None = Field(None, min_length=1, max_length=32)
+    distance: Finite | None = None
+    threshold: Finite
+    snapshot: Int32
+
+
+class EventIn(_In):
+    key: str = Field(pattern=_KEY, description="Idempotency key: the same event is stored once")
+    device: str = Field(pattern=_DEVICE)
+    track: Int32
+    first_seen: UtcTime
+    last_seen: UtcTime
+    detections: Int32
+    quality: float = Field(ge=0, le=1, allow_inf_nan=False)
+    model_id: str = Field(min_length=1, max_length=100)
+    embedding: str = Field(
+        min_length=1,
+        max_length=(4 * MAX_DIM * 4) // 3 + 4,
+        description="base64 of little-endian float32, L2-normalised",
+    )
+    decision: DecisionIn | None = None
+    crop_jpeg: str | None = Field(
+        None, max_length=90_000, description="base64 JPEG; only when the operator enabled crops"
+    )
+
+
+class EventsIn(_In):
+    device: DeviceIn
+    queue: QueueIn | None = None
+    events: list[EventIn] = Field(max_length=MAX_EVENTS)
+
+
+class ReceiptOut(BaseModel):
+    key: str
+    status: Literal["stored", "duplicate", "rejected"]
+    person_id: str | None = None
+    reason: str | None = None
+
+
+class EventsOut(BaseModel):
+    receipts: list[ReceiptOut]
+
+
+class PublicKeyOut(BaseModel):
+    key: str = Field(
+        description="ed25519:<base64 raw key>: pin it on devices (visage edge run --trust)"
+    )
+
+
+class SignedSnapshotOut(BaseModel):
+    format: str
+    version: int
+    key_id: str
+    payload: str = Field(description="base64 of the canonical JSON snapshot the signature covers")
+    signature: str = Field(description="base64 Ed25519 signature of the payload bytes")
+
+
+class DeviceOut(BaseModel):
+    device_id: str
+    key_id: str
+    collection: str
+    agent_version: str
+    first_seen_at: datetime
+    last_seen_at: datetime
+    events: int
+    snapshot_sequence: int | None
+    queue_pending: int | None
+    queue_dropped: int | None
+    queue_dead: int | None
+
+    @classmethod
+    def from_record(cls, record: DeviceRecord) -> DeviceOut:
+        return cls(**record.__dict__)
+
+
+class DeviceList(BaseModel):
+    items: list[DeviceOut]
+
+
+def get_hub(request: Request, services: ServicesDep) -> EdgeHub:
+    """The app's edge hub, made on first use (it only loads the snapshot signing key)."""
+    hub: EdgeHub | None = getattr(request.app.state, "edge_hub", None)
+    if hub is None:
+        with _hub_lock:
+            hub = getattr(request.app.state, "edge_hub", None)
+            if hub is None:
+                hub = EdgeHub.open(services.engine, services.gallery, services.settings.db_url)
+                request.app.state.edge_hub = hub
+    return hub
+
+
+HubDep = Annotated[EdgeHub, Depends(get_hub)]
+
+
+@router.post("/events", response_model=EventsOut, dependencies=[JsonOnly])
+def post_edge_events(
+    key: DeviceKey, collection: CollectionQuery, body: EventsIn, hub: HubDep
+) -> EventsOut:
+    """Store a device's events, each once per idempotency key (a retry answers ``duplicate``).
+
+    Events the device identified from its snapshot are audited as ``edge.identify``; the others
+    are identified here (audited as ``identify``). A malformed event is ``rejected`` alone.
+    """
+    events: list[dict[str, Any]] = [e.model_dump(mode="json") for e in body.events]
+    receipts = hub.ingest(
+        key_id=key.id,
+        collection=collection,
+        device=DeviceInfo(body.device.id, body.device.agent_version),
+        events=events,
+        queue=QueueReport(**body.queue.model_dump()) if body.queue is not None else None,
+    )
+    return EventsOut(receipts=[ReceiptOut(**r.__dict__) for r in receipts])
+
+
+@router.get(
+    "/snapshot",
+    response_class=Response,
+    responses={
+        200: {
+            "description": "The signed snapshot document",
+            "content": {"application/json": {"schema": SignedSnapshotOut.model_json_schema()}},
+        }
+    },
+)
+def get_edge_snapshot(
+    key: DeviceKey,
+    collection: CollectionQuery,
+    hub: HubDep,
+    device: Annotated[str, Query(pattern=_DEVICE)],
+    agent_version: Annotated[str, Query(min_length=1, max_length=50)] = "unknown",
+    ttl_s: Annotated[
+        int | None, Query(ge=1, le=MAX_TTL_S, description="Lifetime asked for")
+    ] = None,
+) -> Response:
+    """The collection's consented templates (no images), signed with the server's Ed25519 key;
+    ``sequence`` grows with every change, and devices refuse it once expired."""
+    document = hub.snapshot(
+        key_id=key.id, collection=collection, device=DeviceInfo(device, agent_version), ttl_s=ttl_s
+    )
+    return Response(content=document, media_type="application/json")
+
+
+@router.get("/public-key", response_model=PublicKeyOut)
+def get_edge_public_key(key: DeviceKey, hub: HubDep) -> PublicKeyOut:
+    """The key snapshots are signed with (devices that were not given one pin this on first use)."""
+    return PublicKeyOut(key=hub.public_key())
+
+
+@router.get("/devices", response_model=DeviceList)
+def list_edge_devices(key: AdminKey, hub: HubDep) -> DeviceList:
+    """Devices that have posted events or pulled snapshots, most recently seen first, with
+    their agent version and last contact (only the collections the key sees)."""
+    return DeviceList(items=[DeviceOut.from_record(d) for d in hub.devices(key.collections)])
