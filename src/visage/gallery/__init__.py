@@ -23,6 +23,7 @@ from .records import (
     Identification,
     PersonInfo,
     SimilarFace,
+    TemplateInfo,
     TransferSummary,
     Verification,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "PersonInfo",
     "PoorQuality",
     "SimilarFace",
+    "TemplateInfo",
     "TransferSummary",
     "VectorIndex",
     "Verification",

@@ -108,6 +108,19 @@ class EnrollResult:
 
 
 @dataclass(frozen=True)
+class TemplateInfo:
+    """A stored template (never its embedding): where it came from, its quality, when."""
+
+    id: int
+    person_id: str
+    model_id: str
+    quality: float | None
+    source_sha256: str
+    has_image: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A person returned by identify, scored by their best (nearest) template."""
 
