@@ -230,3 +230,46 @@ def test_deletion_and_revocation_are_visible_at_once(
         problem(again, 409)
         consents = client.get(f"/v1/collections/{collection}/persons/{revoked}/consents").json()
         assert [c["status"] for c in consents["items"]] == ["revoked"]
+
+
+def test_faces_can_be_listed_and_deleted_one_by_one(
+    server: Server, collection: str, people: dict[str, list[Path]]
+) -> None:
+    with server.client(server.key(["identify", "enroll"], [collection])) as client:
+        ids = enroll_people(client, collection, people)
+        name, photos = next(iter(people.items()))
+        base = f"/v1/collections/{collection}/persons/{ids[name]}"
+        faces = client.get(f"{base}/faces").json()["items"]
+        assert len(faces) >= 2 and all("embedding" not in f for f in faces)
+        for face in faces:
+            assert client.delete(f"{base}/faces/{face['id']}").json() == {"templates_removed": 1}
+        problem(client.delete(f"{base}/faces/{faces[0]['id']}"), 404)
+        assert client.get(f"{base}/faces").json()["items"] == []
+        found = identify_photo(client, collection, photos[3])
+        assert ids[name] not in {c["person_id"] for c in found["candidates"]}
+        renamed = client.patch(base, json={"display_name": "Renamed", "metadata": {"team": "a"}})
+        assert renamed.status_code == 200, renamed.text
+        assert (renamed.json()["display_name"], renamed.json()["external_id"]) == ("Renamed", name)
+        other = list(people)[1]
+        problem(client.patch(base, json={"external_id": other}), 409)
+
+
+def test_deleting_a_collection_removes_everything(
+    server: Server, collection: str, people: dict[str, list[Path]]
+) -> None:
+    with server.client(server.key(["identify", "enroll"], [collection])) as client:
+        enroll_people(client, collection, people)
+    with server.client(server.admin) as admin:
+        held = admin.get(f"/v1/collections/{collection}").json()["templates"]
+        gone = admin.delete(f"/v1/collections/{collection}", params={"purpose": "tenant left"})
+        assert gone.status_code == 200 and gone.json() == {"templates_removed": held}
+        problem(admin.get(f"/v1/collections/{collection}"), 404)
+        problem(
+            admin.post(
+                f"/v1/collections/{collection}/identify",
+                params={"purpose": "x"},
+                json={"embeddings": [[0.1] * 128]},
+            ),
+            404,
+        )
+        assert admin.post("/v1/collections", json={"name": collection}).status_code == 201

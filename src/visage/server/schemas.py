@@ -21,6 +21,7 @@ from ..gallery import (
     Identification,
     PersonInfo,
     SimilarFace,
+    TemplateInfo,
 )
 from ..gallery.audit import AuditEvent, ChainReport
 from ..pipeline import Face
@@ -336,6 +337,14 @@ class PersonCreate(_In):
     metadata: dict[str, Any] = {}
 
 
+class PersonUpdate(_In):
+    """What to change of a person; fields left out stay as they are (metadata is replaced)."""
+
+    display_name: Name | None = None
+    external_id: Name | None = None
+    metadata: dict[str, Any] | None = None
+
+
 class ConsentCreate(_In):
     """A consent record (or another lawful basis); ``expires_at`` after ``granted_at``."""
 
@@ -451,6 +460,36 @@ class EnrollOut(BaseModel):
             quality=r.quality,
             source_sha256=r.source_sha256,
         )
+
+
+class TemplateOut(BaseModel):
+    """An enrolled face (a template); its embedding is never sent back."""
+
+    id: int
+    person_id: str
+    model_id: str
+    quality: float | None
+    source_sha256: str
+    has_image: bool
+    created_at: datetime
+
+    @classmethod
+    def from_info(cls, t: TemplateInfo) -> TemplateOut:
+        return cls(
+            id=t.id,
+            person_id=t.person_id,
+            model_id=t.model_id,
+            quality=t.quality,
+            source_sha256=t.source_sha256,
+            has_image=t.has_image,
+            created_at=t.created_at,
+        )
+
+
+class TemplateList(BaseModel):
+    """A person's enrolled faces, oldest first."""
+
+    items: list[TemplateOut]
 
 
 class BulkItemIn(_In):

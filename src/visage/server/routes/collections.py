@@ -1,13 +1,21 @@
-"""``/v1/collections``: list the collections a key may use, create (admin), read."""
+"""``/v1/collections``: list the collections a key may use, create and delete (admin), read."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
 from ..auth import ensure_sees
-from ..deps import AdminKey, AnyKey, CollectionKey, CollectionPath, GalleryDep, JsonOnly
+from ..deps import (
+    AdminKey,
+    AnyKey,
+    CollectionKey,
+    CollectionPath,
+    GalleryDep,
+    JsonOnly,
+    Purpose,
+)
 from ..problems import problem_responses
-from ..schemas import CollectionCreate, CollectionList, CollectionOut
+from ..schemas import CollectionCreate, CollectionList, CollectionOut, RemovedOut
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=problem_responses())
 
@@ -35,3 +43,12 @@ def get_collection(
 ) -> CollectionOut:
     """One collection with its model and how many persons and templates it holds."""
     return CollectionOut.from_info(gallery.collection(collection))
+
+
+@router.delete("/{collection}", response_model=RemovedOut)
+def delete_collection(
+    key: AdminKey, collection: CollectionPath, gallery: GalleryDep, purpose: Purpose = None
+) -> RemovedOut:
+    """Delete a collection with every person, consent record and template, at once."""
+    removed = gallery.delete_collection(collection, purpose=purpose, actor=key.id)
+    return RemovedOut(templates_removed=removed)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import numpy as np
-from fastapi import APIRouter
+from fastapi import APIRouter, Path
 
 from ...errors import InputError, VisageError
 from ...gallery import EmbeddingItem
@@ -22,7 +24,15 @@ from ..deps import (
     face_pick,
 )
 from ..problems import Problem, problem_body, problem_responses
-from ..schemas import BulkIn, BulkItemOut, BulkOut, EnrollOut
+from ..schemas import (
+    BulkIn,
+    BulkItemOut,
+    BulkOut,
+    EnrollOut,
+    RemovedOut,
+    TemplateList,
+    TemplateOut,
+)
 
 router = APIRouter(
     prefix="/v1/collections/{collection}", tags=["faces"], responses=problem_responses()
@@ -57,6 +67,30 @@ def enroll_face(
         result = gallery.enroll_many(collection, [item], purpose=purpose, actor=key.id)[0]
     metrics.faces.labels("enroll").inc()
     return EnrollOut.from_result(result)
+
+
+@router.get("/persons/{person}/faces", response_model=TemplateList)
+def list_faces(
+    key: EnrollKey, collection: CollectionPath, person: PersonPath, gallery: GalleryDep
+) -> TemplateList:
+    """The person's enrolled faces (templates), oldest first, without their embeddings."""
+    return TemplateList(
+        items=[TemplateOut.from_info(t) for t in gallery.templates(collection, person)]
+    )
+
+
+@router.delete("/persons/{person}/faces/{template_id}", response_model=RemovedOut)
+def delete_face(
+    key: EnrollKey,
+    collection: CollectionPath,
+    person: PersonPath,
+    template_id: Annotated[int, Path(ge=1, le=2**62, description="The template's id")],
+    gallery: GalleryDep,
+    purpose: Purpose = None,
+) -> RemovedOut:
+    """Delete one enrolled face, from store and index at once."""
+    gallery.delete_template(collection, person, template_id, purpose=purpose, actor=key.id)
+    return RemovedOut(templates_removed=1)
 
 
 @router.post("/faces/bulk", response_model=BulkOut, openapi_extra=BULK_BODY)

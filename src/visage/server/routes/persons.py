@@ -15,6 +15,7 @@ from ..schemas import (
     PersonCreate,
     PersonList,
     PersonOut,
+    PersonUpdate,
     RemovedOut,
     RevokeIn,
 )
@@ -59,6 +60,19 @@ def get_person(
 ) -> PersonOut:
     """A person by id or external id, with their template count and consent history."""
     return PersonOut.from_info(gallery.person(collection, person))
+
+
+@router.patch("/{person}", response_model=PersonOut, dependencies=[JsonOnly])
+def update_person(
+    key: EnrollKey,
+    collection: CollectionPath,
+    person: PersonPath,
+    body: PersonUpdate,
+    gallery: GalleryDep,
+) -> PersonOut:
+    """Change a person's display name, external id or metadata; what is left out stays."""
+    changes = body.model_dump(exclude_unset=True)
+    return PersonOut.from_info(gallery.update_person(collection, person, actor=key.id, **changes))
 
 
 @router.delete("/{person}", response_model=RemovedOut)
