@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 run: $(STAMP)
-	VISAGE_FACES=$(FACES) $(BIN)/python -m visage.demo
+	$(BIN)/visage serve
 
 test: $(STAMP)
 	VISAGE_FACES=$(FACES) $(BIN)/python -m pytest
