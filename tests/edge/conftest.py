@@ -62,7 +62,9 @@ def walkers(cast: list[Person]) -> tuple[Person, Person]:
 
 
 @pytest.fixture(scope="session")
-def two_people_video(tmp_path_factory: pytest.TempPathFactory, walkers: tuple[Person, Person]) -> Path:
+def two_people_video(
+    tmp_path_factory: pytest.TempPathFactory, walkers: tuple[Person, Person]
+) -> Path:
     a, b = walkers
     return two_people(tmp_path_factory.mktemp("video") / "two.avi", a.video_photo, b.video_photo)
 
@@ -83,8 +85,9 @@ def enrollment(edge_pipeline: Pipeline, cast: list[Person]) -> dict[str, list[np
 
 
 @pytest.fixture
-def local_gallery(tmp_path: Path, edge_pipeline: Pipeline,
-                  enrollment: dict[str, list[np.ndarray]]) -> Iterator[Gallery]:
+def local_gallery(
+    tmp_path: Path, edge_pipeline: Pipeline, enrollment: dict[str, list[np.ndarray]]
+) -> Iterator[Gallery]:
     """A SQLite gallery with collection ``edge``: every cast member, consented and enrolled;
     each person's external id is their name."""
     with Gallery(tmp_path / "gallery.db", pipeline=edge_pipeline) as gallery:

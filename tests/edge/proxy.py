@@ -26,8 +26,14 @@ def free_port() -> int:
 class Proxy:
     """Forwards ``127.0.0.1:port`` to ``127.0.0.1:target``; :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, target: int | None = None, *, port: int | None = None,
-                 plan: Callable[[int], str] = lambda n: "pass", cut_bytes: int = 200) -> None:
+    def __init__(
+        self,
+        target: int | None = None,
+        *,
+        port: int | None = None,
+        plan: Callable[[int], str] = lambda n: "pass",
+        cut_bytes: int = 200,
+    ) -> None:
         self.port = port or free_port()
         self.target = target
         self.plan = plan

@@ -36,18 +36,25 @@ def hub(local_gallery: Gallery) -> EdgeHub:
 
 
 def _uplink(hub: EdgeHub) -> MemoryUplink:
-    return MemoryUplink(snapshot=hub.snapshot(key_id="vk_test", collection=COLLECTION, device=DEVICE),
-                        key=hub.public_key())
+    return MemoryUplink(
+        snapshot=hub.snapshot(key_id="vk_test", collection=COLLECTION, device=DEVICE),
+        key=hub.public_key(),
+    )
 
 
 def _config(tmp_path: Path, *, drain_s: float = 5.0, send_crops: bool = False) -> AgentConfig:
-    return AgentConfig(COLLECTION, tmp_path / "state", backoff=FAST, drain_s=drain_s,
-                       send_crops=send_crops)
+    return AgentConfig(
+        COLLECTION, tmp_path / "state", backoff=FAST, drain_s=drain_s, send_crops=send_crops
+    )
 
 
 def test_offline_identification_delivered_exactly_once(
-    tmp_path: Path, hub: EdgeHub, local_gallery: Gallery, edge_pipeline: Pipeline,
-    two_people_video: Path, walkers: tuple[Person, Person],
+    tmp_path: Path,
+    hub: EdgeHub,
+    local_gallery: Gallery,
+    edge_pipeline: Pipeline,
+    two_people_video: Path,
+    walkers: tuple[Person, Person],
 ) -> None:
     uplink = _uplink(hub)
     uplink.fail_after_store = 1  # the first upload is stored, then the connection "drops"
@@ -65,8 +72,9 @@ def test_offline_identification_delivered_exactly_once(
         assert event.crop_jpeg is None  # no image leaves the device by default
 
 
-def test_outage_then_recovery(tmp_path: Path, hub: EdgeHub, edge_pipeline: Pipeline,
-                              two_people_video: Path) -> None:
+def test_outage_then_recovery(
+    tmp_path: Path, hub: EdgeHub, edge_pipeline: Pipeline, two_people_video: Path
+) -> None:
     uplink = _uplink(hub)
     uplink.down = True
     config = _config(tmp_path, drain_s=0.3)
@@ -81,8 +89,9 @@ def test_outage_then_recovery(tmp_path: Path, hub: EdgeHub, edge_pipeline: Pipel
     assert all(e.decision is None for e in uplink.stored.values())  # the server will identify
 
 
-def test_crops_only_when_the_operator_enables_them(tmp_path: Path, hub: EdgeHub,
-                                                   edge_pipeline: Pipeline, two_people_video: Path) -> None:
+def test_crops_only_when_the_operator_enables_them(
+    tmp_path: Path, hub: EdgeHub, edge_pipeline: Pipeline, two_people_video: Path
+) -> None:
     uplink = _uplink(hub)
     with Agent(_config(tmp_path, send_crops=True), edge_pipeline, uplink) as agent:
         agent.run(VideoSource(two_people_video, every=3))
@@ -94,8 +103,9 @@ def test_crops_only_when_the_operator_enables_them(tmp_path: Path, hub: EdgeHub,
 class _Poisoned(MemoryUplink):
     """Refuses any request whose batch holds the key ``bad`` (as a server answering 422)."""
 
-    def post_events(self, collection: str, device: DeviceInfo, events: Sequence[bytes],
-                    queue: QueueStats) -> list[Receipt]:
+    def post_events(
+        self, collection: str, device: DeviceInfo, events: Sequence[bytes], queue: QueueStats
+    ) -> list[Receipt]:
         if any(json.loads(e)["key"] == "bad" for e in events):
             raise UplinkRejected("422: malformed")
         return [Receipt(json.loads(e)["key"], "stored") for e in events]
@@ -119,18 +129,44 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
     assert backoff.delay(1, rng, at_least=30.0) == 30.0  # the server's Retry-After wins
 
 
-def test_hub_stores_once_audits_and_registers(hub: EdgeHub, local_gallery: Gallery,
-                                              enrollment: dict[str, list[np.ndarray]]) -> None:
+def test_hub_stores_once_audits_and_registers(
+    hub: EdgeHub, local_gallery: Gallery, enrollment: dict[str, list[np.ndarray]]
+) -> None:
     name, vectors = next(iter(enrollment.items()))
     person = local_gallery.person(COLLECTION, name)
     now = datetime.now(UTC)
-    decided = EdgeEvent("e1", DEVICE.id, 1, now, now, 3, 0.9, "dlib_resnet_v1", vectors[0],
-                        DeviceDecision(person.id, 0.2, 0.6, 1))
+    decided = EdgeEvent(
+        "e1",
+        DEVICE.id,
+        1,
+        now,
+        now,
+        3,
+        0.9,
+        "dlib_resnet_v1",
+        vectors[0],
+        DeviceDecision(person.id, 0.2, 0.6, 1),
+    )
     undecided = EdgeEvent("e2", DEVICE.id, 2, now, now, 3, 0.9, "dlib_resnet_v1", vectors[1])
-    stale = EdgeEvent("e4", DEVICE.id, 4, now, now, 3, 0.9, "dlib_resnet_v1", vectors[0],
-                      DeviceDecision("f" * 32, 0.2, 0.6, 1))  # a person the server no longer has
-    docs = [decided.to_json(), undecided.to_json(), {"key": "e3", "embedding": "!!"},
-            stale.to_json(), decided.to_json()]
+    stale = EdgeEvent(
+        "e4",
+        DEVICE.id,
+        4,
+        now,
+        now,
+        3,
+        0.9,
+        "dlib_resnet_v1",
+        vectors[0],
+        DeviceDecision("f" * 32, 0.2, 0.6, 1),
+    )  # a person the server no longer has
+    docs = [
+        decided.to_json(),
+        undecided.to_json(),
+        {"key": "e3", "embedding": "!!"},
+        stale.to_json(),
+        decided.to_json(),
+    ]
     first = hub.ingest(key_id="vk_test", collection=COLLECTION, device=DEVICE, events=docs)
     assert [r.status for r in first] == ["stored", "stored", "rejected", "stored", "duplicate"]
     assert first[1].person_id == person.id  # no device decision: identified on the server

@@ -24,9 +24,21 @@ def test_video_timeline_identified_and_annotated(
     two_people_video: Path, local_gallery: Gallery, tmp_path: Path
 ) -> None:
     out, annotated = tmp_path / "timeline.json", tmp_path / "annotated.avi"
-    code, stdout, _ = run("video", str(two_people_video), "--every", "3", "--db", local_gallery.url,
-                          "--collection", COLLECTION, "--json", "--out", str(out),
-                          "--annotate", str(annotated))
+    code, stdout, _ = run(
+        "video",
+        str(two_people_video),
+        "--every",
+        "3",
+        "--db",
+        local_gallery.url,
+        "--collection",
+        COLLECTION,
+        "--json",
+        "--out",
+        str(out),
+        "--annotate",
+        str(annotated),
+    )
     assert code == 0
     doc = json.loads(stdout)
     assert doc == json.loads(out.read_text())

@@ -94,7 +94,9 @@ def _port(server: Server) -> int:
 
 
 @pytest.fixture(scope="module")
-def running(tmp_path_factory: pytest.TempPathFactory, enrollment: Enrollment) -> Iterator[tuple[Server, Seeded]]:
+def running(
+    tmp_path_factory: pytest.TempPathFactory, enrollment: Enrollment
+) -> Iterator[tuple[Server, Seeded]]:
     seeded = seed(tmp_path_factory.mktemp("edge-server"), enrollment)
     server = start_server(seeded.folder)
     yield server, seeded
@@ -108,7 +110,10 @@ def _config(state: Path, **kw: object) -> AgentConfig:
 
 
 def test_server_down_while_events_are_produced(
-    tmp_path: Path, enrollment: Enrollment, edge_pipeline: Pipeline, two_people_video: Path,
+    tmp_path: Path,
+    enrollment: Enrollment,
+    edge_pipeline: Pipeline,
+    two_people_video: Path,
     walkers: tuple[Person, Person],
 ) -> None:
     seeded = seed(tmp_path / "server", enrollment)
@@ -138,8 +143,18 @@ def test_server_down_while_events_are_produced(
 def _events(n: int, device: str, vectors: list[np.ndarray], person: str) -> list[EdgeEvent]:
     now = datetime.now(UTC)
     return [
-        EdgeEvent(uuid.uuid4().hex, device, i, now, now, 5, 0.9, "dlib_resnet_v1",
-                  vectors[i % len(vectors)], DeviceDecision(person, 0.3, 0.6, 1))
+        EdgeEvent(
+            uuid.uuid4().hex,
+            device,
+            i,
+            now,
+            now,
+            5,
+            0.9,
+            "dlib_resnet_v1",
+            vectors[i % len(vectors)],
+            DeviceDecision(person, 0.3, 0.6, 1),
+        )
         for i in range(n)
     ]
 
@@ -153,7 +168,9 @@ def test_connections_cut_mid_upload_lose_and_duplicate_nothing(
     proxy = Proxy(_port(server), plan=lambda n: cycle[n % len(cycle)], cut_bytes=300)
     proxy.start()
     fresh = httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
-    uplink = HttpUplink(proxy.url, seeded.device_key, timeout=10, transport=fresh)  # a connection per upload
+    uplink = HttpUplink(
+        proxy.url, seeded.device_key, timeout=10, transport=fresh
+    )  # a connection per upload
     device = DeviceInfo("dev-cuts", "test")
     events = _events(24, device.id, vectors, seeded.persons[name])
     try:
@@ -171,8 +188,12 @@ def test_connections_cut_mid_upload_lose_and_duplicate_nothing(
     keys = [k for k, _, _ in stored_events(seeded.db) if k in {e.key for e in events}]
     assert sorted(keys) == sorted(e.key for e in events)  # each exactly once
     with sqlite3.connect(seeded.db) as conn:
-        audited = [json.loads(s)["event"] for (s,) in conn.execute(
-            "SELECT summary FROM audit_event WHERE action = 'edge.identify'")]
+        audited = [
+            json.loads(s)["event"]
+            for (s,) in conn.execute(
+                "SELECT summary FROM audit_event WHERE action = 'edge.identify'"
+            )
+        ]
     assert sorted(k for k in audited if k in set(keys)) == sorted(keys)  # audited once each
 
 
@@ -182,12 +203,30 @@ def test_agent_killed_and_restarted(
     seeded = seed(tmp_path / "server", enrollment)
     proxy = Proxy()
     state = tmp_path / "agent"
-    command = [sys.executable, "-m", "visage", "edge", "run", "--server", proxy.url,
-               "--key", seeded.device_key, "--collection", COLLECTION, "--state", str(state),
-               "--drain", "600"]
+    command = [
+        sys.executable,
+        "-m",
+        "visage",
+        "edge",
+        "run",
+        "--server",
+        proxy.url,
+        "--key",
+        seeded.device_key,
+        "--collection",
+        COLLECTION,
+        "--state",
+        str(state),
+        "--drain",
+        "600",
+    ]
     log = (tmp_path / "agent.log").open("wb")
-    agent = subprocess.Popen([*command, "--source", str(two_people_video), "--every", "3"],
-                             stdout=log, stderr=subprocess.STDOUT, env=os.environ.copy())
+    agent = subprocess.Popen(
+        [*command, "--source", str(two_people_video), "--every", "3"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=os.environ.copy(),
+    )
     try:
         deadline = time.monotonic() + 120
         pending = 0
@@ -209,8 +248,13 @@ def test_agent_killed_and_restarted(
     server = start_server(seeded.folder)
     try:
         proxy.start(_port(server))
-        done = subprocess.run([*command, "--drain", "60", "--json"], check=False,
-                              capture_output=True, text=True, timeout=180)
+        done = subprocess.run(
+            [*command, "--drain", "60", "--json"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert done.returncode == 0, done.stderr[-3000:]
         report = json.loads(done.stdout)
         assert report["pending"] == 0 and report["delivered"] == 2
@@ -220,7 +264,9 @@ def test_agent_killed_and_restarted(
         stop_server(server)
 
 
-def test_tampered_or_expired_snapshot_refused(running: tuple[Server, Seeded], tmp_path: Path) -> None:
+def test_tampered_or_expired_snapshot_refused(
+    running: tuple[Server, Seeded], tmp_path: Path
+) -> None:
     server, seeded = running
     uplink = HttpUplink(server.url, seeded.device_key)
     trusted = parse_public_key(uplink.public_key())
@@ -263,9 +309,40 @@ def test_person_deleted_on_server_vanishes_after_next_pull(
         decision = agent.decide(vectors[0])
         assert decision is not None and decision.person_id != person
         with pytest.raises(SnapshotRefused, match="replay"):  # the old one cannot come back
-            verify_snapshot(old, parse_public_key(uplink.public_key()), min_sequence=second.sequence)
+            verify_snapshot(
+                old, parse_public_key(uplink.public_key()), min_sequence=second.sequence
+            )
     with server.client(server.admin) as client:
         devices = client.get("/v1/edge/devices").json()["items"]
     mine = [d for d in devices if d["device_id"] == agent.device.id]
     assert mine and mine[0]["snapshot_sequence"] == second.sequence and mine[0]["agent_version"]
     uplink.close()
+
+
+def test_device_keys_only_report_and_pull_for_their_collections(
+    running: tuple[Server, Seeded],
+) -> None:
+    server, seeded = running
+    with server.client(seeded.device_key) as client:
+        assert client.get("/v1/edge/public-key").status_code == 200
+        assert (
+            client.get(
+                "/v1/edge/snapshot", params={"collection": COLLECTION, "device": "dev-scope"}
+            ).status_code
+            == 200
+        )
+        other = client.get(
+            "/v1/edge/snapshot", params={"collection": "other", "device": "dev-scope"}
+        )
+        assert other.status_code == 403
+        refused = [
+            client.post(
+                f"/v1/collections/{COLLECTION}/identify",
+                params={"purpose": "x"},
+                json={"embeddings": [[0.1] * 128]},
+            ),
+            client.get(f"/v1/collections/{COLLECTION}/persons"),
+            client.get("/v1/edge/devices"),
+            client.get("/v1/audit", params={"collection": COLLECTION}),
+        ]
+        assert [r.status_code for r in refused] == [403, 403, 403, 403]

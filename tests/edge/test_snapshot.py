@@ -29,17 +29,29 @@ from visage.edge.snapshot import (
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
 
-def _snapshot(sequence: int = 3, *, expires_in: float = 3600.0, consent_end: datetime | None = None) -> Snapshot:
+def _snapshot(
+    sequence: int = 3, *, expires_in: float = 3600.0, consent_end: datetime | None = None
+) -> Snapshot:
     rng = np.random.default_rng(7)
     persons = tuple(
-        SnapshotPerson(f"p{i}", f"Person {i}", None, consent_end if i == 1 else None,
-                       normalize(rng.normal(size=(2, 128))))
+        SnapshotPerson(
+            f"p{i}",
+            f"Person {i}",
+            None,
+            consent_end if i == 1 else None,
+            normalize(rng.normal(size=(2, 128))),
+        )
         for i in range(3)
     )
     return Snapshot(
-        collection="door", model_id="dlib_resnet_v1", dim=128, sequence=sequence,
-        issued_at=NOW, expires_at=NOW + timedelta(seconds=expires_in),
-        calibration=default_calibration("dlib_resnet_v1"), persons=persons,
+        collection="door",
+        model_id="dlib_resnet_v1",
+        dim=128,
+        sequence=sequence,
+        issued_at=NOW,
+        expires_at=NOW + timedelta(seconds=expires_in),
+        calibration=default_calibration("dlib_resnet_v1"),
+        persons=persons,
     )
 
 
@@ -48,7 +60,11 @@ def test_round_trip_and_identify() -> None:
     snap = _snapshot()
     loaded = verify_snapshot(sign_snapshot(snap, key), key.public_key(), now=NOW, collection="door")
     assert loaded.content_sha256() == snap.content_sha256()
-    assert (loaded.sequence, loaded.issued_at, loaded.expires_at) == (3, snap.issued_at, snap.expires_at)
+    assert (loaded.sequence, loaded.issued_at, loaded.expires_at) == (
+        3,
+        snap.issued_at,
+        snap.expires_at,
+    )
     offline = OfflineGallery(loaded)
     probe = snap.persons[2].embeddings[1]
     found = offline.identify(probe, now=NOW)

@@ -46,12 +46,16 @@ def test_unreadable_sources_are_refused(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("every", [1, 3])
 def test_two_people_two_tracks_each_identified(
-    every: int, two_people_video: Path, edge_pipeline: Pipeline, local_gallery: Gallery,
+    every: int,
+    two_people_video: Path,
+    edge_pipeline: Pipeline,
+    local_gallery: Gallery,
     walkers: tuple[Person, Person],
 ) -> None:
     identifier = GalleryIdentifier(local_gallery, COLLECTION, purpose="test")
-    timeline = process_video(VideoSource(two_people_video, every=every), edge_pipeline,
-                             identifier=identifier)
+    timeline = process_video(
+        VideoSource(two_people_video, every=every), edge_pipeline, identifier=identifier
+    )
     tracks = sorted(timeline.entries, key=lambda e: e.track.first_frame)
     assert len(tracks) == 2, [e.to_json() for e in tracks]
     a, b = walkers
@@ -83,7 +87,9 @@ def test_reentry_is_a_new_track_and_a_jump_is_not(
         Walk(b.video_photo, 16, 24, (420, 120), (440, 100)),
     ]
     video = make_video(tmp_path / "jumps.avi", walks, frames=38)
-    timeline = process_video(VideoSource(video), edge_pipeline, tracker=TrackerConfig(max_missed_s=1.0))
+    timeline = process_video(
+        VideoSource(video), edge_pipeline, tracker=TrackerConfig(max_missed_s=1.0)
+    )
     spans = sorted((e.track.first_frame, e.track.last_frame) for e in timeline.entries)
     assert len(spans) == 3, spans
     assert spans[0][1] <= 8 and spans[2][0] >= 28  # A's two visits
@@ -91,8 +97,11 @@ def test_reentry_is_a_new_track_and_a_jump_is_not(
 
 
 def test_annotated_video(tmp_path: Path, two_people_video: Path, edge_pipeline: Pipeline) -> None:
-    timeline = process_video(VideoSource(two_people_video, every=2), edge_pipeline,
-                             tracker=TrackerConfig(record_boxes=True))
+    timeline = process_video(
+        VideoSource(two_people_video, every=2),
+        edge_pipeline,
+        tracker=TrackerConfig(record_boxes=True),
+    )
     out = annotate_video(two_people_video, timeline, tmp_path / "annotated.avi")
     capture = cv2.VideoCapture(str(out))
     assert int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) == 40

@@ -48,7 +48,12 @@ def crop(photo: Path) -> np.ndarray:
 
 
 def make_video(
-    path: Path, walks: list[Walk], *, frames: int, size: tuple[int, int] = (640, 360), fps: float = 10.0
+    path: Path,
+    walks: list[Walk],
+    *,
+    frames: int,
+    size: tuple[int, int] = (640, 360),
+    fps: float = 10.0,
 ) -> Path:
     """Write the video; pasted crops are clipped at the borders (people walk in and out)."""
     width, height = size
@@ -72,8 +77,15 @@ def make_video(
     return path
 
 
-def two_people(path: Path, photo_a: Path, photo_b: Path, *, size: tuple[int, int] = (640, 360),
-               frames: int = 40, fps: float = 10.0) -> Path:
+def two_people(
+    path: Path,
+    photo_a: Path,
+    photo_b: Path,
+    *,
+    size: tuple[int, int] = (640, 360),
+    frames: int = 40,
+    fps: float = 10.0,
+) -> Path:
     """A enters left and walks right growing; B enters right while A is in view, walks left
     shrinking; each leaves before the end. Two tracks, overlapping in time."""
     w, h = size

@@ -35,29 +35,56 @@ from ..gallery import Gallery
 from .app import app
 from .options import DetectorOpt, JsonOpt, console, emit_json, err_console
 
-edge_app = typer.Typer(help="The edge agent: process cameras and videos on this device, sync "
-                            "with a server, identify offline.", no_args_is_help=True)
+edge_app = typer.Typer(
+    help="The edge agent: process cameras and videos on this device, sync "
+    "with a server, identify offline.",
+    no_args_is_help=True,
+)
 app.add_typer(edge_app, name="edge")
 
 DEFAULT_STATE = Path("~/.local/share/visage/edge")
 
 EveryOpt = Annotated[int, typer.Option("--every", min=1, help="Detect on one frame in N.")]
 EdgeUpsampleOpt = Annotated[
-    int, typer.Option("--upsample", min=0, max=4,
-                      help="Upsample frames N times before detection (0 finds faces from ~80 px).")
+    int,
+    typer.Option(
+        "--upsample",
+        min=0,
+        max=4,
+        help="Upsample frames N times before detection (0 finds faces from ~80 px).",
+    ),
 ]
-ServerOpt = Annotated[str, typer.Option("--server", envvar="VISAGE_EDGE_SERVER", show_envvar=True,
-                                        help="The Visage server's base URL.")]
-KeyOpt = Annotated[str, typer.Option("--key", envvar="VISAGE_EDGE_KEY", show_envvar=True,
-                                     help="A device key (visage keys create --scopes device).")]
+ServerOpt = Annotated[
+    str,
+    typer.Option(
+        "--server",
+        envvar="VISAGE_EDGE_SERVER",
+        show_envvar=True,
+        help="The Visage server's base URL.",
+    ),
+]
+KeyOpt = Annotated[
+    str,
+    typer.Option(
+        "--key",
+        envvar="VISAGE_EDGE_KEY",
+        show_envvar=True,
+        help="A device key (visage keys create --scopes device).",
+    ),
+]
 CollectionOpt = Annotated[str, typer.Option("--collection", "-c", help="The collection served.")]
-StateOpt = Annotated[Path, typer.Option("--state", help="The agent's folder: queue, device id, "
-                                                         "pinned key, snapshot.")]
+StateOpt = Annotated[
+    Path,
+    typer.Option("--state", help="The agent's folder: queue, device id, pinned key, snapshot."),
+]
 TrustOpt = Annotated[
     str | None,
-    typer.Option("--trust", envvar="VISAGE_EDGE_TRUST",
-                 help="The server's snapshot key (ed25519:…, from visage edge keygen); "
-                      "default: pinned on first use."),
+    typer.Option(
+        "--trust",
+        envvar="VISAGE_EDGE_TRUST",
+        help="The server's snapshot key (ed25519:…, from visage edge keygen); "
+        "default: pinned on first use.",
+    ),
 ]
 
 
@@ -80,21 +107,47 @@ def _trust_text(value: str | None) -> str | None:
 
 @app.command()
 def video(
-    source: Annotated[str, typer.Argument(help="A video file, a camera index (0) or a stream URL.")],
+    source: Annotated[
+        str, typer.Argument(help="A video file, a camera index (0) or a stream URL.")
+    ],
     every: EveryOpt = 1,
     detector: DetectorOpt = "hog",
     upsample: EdgeUpsampleOpt = 0,
-    collection: Annotated[str | None, typer.Option("--collection", "-c",
-                          help="Identify tracks against this collection of the local gallery.")] = None,
-    db: Annotated[str | None, typer.Option("--db", envvar="VISAGE_DB",
-                  help="The local gallery store (with --collection).")] = None,
-    snapshot: Annotated[Path | None, typer.Option("--snapshot", dir_okay=False,
-                        help="Identify against a signed offline snapshot (needs --trust).")] = None,
+    collection: Annotated[
+        str | None,
+        typer.Option(
+            "--collection",
+            "-c",
+            help="Identify tracks against this collection of the local gallery.",
+        ),
+    ] = None,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db", envvar="VISAGE_DB", help="The local gallery store (with --collection)."
+        ),
+    ] = None,
+    snapshot: Annotated[
+        Path | None,
+        typer.Option(
+            "--snapshot",
+            dir_okay=False,
+            help="Identify against a signed offline snapshot (needs --trust).",
+        ),
+    ] = None,
     trust: TrustOpt = None,
-    annotate: Annotated[Path | None, typer.Option("--annotate", dir_okay=False,
-                        help="Also write a copy with boxes and names (.mp4 or .avi).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", "-o", dir_okay=False,
-                   help="Write the timeline JSON to this file.")] = None,
+    annotate: Annotated[
+        Path | None,
+        typer.Option(
+            "--annotate",
+            dir_okay=False,
+            help="Also write a copy with boxes and names (.mp4 or .avi).",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", dir_okay=False, help="Write the timeline JSON to this file."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Track the faces of a video: one track per person in view, with times and best frame.
@@ -113,10 +166,14 @@ def video(
             key = _trust_text(trust)
             if key is None:
                 raise InputError("--snapshot needs --trust with the server's key")
-            identifier = OfflineGallery(verify_snapshot(snapshot.read_bytes(), parse_public_key(key)))
+            identifier = OfflineGallery(
+                verify_snapshot(snapshot.read_bytes(), parse_public_key(key))
+            )
         timeline = process_video(
-            VideoSource(source, every=every), pipe,
-            tracker=TrackerConfig(record_boxes=annotate is not None), identifier=identifier,
+            VideoSource(source, every=every),
+            pipe,
+            tracker=TrackerConfig(record_boxes=annotate is not None),
+            identifier=identifier,
         )
     if annotate is not None:
         annotate_video(source, timeline, annotate)
@@ -137,12 +194,21 @@ def _print_timeline(timeline: Timeline) -> None:
         if entry.identity is not None:
             best = entry.identity.best
             who = f"{best.display_name} ({best.distance:.3f})" if best else "unknown"
-        table.add_row(str(t.id), f"{t.first_s:.2f}", f"{t.last_s:.2f}", str(t.detections),
-                      str(t.best.frame), f"{t.best.quality:.2f}", who)
+        table.add_row(
+            str(t.id),
+            f"{t.first_s:.2f}",
+            f"{t.last_s:.2f}",
+            str(t.detections),
+            str(t.best.frame),
+            f"{t.best.quality:.2f}",
+            who,
+        )
     console.print(table)
     rate = timeline.frames_processed / timeline.seconds if timeline.seconds else 0.0
-    err_console.print(f"{timeline.frames_processed} frames, {timeline.faces} faces, "
-                      f"{timeline.embeddings} embeddings in {timeline.seconds:.1f} s ({rate:.1f} frames/s)")
+    err_console.print(
+        f"{timeline.frames_processed} frames, {timeline.faces} faces, "
+        f"{timeline.embeddings} embeddings in {timeline.seconds:.1f} s ({rate:.1f} frames/s)"
+    )
 
 
 # ---------------------------------------------------------------------- visage edge …
@@ -153,26 +219,47 @@ def edge_run(
     server: ServerOpt,
     key: KeyOpt,
     collection: CollectionOpt,
-    source: Annotated[str | None, typer.Option("--source", help="Camera index, video file or "
-                      "stream URL; without it the agent only delivers its queue and exits.")] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="Camera index, video file or "
+            "stream URL; without it the agent only delivers its queue and exits.",
+        ),
+    ] = None,
     state: StateOpt = DEFAULT_STATE,
     every: EveryOpt = 3,
     detector: DetectorOpt = "hog",
     upsample: EdgeUpsampleOpt = 0,
-    send_crops: Annotated[bool, typer.Option("--send-crops",
-                          help="Also send each track's best face chip (JPEG). Off by default: "
-                               "no image leaves the device.")] = False,
+    send_crops: Annotated[
+        bool,
+        typer.Option(
+            "--send-crops",
+            help="Also send each track's best face chip (JPEG). Off by default: "
+            "no image leaves the device.",
+        ),
+    ] = False,
     trust: TrustOpt = None,
-    max_events: Annotated[int, typer.Option("--max-events", min=1, help="Queue cap, events.")] = 100_000,
-    max_mb: Annotated[float, typer.Option("--max-mb", min=0.01, help="Queue cap, MiB of payload.")] = 256.0,
-    when_full: Annotated[FullPolicy, typer.Option("--when-full",
-                         help="drop-oldest (keep recent activity) or refuse-new.")] = FullPolicy.DROP_OLDEST,
-    drain: Annotated[float, typer.Option("--drain", min=0, help="Seconds to keep uploading after "
-                                                                "the source ends.")] = 30.0,
-    refresh: Annotated[float, typer.Option("--refresh", min=1,
-                       help="Seconds between snapshot refreshes.")] = 600.0,
-    device_id: Annotated[str | None, typer.Option("--device-id", help="Default: made once and "
-                                                                      "kept in --state.")] = None,
+    max_events: Annotated[
+        int, typer.Option("--max-events", min=1, help="Queue cap, events.")
+    ] = 100_000,
+    max_mb: Annotated[
+        float, typer.Option("--max-mb", min=0.01, help="Queue cap, MiB of payload.")
+    ] = 256.0,
+    when_full: Annotated[
+        FullPolicy,
+        typer.Option("--when-full", help="drop-oldest (keep recent activity) or refuse-new."),
+    ] = FullPolicy.DROP_OLDEST,
+    drain: Annotated[
+        float,
+        typer.Option("--drain", min=0, help="Seconds to keep uploading after the source ends."),
+    ] = 30.0,
+    refresh: Annotated[
+        float, typer.Option("--refresh", min=1, help="Seconds between snapshot refreshes.")
+    ] = 600.0,
+    device_id: Annotated[
+        str | None, typer.Option("--device-id", help="Default: made once and kept in --state.")
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the agent: track and identify on this device, queue durably, upload in the background.
@@ -181,9 +268,15 @@ def edge_run(
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = AgentConfig(
-        collection=collection, state_dir=_state(state), send_crops=send_crops,
-        queue=QueueLimits(max_events=max_events, max_bytes=int(max_mb * 1024 * 1024), policy=when_full),
-        snapshot_refresh_s=refresh, trust=_trust_text(trust), drain_s=drain,
+        collection=collection,
+        state_dir=_state(state),
+        send_crops=send_crops,
+        queue=QueueLimits(
+            max_events=max_events, max_bytes=int(max_mb * 1024 * 1024), policy=when_full
+        ),
+        snapshot_refresh_s=refresh,
+        trust=_trust_text(trust),
+        drain_s=drain,
     )
     stop = threading.Event()
 
@@ -207,12 +300,19 @@ def edge_run(
 
 def _print_report(report: AgentReport, sent: int, json_out: bool) -> None:
     doc = {
-        "frames": report.frames, "faces": report.faces, "tracks": report.tracks,
-        "identified_on_device": report.identified, "embeddings": report.embeddings,
-        "seconds": round(report.seconds, 2), "delivered": report.sync.delivered,
-        "duplicates": report.sync.duplicates, "failed_uploads": report.sync.failed,
-        "pending": report.queue.pending, "dead": report.queue.dead,
-        "dropped": report.queue.dropped, "bytes_sent": sent,
+        "frames": report.frames,
+        "faces": report.faces,
+        "tracks": report.tracks,
+        "identified_on_device": report.identified,
+        "embeddings": report.embeddings,
+        "seconds": round(report.seconds, 2),
+        "delivered": report.sync.delivered,
+        "duplicates": report.sync.duplicates,
+        "failed_uploads": report.sync.failed,
+        "pending": report.queue.pending,
+        "dead": report.queue.dead,
+        "dropped": report.queue.dropped,
+        "bytes_sent": sent,
     }
     if json_out:
         emit_json(doc)
@@ -227,25 +327,36 @@ def edge_pull(
     collection: CollectionOpt,
     state: StateOpt = DEFAULT_STATE,
     trust: TrustOpt = None,
-    ttl: Annotated[int | None, typer.Option("--ttl", min=1, help="Lifetime to ask for, seconds "
-                                                                  "(default: the server's).")] = None,
+    ttl: Annotated[
+        int | None,
+        typer.Option("--ttl", min=1, help="Lifetime to ask for, seconds (default: the server's)."),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Fetch, verify and install the server's offline snapshot for the collection."""
-    config = AgentConfig(collection=collection, state_dir=_state(state), trust=_trust_text(trust),
-                         snapshot_ttl_s=ttl)
+    config = AgentConfig(
+        collection=collection, state_dir=_state(state), trust=_trust_text(trust), snapshot_ttl_s=ttl
+    )
     uplink = HttpUplink(server, key)
     with Agent(config, None, uplink) as agent:
         snap = agent.pull_snapshot()
     uplink.close()
-    doc = {"collection": snap.collection, "sequence": snap.sequence, "persons": len(snap.persons),
-           "templates": snap.templates, "issued_at": snap.issued_at.isoformat(),
-           "expires_at": snap.expires_at.isoformat(), "threshold": snap.calibration.threshold}
+    doc = {
+        "collection": snap.collection,
+        "sequence": snap.sequence,
+        "persons": len(snap.persons),
+        "templates": snap.templates,
+        "issued_at": snap.issued_at.isoformat(),
+        "expires_at": snap.expires_at.isoformat(),
+        "threshold": snap.calibration.threshold,
+    }
     if json_out:
         emit_json(doc)
     else:
-        console.print(f"snapshot {snap.sequence} of {snap.collection!r}: {len(snap.persons)} persons, "
-                      f"{snap.templates} templates, valid until {snap.expires_at:%Y-%m-%d %H:%M} UTC")
+        console.print(
+            f"snapshot {snap.sequence} of {snap.collection!r}: {len(snap.persons)} persons, "
+            f"{snap.templates} templates, valid until {snap.expires_at:%Y-%m-%d %H:%M} UTC"
+        )
 
 
 @edge_app.command("status")
@@ -256,12 +367,18 @@ def edge_status(state: StateOpt = DEFAULT_STATE, json_out: JsonOpt = False) -> N
         stats = queue.stats()
         dead = queue.dead()
         doc: dict[str, Any] = {
-            "device_id": queue.get_meta("device_id"), "pending": stats.pending,
-            "bytes": stats.bytes, "delivered": stats.delivered, "dropped": stats.dropped,
-            "refused": stats.refused, "dead": [{"key": k, "reason": r} for k, r in dead],
+            "device_id": queue.get_meta("device_id"),
+            "pending": stats.pending,
+            "bytes": stats.bytes,
+            "delivered": stats.delivered,
+            "dropped": stats.dropped,
+            "refused": stats.refused,
+            "dead": [{"key": k, "reason": r} for k, r in dead],
             "snapshot_sequence": queue.get_meta("snapshot_sequence"),
             "trusted_key": queue.get_meta("trusted_key"),
-            "snapshot_file": str(folder / SNAPSHOT_FILE) if (folder / SNAPSHOT_FILE).exists() else None,
+            "snapshot_file": str(folder / SNAPSHOT_FILE)
+            if (folder / SNAPSHOT_FILE).exists()
+            else None,
         }
     if json_out:
         emit_json(doc)
@@ -274,8 +391,13 @@ def edge_status(state: StateOpt = DEFAULT_STATE, json_out: JsonOpt = False) -> N
 
 @edge_app.command("keygen")
 def edge_keygen(
-    path: Annotated[Path, typer.Argument(dir_okay=False, help="PEM file for the server's "
-                                         "snapshot signing key (created if missing, mode 600).")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            dir_okay=False,
+            help="PEM file for the server's snapshot signing key (created if missing, mode 600).",
+        ),
+    ],
 ) -> None:
     """Create (or read) the server's snapshot signing key and print its public key for devices.
 
@@ -284,5 +406,6 @@ def edge_keygen(
     """
     key = load_signing_key(path, create=True)
     console.print(public_key_text(key.public_key()), soft_wrap=True)
-    err_console.print(f"serve with VISAGE_EDGE_SIGNING_KEY={path}; give devices the key above "
-                      "with --trust")
+    err_console.print(
+        f"serve with VISAGE_EDGE_SIGNING_KEY={path}; give devices the key above with --trust"
+    )

@@ -97,7 +97,11 @@ class Agent:
     """One device's agent for one collection. Use as a context manager (closes the queue)."""
 
     def __init__(
-        self, config: AgentConfig, pipeline: Pipeline | None, uplink: Uplink, *,
+        self,
+        config: AgentConfig,
+        pipeline: Pipeline | None,
+        uplink: Uplink,
+        *,
         device_id: str | None = None,
     ) -> None:
         self.config = config
@@ -106,8 +110,14 @@ class Agent:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.queue = EventQueue(config.state_dir / QUEUE_FILE, config.queue)
         self.device = DeviceInfo(self._device_id(device_id), __version__)
-        self.syncer = Syncer(self.queue, uplink, config.collection, self.device,
-                             batch_size=config.batch_size, backoff=config.backoff)
+        self.syncer = Syncer(
+            self.queue,
+            uplink,
+            config.collection,
+            self.device,
+            batch_size=config.batch_size,
+            backoff=config.backoff,
+        )
         self._offline = self._load_snapshot()
         self._refreshed_at = time.monotonic() if self._offline is not None else -float("inf")
 
@@ -151,7 +161,9 @@ class Agent:
         text = self.uplink.public_key()
         key = parse_public_key(text)
         self.queue.set_meta("trusted_key", text.strip())
-        log.warning("pinned the server's snapshot key %s on first use; pass --trust to set it", text)
+        log.warning(
+            "pinned the server's snapshot key %s on first use; pass --trust to set it", text
+        )
         return key
 
     def pull_snapshot(self) -> Snapshot:
@@ -159,12 +171,14 @@ class Agent:
 
         Verified before it is saved: a refused snapshot never replaces the one in use.
         """
-        document = self.uplink.fetch_snapshot(self.config.collection, self.device,
-                                              ttl_s=self.config.snapshot_ttl_s)
+        document = self.uplink.fetch_snapshot(
+            self.config.collection, self.device, ttl_s=self.config.snapshot_ttl_s
+        )
         trusted = self._trusted_key(fetch=True)
         assert trusted is not None
-        snapshot = verify_snapshot(document, trusted, min_sequence=self._min_sequence(),
-                                   collection=self.config.collection)
+        snapshot = verify_snapshot(
+            document, trusted, min_sequence=self._min_sequence(), collection=self.config.collection
+        )
         target = self.config.state_dir / SNAPSHOT_FILE
         tmp = target.with_name(target.name + ".tmp")
         with open(tmp, "wb") as fh:
@@ -175,9 +189,14 @@ class Agent:
         self.queue.set_meta("snapshot_sequence", str(snapshot.sequence))
         self._offline = OfflineGallery(snapshot)
         self._refreshed_at = time.monotonic()
-        log.info("offline snapshot %d of %r: %d persons, %d templates, expires %s",
-                 snapshot.sequence, snapshot.collection, len(snapshot.persons), snapshot.templates,
-                 snapshot.expires_at.isoformat())
+        log.info(
+            "offline snapshot %d of %r: %d persons, %d templates, expires %s",
+            snapshot.sequence,
+            snapshot.collection,
+            len(snapshot.persons),
+            snapshot.templates,
+            snapshot.expires_at.isoformat(),
+        )
         return snapshot
 
     def _min_sequence(self) -> int:
@@ -190,10 +209,14 @@ class Agent:
         if trusted is None or not path.exists():
             return None
         try:
-            return OfflineGallery(verify_snapshot(
-                path.read_bytes(), trusted, min_sequence=self._min_sequence(),
-                collection=self.config.collection,
-            ))
+            return OfflineGallery(
+                verify_snapshot(
+                    path.read_bytes(),
+                    trusted,
+                    min_sequence=self._min_sequence(),
+                    collection=self.config.collection,
+                )
+            )
         except SnapshotRefused as exc:
             log.warning("saved snapshot not used: %s", exc)
             return None
@@ -226,7 +249,8 @@ class Agent:
         return DeviceDecision(
             person_id=best.person_id if best is not None else None,
             distance=nearest.distance if nearest is not None else None,
-            threshold=identity.threshold, snapshot=offline.snapshot.sequence,
+            threshold=identity.threshold,
+            snapshot=offline.snapshot.sequence,
         )
 
     def record(self, entry: TimelineEntry, started: datetime) -> EdgeEvent:
@@ -251,7 +275,9 @@ class Agent:
 
     # ------------------------------------------------------------------ running
 
-    def run(self, frames: Iterable[Frame] | None, *, stop: threading.Event | None = None) -> AgentReport:
+    def run(
+        self, frames: Iterable[Frame] | None, *, stop: threading.Event | None = None
+    ) -> AgentReport:
         """Process ``frames`` (``None``: only deliver what is queued) until they end or ``stop``
         is set, uploading in the background; then keep uploading for up to ``drain_s``."""
         stop = stop or threading.Event()
@@ -260,7 +286,9 @@ class Agent:
             self._refresh_if_due()  # identify offline from the first track when the link is up
         stop_sync, wake = threading.Event(), threading.Event()
         sync_thread = threading.Thread(
-            target=self.syncer.run, name="visage-edge-sync", daemon=True,
+            target=self.syncer.run,
+            name="visage-edge-sync",
+            daemon=True,
             kwargs={"stop": stop_sync, "wake": wake, "on_idle": self._refresh_if_due},
         )
         sync_thread.start()
@@ -287,10 +315,12 @@ class Agent:
         return AgentReport(
             frames=processor.frames if processor else 0,
             faces=processor.faces if processor else 0,
-            tracks=tracks, identified=identified,
+            tracks=tracks,
+            identified=identified,
             embeddings=processor.embeddings if processor else 0,
             seconds=time.perf_counter() - started,
-            sync=self.syncer.report(), queue=self.queue.stats(),
+            sync=self.syncer.report(),
+            queue=self.queue.stats(),
         )
 
 

@@ -66,7 +66,9 @@ class EdgeEvent:
     @property
     def embedding_sha256(self) -> str:
         """The hash the audit log records for this probe (the probe itself is never stored)."""
-        return hashlib.sha256(np.ascontiguousarray(self.embedding, dtype="<f4").tobytes()).hexdigest()
+        return hashlib.sha256(
+            np.ascontiguousarray(self.embedding, dtype="<f4").tobytes()
+        ).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         d = self.decision
@@ -82,13 +84,17 @@ class EdgeEvent:
             "embedding": base64.b64encode(
                 np.ascontiguousarray(self.embedding, dtype="<f4").tobytes()
             ).decode("ascii"),
-            "decision": None if d is None else {
+            "decision": None
+            if d is None
+            else {
                 "person_id": d.person_id,
                 "distance": None if d.distance is None else round(d.distance, 6),
                 "threshold": d.threshold,
                 "snapshot": d.snapshot,
             },
-            "crop_jpeg": None if self.crop_jpeg is None else base64.b64encode(self.crop_jpeg).decode("ascii"),
+            "crop_jpeg": None
+            if self.crop_jpeg is None
+            else base64.b64encode(self.crop_jpeg).decode("ascii"),
         }
 
     def to_bytes(self) -> bytes:
@@ -110,17 +116,29 @@ class EdgeEvent:
             if crop_bytes is not None and len(crop_bytes) > MAX_CROP_BYTES:
                 raise InputError(f"crop exceeds {MAX_CROP_BYTES} bytes")
             d = doc.get("decision")
-            first, last = datetime.fromisoformat(doc["first_seen"]), datetime.fromisoformat(doc["last_seen"])
+            first, last = (
+                datetime.fromisoformat(doc["first_seen"]),
+                datetime.fromisoformat(doc["last_seen"]),
+            )
             if first.tzinfo is None or last.tzinfo is None:
                 raise InputError("times must carry a time zone")
             return cls(
-                key=str(doc["key"]), device_id=str(doc["device"]), track=int(doc["track"]),
-                first_seen=first, last_seen=last, detections=int(doc["detections"]),
-                quality=float(doc["quality"]), model_id=str(doc["model_id"]), embedding=vector,
-                decision=None if d is None else DeviceDecision(
+                key=str(doc["key"]),
+                device_id=str(doc["device"]),
+                track=int(doc["track"]),
+                first_seen=first,
+                last_seen=last,
+                detections=int(doc["detections"]),
+                quality=float(doc["quality"]),
+                model_id=str(doc["model_id"]),
+                embedding=vector,
+                decision=None
+                if d is None
+                else DeviceDecision(
                     person_id=d["person_id"],
                     distance=None if d["distance"] is None else float(d["distance"]),
-                    threshold=float(d["threshold"]), snapshot=int(d["snapshot"]),
+                    threshold=float(d["threshold"]),
+                    snapshot=int(d["snapshot"]),
                 ),
                 crop_jpeg=crop_bytes,
             )

@@ -139,9 +139,17 @@ class DeviceRecord:
     @classmethod
     def from_row(cls, row: EdgeDeviceRow) -> DeviceRecord:
         return cls(
-            row.device_id, row.key_id, row.collection, row.agent_version, row.first_seen_at,
-            row.last_seen_at, row.events, row.snapshot_sequence, row.queue_pending,
-            row.queue_dropped, row.queue_dead,
+            row.device_id,
+            row.key_id,
+            row.collection,
+            row.agent_version,
+            row.first_seen_at,
+            row.last_seen_at,
+            row.events,
+            row.snapshot_sequence,
+            row.queue_pending,
+            row.queue_dropped,
+            row.queue_dead,
         )
 
 
@@ -173,7 +181,11 @@ class EdgeHub:
     """Edge devices' business with the server, over the gallery and its store (``engine``)."""
 
     def __init__(
-        self, engine: Engine, gallery: Gallery, signing_key: Ed25519PrivateKey, *,
+        self,
+        engine: Engine,
+        gallery: Gallery,
+        signing_key: Ed25519PrivateKey,
+        *,
         default_ttl_s: int = DEFAULT_TTL_S,
     ) -> None:
         self.gallery = gallery
@@ -186,7 +198,9 @@ class EdgeHub:
         """A hub whose signing key is found (or, beside a SQLite store, created) per
         :func:`signing_key_path`."""
         path = signing_key_path(db_url)
-        return cls(engine, gallery, load_signing_key(path, create=SIGNING_KEY_ENV not in os.environ))
+        return cls(
+            engine, gallery, load_signing_key(path, create=SIGNING_KEY_ENV not in os.environ)
+        )
 
     def public_key(self) -> str:
         return public_key_text(self._key.public_key())
@@ -194,7 +208,9 @@ class EdgeHub:
     @staticmethod
     def _lock_state(session: Session) -> StateRow:
         """The store's writer lock, taken first in every write (as the gallery's writers do)."""
-        return session.execute(select(StateRow).where(StateRow.id == 1).with_for_update()).scalar_one()
+        return session.execute(
+            select(StateRow).where(StateRow.id == 1).with_for_update()
+        ).scalar_one()
 
     # ------------------------------------------------------------------ events
 
@@ -221,12 +237,14 @@ class EdgeHub:
         for event in unseen.values():
             if not self._needs_server(collection, event, valid):
                 continue
-            found = self.gallery.identify(collection, event.embedding, k=1, purpose=purpose,
-                                          actor=key_id)
+            found = self.gallery.identify(
+                collection, event.embedding, k=1, purpose=purpose, actor=key_id
+            )
             nearest = found.candidates[0] if found.candidates else None
             server_side[event.key] = (
                 found.best.person_id if found.best else None,
-                nearest.distance if nearest else None, found.audit_seq,
+                nearest.distance if nearest else None,
+                found.audit_seq,
             )
         for attempt in (1, 2):
             try:
@@ -234,7 +252,9 @@ class EdgeHub:
                 break
             except IntegrityError:
                 if attempt == 2:
-                    raise StorageError("edge events clashed twice with concurrent uploads") from None
+                    raise StorageError(
+                        "edge events clashed twice with concurrent uploads"
+                    ) from None
         answers = iter(stored)
         return [item if isinstance(item, Receipt) else next(answers) for item in parsed]
 
@@ -254,14 +274,20 @@ class EdgeHub:
         return not valid[person]
 
     @staticmethod
-    def _check(doc: dict[str, Any], device: DeviceInfo, dim: int, model_id: str) -> EdgeEvent | Receipt:
+    def _check(
+        doc: dict[str, Any], device: DeviceInfo, dim: int, model_id: str
+    ) -> EdgeEvent | Receipt:
         key = str(doc.get("key", ""))
         try:
             event = EdgeEvent.from_json(doc, dim=dim)
             if event.device_id != device.id:
-                raise InputError(f"event from device {event.device_id!r} in a batch of {device.id!r}")
+                raise InputError(
+                    f"event from device {event.device_id!r} in a batch of {device.id!r}"
+                )
             if event.model_id != model_id:
-                raise InputError(f"embedding from model {event.model_id}; the collection uses {model_id}")
+                raise InputError(
+                    f"embedding from model {event.model_id}; the collection uses {model_id}"
+                )
         except InputError as exc:
             return Receipt(key, "rejected", reason=str(exc))
         return event
@@ -271,8 +297,13 @@ class EdgeHub:
             return set()
         try:
             with self._sessions() as session:
-                return set(session.scalars(select(EdgeEventRow.event_key).where(
-                    EdgeEventRow.key_id == key_id, EdgeEventRow.event_key.in_(list(keys)))))
+                return set(
+                    session.scalars(
+                        select(EdgeEventRow.event_key).where(
+                            EdgeEventRow.key_id == key_id, EdgeEventRow.event_key.in_(list(keys))
+                        )
+                    )
+                )
         except SQLAlchemyError as exc:
             raise StorageError(f"edge store error: {exc}") from exc
 
@@ -294,11 +325,19 @@ class EdgeHub:
         try:
             with self._sessions.begin() as session:
                 state = self._lock_state(session)
-                existing = {
-                    row.event_key: row for row in session.scalars(select(EdgeEventRow).where(
-                        EdgeEventRow.key_id == key_id,
-                        EdgeEventRow.event_key.in_([e.key for e in events])))
-                } if events else {}
+                existing = (
+                    {
+                        row.event_key: row
+                        for row in session.scalars(
+                            select(EdgeEventRow).where(
+                                EdgeEventRow.key_id == key_id,
+                                EdgeEventRow.event_key.in_([e.key for e in events]),
+                            )
+                        )
+                    }
+                    if events
+                    else {}
+                )
                 added = 0
                 for event in events:
                     if event.key in existing or event.key in receipts:
@@ -306,17 +345,30 @@ class EdgeHub:
                         person = row.person_id if row else first.person_id if first else None
                         out.append(Receipt(event.key, "duplicate", person))
                         continue
-                    person, distance, seq, by = self._outcome(session, state, key_id, collection,
-                                                              event, server_side, purpose)
-                    session.add(EdgeEventRow(
-                        key_id=key_id, event_key=event.key, collection=collection,
-                        device_id=device.id, track=event.track, first_seen=event.first_seen,
-                        last_seen=event.last_seen, detections=event.detections,
-                        quality=event.quality, embedding_sha256=event.embedding_sha256,
-                        person_id=person, distance=distance, decided_by=by,
-                        snapshot_sequence=event.decision.snapshot if event.decision else None,
-                        crop=event.crop_jpeg, audit_seq=seq, received_at=now,
-                    ))
+                    person, distance, seq, by = self._outcome(
+                        session, state, key_id, collection, event, server_side, purpose
+                    )
+                    session.add(
+                        EdgeEventRow(
+                            key_id=key_id,
+                            event_key=event.key,
+                            collection=collection,
+                            device_id=device.id,
+                            track=event.track,
+                            first_seen=event.first_seen,
+                            last_seen=event.last_seen,
+                            detections=event.detections,
+                            quality=event.quality,
+                            embedding_sha256=event.embedding_sha256,
+                            person_id=person,
+                            distance=distance,
+                            decided_by=by,
+                            snapshot_sequence=event.decision.snapshot if event.decision else None,
+                            crop=event.crop_jpeg,
+                            audit_seq=seq,
+                            received_at=now,
+                        )
+                    )
                     receipts[event.key] = Receipt(event.key, "stored", person)
                     out.append(receipts[event.key])
                     added += 1
@@ -329,8 +381,13 @@ class EdgeHub:
 
     @staticmethod
     def _outcome(
-        session: Session, state: StateRow, key_id: str, collection: str, event: EdgeEvent,
-        server_side: dict[str, tuple[str | None, float | None, int]], purpose: str,
+        session: Session,
+        state: StateRow,
+        key_id: str,
+        collection: str,
+        event: EdgeEvent,
+        server_side: dict[str, tuple[str | None, float | None, int]],
+        purpose: str,
     ) -> tuple[str | None, float | None, int, str]:
         """(person, distance, audit seq, who decided); audits a device decision here."""
         decision = event.decision
@@ -338,13 +395,23 @@ class EdgeHub:
             person, distance, seq = server_side[event.key]
             return person, distance, seq, "server"
         row = audit.append(
-            session, state, actor=key_id, action="edge.identify", collection=collection,
-            purpose=purpose, input_hash=event.embedding_sha256,
+            session,
+            state,
+            actor=key_id,
+            action="edge.identify",
+            collection=collection,
+            purpose=purpose,
+            input_hash=event.embedding_sha256,
             summary={
-                "device": event.device_id, "event": event.key, "track": event.track,
-                "person": decision.person_id, "unknown": decision.unknown,
-                "distance": decision.distance, "threshold": decision.threshold,
-                "snapshot": decision.snapshot, "first_seen": event.first_seen.isoformat(),
+                "device": event.device_id,
+                "event": event.key,
+                "track": event.track,
+                "person": decision.person_id,
+                "unknown": decision.unknown,
+                "distance": decision.distance,
+                "threshold": decision.threshold,
+                "snapshot": decision.snapshot,
+                "first_seen": event.first_seen.isoformat(),
                 "last_seen": event.last_seen.isoformat(),
             },
         )
@@ -352,30 +419,56 @@ class EdgeHub:
 
     @staticmethod
     def _touch(
-        session: Session, key_id: str, collection: str, device: DeviceInfo, now: datetime, *,
-        events: int = 0, queue: QueueReport | None = None, snapshot: int | None = None,
+        session: Session,
+        key_id: str,
+        collection: str,
+        device: DeviceInfo,
+        now: datetime,
+        *,
+        events: int = 0,
+        queue: QueueReport | None = None,
+        snapshot: int | None = None,
     ) -> None:
         """Create or update the device's row: last seen now, version, counters."""
-        row = session.scalar(select(EdgeDeviceRow).where(
-            EdgeDeviceRow.key_id == key_id, EdgeDeviceRow.device_id == device.id,
-            EdgeDeviceRow.collection == collection))
+        row = session.scalar(
+            select(EdgeDeviceRow).where(
+                EdgeDeviceRow.key_id == key_id,
+                EdgeDeviceRow.device_id == device.id,
+                EdgeDeviceRow.collection == collection,
+            )
+        )
         if row is None:
-            row = EdgeDeviceRow(key_id=key_id, device_id=device.id, collection=collection,
-                                agent_version=device.agent_version, first_seen_at=now,
-                                last_seen_at=now, events=0)
+            row = EdgeDeviceRow(
+                key_id=key_id,
+                device_id=device.id,
+                collection=collection,
+                agent_version=device.agent_version,
+                first_seen_at=now,
+                last_seen_at=now,
+                events=0,
+            )
             session.add(row)
         row.agent_version = device.agent_version
         row.last_seen_at = now
         row.events = (row.events or 0) + events
         if queue is not None:
-            row.queue_pending, row.queue_dropped, row.queue_dead = queue.pending, queue.dropped, queue.dead
+            row.queue_pending, row.queue_dropped, row.queue_dead = (
+                queue.pending,
+                queue.dropped,
+                queue.dead,
+            )
         if snapshot is not None:
             row.snapshot_sequence = snapshot
 
     # ------------------------------------------------------------------ snapshots
 
     def snapshot(
-        self, *, key_id: str, collection: str, device: DeviceInfo, ttl_s: int | None = None,
+        self,
+        *,
+        key_id: str,
+        collection: str,
+        device: DeviceInfo,
+        ttl_s: int | None = None,
         now: datetime | None = None,
     ) -> bytes:
         """The signed snapshot of ``collection`` for ``device`` (audited as an export)."""
@@ -396,19 +489,30 @@ class EdgeHub:
             person = consented.get(record["person"]["id"])
             vectors = [
                 np.frombuffer(base64.b64decode(t["embedding"]), dtype="<f4").astype(np.float32)
-                for t in record["templates"] if t["model_id"] == info.model_id
+                for t in record["templates"]
+                if t["model_id"] == info.model_id
             ]
             if person is None or not vectors:
                 continue
-            persons.append(SnapshotPerson(
-                id=person.id, display_name=person.display_name, external_id=person.external_id,
-                consent_expires_at=_consent_end(person), embeddings=np.stack(vectors),
-            ))
+            persons.append(
+                SnapshotPerson(
+                    id=person.id,
+                    display_name=person.display_name,
+                    external_id=person.external_id,
+                    consent_expires_at=_consent_end(person),
+                    embeddings=np.stack(vectors),
+                )
+            )
         issued = now or utcnow()
         draft = Snapshot(
-            collection=collection, model_id=info.model_id, dim=info.dim, sequence=0,
-            issued_at=issued, expires_at=issued + timedelta(seconds=ttl),
-            calibration=self.gallery.calibration(info.model_id), persons=tuple(persons),
+            collection=collection,
+            model_id=info.model_id,
+            dim=info.dim,
+            sequence=0,
+            issued_at=issued,
+            expires_at=issued + timedelta(seconds=ttl),
+            calibration=self.gallery.calibration(info.model_id),
+            persons=tuple(persons),
         )
         sequence = self._sequence(key_id, collection, device, draft.content_sha256(), issued)
         return sign_snapshot(replace(draft, sequence=sequence), self._key)
@@ -422,21 +526,31 @@ class EdgeHub:
                 return out
             offset += page
 
-    def _sequence(self, key_id: str, collection: str, device: DeviceInfo, digest: str,
-                  now: datetime) -> int:
+    def _sequence(
+        self, key_id: str, collection: str, device: DeviceInfo, digest: str, now: datetime
+    ) -> int:
         """The sequence for this content: the latest one if unchanged, else the next."""
         try:
             with self._sessions.begin() as session:
                 self._lock_state(session)
                 latest = session.scalar(
-                    select(EdgeSnapshotRow).where(EdgeSnapshotRow.collection == collection)
-                    .order_by(EdgeSnapshotRow.sequence.desc()).limit(1))
+                    select(EdgeSnapshotRow)
+                    .where(EdgeSnapshotRow.collection == collection)
+                    .order_by(EdgeSnapshotRow.sequence.desc())
+                    .limit(1)
+                )
                 if latest is not None and latest.content_sha256 == digest:
                     sequence = latest.sequence
                 else:
                     sequence = (latest.sequence if latest else 0) + 1
-                    session.add(EdgeSnapshotRow(collection=collection, sequence=sequence,
-                                                content_sha256=digest, created_at=now))
+                    session.add(
+                        EdgeSnapshotRow(
+                            collection=collection,
+                            sequence=sequence,
+                            content_sha256=digest,
+                            created_at=now,
+                        )
+                    )
                 self._touch(session, key_id, collection, device, now, snapshot=sequence)
                 return sequence
         except SQLAlchemyError as exc:
@@ -458,8 +572,11 @@ class EdgeHub:
     def events_stored(self, collection: str) -> int:
         """How many events the collection holds (for tests and metrics)."""
         with self._sessions() as session:
-            count = session.scalar(select(func.count()).select_from(EdgeEventRow).where(
-                EdgeEventRow.collection == collection))
+            count = session.scalar(
+                select(func.count())
+                .select_from(EdgeEventRow)
+                .where(EdgeEventRow.collection == collection)
+            )
             return int(count or 0)
 
 

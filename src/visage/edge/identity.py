@@ -52,8 +52,12 @@ class Identity:
             "threshold": self.threshold,
             "source": self.source,
             "candidates": [
-                {"person_id": c.person_id, "display_name": c.display_name,
-                 "distance": round(c.distance, 6), "same": c.same}
+                {
+                    "person_id": c.person_id,
+                    "display_name": c.display_name,
+                    "distance": round(c.distance, 6),
+                    "same": c.same,
+                }
                 for c in self.candidates
             ],
         }

@@ -167,28 +167,38 @@ class EventQueue:
         """
         size = len(payload)
         if size > self.limits.max_bytes:
-            raise QueueFull(f"an event of {size:,} bytes exceeds the queue cap of "
-                            f"{self.limits.max_bytes:,} bytes")
+            raise QueueFull(
+                f"an event of {size:,} bytes exceeds the queue cap of "
+                f"{self.limits.max_bytes:,} bytes"
+            )
         with self._write() as db:
             if db.execute("SELECT 1 FROM event WHERE key = ?", (key,)).fetchone():
                 return False
-            count, held = db.execute("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM event").fetchone()
+            count, held = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM event"
+            ).fetchone()
             over_count = count + 1 - self.limits.max_events
             over_bytes = held + size - self.limits.max_bytes
-            refused = (over_count > 0 or over_bytes > 0) and self.limits.policy is FullPolicy.REFUSE_NEW
+            refused = (
+                over_count > 0 or over_bytes > 0
+            ) and self.limits.policy is FullPolicy.REFUSE_NEW
             if refused:
                 self._bump(db, "refused", 1)
             else:
                 if over_count > 0 or over_bytes > 0:
                     dropped = self._drop_oldest(db, over_count, over_bytes)
-                    log.warning("edge queue full: dropped the %d oldest events (policy drop-oldest)",
-                                dropped)
+                    log.warning(
+                        "edge queue full: dropped the %d oldest events (policy drop-oldest)",
+                        dropped,
+                    )
                 db.execute(
                     "INSERT INTO event (key, payload, size, created_at) VALUES (?, ?, ?, ?)",
                     (key, payload, size, time.time()),
                 )
         if refused:
-            raise QueueFull(f"edge queue full ({count:,} events, {held:,} bytes); policy refuse-new")
+            raise QueueFull(
+                f"edge queue full ({count:,} events, {held:,} bytes); policy refuse-new"
+            )
         return True
 
     def _drop_oldest(self, db: sqlite3.Connection, over_count: int, over_bytes: int) -> int:
@@ -228,7 +238,9 @@ class EventQueue:
         if not keys:
             return 0
         with self._write() as db:
-            removed = db.executemany("DELETE FROM event WHERE key = ?", [(k,) for k in keys]).rowcount
+            removed = db.executemany(
+                "DELETE FROM event WHERE key = ?", [(k,) for k in keys]
+            ).rowcount
             self._bump(db, "delivered", removed)
         with self._lock:
             self._db.execute("PRAGMA incremental_vacuum")
@@ -237,7 +249,9 @@ class EventQueue:
     def attempted(self, keys: Sequence[str]) -> None:
         """Count one failed upload attempt for each event (kept for retry)."""
         with self._write() as db:
-            db.executemany("UPDATE event SET attempts = attempts + 1 WHERE key = ?", [(k,) for k in keys])
+            db.executemany(
+                "UPDATE event SET attempts = attempts + 1 WHERE key = ?", [(k,) for k in keys]
+            )
 
     def bury(self, key: str, reason: str) -> None:
         """Set an event aside as dead: the server refused it and retrying cannot help."""
@@ -247,7 +261,9 @@ class EventQueue:
 
     def dead(self) -> list[tuple[str, str]]:
         """``(key, reason)`` of every dead event, oldest first."""
-        rows = self._read("SELECT key, dead_reason FROM event WHERE dead_reason IS NOT NULL ORDER BY seq")
+        rows = self._read(
+            "SELECT key, dead_reason FROM event WHERE dead_reason IS NOT NULL ORDER BY seq"
+        )
         return [(str(k), str(r)) for k, r in rows]
 
     def purge_dead(self) -> int:
@@ -257,15 +273,22 @@ class EventQueue:
 
     def stats(self) -> QueueStats:
         """The queue's counts now."""
-        (pending, dead, held), = self._read(
+        ((pending, dead, held),) = self._read(
             "SELECT COALESCE(SUM(dead_reason IS NULL), 0), COALESCE(SUM(dead_reason IS NOT NULL), 0), "
             "COALESCE(SUM(size), 0) FROM event"
         )
-        counters = {n: int(v) for n, v in self._read(
-            "SELECT name, value FROM meta WHERE name IN ('dropped', 'refused', 'delivered')")}
+        counters = {
+            n: int(v)
+            for n, v in self._read(
+                "SELECT name, value FROM meta WHERE name IN ('dropped', 'refused', 'delivered')"
+            )
+        }
         return QueueStats(
-            pending=int(pending), dead=int(dead), bytes=int(held),
-            dropped=counters.get("dropped", 0), refused=counters.get("refused", 0),
+            pending=int(pending),
+            dead=int(dead),
+            bytes=int(held),
+            dropped=counters.get("dropped", 0),
+            refused=counters.get("refused", 0),
             delivered=counters.get("delivered", 0),
         )
 

@@ -89,11 +89,15 @@ class Snapshot:
     def content(self) -> dict[str, Any]:
         """Everything but the issue times and sequence: equal content means an equal gallery."""
         return {
-            "collection": self.collection, "model_id": self.model_id, "dim": self.dim,
+            "collection": self.collection,
+            "model_id": self.model_id,
+            "dim": self.dim,
             "calibration": asdict(self.calibration),
             "persons": [
                 {
-                    "id": p.id, "display_name": p.display_name, "external_id": p.external_id,
+                    "id": p.id,
+                    "display_name": p.display_name,
+                    "external_id": p.external_id,
                     "consent_expires_at": _iso(p.consent_expires_at),
                     "embeddings": base64.b64encode(
                         np.ascontiguousarray(p.embeddings, dtype="<f4").tobytes()
@@ -108,11 +112,16 @@ class Snapshot:
 
     def payload(self) -> bytes:
         """The canonical JSON bytes the signature covers."""
-        return _canonical({
-            "format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION, "sequence": self.sequence,
-            "issued_at": _iso(self.issued_at), "expires_at": _iso(self.expires_at),
-            **self.content(),
-        })
+        return _canonical(
+            {
+                "format": SNAPSHOT_FORMAT,
+                "version": SNAPSHOT_VERSION,
+                "sequence": self.sequence,
+                "issued_at": _iso(self.issued_at),
+                "expires_at": _iso(self.expires_at),
+                **self.content(),
+            }
+        )
 
     @classmethod
     def from_payload(cls, data: bytes) -> Snapshot:
@@ -124,20 +133,27 @@ class Snapshot:
             dim = int(doc["dim"])
             persons = tuple(
                 SnapshotPerson(
-                    id=str(p["id"]), display_name=str(p["display_name"]),
+                    id=str(p["id"]),
+                    display_name=str(p["display_name"]),
                     external_id=p["external_id"],
                     consent_expires_at=_parse_time(p["consent_expires_at"]),
                     embeddings=np.frombuffer(
                         base64.b64decode(p["embeddings"], validate=True), dtype="<f4"
-                    ).astype(np.float32).reshape(-1, dim),
+                    )
+                    .astype(np.float32)
+                    .reshape(-1, dim),
                 )
                 for p in doc["persons"]
             )
             return cls(
-                collection=str(doc["collection"]), model_id=str(doc["model_id"]), dim=dim,
-                sequence=int(doc["sequence"]), issued_at=_require_time(doc["issued_at"]),
+                collection=str(doc["collection"]),
+                model_id=str(doc["model_id"]),
+                dim=dim,
+                sequence=int(doc["sequence"]),
+                issued_at=_require_time(doc["issued_at"]),
                 expires_at=_require_time(doc["expires_at"]),
-                calibration=Calibration(**doc["calibration"]), persons=persons,
+                calibration=Calibration(**doc["calibration"]),
+                persons=persons,
             )
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise SnapshotRefused(f"malformed payload ({exc})") from None
@@ -182,7 +198,8 @@ def load_signing_key(path: str | Path, *, create: bool = False) -> Ed25519Privat
         if create and not file.exists():
             key = generate_signing_key()
             pem = key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
                 serialization.NoEncryption(),
             )
             tmp = file.with_name(file.name + f".{os.getpid()}.tmp")
@@ -219,7 +236,9 @@ def parse_public_key(text: str) -> Ed25519PublicKey:
     if not value.startswith(KEY_PREFIX):
         raise InputError(f"a snapshot public key starts with {KEY_PREFIX!r}")
     try:
-        return Ed25519PublicKey.from_public_bytes(base64.b64decode(value[len(KEY_PREFIX):], validate=True))
+        return Ed25519PublicKey.from_public_bytes(
+            base64.b64decode(value[len(KEY_PREFIX) :], validate=True)
+        )
     except (ValueError, binascii.Error):
         raise InputError("not a valid Ed25519 public key") from None
 
@@ -236,12 +255,15 @@ def key_id(key: Ed25519PublicKey) -> str:
 def sign_snapshot(snapshot: Snapshot, key: Ed25519PrivateKey) -> bytes:
     """The signed document for ``snapshot`` (JSON bytes)."""
     payload = snapshot.payload()
-    return _canonical({
-        "format": SNAPSHOT_FORMAT, "version": SNAPSHOT_VERSION,
-        "key_id": key_id(key.public_key()),
-        "payload": base64.b64encode(payload).decode("ascii"),
-        "signature": base64.b64encode(key.sign(payload)).decode("ascii"),
-    })
+    return _canonical(
+        {
+            "format": SNAPSHOT_FORMAT,
+            "version": SNAPSHOT_VERSION,
+            "key_id": key_id(key.public_key()),
+            "payload": base64.b64encode(payload).decode("ascii"),
+            "signature": base64.b64encode(key.sign(payload)).decode("ascii"),
+        }
+    )
 
 
 def verify_snapshot(
@@ -310,8 +332,11 @@ class OfflineGallery:
         best = np.full(len(persons), np.inf, np.float32)
         if len(self._matrix):
             np.minimum.at(best, self._owner, distances(embedding, self._matrix))
-        usable = [i for i in np.argsort(best, kind="stable")
-                  if np.isfinite(best[i]) and persons[i].consented(when)]
+        usable = [
+            i
+            for i in np.argsort(best, kind="stable")
+            if np.isfinite(best[i]) and persons[i].consented(when)
+        ]
         ranked = [(int(i), float(best[i])) for i in usable[:k]]
         cal = self.snapshot.calibration
         candidates = tuple(

@@ -64,7 +64,9 @@ class Uplink(Protocol):
         """Upload event payloads (JSON bytes of :meth:`EdgeEvent.to_bytes`); one receipt each."""
         ...
 
-    def fetch_snapshot(self, collection: str, device: DeviceInfo, *, ttl_s: int | None = None) -> bytes:
+    def fetch_snapshot(
+        self, collection: str, device: DeviceInfo, *, ttl_s: int | None = None
+    ) -> bytes:
         """The server's signed snapshot document for ``collection``."""
         ...
 
@@ -83,11 +85,19 @@ class HttpUplink:
     headers, body; not TCP or TLS overhead), for the bandwidth figures.
     """
 
-    def __init__(self, url: str, key: str, *, timeout: float = 30.0,
-                 transport: httpx.BaseTransport | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        key: str,
+        *,
+        timeout: float = 30.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
         self._client = httpx.Client(
-            base_url=url.rstrip("/"), headers={"Authorization": f"Bearer {key}"},
-            timeout=httpx.Timeout(timeout, connect=5.0), transport=transport,
+            base_url=url.rstrip("/"),
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            transport=transport,
         )
         self.bytes_sent = 0
         self.bytes_received = 0
@@ -108,8 +118,9 @@ class HttpUplink:
         )
         status = response.status_code
         if status in (401, 403, 404):
-            raise UplinkDenied(f"the server refused the key or collection ({status}): "
-                               f"{_detail(response)}")
+            raise UplinkDenied(
+                f"the server refused the key or collection ({status}): {_detail(response)}"
+            )
         if status in (400, 413, 422):
             raise UplinkRejected(f"server refused the request ({status}): {_detail(response)}")
         if status >= 400:
@@ -123,28 +134,45 @@ class HttpUplink:
     def post_events(
         self, collection: str, device: DeviceInfo, events: Sequence[bytes], queue: QueueStats
     ) -> list[Receipt]:
-        head = json.dumps({
-            "device": {"id": device.id, "agent_version": device.agent_version},
-            "queue": {"pending": queue.pending, "dead": queue.dead, "dropped": queue.dropped},
-        }, separators=(",", ":"))
+        head = json.dumps(
+            {
+                "device": {"id": device.id, "agent_version": device.agent_version},
+                "queue": {"pending": queue.pending, "dead": queue.dead, "dropped": queue.dropped},
+            },
+            separators=(",", ":"),
+        )
         body = head[:-1].encode() + b',"events":[' + b",".join(events) + b"]}"
         request = self._client.build_request(
-            "POST", "/v1/edge/events", params={"collection": collection}, content=body,
+            "POST",
+            "/v1/edge/events",
+            params={"collection": collection},
+            content=body,
             headers={"Content-Type": "application/json"},
         )
         doc = self._send(request).json()
-        return [Receipt(r["key"], r["status"], r.get("person_id"), r.get("reason"))
-                for r in doc["receipts"]]
+        return [
+            Receipt(r["key"], r["status"], r.get("person_id"), r.get("reason"))
+            for r in doc["receipts"]
+        ]
 
-    def fetch_snapshot(self, collection: str, device: DeviceInfo, *, ttl_s: int | None = None) -> bytes:
-        params: dict[str, Any] = {"collection": collection, "device": device.id,
-                                  "agent_version": device.agent_version}
+    def fetch_snapshot(
+        self, collection: str, device: DeviceInfo, *, ttl_s: int | None = None
+    ) -> bytes:
+        params: dict[str, Any] = {
+            "collection": collection,
+            "device": device.id,
+            "agent_version": device.agent_version,
+        }
         if ttl_s is not None:
             params["ttl_s"] = ttl_s
-        return self._send(self._client.build_request("GET", "/v1/edge/snapshot", params=params)).content
+        return self._send(
+            self._client.build_request("GET", "/v1/edge/snapshot", params=params)
+        ).content
 
     def public_key(self) -> str:
-        return str(self._send(self._client.build_request("GET", "/v1/edge/public-key")).json()["key"])
+        return str(
+            self._send(self._client.build_request("GET", "/v1/edge/public-key")).json()["key"]
+        )
 
 
 def _detail(response: httpx.Response) -> str:
@@ -197,7 +225,9 @@ class MemoryUplink:
             raise UplinkUnavailable("memory uplink: connection lost after the server stored")
         return receipts
 
-    def fetch_snapshot(self, collection: str, device: DeviceInfo, *, ttl_s: int | None = None) -> bytes:
+    def fetch_snapshot(
+        self, collection: str, device: DeviceInfo, *, ttl_s: int | None = None
+    ) -> bytes:
         if self.down:
             raise UplinkUnavailable("memory uplink is down")
         return self.snapshot
@@ -339,8 +369,12 @@ class Syncer:
                 sent = self.sync_once()
             except (UplinkUnavailable, UplinkDenied) as exc:
                 delay = self.wait_time(exc)
-                log.warning("edge upload failed (%d in a row): %s; retrying in %.1f s",
-                            self.failures, exc, delay)
+                log.warning(
+                    "edge upload failed (%d in a row): %s; retrying in %.1f s",
+                    self.failures,
+                    exc,
+                    delay,
+                )
                 stop.wait(delay)
                 continue
             if sent:

@@ -101,10 +101,13 @@ class VideoProcessor:
         self.pipeline = pipeline
         self.identifier = identifier
         threshold = (
-            identifier.threshold if identifier is not None
+            identifier.threshold
+            if identifier is not None
             else default_calibration(pipeline.model_id.split("+")[0]).threshold
         )
-        self.tracker = Tracker(pipeline.embed_chips, tracker or TrackerConfig(), relink_distance=threshold)
+        self.tracker = Tracker(
+            pipeline.embed_chips, tracker or TrackerConfig(), relink_distance=threshold
+        )
         self.frames = 0
         self.faces = 0
 
@@ -118,7 +121,9 @@ class VideoProcessor:
             faces = self.pipeline.detect(frame.image)
             self.frames += 1
             self.faces += len(faces)
-            yield from self._named(self.tracker.update(frame.index, frame.time_s, frame.image, faces))
+            yield from self._named(
+                self.tracker.update(frame.index, frame.time_s, frame.image, faces)
+            )
         yield from self._named(self.tracker.finish())
 
     def _named(self, tracks: list[TrackResult]) -> Iterator[TimelineEntry]:
@@ -140,9 +145,13 @@ def process_video(
     with source:
         entries = tuple(processor.run(source))
     return Timeline(
-        source=source.info, every=source.every, frames_processed=processor.frames,
-        faces=processor.faces, embeddings=processor.embeddings,
-        seconds=time.perf_counter() - started, entries=entries,
+        source=source.info,
+        every=source.every,
+        frames_processed=processor.frames,
+        faces=processor.faces,
+        embeddings=processor.embeddings,
+        seconds=time.perf_counter() - started,
+        entries=entries,
     )
 
 
@@ -163,7 +172,9 @@ def annotate_video(video: str | Path, timeline: Timeline, output: str | Path) ->
     dest = Path(output)
     if not any(e.track.boxes for e in timeline.entries) and timeline.entries:
         raise InputError("the timeline has no boxes: process with record_boxes=True to annotate")
-    paths = [(e, [f for f, _ in e.track.boxes], [b for _, b in e.track.boxes]) for e in timeline.entries]
+    paths = [
+        (e, [f for f, _ in e.track.boxes], [b for _, b in e.track.boxes]) for e in timeline.entries
+    ]
     info = timeline.source
     writer = cv2.VideoWriter(
         str(dest), cv2.VideoWriter.fourcc(*_fourcc(dest)), info.fps, (info.width, info.height)
@@ -177,7 +188,13 @@ def annotate_video(video: str | Path, timeline: Timeline, output: str | Path) ->
                 for entry, frames, boxes in paths:
                     box = _box_at(frame.index, frames, boxes, timeline.every)
                     if box is not None:
-                        _draw(cv2, bgr, box, entry.label, known=entry.label != f"track {entry.track.id}")
+                        _draw(
+                            cv2,
+                            bgr,
+                            box,
+                            entry.label,
+                            known=entry.label != f"track {entry.track.id}",
+                        )
                 writer.write(bgr)
     finally:
         writer.release()
@@ -196,5 +213,13 @@ def _draw(cv2: Any, image: Any, box: Box, label: str, *, known: bool) -> None:
     colour = (60, 200, 60) if known else (0, 165, 255)
     left, top, right, bottom = box
     cv2.rectangle(image, (left, top), (right, bottom), colour, 2)
-    cv2.putText(image, label, (left, max(top - 6, 12)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, colour, 1,
-                cv2.LINE_AA)
+    cv2.putText(
+        image,
+        label,
+        (left, max(top - 6, 12)),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        0.5,
+        colour,
+        1,
+        cv2.LINE_AA,
+    )

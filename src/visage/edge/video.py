@@ -77,7 +77,9 @@ class VideoSource:
     frames (``None``: until the source ends). Opening fails with :class:`InvalidVideo`.
     """
 
-    def __init__(self, spec: str | int | Path, *, every: int = 1, max_frames: int | None = None) -> None:
+    def __init__(
+        self, spec: str | int | Path, *, every: int = 1, max_frames: int | None = None
+    ) -> None:
         if every < 1:
             raise ValueError("every must be at least 1")
         self.spec = parse_source(spec)
