@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from visage.decision import Calibration
+from visage.decision import Calibration, normalize
 from visage.gallery import Gallery
 
 MODEL = "synthetic-128"
@@ -23,15 +23,13 @@ CALIBRATION = Calibration(
 def unit_vectors(n: int, seed: int, dim: int = 128) -> npt.NDArray[np.float32]:
     """``n`` random unit vectors (independent ones are ~1.41 apart in 128-d)."""
     rng = np.random.default_rng(seed)
-    vectors = rng.standard_normal((n, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return normalize(rng.standard_normal((n, dim)).astype(np.float32))
 
 
 def near(vector: npt.NDArray[np.float32], scale: float, seed: int) -> npt.NDArray[np.float32]:
     """A noisy copy of ``vector`` (``scale`` 0.02 puts it ~0.23 away: the same person)."""
     rng = np.random.default_rng(seed)
-    noisy = vector + scale * rng.standard_normal(vector.shape).astype(np.float32)
-    return (noisy / np.linalg.norm(noisy)).astype(np.float32)
+    return normalize(vector + scale * rng.standard_normal(vector.shape).astype(np.float32))
 
 
 def consented_person(g: Gallery, name: str, collection: str = "people") -> str:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 
@@ -57,7 +58,7 @@ def _kill_after(url: str, index_dir: Path, mode: str, commits: int, delay: float
     return seen
 
 
-def _store(url: str, sql: str) -> list[tuple[int, ...]]:
+def _store(url: str, sql: str) -> list[tuple[Any, ...]]:
     engine = create_engine(url)
     with engine.connect() as conn:
         rows = [tuple(r) for r in conn.execute(text(sql))]
