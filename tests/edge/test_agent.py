@@ -129,37 +129,21 @@ def test_backoff_is_exponential_with_full_jitter() -> None:
     assert backoff.delay(1, rng, at_least=30.0) == 30.0  # the server's Retry-After wins
 
 
+def _event(
+    key: str, track: int, vector: np.ndarray, decision: DeviceDecision | None = None
+) -> EdgeEvent:
+    now = datetime.now(UTC)
+    return EdgeEvent(key, DEVICE.id, track, now, now, 3, 0.9, "dlib_resnet_v1", vector, decision)
+
+
 def test_hub_stores_once_audits_and_registers(
     hub: EdgeHub, local_gallery: Gallery, enrollment: dict[str, list[np.ndarray]]
 ) -> None:
     name, vectors = next(iter(enrollment.items()))
     person = local_gallery.person(COLLECTION, name)
-    now = datetime.now(UTC)
-    decided = EdgeEvent(
-        "e1",
-        DEVICE.id,
-        1,
-        now,
-        now,
-        3,
-        0.9,
-        "dlib_resnet_v1",
-        vectors[0],
-        DeviceDecision(person.id, 0.2, 0.6, 1),
-    )
-    undecided = EdgeEvent("e2", DEVICE.id, 2, now, now, 3, 0.9, "dlib_resnet_v1", vectors[1])
-    stale = EdgeEvent(
-        "e4",
-        DEVICE.id,
-        4,
-        now,
-        now,
-        3,
-        0.9,
-        "dlib_resnet_v1",
-        vectors[0],
-        DeviceDecision("f" * 32, 0.2, 0.6, 1),
-    )  # a person the server no longer has
+    decided = _event("e1", 1, vectors[0], DeviceDecision(person.id, 0.2, 0.6, 1))
+    undecided = _event("e2", 2, vectors[1])
+    stale = _event("e4", 4, vectors[0], DeviceDecision("f" * 32, 0.2, 0.6, 1))  # gone from server
     docs = [
         decided.to_json(),
         undecided.to_json(),

@@ -29,7 +29,8 @@ import base64
 import json
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -205,12 +206,27 @@ class EdgeHub:
     def public_key(self) -> str:
         return public_key_text(self._key.public_key())
 
-    @staticmethod
-    def _lock_state(session: Session) -> StateRow:
-        """The store's writer lock, taken first in every write (as the gallery's writers do)."""
-        return session.execute(
-            select(StateRow).where(StateRow.id == 1).with_for_update()
-        ).scalar_one()
+    @contextmanager
+    def _reading(self) -> Iterator[Session]:
+        try:
+            with self._sessions() as session:
+                yield session
+        except SQLAlchemyError as exc:
+            raise StorageError(f"edge store error: {exc}") from exc
+
+    @contextmanager
+    def _writing(self) -> Iterator[tuple[Session, StateRow]]:
+        """A write transaction holding the store's writer lock (the audit chain's state row),
+        taken first as every gallery writer does. :class:`IntegrityError` passes through."""
+        try:
+            with self._sessions.begin() as session:
+                yield session, session.execute(
+                    select(StateRow).where(StateRow.id == 1).with_for_update()
+                ).scalar_one()
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise StorageError(f"edge store error: {exc}") from exc
 
     # ------------------------------------------------------------------ events
 
@@ -295,17 +311,13 @@ class EdgeHub:
     def _stored(self, key_id: str, keys: Sequence[str]) -> set[str]:
         if not keys:
             return set()
-        try:
-            with self._sessions() as session:
-                return set(
-                    session.scalars(
-                        select(EdgeEventRow.event_key).where(
-                            EdgeEventRow.key_id == key_id, EdgeEventRow.event_key.in_(list(keys))
-                        )
-                    )
+        with self._reading() as session:
+            found = session.scalars(
+                select(EdgeEventRow.event_key).where(
+                    EdgeEventRow.key_id == key_id, EdgeEventRow.event_key.in_(list(keys))
                 )
-        except SQLAlchemyError as exc:
-            raise StorageError(f"edge store error: {exc}") from exc
+            )
+            return set(found)
 
     def _store(
         self,
@@ -322,61 +334,38 @@ class EdgeHub:
         receipts: dict[str, Receipt] = {}
         out: list[Receipt] = []
         now = utcnow()
-        try:
-            with self._sessions.begin() as session:
-                state = self._lock_state(session)
-                existing = (
-                    {
-                        row.event_key: row
-                        for row in session.scalars(
-                            select(EdgeEventRow).where(
-                                EdgeEventRow.key_id == key_id,
-                                EdgeEventRow.event_key.in_([e.key for e in events]),
-                            )
-                        )
-                    }
-                    if events
-                    else {}
+        keys = [e.key for e in events]
+        with self._writing() as (session, state):
+            rows = session.scalars(
+                select(EdgeEventRow).where(
+                    EdgeEventRow.key_id == key_id, EdgeEventRow.event_key.in_(keys)
                 )
-                added = 0
-                for event in events:
-                    if event.key in existing or event.key in receipts:
-                        row, first = existing.get(event.key), receipts.get(event.key)
-                        person = row.person_id if row else first.person_id if first else None
-                        out.append(Receipt(event.key, "duplicate", person))
-                        continue
-                    person, distance, seq, by = self._outcome(
-                        session, state, key_id, collection, event, server_side, purpose
+            )
+            existing = {row.event_key: row for row in rows} if keys else {}
+            for event in events:
+                if event.key in existing or event.key in receipts:
+                    row, first = existing.get(event.key), receipts.get(event.key)
+                    person = row.person_id if row else first.person_id if first else None
+                    out.append(Receipt(event.key, "duplicate", person))
+                    continue
+                person, distance, seq, by = self._outcome(
+                    session, state, key_id, collection, event, server_side, purpose
+                )
+                session.add(
+                    EdgeEventRow(
+                        key_id=key_id, event_key=event.key, collection=collection,
+                        device_id=device.id, track=event.track, first_seen=event.first_seen,
+                        last_seen=event.last_seen, detections=event.detections,
+                        quality=event.quality, embedding_sha256=event.embedding_sha256,
+                        person_id=person, distance=distance, decided_by=by,
+                        snapshot_sequence=event.decision.snapshot if event.decision else None,
+                        crop=event.crop_jpeg, audit_seq=seq, received_at=now,
                     )
-                    session.add(
-                        EdgeEventRow(
-                            key_id=key_id,
-                            event_key=event.key,
-                            collection=collection,
-                            device_id=device.id,
-                            track=event.track,
-                            first_seen=event.first_seen,
-                            last_seen=event.last_seen,
-                            detections=event.detections,
-                            quality=event.quality,
-                            embedding_sha256=event.embedding_sha256,
-                            person_id=person,
-                            distance=distance,
-                            decided_by=by,
-                            snapshot_sequence=event.decision.snapshot if event.decision else None,
-                            crop=event.crop_jpeg,
-                            audit_seq=seq,
-                            received_at=now,
-                        )
-                    )
-                    receipts[event.key] = Receipt(event.key, "stored", person)
-                    out.append(receipts[event.key])
-                    added += 1
-                self._touch(session, key_id, collection, device, now, events=added, queue=queue)
-        except IntegrityError:
-            raise
-        except SQLAlchemyError as exc:
-            raise StorageError(f"edge store error: {exc}") from exc
+                )
+                receipts[event.key] = Receipt(event.key, "stored", person)
+                out.append(receipts[event.key])
+            self._touch(session, key_id, collection, device, now, events=len(receipts),
+                        queue=queue)
         return out
 
     @staticmethod
@@ -530,31 +519,21 @@ class EdgeHub:
         self, key_id: str, collection: str, device: DeviceInfo, digest: str, now: datetime
     ) -> int:
         """The sequence for this content: the latest one if unchanged, else the next."""
-        try:
-            with self._sessions.begin() as session:
-                self._lock_state(session)
-                latest = session.scalar(
-                    select(EdgeSnapshotRow)
-                    .where(EdgeSnapshotRow.collection == collection)
-                    .order_by(EdgeSnapshotRow.sequence.desc())
-                    .limit(1)
-                )
-                if latest is not None and latest.content_sha256 == digest:
-                    sequence = latest.sequence
-                else:
-                    sequence = (latest.sequence if latest else 0) + 1
-                    session.add(
-                        EdgeSnapshotRow(
-                            collection=collection,
-                            sequence=sequence,
-                            content_sha256=digest,
-                            created_at=now,
-                        )
-                    )
-                self._touch(session, key_id, collection, device, now, snapshot=sequence)
-                return sequence
-        except SQLAlchemyError as exc:
-            raise StorageError(f"edge store error: {exc}") from exc
+        with self._writing() as (session, _state):
+            latest = session.scalar(
+                select(EdgeSnapshotRow)
+                .where(EdgeSnapshotRow.collection == collection)
+                .order_by(EdgeSnapshotRow.sequence.desc())
+                .limit(1)
+            )
+            if latest is not None and latest.content_sha256 == digest:
+                sequence = latest.sequence
+            else:
+                sequence = (latest.sequence if latest else 0) + 1
+                session.add(EdgeSnapshotRow(collection=collection, sequence=sequence,
+                                            content_sha256=digest, created_at=now))
+            self._touch(session, key_id, collection, device, now, snapshot=sequence)
+            return sequence
 
     # ------------------------------------------------------------------ devices
 
@@ -563,15 +542,12 @@ class EdgeHub:
         query = select(EdgeDeviceRow).order_by(EdgeDeviceRow.last_seen_at.desc(), EdgeDeviceRow.id)
         if collections is not None:
             query = query.where(EdgeDeviceRow.collection.in_(sorted(collections)))
-        try:
-            with self._sessions() as session:
-                return [DeviceRecord.from_row(r) for r in session.scalars(query)]
-        except SQLAlchemyError as exc:
-            raise StorageError(f"edge store error: {exc}") from exc
+        with self._reading() as session:
+            return [DeviceRecord.from_row(r) for r in session.scalars(query)]
 
     def events_stored(self, collection: str) -> int:
         """How many events the collection holds (for tests and metrics)."""
-        with self._sessions() as session:
+        with self._reading() as session:
             count = session.scalar(
                 select(func.count())
                 .select_from(EdgeEventRow)

@@ -125,26 +125,8 @@ class SignedSnapshotOut(BaseModel):
     signature: str = Field(description="base64 Ed25519 signature of the payload bytes")
 
 
-class DeviceOut(BaseModel):
-    device_id: str
-    key_id: str
-    collection: str
-    agent_version: str
-    first_seen_at: datetime
-    last_seen_at: datetime
-    events: int
-    snapshot_sequence: int | None
-    queue_pending: int | None
-    queue_dropped: int | None
-    queue_dead: int | None
-
-    @classmethod
-    def from_record(cls, record: DeviceRecord) -> DeviceOut:
-        return cls(**record.__dict__)
-
-
 class DeviceList(BaseModel):
-    items: list[DeviceOut]
+    items: list[DeviceRecord]
 
 
 def get_hub(request: Request, services: ServicesDep) -> EdgeHub:
@@ -220,4 +202,4 @@ def get_edge_public_key(key: DeviceKey, hub: HubDep) -> PublicKeyOut:
 def list_edge_devices(key: AdminKey, hub: HubDep) -> DeviceList:
     """Devices that have posted events or pulled snapshots, most recently seen first, with
     their agent version and last contact (only the collections the key sees)."""
-    return DeviceList(items=[DeviceOut.from_record(d) for d in hub.devices(key.collections)])
+    return DeviceList(items=hub.devices(key.collections))
