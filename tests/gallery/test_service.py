@@ -311,3 +311,33 @@ def test_faiss_index_behind_the_gallery(db_url: str, tmp_path: Path) -> None:
         for i in (4, 5, 34):
             best = g.identify("people", vecs[i]).best
             assert (best is None) if i % 30 == 4 else (best is not None and best.person_id == ids[i % 30])
+
+
+def test_template_listing_deletion_person_update_and_collection_deletion(
+    gallery: Gallery, db_url: str
+) -> None:
+    vecs = unit_vectors(3, seed=18)
+    ada = consented_person(gallery, "Ada")
+    first, second = (gallery.enroll("people", ada, v).template_id for v in vecs[:2])
+    assert [t.id for t in gallery.templates("people", ada)] == [first, second]
+    gallery.delete_template("people", ada, first, purpose="bad photo")
+    assert [t.id for t in gallery.templates("people", ada)] == [second]
+    assert first not in gallery.index("people").ids()
+    assert gallery.identify("people", vecs[0]).unknown
+    with pytest.raises(NotFound):
+        gallery.delete_template("people", ada, first)
+
+    renamed = gallery.update_person("people", ada, display_name="Ada L.", external_id="E-1")
+    assert (renamed.display_name, renamed.external_id) == ("Ada L.", "E-1")
+    bob = consented_person(gallery, "Bob")
+    with pytest.raises(Conflict):
+        gallery.update_person("people", bob, external_id="E-1")
+
+    assert gallery.delete_collection("people") == 1
+    with pytest.raises(NotFound):
+        gallery.collection("people")
+    assert _store_rows(db_url, "SELECT count(*) FROM template")[0][0] == 0
+    assert _store_rows(db_url, "SELECT count(*) FROM person")[0][0] == 0
+    actions = [e.action for e in gallery.audit_events(limit=100)]
+    assert {"template.delete", "person.update", "collection.delete"} <= set(actions)
+    assert gallery.verify_audit().ok
