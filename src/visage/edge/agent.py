@@ -145,19 +145,21 @@ class Agent:
         """The offline snapshot in use, if any."""
         return self._offline.snapshot if self._offline is not None else None
 
-    def _trusted_key(self, *, fetch: bool) -> Ed25519PublicKey | None:
-        """The configured key (recorded as pinned), else the pinned one, else — with ``fetch``
-        — the server's, pinned now (trust on first use)."""
+    def _known_key(self) -> Ed25519PublicKey | None:
+        """The configured key (recorded as pinned), else the pinned one, else ``None``."""
         pinned = self.queue.get_meta("trusted_key")
         if self.config.trust is not None:
             key = parse_public_key(self.config.trust)
             if pinned != self.config.trust.strip():
                 self.queue.set_meta("trusted_key", self.config.trust.strip())
             return key
-        if pinned is not None:
-            return parse_public_key(pinned)
-        if not fetch:
-            return None
+        return parse_public_key(pinned) if pinned is not None else None
+
+    def _trusted_key(self) -> Ed25519PublicKey:
+        """The known key, else the server's, pinned now (trust on first use)."""
+        known = self._known_key()
+        if known is not None:
+            return known
         text = self.uplink.public_key()
         key = parse_public_key(text)
         self.queue.set_meta("trusted_key", text.strip())
@@ -174,8 +176,7 @@ class Agent:
         document = self.uplink.fetch_snapshot(
             self.config.collection, self.device, ttl_s=self.config.snapshot_ttl_s
         )
-        trusted = self._trusted_key(fetch=True)
-        assert trusted is not None
+        trusted = self._trusted_key()
         snapshot = verify_snapshot(
             document, trusted, min_sequence=self._min_sequence(), collection=self.config.collection
         )
@@ -205,7 +206,7 @@ class Agent:
     def _load_snapshot(self) -> OfflineGallery | None:
         """The saved snapshot when it still verifies (signature, expiry, sequence), else None."""
         path = self.config.state_dir / SNAPSHOT_FILE
-        trusted = self._trusted_key(fetch=False)
+        trusted = self._known_key()
         if trusted is None or not path.exists():
             return None
         try:
@@ -256,7 +257,8 @@ class Agent:
     def record(self, entry: TimelineEntry, started: datetime) -> EdgeEvent:
         """Turn a closed track into an event and commit it to the queue (before any upload)."""
         track = entry.track
-        assert self.pipeline is not None
+        if self.pipeline is None:
+            raise ValueError("an agent that records tracks needs a pipeline")
         event = EdgeEvent(
             key=uuid.uuid4().hex,
             device_id=self.device.id,

@@ -91,8 +91,9 @@ class QueuedEvent:
 
 @dataclass(frozen=True)
 class QueueStats:
-    """Counts: ``pending`` to upload, ``dead`` refused by the server, ``dropped`` by the cap
-    policy and ``delivered`` since the queue was created; ``bytes`` of payload held."""
+    """Counts: ``pending`` to upload, ``dead`` refused by the server; since the queue was
+    created, ``dropped`` (drop-oldest) and ``refused`` (refuse-new) by the cap policy and
+    ``delivered``; ``bytes`` of payload held."""
 
     pending: int
     dead: int

@@ -91,17 +91,14 @@ class VideoSource:
     @property
     def info(self) -> VideoInfo:
         """Frame rate, size and length (opens the source if needed)."""
-        if self._info is None:
-            self.open()
-        assert self._info is not None
-        return self._info
+        return self._info if self._info is not None else self.open()
 
-    def open(self) -> None:
-        """Open the source now (iteration opens it otherwise)."""
+    def open(self) -> VideoInfo:
+        """Open the source now (iteration opens it otherwise); what it says about itself."""
         import cv2
 
-        if self._capture is not None:
-            return
+        if self._capture is not None and self._info is not None:
+            return self._info
         capture = cv2.VideoCapture(self.spec)
         if not capture.isOpened():
             capture.release()
@@ -118,6 +115,7 @@ class VideoSource:
             frames=None if live or count <= 0 else count,
             live=live,
         )
+        return self._info
 
     def close(self) -> None:
         """Release the file, device or connection."""
@@ -135,7 +133,7 @@ class VideoSource:
     def __iter__(self) -> Iterator[Frame]:
         import cv2
 
-        info = self.info
+        info = self.open()
         capture = self._capture
         started = time.monotonic()
         index = 0
