@@ -81,9 +81,13 @@ def serve(
         str | None, typer.Option(help="Vector index: exact, auto or faiss:… [exact].")
     ] = None,
     detector: Annotated[str | None, typer.Option(help="Face detector: hog or cnn [hog].")] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="Model runtime: auto, onnx or dlib [auto].")
+    ] = None,
     max_body_bytes: Annotated[int | None, typer.Option(help="Request body limit in bytes.")] = None,
     max_pixels: Annotated[int | None, typer.Option(help="Photo pixel limit.")] = None,
     max_faces: Annotated[int | None, typer.Option(help="Faces processed per photo.")] = None,
+    threads: Annotated[int | None, typer.Option(help="Requests handled at once [4].")] = None,
     rate_limit: Annotated[
         float | None, typer.Option(help="Requests per second per key (0: unlimited).")
     ] = None,
@@ -106,9 +110,11 @@ def serve(
         db=db,
         index=index,
         detector=detector,
+        runtime=runtime,
         max_body_bytes=max_body_bytes,
         max_pixels=max_pixels,
         max_faces=max_faces,
+        threads=threads,
         rate_limit=rate_limit,
         log_level=log_level,
     )

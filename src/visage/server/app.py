@@ -48,6 +48,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         services = await anyio.to_thread.run_sync(open_services, settings, metrics)
+        # Requests beyond this many wait their turn in arrival order (anyio's limiter is fair),
+        # rather than racing for the gallery's lock, which starved some of them for seconds.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         app.state.services = services
         try:
             yield

@@ -1,10 +1,10 @@
 """The face pipeline as the server shares it between request threads.
 
 dlib's detector and network keep state while they run and are not safe to call from two
-threads at once, so one call runs at a time (on 2 cores a second concurrent call would only
-compete for the same cores). The per-photo face limit is enforced right after detection,
-before landmarks and embeddings, so a crowd photo costs one detection and a 422, not a
-hundred embeddings.
+threads at once, so one call runs at a time (the ONNX runtime already spreads one call over
+the cores, so a second concurrent call would only compete for them). The per-photo face limit
+is enforced right after detection, before landmarks and embeddings, so a crowd photo costs
+one detection and a 422, not a hundred embeddings.
 """
 
 from __future__ import annotations
@@ -39,8 +39,12 @@ class _LimitedDetector:
 class ServicePipeline(Pipeline):
     """A :class:`Pipeline` whose ``detect``/``embed`` run one at a time, on ``max_faces``."""
 
-    def __init__(self, *, detector: str, upsample: int, max_pixels: int, max_faces: int) -> None:
-        super().__init__(detector=detector, upsample=upsample, max_pixels=max_pixels)
+    def __init__(
+        self, *, detector: str, runtime: str, upsample: int, max_pixels: int, max_faces: int
+    ) -> None:
+        super().__init__(
+            detector=detector, runtime=runtime, upsample=upsample, max_pixels=max_pixels
+        )
         self.detector = _LimitedDetector(self.detector, max_faces)
         self._lock = threading.Lock()
 

@@ -43,6 +43,7 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
     """Load the models, open (and migrate) the store and the gallery; blocking, seconds."""
     pipeline = ServicePipeline(
         detector=settings.detector,
+        runtime=settings.runtime,
         upsample=settings.upsample,
         max_pixels=settings.max_pixels,
         max_faces=settings.max_faces,

@@ -50,6 +50,9 @@ class Settings(BaseSettings):
         "exact", description="Vector index: exact, auto or faiss:<factory>[;<knobs>]."
     )
     detector: Literal["hog", "cnn"] = Field("hog", description="Face detector for photos.")
+    runtime: Literal["auto", "onnx", "dlib"] = Field(
+        "auto", description="Model runtime: auto (ONNX when available), onnx or dlib."
+    )
     upsample: int = Field(1, ge=0, le=4, description="Times photos are upsampled before detection.")
     max_body_bytes: int = Field(
         20 * MiB, ge=1024, description="Largest request body accepted (413 above it)."
@@ -67,6 +70,13 @@ class Settings(BaseSettings):
         ge=1,
         le=MAX_BATCH,
         description="Most photos or embeddings in one group or bulk request.",
+    )
+    threads: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description="Requests handled at once; the rest queue in arrival order (see "
+        "docs/performance-service.md for why a few beat many).",
     )
     rate_limit: float = Field(
         50.0, ge=0, description="Requests per second per API key (0: unlimited); keys may override."

@@ -14,8 +14,9 @@ router = APIRouter(tags=["system"])
 
 
 @router.get("/healthz", response_model=HealthOut)
-def healthz() -> HealthOut:
-    """Liveness: the process is up and serving requests (no checks)."""
+async def healthz() -> HealthOut:
+    """Liveness: the process is up and serving requests (no checks, and no request thread, so
+    it answers even while every thread is busy)."""
     return HealthOut(status="ok")
 
 
