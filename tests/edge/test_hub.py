@@ -1,0 +1,109 @@
+"""The server's edge hub on SQLite and on a real PostgreSQL (the gallery's store fixtures), with
+synthetic embeddings: exactly-once ingestion (also under concurrent uploads of one batch),
+audit events, snapshot sequences and contents that follow deletions, revocations and expiry."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.gallery.conftest import db_url, gallery, pg_server  # noqa: F401  (store fixtures)
+from tests.gallery.synthetic import MODEL, consented_person, near, unit_vectors
+from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent
+from visage.edge.hub import EdgeHub
+from visage.edge.snapshot import generate_signing_key, verify_snapshot
+from visage.gallery import EmbeddingItem, Gallery
+from visage.gallery.store import open_engine
+
+DEVICE = DeviceInfo("dev-1", "0.1.0")
+KEY = generate_signing_key()
+
+
+@pytest.fixture
+def hub(gallery: Gallery) -> EdgeHub:  # noqa: F811
+    return EdgeHub(open_engine(gallery.url), gallery, KEY)
+
+
+def _people(g: Gallery, n: int = 3) -> tuple[list[str], np.ndarray]:
+    vectors = unit_vectors(n, seed=5)
+    ids = [consented_person(g, f"P{i}") for i in range(n)]
+    g.enroll_many("people", [EmbeddingItem(p, v) for p, v in zip(ids, vectors)])
+    return ids, vectors
+
+
+def _event(
+    key: str, vector: np.ndarray, decision: DeviceDecision | None = None
+) -> dict[str, object]:
+    now = datetime.now(UTC)
+    return EdgeEvent(key, DEVICE.id, 1, now, now, 4, 0.8, MODEL, vector, decision).to_json()
+
+
+def test_ingest_exactly_once_even_concurrently(hub: EdgeHub, gallery: Gallery) -> None:  # noqa: F811
+    ids, vectors = _people(gallery)
+    batch = [_event(f"k{i}", near(vectors[i % 3], 0.02, i), DeviceDecision(ids[i % 3], 0.2, 0.6, 1))
+             for i in range(12)]
+    answers: list[list[str]] = []
+
+    def upload() -> None:
+        receipts = hub.ingest(key_id="vk_a", collection="people", device=DEVICE, events=batch)
+        answers.append([r.status for r in receipts])
+
+    threads = [threading.Thread(target=upload) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert hub.events_stored("people") == 12
+    assert sorted(answers) == [["duplicate"] * 12, ["duplicate"] * 12, ["stored"] * 12]
+    audited = gallery.audit_events(collection="people", action="edge.identify", limit=100)
+    assert len(audited) == 12 and {e.actor for e in audited} == {"vk_a"}
+    # the same idempotency key from another key is another device's event
+    other = hub.ingest(key_id="vk_b", collection="people", device=DEVICE, events=batch[:1])
+    assert other[0].status == "stored"
+
+
+def test_undecided_events_are_identified_on_the_server(hub: EdgeHub, gallery: Gallery) -> None:  # noqa: F811
+    ids, vectors = _people(gallery)
+    stranger = unit_vectors(1, seed=99)[0]
+    receipts = hub.ingest(key_id="vk_a", collection="people", device=DEVICE, events=[
+        _event("a", near(vectors[1], 0.02, 1)), _event("b", stranger)])
+    assert [(r.status, r.person_id) for r in receipts] == [("stored", ids[1]), ("stored", None)]
+    assert len(gallery.audit_events(collection="people", action="identify", limit=10)) == 2
+
+
+def test_snapshot_sequence_follows_the_gallery(hub: EdgeHub, gallery: Gallery) -> None:  # noqa: F811
+    ids, _ = _people(gallery)
+    ends = datetime.now(UTC) + timedelta(days=3)
+    gallery.grant_consent("people", ids[2], basis="consent", granted_by="x", expires_at=ends)
+
+    def pull() -> tuple[int, dict[str, datetime | None]]:
+        doc = hub.snapshot(key_id="vk_a", collection="people", device=DEVICE)
+        snap = verify_snapshot(doc, KEY.public_key())
+        return snap.sequence, {p.id: p.consent_expires_at for p in snap.persons}
+
+    first, persons = pull()
+    assert set(persons) == set(ids) and persons[ids[2]] is None  # an open-ended consent remains
+    assert pull()[0] == first  # nothing changed: same sequence, fresh signature and expiry
+    gallery.delete_person("people", ids[0])
+    second, persons = pull()
+    assert second == first + 1 and set(persons) == set(ids[1:])
+    gallery.revoke_consent("people", ids[1])
+    third, persons = pull()
+    assert third == second + 1 and set(persons) == {ids[2]}
+    (device,) = hub.devices()
+    assert device.snapshot_sequence == third
+
+
+def test_signing_key_found_or_made_beside_a_sqlite_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("VISAGE_EDGE_SIGNING_KEY", raising=False)
+    with Gallery(tmp_path / "g.db") as g:
+        hub = EdgeHub.open(open_engine(g.url), g, g.url)
+        again = EdgeHub.open(open_engine(g.url), g, g.url)
+    assert hub.public_key() == again.public_key()
+    assert (tmp_path / "g.db.edge-signing-key.pem").exists()
