@@ -30,10 +30,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
 from tests.edge.conftest import COLLECTION, Person
 from tests.edge.proxy import Proxy
 from tests.server.conftest import Server, start_server, stop_server
+from visage.cli import app
 from visage.edge.agent import SNAPSHOT_FILE, Agent, AgentConfig
 from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent
 from visage.edge.queue import EventQueue
@@ -346,3 +348,24 @@ def test_device_keys_only_report_and_pull_for_their_collections(
             client.get("/v1/audit", params={"collection": COLLECTION}),
         ]
         assert [r.status_code for r in refused] == [403, 403, 403, 403]
+
+
+def test_cli_pull_then_status(running: tuple[Server, Seeded], tmp_path: Path) -> None:
+    server, seeded = running
+    state = str(tmp_path / "agent")
+    with server.client(seeded.device_key) as client:
+        key = client.get("/v1/edge/public-key").json()["key"]
+    pulled = CliRunner().invoke(app, ["edge", "pull", "--server", server.url, "--key",
+                                      seeded.device_key, "--collection", COLLECTION,
+                                      "--state", state, "--trust", key, "--json"])
+    assert pulled.exit_code == 0, pulled.output
+    snap = json.loads(pulled.stdout)
+    assert snap["sequence"] >= 1 and snap["persons"] == len(seeded.persons)
+    status = CliRunner().invoke(app, ["edge", "status", "--state", state, "--json"])
+    doc = json.loads(status.stdout)
+    assert doc["snapshot_sequence"] == str(snap["sequence"]) and doc["trusted_key"] == key
+    wrong = CliRunner().invoke(app, ["edge", "pull", "--server", server.url, "--key",
+                                     seeded.device_key, "--collection", COLLECTION, "--state",
+                                     str(tmp_path / "other"), "--trust",
+                                     "ed25519:" + "A" * 43 + "="])
+    assert wrong.exit_code == 1 and "bad signature" in wrong.stderr
