@@ -124,18 +124,17 @@ async def photo_pair(request: Request) -> tuple[Upload, Upload | None]:
 
 async def probes(request: Request) -> Upload | EmbeddingsIn:
     """A photo (raw or multipart ``photo``) or JSON ``{"embeddings": [[...], ...]}``."""
-    if media_type(request) == JSON:
-        return await _json(request, EmbeddingsIn)
-    try:
-        return await photo(request)
-    except UnsupportedMediaType as exc:
-        raise UnsupportedMediaType(exc.given, _accepted(True, True, True)) from None
+    return await _photo_or_json(request, EmbeddingsIn)
 
 
 async def template(request: Request) -> Upload | EmbeddingIn:
     """A photo to enroll (raw or multipart ``photo``) or JSON ``{"embedding": [...]}``."""
+    return await _photo_or_json(request, EmbeddingIn)
+
+
+async def _photo_or_json(request: Request, model: type[Model]) -> Upload | Model:
     if media_type(request) == JSON:
-        return await _json(request, EmbeddingIn)
+        return await _json(request, model)
     try:
         return await photo(request)
     except UnsupportedMediaType as exc:

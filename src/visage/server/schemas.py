@@ -13,17 +13,10 @@ from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Fiel
 
 from ..decision import Comparison
 from ..gallery import (
-    Candidate,
-    CollectionInfo,
     ConsentBasis,
-    ConsentInfo,
-    EnrollResult,
     Identification,
-    PersonInfo,
-    SimilarFace,
-    TemplateInfo,
 )
-from ..gallery.audit import AuditEvent, ChainReport
+from ..gallery.audit import ChainReport
 from ..pipeline import Face
 from .problems import Problem
 
@@ -56,6 +49,12 @@ def _iso_text(value: object) -> object:
 
 IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]
 Quality = Annotated[float, Field(strict=True, ge=0, le=1)]
+
+
+class _Out(BaseModel):
+    """Responses read straight from the gallery's records (their attributes, by name)."""
+
+    model_config = ConfigDict(from_attributes=True)
 
 
 class _In(BaseModel):
@@ -168,7 +167,7 @@ class VerifyOut(BaseModel):
         )
 
 
-class CandidateOut(BaseModel):
+class CandidateOut(_Out):
     """A person who may be the probe, scored by their nearest template."""
 
     person_id: str
@@ -177,17 +176,6 @@ class CandidateOut(BaseModel):
     distance: float
     same: bool
     template_id: int
-
-    @classmethod
-    def from_candidate(cls, c: Candidate) -> CandidateOut:
-        return cls(
-            person_id=c.person_id,
-            display_name=c.display_name,
-            external_id=c.external_id,
-            distance=c.distance,
-            same=c.same,
-            template_id=c.template_id,
-        )
 
 
 class IdentifiedFace(BaseModel):
@@ -214,7 +202,7 @@ class IdentifiedFace(BaseModel):
             threshold=i.threshold,
             threshold_source=i.threshold_source,
             audit_seq=i.audit_seq,
-            candidates=[CandidateOut.from_candidate(c) for c in i.candidates],
+            candidates=[CandidateOut.model_validate(c) for c in i.candidates],
         )
 
 
@@ -225,22 +213,13 @@ class IdentifyOut(BaseModel):
     audit_seq: int | None = Field(None, description="The event recorded when no face was found")
 
 
-class SimilarOut(BaseModel):
+class SimilarOut(_Out):
     """A template near the probe; find-similar is a search, so there is no decision."""
 
     template_id: int
     person_id: str
     display_name: str
     distance: float
-
-    @classmethod
-    def from_similar(cls, s: SimilarFace) -> SimilarOut:
-        return cls(
-            template_id=s.template_id,
-            person_id=s.person_id,
-            display_name=s.display_name,
-            distance=s.distance,
-        )
 
 
 class SimilarFaces(BaseModel):
@@ -296,7 +275,7 @@ class CollectionCreate(_In):
     keep_images: StrictBool = False
 
 
-class CollectionOut(BaseModel):
+class CollectionOut(_Out):
     """A collection and its size."""
 
     name: str
@@ -306,18 +285,6 @@ class CollectionOut(BaseModel):
     created_at: datetime
     persons: int
     templates: int
-
-    @classmethod
-    def from_info(cls, c: CollectionInfo) -> CollectionOut:
-        return cls(
-            name=c.name,
-            model_id=c.model_id,
-            dim=c.dim,
-            keep_images=c.keep_images,
-            created_at=c.created_at,
-            persons=c.persons,
-            templates=c.templates,
-        )
 
 
 class CollectionList(BaseModel):
@@ -361,7 +328,7 @@ class RevokeIn(_In):
     reason: Annotated[str, Field(max_length=2000)] | None = None
 
 
-class ConsentOut(BaseModel):
+class ConsentOut(_Out):
     """A consent record; ``status`` is valid, pending, expired or revoked."""
 
     id: int
@@ -375,21 +342,6 @@ class ConsentOut(BaseModel):
     revoke_reason: str | None
     status: str
 
-    @classmethod
-    def from_info(cls, c: ConsentInfo) -> ConsentOut:
-        return cls(
-            id=c.id,
-            basis=c.basis,
-            purpose=c.purpose,
-            granted_by=c.granted_by,
-            granted_at=c.granted_at,
-            expires_at=c.expires_at,
-            revoked_at=c.revoked_at,
-            revoked_by=c.revoked_by,
-            revoke_reason=c.revoke_reason,
-            status=c.status,
-        )
-
 
 class ConsentList(BaseModel):
     """A person's consent history, oldest first."""
@@ -397,7 +349,7 @@ class ConsentList(BaseModel):
     items: list[ConsentOut]
 
 
-class PersonOut(BaseModel):
+class PersonOut(_Out):
     """A person, how many templates are held for them and their consent history."""
 
     id: str
@@ -409,20 +361,6 @@ class PersonOut(BaseModel):
     templates: int
     consent_valid: bool
     consents: list[ConsentOut]
-
-    @classmethod
-    def from_info(cls, p: PersonInfo) -> PersonOut:
-        return cls(
-            id=p.id,
-            collection=p.collection,
-            display_name=p.display_name,
-            external_id=p.external_id,
-            metadata=p.metadata,
-            created_at=p.created_at,
-            templates=p.templates,
-            consent_valid=p.consent_valid,
-            consents=[ConsentOut.from_info(c) for c in p.consents],
-        )
 
 
 class PersonList(BaseModel):
@@ -442,7 +380,7 @@ class RemovedOut(BaseModel):
 # ---------------------------------------------------------------- enrollment
 
 
-class EnrollOut(BaseModel):
+class EnrollOut(_Out):
     """An enrolled template; ``created`` is false when the same source was already enrolled."""
 
     person_id: str
@@ -451,18 +389,8 @@ class EnrollOut(BaseModel):
     quality: float | None
     source_sha256: str
 
-    @classmethod
-    def from_result(cls, r: EnrollResult) -> EnrollOut:
-        return cls(
-            person_id=r.person_id,
-            template_id=r.template_id,
-            created=r.created,
-            quality=r.quality,
-            source_sha256=r.source_sha256,
-        )
 
-
-class TemplateOut(BaseModel):
+class TemplateOut(_Out):
     """An enrolled face (a template); its embedding is never sent back."""
 
     id: int
@@ -472,18 +400,6 @@ class TemplateOut(BaseModel):
     source_sha256: str
     has_image: bool
     created_at: datetime
-
-    @classmethod
-    def from_info(cls, t: TemplateInfo) -> TemplateOut:
-        return cls(
-            id=t.id,
-            person_id=t.person_id,
-            model_id=t.model_id,
-            quality=t.quality,
-            source_sha256=t.source_sha256,
-            has_image=t.has_image,
-            created_at=t.created_at,
-        )
 
 
 class TemplateList(BaseModel):
@@ -528,7 +444,7 @@ class BulkOut(BaseModel):
 # ---------------------------------------------------------------- audit & health
 
 
-class AuditEventOut(BaseModel):
+class AuditEventOut(_Out):
     """One audit event; ``hash`` covers every other field, ``prev_hash`` links the chain."""
 
     seq: int
@@ -541,21 +457,6 @@ class AuditEventOut(BaseModel):
     summary: dict[str, Any]
     prev_hash: str
     hash: str
-
-    @classmethod
-    def from_event(cls, e: AuditEvent) -> AuditEventOut:
-        return cls(
-            seq=e.seq,
-            at=e.at,
-            actor=e.actor,
-            action=e.action,
-            collection=e.collection,
-            purpose=e.purpose,
-            input_hash=e.input_hash,
-            summary=e.summary,
-            prev_hash=e.prev_hash,
-            hash=e.hash,
-        )
 
 
 class AuditList(BaseModel):

@@ -26,7 +26,7 @@ def list_audit_events(
     """Audit events after ``after``, oldest first; a key limited to some collections names one."""
     ensure_sees(key, collection)
     events = gallery.audit_events(collection=collection, action=action, after=after, limit=limit)
-    return AuditList(items=[AuditEventOut.from_event(e) for e in events])
+    return AuditList(items=[AuditEventOut.model_validate(e) for e in events])
 
 
 @router.get("/verify", response_model=ChainOut)

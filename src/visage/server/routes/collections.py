@@ -24,7 +24,7 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=pro
 def list_collections(key: AnyKey, gallery: GalleryDep) -> CollectionList:
     """The collections this key may use, by name, with their sizes."""
     return CollectionList(
-        items=[CollectionOut.from_info(c) for c in gallery.collections() if key.sees(c.name)]
+        items=[CollectionOut.model_validate(c) for c in gallery.collections() if key.sees(c.name)]
     )
 
 
@@ -32,7 +32,7 @@ def list_collections(key: AnyKey, gallery: GalleryDep) -> CollectionList:
 def create_collection(key: AdminKey, body: CollectionCreate, gallery: GalleryDep) -> CollectionOut:
     """A new, empty collection for the server's embedding model (409 if the name is taken)."""
     ensure_sees(key, body.name)
-    return CollectionOut.from_info(
+    return CollectionOut.model_validate(
         gallery.create_collection(body.name, keep_images=body.keep_images, actor=key.id)
     )
 
@@ -42,7 +42,7 @@ def get_collection(
     key: CollectionKey, collection: CollectionPath, gallery: GalleryDep
 ) -> CollectionOut:
     """One collection with its model and how many persons and templates it holds."""
-    return CollectionOut.from_info(gallery.collection(collection))
+    return CollectionOut.model_validate(gallery.collection(collection))
 
 
 @router.delete("/{collection}", response_model=RemovedOut)

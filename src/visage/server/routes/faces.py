@@ -66,7 +66,7 @@ def enroll_face(
         item = EmbeddingItem(person, np.asarray(body.embedding, np.float32), body.quality)
         result = gallery.enroll_many(collection, [item], purpose=purpose, actor=key.id)[0]
     metrics.faces.labels("enroll").inc()
-    return EnrollOut.from_result(result)
+    return EnrollOut.model_validate(result)
 
 
 @router.get("/persons/{person}/faces", response_model=TemplateList)
@@ -75,7 +75,7 @@ def list_faces(
 ) -> TemplateList:
     """The person's enrolled faces (templates), oldest first, without their embeddings."""
     return TemplateList(
-        items=[TemplateOut.from_info(t) for t in gallery.templates(collection, person)]
+        items=[TemplateOut.model_validate(t) for t in gallery.templates(collection, person)]
     )
 
 
@@ -138,7 +138,7 @@ def enroll_bulk(
                 item=number,
                 filename=upload.filename,
                 person=person,
-                result=EnrollOut.from_result(result),
+                result=EnrollOut.model_validate(result),
             )
         )
     return _summary(items, metrics)
@@ -158,7 +158,7 @@ def _enroll_embeddings(
     results = gallery.enroll_many(collection, items, purpose=purpose, actor=actor)
     return _summary(
         [
-            BulkItemOut(item=n, person=i.person, result=EnrollOut.from_result(r))
+            BulkItemOut(item=n, person=i.person, result=EnrollOut.model_validate(r))
             for n, (i, r) in enumerate(zip(body.items, results))
         ],
         metrics,

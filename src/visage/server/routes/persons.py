@@ -35,7 +35,9 @@ def list_persons(
 ) -> PersonList:
     """One page of the collection's persons, in creation order."""
     persons = gallery.persons(collection, offset=offset, limit=limit)
-    return PersonList(items=[PersonOut.from_info(p) for p in persons], offset=offset, limit=limit)
+    return PersonList(
+        items=[PersonOut.model_validate(p) for p in persons], offset=offset, limit=limit
+    )
 
 
 @router.post("", status_code=201, response_model=PersonOut, dependencies=[JsonOnly])
@@ -43,7 +45,7 @@ def create_person(
     key: EnrollKey, collection: CollectionPath, body: PersonCreate, gallery: GalleryDep
 ) -> PersonOut:
     """A new person, with no templates and no consent yet (409 if the external id is taken)."""
-    return PersonOut.from_info(
+    return PersonOut.model_validate(
         gallery.add_person(
             collection,
             body.display_name,
@@ -59,7 +61,7 @@ def get_person(
     key: EnrollKey, collection: CollectionPath, person: PersonPath, gallery: GalleryDep
 ) -> PersonOut:
     """A person by id or external id, with their template count and consent history."""
-    return PersonOut.from_info(gallery.person(collection, person))
+    return PersonOut.model_validate(gallery.person(collection, person))
 
 
 @router.patch("/{person}", response_model=PersonOut, dependencies=[JsonOnly])
@@ -72,7 +74,9 @@ def update_person(
 ) -> PersonOut:
     """Change a person's display name, external id or metadata; what is left out stays."""
     changes = body.model_dump(exclude_unset=True)
-    return PersonOut.from_info(gallery.update_person(collection, person, actor=key.id, **changes))
+    return PersonOut.model_validate(
+        gallery.update_person(collection, person, actor=key.id, **changes)
+    )
 
 
 @router.delete("/{person}", response_model=RemovedOut)
@@ -94,7 +98,7 @@ def list_consents(
 ) -> ConsentList:
     """The person's consent records, oldest first, each with its status now."""
     info = gallery.person(collection, person)
-    return ConsentList(items=[ConsentOut.from_info(c) for c in info.consents])
+    return ConsentList(items=[ConsentOut.model_validate(c) for c in info.consents])
 
 
 @router.post(
@@ -108,7 +112,7 @@ def grant_consent(
     gallery: GalleryDep,
 ) -> ConsentOut:
     """Record consent (or another lawful basis); enrollment needs a valid one."""
-    return ConsentOut.from_info(
+    return ConsentOut.model_validate(
         gallery.grant_consent(
             collection,
             person,

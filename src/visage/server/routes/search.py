@@ -100,7 +100,7 @@ def find_similar(
             index=probe.index,
             face=FaceOut.from_face(probe.face) if probe.face is not None else None,
             similar=[
-                SimilarOut.from_similar(s)
+                SimilarOut.model_validate(s)
                 for s in gallery.find_similar(
                     collection, probe.query, k=k, purpose=purpose, actor=key.id
                 )
