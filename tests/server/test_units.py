@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from visage.cli import app
 from visage.errors import InputError, NotFound
 from visage.gallery import Gallery
 from visage.gallery.store import database_url, open_engine, utcnow
@@ -105,3 +108,41 @@ def test_grouping_separates_people_and_leaves_strangers_messy() -> None:
     assert result.groups == [list(range(5)), list(range(5, 10)), list(range(10, 15))]
     assert result.messy == [15, 16, 17, 18]
     assert group(np.empty((0, 128), np.float32), 0.6).groups == []
+
+
+def test_keys_commands_create_list_and_revoke(tmp_path: Path) -> None:
+    db = str(tmp_path / "g.db")
+    runner = CliRunner()
+    made = runner.invoke(
+        app,
+        [
+            "keys",
+            "create",
+            "--scopes",
+            "identify,enroll",
+            "--collections",
+            "lobby,vault",
+            "--name",
+            "door",
+            "--db",
+            db,
+            "--json",
+        ],
+    )
+    assert made.exit_code == 0, made.output
+    record = json.loads(made.stdout)
+    assert record["token"].startswith(record["id"] + ".")
+    assert (record["scopes"], record["collections"]) == (["enroll", "identify"], ["lobby", "vault"])
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--db", db, "--json"]).stdout)
+    assert [k["id"] for k in listed] == [record["id"]] and "token" not in listed[0]
+    assert runner.invoke(app, ["keys", "revoke", record["id"], "--db", db]).exit_code == 0
+    listed = json.loads(runner.invoke(app, ["keys", "list", "--db", db, "--json"]).stdout)
+    assert listed[0]["revoked_at"] is not None
+    refused = runner.invoke(app, ["keys", "create", "--scopes", "root", "--db", db])
+    assert refused.exit_code == 1 and "unknown scope 'root'" in refused.output
+
+
+def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["serve", "--port", "0", "--db", str(tmp_path / "g.db")])
+    assert result.exit_code == 1
+    assert "invalid settings: port" in result.output and "Traceback" not in result.output
