@@ -101,6 +101,20 @@ def test_truncated_jpeg_and_png() -> None:
             decode(data[: len(data) // 2])
 
 
+def test_truncation_is_an_error_even_when_pillow_is_told_otherwise() -> None:
+    """face_recognition turns Pillow's global LOAD_TRUNCATED_IMAGES on at import."""
+    from PIL import ImageFile
+
+    data = encode(gradient(256, 256), "JPEG")
+    ImageFile.LOAD_TRUNCATED_IMAGES = True
+    try:
+        with pytest.raises(InvalidImage, match="truncated"):
+            decode(data[: len(data) // 2])
+        assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is restored
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
 def test_errors_name_the_file(tmp_path: Path) -> None:
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"nope")

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageTooLarge, InvalidImage
 from .models.base import Image as ImageArray
@@ -82,6 +82,10 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | N
             raise InvalidImage(f"bad dimensions {width}x{height}", source=source)
         if width * height > max_pixels:
             raise ImageTooLarge(width * height, max_pixels, source=source)
+        # Pillow's truncation switch is process-global and other libraries flip it at import
+        # (face_recognition sets it True): force strict loading here so a truncated file is
+        # always an error, never a silently grey-filled image.
+        lenient, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
         try:
             im.seek(0)  # first frame of animated GIF/WebP/TIFF
             im.load()
@@ -89,6 +93,8 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | N
             return _to_rgb(im)
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             raise InvalidImage(f"corrupt or truncated data: {exc}", source=source) from None
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = lenient
 
 
 def _to_rgb(im: Image.Image) -> ImageArray:
