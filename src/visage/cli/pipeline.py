@@ -14,6 +14,7 @@ from ..api import compare as compare_faces
 from ..api import pipeline as get_pipeline
 from ..errors import InvalidImage, VisageError
 from ..facetable import FaceTable, collect_images
+from ..models import resolve_runtime
 from ..models.weights import MODEL_FILES
 from ..pipeline import Face
 from .app import app
@@ -150,16 +151,28 @@ def version(json_out: JsonOpt = False) -> None:
     """Versions of Visage, its runtime and its model files."""
     import dlib
 
+    runtime = resolve_runtime("auto")
     info = {
         "visage": __version__,
         "python": platform.python_version(),
         "dlib": dlib.__version__,
+        "runtime": runtime,
+        "onnxruntime": _onnxruntime_version(),
         "models": {m.name: {"file": m.filename, "sha256": m.sha256, "task": m.task}
                    for m in MODEL_FILES.values()},
     }
     if json_out:
         emit_json(info)
     else:
-        console.print(f"visage {__version__} (python {info['python']}, dlib {info['dlib']})")
+        console.print(f"visage {__version__} (python {info['python']}, dlib {info['dlib']}, "
+                      f"onnxruntime {info['onnxruntime']}; default runtime: {runtime})")
         for name, m in info["models"].items():
             console.print(f"  {name}: {m['file']} sha256:{m['sha256'][:12]}…", markup=False)
+
+
+def _onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return str(onnxruntime.__version__)
