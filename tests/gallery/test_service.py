@@ -45,6 +45,19 @@ def test_enrollment_requires_valid_consent(gallery: Gallery) -> None:
     assert gallery.person("people", "ada").templates == 1
 
 
+def test_refused_enrollment_is_audited(gallery: Gallery) -> None:
+    """Who tried to enroll whom, and why it was refused, is in the log; nothing else is stored."""
+    person = gallery.add_person("people", "Bo", external_id="bo")
+    with pytest.raises(ConsentError):
+        gallery.enroll("people", "bo", unit_vectors(1, seed=9)[0], actor="kiosk-3", purpose="onboarding")
+    event = gallery.last_audit_events(1)[-1]
+    assert event.action == "enroll.refused" and event.actor == "kiosk-3"
+    assert event.purpose == "onboarding" and event.summary["reason"] == "ConsentError"
+    assert event.summary["person"] == "bo" and "no consent record" in event.summary["detail"]
+    assert gallery.person("people", person.id).templates == 0
+    assert gallery.verify_audit().ok
+
+
 def test_consent_input_is_validated(gallery: Gallery) -> None:
     consented_person(gallery, "Ada")
     with pytest.raises(InputError, match="unknown consent basis"):

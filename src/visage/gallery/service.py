@@ -820,12 +820,34 @@ class Gallery:
         :class:`AmbiguousFace` (several faces and no ``face`` pick) or :class:`PoorQuality`
         (the quality gate's reasons). The same source for the same person is idempotent.
         """
-        resolved, chosen = self._resolve(collection, source, face, for_enrollment=True)
-        if chosen is not None and not chosen.quality.acceptable:
-            name = str(source) if isinstance(source, (str, Path)) else None
-            raise PoorQuality(chosen.quality.reasons, source=name)
-        item = EmbeddingItem(person, resolved.vector, resolved.quality, resolved.sha256)
-        return self._enroll_batch(collection, [item], [resolved.image], purpose, actor)[0]
+        try:
+            resolved, chosen = self._resolve(collection, source, face, for_enrollment=True)
+            if chosen is not None and not chosen.quality.acceptable:
+                name = str(source) if isinstance(source, (str, Path)) else None
+                raise PoorQuality(chosen.quality.reasons, source=name)
+            item = EmbeddingItem(person, resolved.vector, resolved.quality, resolved.sha256)
+            return self._enroll_batch(collection, [item], [resolved.image], purpose, actor)[0]
+        except (ConsentError, PoorQuality, NoFace, AmbiguousFace) as exc:
+            self._record_refusal("enroll.refused", collection, exc, purpose=purpose, actor=actor,
+                                 person=person)
+            raise
+
+    def _record_refusal(
+        self,
+        action: str,
+        collection: str,
+        exc: Exception,
+        *,
+        purpose: str | None,
+        actor: str | None,
+        **summary: Any,
+    ) -> None:
+        """A refusal is a decision too: the log shows who tried what, for whom, and why."""
+        with self._lock, self._transaction() as (session, state):
+            self._audit(
+                session, state, action, actor=actor, collection=collection, purpose=purpose,
+                reason=type(exc).__name__, detail=str(exc), **summary,
+            )
 
     def enroll_many(
         self,
