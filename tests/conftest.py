@@ -6,14 +6,13 @@ whole set costs about a minute on 2 cores, so it is done once per session and sh
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from visage.pipeline import Face, ImageResult, Pipeline
+from visage.pipeline import Face, ImageResult, Pipeline, nearest_centre
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,14 +41,11 @@ def distractor_photos(faces_dir: Path) -> list[Path]:
 
 def central_face(result: ImageResult) -> Face | None:
     """The labelled face of an LFW photo: the detected face nearest the centre (within 40 px)."""
+    if not result.faces:
+        return None
     width, height = result.size or (250, 250)
-    cx, cy = width / 2, height / 2
-
-    def off(f: Face) -> float:
-        return math.hypot((f.box[0] + f.box[2]) / 2 - cx, (f.box[1] + f.box[3]) / 2 - cy)
-
-    best = min(result.faces, key=off, default=None)
-    return best if best is not None and off(best) <= 40 else None
+    best = nearest_centre(result.faces, width, height)
+    return best if best.centre_offset(width, height) <= 40 else None
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,17 @@ class Face:
     def area(self) -> int:
         return max(self.box[2] - self.box[0], 0) * max(self.box[3] - self.box[1], 0)
 
+    def centre_offset(self, width: int, height: int) -> float:
+        """Pixels from the box centre to the centre of a ``width`` x ``height`` image."""
+        left, top, right, bottom = self.box
+        return float(np.hypot((left + right - width) / 2, (top + bottom - height) / 2))
+
+
+def nearest_centre(faces: Sequence[Face], width: int, height: int) -> Face:
+    """The face nearest the image centre: the labelled person of LFW-style photos, or the one a
+    caller means by ``"center"``. ``faces`` must not be empty."""
+    return min(faces, key=lambda f: f.centre_offset(width, height))
+
 
 @dataclass(frozen=True)
 class ImageResult:
@@ -127,10 +138,9 @@ class Pipeline:
         data, name = read_bytes(src)
         return decode(data, max_pixels=self.config.max_pixels, source=name)
 
-    def _faces(self, image: Image, detections: Sequence[Detection]) -> tuple[list[Face], Image]:
-        """Landmarks, chips and quality for detections; largest face first."""
-        rects = [d.landmark_rect for d in detections]
-        marks = self.landmarker.landmarks(image, rects)
+    def _measure(self, image: Image, detections: Sequence[Detection]) -> tuple[list[Face], Image]:
+        """Landmarks, chips and quality for detections, in their order."""
+        marks = self.landmarker.landmarks(image, [d.landmark_rect for d in detections])
         chips = _align.align_many(image, marks)
         faces = [
             Face(
@@ -141,6 +151,11 @@ class Pipeline:
             )
             for d, lm, chip in zip(detections, marks, chips)
         ]
+        return faces, chips
+
+    def _faces(self, image: Image, detections: Sequence[Detection]) -> tuple[list[Face], Image]:
+        """:meth:`_measure`, largest face first."""
+        faces, chips = self._measure(image, detections)
         order = sorted(range(len(faces)), key=lambda i: -faces[i].area)
         return [faces[i] for i in order], chips[order] if len(order) else chips
 
@@ -171,15 +186,7 @@ class Pipeline:
 
         Order follows ``boxes``; each face's ``score`` is 0 since no detector vouched for it.
         """
-        detections = [Detection(box=b, score=0.0, rect=b) for b in boxes]
-        rects = [d.box for d in detections]
-        marks = self.landmarker.landmarks(image, rects)
-        chips = _align.align_many(image, marks)
-        faces = [
-            Face(box=b, landmarks=lm, score=0.0,
-                 quality=assess(c, b, lm, self.config.detector, 0.0, self.config.policy))
-            for b, lm, c in zip(rects, marks, chips)
-        ]
+        faces, chips = self._measure(image, [Detection(box=b, score=0.0) for b in boxes])
         return self._with_embeddings(faces, chips)
 
     def _process_chunk(self, sources: Sequence[str]) -> list[ImageResult]:

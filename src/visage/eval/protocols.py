@@ -30,7 +30,7 @@ import numpy.typing as npt
 from ..decision import distance
 from ..errors import InputError
 from ..models.base import Box
-from ..pipeline import Embedding, Face, ImageResult, Pipeline
+from ..pipeline import Embedding, ImageResult, Pipeline, nearest_centre
 from .metrics import person_distances
 
 Floats = npt.NDArray[np.float64]
@@ -241,16 +241,6 @@ class Embedded:
         return len(self.failed) / self.n_photos if self.photos else 0.0
 
 
-def _nearest_centre(faces: Sequence[Face], width: int, height: int) -> Face:
-    """The face whose box centre is nearest the photo's centre (LFW's labelled person)."""
-
-    def offset(face: Face) -> float:
-        left, top, right, bottom = face.box
-        return float(np.hypot((left + right - width) / 2, (top + bottom - height) / 2))
-
-    return min(faces, key=offset)
-
-
 def centre_box(width: int, height: int) -> Box:
     """:data:`CENTRE_BOX` scaled to a ``width`` x ``height`` photo."""
     left, top, right, bottom = CENTRE_BOX
@@ -317,14 +307,16 @@ def _acquire(
         return Acquisition(1, faces[0].embedding)
     if not faces and missing_face is MissingFace.COUNT:
         return Acquisition(0, None)
-    if faces and result.size is not None:
-        return Acquisition(len(faces), _nearest_centre(faces, *result.size).embedding)
-    image = pipeline.load(path)
-    height, width = image.shape[:2]
     if faces:
-        return Acquisition(len(faces), _nearest_centre(faces, width, height).embedding)
-    (face,) = pipeline.embed_boxes(image, [centre_box(width, height)])
+        width, height = result.size or _size(pipeline.load(path))
+        return Acquisition(len(faces), nearest_centre(faces, width, height).embedding)
+    image = pipeline.load(path)
+    (face,) = pipeline.embed_boxes(image, [centre_box(*_size(image))])
     return Acquisition(0, face.embedding)
+
+
+def _size(image: npt.NDArray[np.uint8]) -> tuple[int, int]:
+    return int(image.shape[1]), int(image.shape[0])
 
 
 def _distance_or_nan(a: Embedding | None, b: Embedding | None) -> float:

@@ -63,7 +63,7 @@ from ..errors import (
     StorageError,
 )
 from ..imageio import Source, decode, read_bytes
-from ..pipeline import Face, Pipeline
+from ..pipeline import Face, Pipeline, nearest_centre
 from . import audit
 from .index import IndexSpec, VectorIndex, load_index, make_index
 from .records import (
@@ -739,13 +739,7 @@ class Gallery:
         if face == "largest":
             return faces[0]
         if face == "center":
-            cy, cx = shape[0] / 2.0, shape[1] / 2.0
-
-            def off_centre(f: Face) -> float:
-                left, top, right, bottom = f.box
-                return float(((left + right) / 2 - cx) ** 2 + ((top + bottom) / 2 - cy) ** 2)
-
-            return min(faces, key=off_centre)
+            return nearest_centre(faces, shape[1], shape[0])
         if isinstance(face, int) and 0 <= face < len(faces):
             return faces[face]
         raise InputError(f"{name}: face {face!r} does not exist ({len(faces)} faces found)")
