@@ -53,7 +53,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from ..errors import InputError, NotFound, StorageError
 from ..gallery import Gallery, PersonInfo, audit
-from ..gallery.store import Base, StateRow, UTCDateTime, sqlite_path, utcnow
+from ..gallery.store import Base, StateRow, UTCDateTime, lock_state, sqlite_path, utcnow
 from .events import DeviceInfo, EdgeEvent, Receipt
 from .snapshot import Snapshot, SnapshotPerson, load_signing_key, public_key_text, sign_snapshot
 
@@ -220,9 +220,7 @@ class EdgeHub:
         taken first as every gallery writer does. :class:`IntegrityError` passes through."""
         try:
             with self._sessions.begin() as session:
-                yield session, session.execute(
-                    select(StateRow).where(StateRow.id == 1).with_for_update()
-                ).scalar_one()
+                yield session, lock_state(session)
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:

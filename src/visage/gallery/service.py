@@ -88,6 +88,7 @@ from .store import (
     TemplateRow,
     database_url,
     default_url,
+    lock_state,
     open_engine,
     sqlite_path,
     utcnow,
@@ -252,10 +253,7 @@ class Gallery:
         """A write transaction that has locked the state row first (see ``store``)."""
         try:
             with self._sessions() as session, session.begin():
-                state = session.execute(
-                    select(StateRow).where(StateRow.id == 1).with_for_update()
-                ).scalar_one()
-                yield session, state
+                yield session, lock_state(session)
         except IntegrityError as exc:
             raise Conflict(f"the store refused a conflicting write: {exc.orig}") from exc
         except SQLAlchemyError as exc:

@@ -37,10 +37,11 @@ from sqlalchemy import (
     UniqueConstraint,
     create_engine,
     event,
+    select,
 )
 from sqlalchemy.engine import Dialect, make_url
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from ..errors import StorageError
@@ -107,6 +108,12 @@ class StateRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     audit_seq: Mapped[int] = mapped_column(Integer, default=0)
     audit_head: Mapped[str] = mapped_column(String(64))
+
+
+def lock_state(session: Session) -> StateRow:
+    """Take the store's writer lock — the state row — as the first lock of a write transaction,
+    so gallery, server and edge writers queue in one order and never deadlock."""
+    return session.execute(select(StateRow).where(StateRow.id == 1).with_for_update()).scalar_one()
 
 
 class CollectionRow(Base):

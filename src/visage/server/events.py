@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import StorageError
 from ..gallery import audit
-from ..gallery.store import StateRow
+from ..gallery.store import lock_state
 
 
 @contextmanager
@@ -46,7 +46,7 @@ def record_event(
     Call it before any other write of the transaction, so the state row is always the first
     lock taken (as every gallery writer does) and writers cannot deadlock.
     """
-    state = session.execute(select(StateRow).where(StateRow.id == 1).with_for_update()).scalar_one()
+    state = lock_state(session)
     row = audit.append(
         session,
         state,
