@@ -6,6 +6,7 @@ Each call reuses one :class:`~visage.pipeline.Pipeline` per configuration, so mo
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -50,9 +51,9 @@ def _vector(x: FaceLike) -> tuple[npt.NDArray[np.float32], str]:
         return x.embedding, x.model_id
     if isinstance(x, np.ndarray) and x.ndim == 1:
         return normalize(x), pipeline().model_id
-    faces = embed(x if isinstance(x, np.ndarray) else load_image(x))  # type: ignore[arg-type]
+    faces = embed(x)  # type: ignore[arg-type]
     if not faces:
-        where = x if isinstance(x, (str,)) else "the image"
+        where = x if isinstance(x, (str, Path)) else "the image"
         raise NoFace(f"no face found in {where}")
     return faces[0].embedding, faces[0].model_id  # type: ignore[return-value]
 

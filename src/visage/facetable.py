@@ -96,8 +96,11 @@ class FaceTable:
         pq.write_table(table, tmp)
         os.replace(tmp, dest)
 
-    def write(self, results: Iterable[ImageResult]) -> None:
-        """Append results, checkpointing every :data:`CHECKPOINT_EVERY` images, then merge."""
+    def write(self, results: Iterable[ImageResult]) -> int:
+        """Append results, checkpointing every :data:`CHECKPOINT_EVERY` images, then merge.
+
+        Returns how many faces the merged table holds.
+        """
         self.parts.mkdir(parents=True, exist_ok=True)
         pending: list[dict[str, object]] = []
         count = len(self._part_files())
@@ -116,8 +119,10 @@ class FaceTable:
             if n % CHECKPOINT_EVERY == 0:
                 flush()
         flush()
-        self._atomic_write(self._without_stale_errors(self._read_all()), self.path)
+        merged = self._without_stale_errors(self._read_all())
+        self._atomic_write(merged, self.path)
         shutil.rmtree(self.parts, ignore_errors=True)
+        return int(pa.compute.sum(pa.compute.greater_equal(merged.column("face_index"), 0)).as_py() or 0)
 
     @staticmethod
     def _without_stale_errors(table: pa.Table) -> pa.Table:
@@ -126,7 +131,3 @@ class FaceTable:
         succeeded = {s for s, e in zip(sources, errors) if e is None}
         keep = [e is None or s not in succeeded for s, e in zip(sources, errors)]
         return table.filter(pa.array(keep))
-
-    def face_count(self) -> int:
-        table = self._read_all()
-        return int(pa.compute.sum(pa.compute.greater_equal(table.column("face_index"), 0)).as_py() or 0)

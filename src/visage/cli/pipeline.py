@@ -108,7 +108,7 @@ def embed(
                 typer.echo(f"skipped: {result.error}", err=True)
             advance()
 
-        table.write(pipe.embed_many(todo, workers=workers, progress=step))
+        faces = table.write(pipe.embed_many(todo, workers=workers, progress=step))
     summary = {
         "out": str(out),
         "images": len(images),
@@ -116,7 +116,7 @@ def embed(
         "processed": len(todo),
         "failed": len(failures),
         "errors": failures,
-        "faces": table.face_count(),
+        "faces": faces,
     }
     if json_out:
         emit_json(summary)
