@@ -18,6 +18,10 @@ $(STAMP): pyproject.toml
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) || \
 		echo "warning: PostgreSQL not installed; its gallery tests will be skipped"
+	# The INT8 test runs the embedder on an emulated AVX2-only CPU (no AVX-512, no VNNI).
+	@[ "$$(uname -m)" != x86_64 ] || command -v qemu-x86_64 >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user) || \
+		echo "warning: qemu-user not installed; the AVX2 INT8 test will fail"
 	touch $(STAMP)
 
 setup: $(STAMP)

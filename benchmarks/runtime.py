@@ -1,7 +1,7 @@
 """Runtime speed: the embedder on dlib vs ONNX fp32 vs ONNX INT8, detection on dlib vs ONNX.
 
     .venv/bin/python benchmarks/runtime.py [--pool 64] [--mmod-photos 12] [--faces DIR]
-                                           [--write docs/performance-runtime.md]
+                                           [--avx2] [--write docs/performance-runtime.md]
 
 Embedder: ms per face over a pool of aligned chips (the central face of the first ``people/``
 photos), at batch sizes 1, 8 and 32; the best of ``--repeats`` passes (dlib: 2, it is slow);
@@ -11,7 +11,9 @@ first ``--mmod-photos`` photos. Accuracy: 3-fold accuracy on ``pairs_dev.txt`` f
 embedder, on the central face of every ``people/`` photo. FLOPs are counted from the converted
 graph (convolutions and the final matmul, 2 per multiply-add); the CPU's peak is
 cores x clock x 32 fp32 FLOP/cycle (AMD Zen 4: two 256-bit FMA pipes run AVX-512) and 4x that
-for INT8 (VNNI ``vpdpbusd``: 4 multiply-adds per 32-bit lane).
+for INT8 (VNNI ``vpdpbusd``: 4 multiply-adds per 32-bit lane). ``--avx2`` also runs the INT8
+model over every chip under ``qemu-x86_64 -cpu Haswell-v4`` (AVX2, no AVX-512, no VNNI) and
+reports its accuracy and drift there (emulated: no timing).
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ import argparse
 import os
 import platform
 import shlex
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -37,6 +41,7 @@ from visage.imageio import load_image
 from visage.models import make_detector, make_landmarker
 from visage.models.base import Detection, Detector, Embedder
 from visage.models.dlib_runtime import DlibEmbedder
+from visage.models.int8 import cpu_int8
 from visage.models.onnx_convert import converted_model_path
 from visage.models.onnx_runtime import OnnxEmbedder, OnnxMmodDetector
 
@@ -44,6 +49,7 @@ Chips = npt.NDArray[np.uint8]
 BATCHES = (1, 8, 32)
 FP32_FLOP_PER_CYCLE = 32
 INT8_OPS_PER_CYCLE = 4 * FP32_FLOP_PER_CYCLE
+HAND_WRITTEN = "<!-- written by hand below: kept when --write regenerates the tables above -->"
 
 
 def _centre_offset(box: tuple[int, int, int, int], shape: tuple[int, ...]) -> float:
@@ -136,6 +142,21 @@ def cpu_peak() -> tuple[float, int, str]:
     return mhz / 1000, os.cpu_count() or 1, model
 
 
+def emulated_avx2(model: Path, chips: Chips) -> npt.NDArray[np.float32]:
+    """Raw descriptors of ``chips`` by ``model`` as an AVX2-only CPU computes them (qemu)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "chips.npy", chips)
+        runner = Path(__file__).with_name("onnx_run.py")
+        cmd = ["qemu-x86_64", "-cpu", "Haswell-v4", sys.executable, str(runner)]
+        subprocess.run(
+            [*cmd, f"{tmp}/chips.npy", str(model), f"{tmp}/out.npy"],
+            check=True,
+            stderr=subprocess.DEVNULL,
+        )
+        out: npt.NDArray[np.float32] = np.load(Path(tmp) / "out.npy")
+    return out
+
+
 def _unit(v: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     out: npt.NDArray[np.float32] = v / np.linalg.norm(v, axis=1, keepdims=True)
     return out
@@ -176,6 +197,7 @@ def main() -> None:
         Path(__file__).resolve().parents[2] / "shared" / "faces"
     )
     parser.add_argument("--faces", default=default_faces)
+    parser.add_argument("--avx2", action="store_true", help="also run INT8 on an emulated AVX2")
     parser.add_argument("--write", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()
     faces = Path(args.faces)
@@ -192,7 +214,9 @@ def main() -> None:
     dlib_emb = DlibEmbedder()
     fp32 = OnnxEmbedder()
     int8 = OnnxEmbedder(quantized=True, calibration_chips=calibration)
-    int8.embed_chips(pool[:1])  # quantize (cached) before timing
+    int8.embed_chips(pool[:1])  # quantize (cached) and check on this CPU before timing
+    check = int8.int8_check
+    assert check is not None
 
     print("timing the embedders ...")
     timings: dict[str, dict[int, float]] = {}
@@ -218,6 +242,18 @@ def main() -> None:
         "onnx fp32": pair_accuracy(pairs_file, people_dir, chips, chip_photos, lambda _: fp32_all),
         "onnx int8": pair_accuracy(pairs_file, people_dir, chips, chip_photos, lambda _: int8_all),
     }
+    avx2_note = ""
+    if args.avx2:
+        print("INT8 on an emulated AVX2 CPU (qemu Haswell-v4; minutes) ...")
+        avx2_all = emulated_avx2(converted_model_path("resnet").with_name(check.model), chips)
+        avx2_shift = np.linalg.norm(_unit(avx2_all) - _unit(fp32_all), axis=1)
+        avx2_acc = pair_accuracy(pairs_file, people_dir, chips, chip_photos, lambda _: avx2_all)
+        avx2_note = (
+            f"The same INT8 model on an emulated AVX2-only CPU (qemu-x86_64 -cpu Haswell-v4: no "
+            f"AVX-512, no VNNI) over the same {len(chips)} faces: 3-fold accuracy "
+            f"{avx2_acc[0]:.2f} ± {avx2_acc[1]:.2f} % (fp32 {accuracy['onnx fp32'][0]:.2f}); "
+            f"descriptors move by {avx2_shift.mean():.3f} on average (max {avx2_shift.max():.3f})."
+        )
 
     print("timing detection ...")
     images = [load_image(p) for p in people[: args.mmod_photos]]
@@ -268,10 +304,13 @@ def main() -> None:
         "The clock is the nominal one the VM reports; a fraction above 100% means the cores "
         "boost above it or the runtime's convolutions need fewer multiplies than the direct count."
     )
+    cpu = cpu_int8()
     equivalence_note = (
         f"ONNX fp32 vs dlib over {len(chips)} faces: max abs difference {max_diff:.1e}. INT8 "
         f"moves a normalised descriptor by {int8_shift.mean():.3f} on average (max "
-        f"{int8_shift.max():.3f}); it was calibrated on {len(calibration)} distractor chips."
+        f"{int8_shift.max():.3f}); it was calibrated on {len(calibration)} distractor chips. "
+        f"INT8 check on this CPU ({', '.join(cpu.flags) or 'no INT8 features'}): "
+        f"{check.summary()}."
     )
     load_note = (
         f"Load average before / after: {load_before[0]:.1f} / {load_after[0]:.1f} (a shared "
@@ -283,6 +322,7 @@ def main() -> None:
             table(emb_header, emb_rows),
             flops_note,
             equivalence_note,
+            *([avx2_note] if avx2_note else []),
             "## Detection: ms per photo at upsample=1 (250x250 photos)",
             table(det_header, det_rows),
             mmod_note,
@@ -295,7 +335,11 @@ def main() -> None:
     print("\n" + report)
     if args.write:
         title = "# Runtime performance: dlib vs ONNX"
-        args.write.write_text(f"{title}\n\nProduced by\n\n    {command}\n\n{report}\n")
+        kept = ""  # the hand-written part below HAND_WRITTEN survives a re-run
+        if args.write.is_file() and HAND_WRITTEN in args.write.read_text():
+            kept = "\n" + args.write.read_text().split(HAND_WRITTEN, 1)[1].lstrip("\n")
+        body = f"{title}\n\nProduced by\n\n    {command}\n\n{report}\n"
+        args.write.write_text(body + (f"\n{HAND_WRITTEN}\n{kept}" if kept else ""))
         print(f"\nwritten to {args.write}")
 
 

@@ -151,6 +151,8 @@ def version(json_out: JsonOpt = False) -> None:
     """Versions of Visage, its runtime and its model files."""
     import dlib
 
+    from ..models.int8 import int8_status
+
     runtime = resolve_runtime("auto")
     info = {
         "visage": __version__,
@@ -158,6 +160,7 @@ def version(json_out: JsonOpt = False) -> None:
         "dlib": dlib.__version__,
         "runtime": runtime,
         "onnxruntime": _onnxruntime_version(),
+        "int8": int8_status(),
         "models": {m.name: {"file": m.filename, "sha256": m.sha256, "task": m.task}
                    for m in MODEL_FILES.values()},
     }
@@ -166,6 +169,9 @@ def version(json_out: JsonOpt = False) -> None:
     else:
         console.print(f"visage {__version__} (python {info['python']}, dlib {info['dlib']}, "
                       f"onnxruntime {info['onnxruntime']}; default runtime: {runtime})")
+        int8 = info["int8"]
+        console.print(f"  int8: {int8['status']} ({int8['cpu']}: "
+                      f"{', '.join(int8['cpu_flags']) or 'no INT8 CPU features'})", markup=False)
         for name, m in info["models"].items():
             console.print(f"  {name}: {m['file']} sha256:{m['sha256'][:12]}…", markup=False)
 

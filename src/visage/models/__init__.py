@@ -37,7 +37,7 @@ def resolve_runtime(runtime: str) -> str:
         raise ValueError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if runtime != "auto":
         return runtime
-    from .onnx_runtime import onnx_available
+    from .sessions import onnx_available
 
     return "onnx" if onnx_available() else "dlib"
 

@@ -57,8 +57,10 @@ class Landmarker(Protocol):
 
 @runtime_checkable
 class Embedder(Protocol):
-    """Turns aligned 150x150 chips into raw 128-d descriptors, batched."""
+    """Turns aligned 150x150 chips into raw 128-d descriptors, batched; ``model_id`` names the
+    weights (and precision) the descriptors come from."""
 
-    model_id: str
+    @property
+    def model_id(self) -> str: ...
 
     def embed_chips(self, chips: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]: ...

@@ -32,7 +32,6 @@ atomically. Nothing is downloaded and nothing converted is shipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -493,58 +492,3 @@ def write_atomic(path: Path, data: bytes) -> None:
             raise
     except OSError as exc:
         raise ModelError(f"cannot write the converted model {path}: {exc}") from exc
-
-
-def quantized_model_path(calibration_chips: npt.NDArray[np.uint8]) -> Path:
-    """Path of an INT8 embedder calibrated on ``calibration_chips`` ``(n,150,150,3) uint8``.
-
-    onnxruntime static quantization (QDQ; weights int8 per channel, activations uint8, MinMax
-    ranges over the chips), cached under a name keyed by the fp32 model and the chips' sha256.
-    """
-    try:
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_static,
-        )
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-    except ImportError:
-        raise ModelError("INT8 needs onnxruntime: pip install onnxruntime") from None
-    chips = np.ascontiguousarray(calibration_chips, dtype=np.uint8)
-    if chips.ndim != 4 or chips.shape[1:] != (150, 150, 3) or len(chips) == 0:
-        raise ValueError(f"calibration chips must be (n,150,150,3) uint8, not {chips.shape}")
-    source = converted_model_path("resnet")
-    key = hashlib.sha256(chips.tobytes()).hexdigest()[:16]
-    path = source.with_name(f"{source.stem}-int8-{key}.onnx")
-    if path.is_file():
-        return path
-
-    class _Chips(CalibrationDataReader):  # type: ignore[misc]
-        def __init__(self) -> None:
-            self._batches = iter(range(0, len(chips), 16))
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            start = next(self._batches, None)
-            if start is None:
-                return None
-            return {"chips": chips[start : start + 16].astype(np.float32)}
-
-    log.info("quantizing the embedder to INT8 on %d chips at %s", len(chips), path)
-    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        prepared, out = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"
-        # onnxruntime's recommended pre-pass (shape inference, graph clean-up) before QDQ.
-        quant_pre_process(source, prepared, skip_symbolic_shape=True)
-        quantize_static(
-            prepared,
-            out,
-            _Chips(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-        )
-        write_atomic(path, out.read_bytes())
-    return path

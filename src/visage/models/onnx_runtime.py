@@ -3,9 +3,9 @@
 - :class:`OnnxEmbedder` implements ``Embedder``: descriptors equal dlib's within 1e-6 (fp32;
   4.3e-7 max over 444 faces), 8 ms per face at batch 32 against dlib's ~130 ms on the 2-core
   AVX-512 development machine (``docs/performance-runtime.md``). ``quantized=True`` gives an
-  INT8 model (onnxruntime static quantization calibrated on the caller's chips): ~4 ms per face,
-  pairs accuracy unchanged, and its own ``model_id`` because descriptors move by ~0.03
-  (normalised L2), so INT8 templates are never mixed with fp32 ones.
+  INT8 model (onnxruntime static quantization calibrated on the caller's chips, checked against
+  fp32 on this CPU, :mod:`.int8`): ~2x fp32's speed, pairs accuracy within 0.3 points, and its
+  own ``model_id`` because descriptors move by ~0.03 (normalised L2).
 - :class:`OnnxMmodDetector` implements ``Detector`` with dlib's MMOD CNN: the image pyramid,
   score threshold and non-max suppression are numpy code replicating dlib's arithmetic around the
   converted convolution graph, so boxes equal ``cnn_face_detection_model_v1``'s (~8x faster).
@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,51 +32,15 @@ import numpy.typing as npt
 from ..errors import ModelError
 from .base import Box, Detection, Image
 from .dlib_runtime import clip_box
-from .onnx_convert import converted_model_path, quantized_model_path
+from .int8 import MAX_DRIFT, Int8Check, checked_int8_model
+from .onnx_convert import converted_model_path
+from .sessions import make_session
 
 EMBEDDER_ID = "dlib_resnet_v1"
 EMBEDDER_INT8_ID = "dlib_resnet_v1_int8"
 CHIP_SIZE = 150
 
 FloatArray = npt.NDArray[np.float32]
-
-
-def onnx_available() -> bool:
-    """True when onnxruntime can be imported (the pipeline's cue to prefer this runtime)."""
-    try:
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def _import_ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ModelError("onnxruntime is not installed: pip install onnxruntime") from None
-    return onnxruntime
-
-
-def make_session(path: Path, *, threads: int | None = None) -> Any:
-    """An onnxruntime session for ``path``: all graph optimisations, one intra-op thread per
-    core (``threads`` overrides), CUDA first when this onnxruntime build has it."""
-    ort = _import_ort()
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or os.cpu_count() or 1
-    options.inter_op_num_threads = 1
-    # Idle worker threads must sleep, not spin: the pipeline runs dlib (HOG, landmarks) between
-    # inference calls, and spinning threads stole half the CPU from it (HOG + embed per photo:
-    # 159 ms spinning vs 60 ms not, on 2 cores; batch-32 throughput unchanged).
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = ["CPUExecutionProvider"]
-    if "CUDAExecutionProvider" in ort.get_available_providers():
-        providers.insert(0, "CUDAExecutionProvider")
-    try:
-        return ort.InferenceSession(str(path), options, providers=providers)
-    except Exception as exc:  # onnxruntime raises its own untyped errors
-        raise ModelError(f"onnxruntime cannot load {path}: {exc}") from exc
 
 
 class _SessionHolder:
@@ -107,9 +70,11 @@ class OnnxEmbedder(_SessionHolder):
 
     fp32 (the default) has dlib's ``model_id`` because its descriptors are dlib's (max abs
     difference ~4e-7 on the test photos): galleries built by either runtime stay valid.
-    ``quantized=True`` needs ``calibration_chips`` (a few dozen to a few hundred aligned chips,
-    e.g. from the deployment's own photos); the INT8 model is built once and cached, keyed by
-    those chips.
+    ``quantized=True`` needs ``calibration_chips`` (at least 8, better a few hundred aligned chips
+    of the deployment's own photos): the INT8 model is built once, cached by those chips, and
+    checked on this CPU (:mod:`.int8`); it gets its own ``model_id`` so INT8 templates are never
+    mixed with fp32 ones. Where its held-out drift exceeds ``max_drift`` the embedder runs fp32
+    instead, with fp32's ``model_id``, after one warning (``int8_check`` says why).
 
     ``batch_size`` bounds peak memory: larger inputs run in slices of that many chips (32 is
     past the point where bigger batches stop paying on 2 cores).
@@ -120,6 +85,7 @@ class OnnxEmbedder(_SessionHolder):
         *,
         quantized: bool = False,
         calibration_chips: npt.NDArray[np.uint8] | None = None,
+        max_drift: float = MAX_DRIFT,
         batch_size: int = 32,
         threads: int | None = None,
     ) -> None:
@@ -130,20 +96,39 @@ class OnnxEmbedder(_SessionHolder):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, not {batch_size}")
         self.quantized = quantized
-        self.model_id = EMBEDDER_INT8_ID if quantized else EMBEDDER_ID
+        self.max_drift = max_drift
         self.batch_size = batch_size
         self.threads = threads
         self._calibration = None if calibration_chips is None else _check_chips(calibration_chips)
         self._path: Path | None = None
+        self._int8: Int8Check | None = None
 
     def _model_file(self) -> Path:
         if self._path is None:
             if self._calibration is not None:
-                self._path = quantized_model_path(self._calibration)
+                self._int8 = checked_int8_model(
+                    self._calibration, max_drift=self.max_drift, threads=self.threads
+                )
                 self._calibration = None
+            if self._int8 is not None and self._int8.in_use:
+                self._path = converted_model_path("resnet").with_name(self._int8.model)
             else:
                 self._path = converted_model_path("resnet")
         return self._path
+
+    @property
+    def int8_check(self) -> Int8Check | None:
+        """The INT8 verdict on this CPU (building and checking the model on first use), or
+        ``None`` for an fp32 embedder."""
+        if self.quantized:
+            self._model_file()
+        return self._int8
+
+    @property
+    def model_id(self) -> str:
+        """``dlib_resnet_v1_int8`` while the checked INT8 model runs, else dlib's own id."""
+        check = self.int8_check
+        return EMBEDDER_INT8_ID if check is not None and check.in_use else EMBEDDER_ID
 
     def embed_chips(self, chips: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """Raw 128-d descriptors (dlib's scale, not normalised) for aligned 150x150 RGB chips."""
