@@ -7,6 +7,7 @@ which every OpenCV build can read back).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +20,8 @@ CROP = 170  # side of the centred square cut from a 250x250 LFW photo (the face 
 
 @dataclass(frozen=True)
 class Walk:
-    """One person's appearance: photo, frames ``[start, end)``, path and scale from → to."""
+    """One person's appearance: photo, frames ``[start, end)``, path and scale from → to; over
+    the first ``fade_in`` and last ``fade_out`` frames the crop blends in / out (a cross-fade)."""
 
     photo: Path
     start: int
@@ -28,6 +30,13 @@ class Walk:
     xy_to: tuple[float, float]
     scale_from: float = 1.0
     scale_to: float = 1.0
+    fade_in: int = 0
+    fade_out: int = 0
+
+    def opacity(self, frame: int) -> float:
+        rise = (frame - self.start + 1) / (self.fade_in + 1)
+        fall = (self.end - frame) / (self.fade_out + 1)
+        return min(1.0, rise, fall)
 
     def placement(self, frame: int) -> tuple[int, int, int] | None:
         """Top-left corner and side of the pasted crop at ``frame``, or ``None`` when absent."""
@@ -54,14 +63,16 @@ def make_video(
     frames: int,
     size: tuple[int, int] = (640, 360),
     fps: float = 10.0,
+    background: Callable[[int], tuple[int, int, int]] = lambda frame: (118, 124, 130),
 ) -> Path:
-    """Write the video; pasted crops are clipped at the borders (people walk in and out)."""
+    """Write the video; pasted crops are clipped at the borders (people walk in and out).
+    ``background`` gives each frame's plain colour (a change of colour is a shot cut)."""
     width, height = size
     crops = {w.photo: crop(w.photo) for w in walks}
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), fps, (width, height))
     assert writer.isOpened(), "OpenCV cannot write MJPG"
     for f in range(frames):
-        canvas = np.full((height, width, 3), (118, 124, 130), np.uint8)
+        canvas = np.full((height, width, 3), background(f), np.uint8)
         for walk in walks:
             place = walk.placement(f)
             if place is None:
@@ -71,7 +82,10 @@ def make_video(
             x0, y0 = max(x, 0), max(y, 0)
             x1, y1 = min(x + side, width), min(y + side, height)
             if x1 > x0 and y1 > y0:
-                canvas[y0:y1, x0:x1] = tile[y0 - y : y1 - y, x0 - x : x1 - x]
+                alpha = walk.opacity(f)
+                part = tile[y0 - y : y1 - y, x0 - x : x1 - x].astype(np.float32)
+                under = canvas[y0:y1, x0:x1].astype(np.float32)
+                canvas[y0:y1, x0:x1] = (alpha * part + (1 - alpha) * under).astype(np.uint8)
         writer.write(cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
     writer.release()
     return path

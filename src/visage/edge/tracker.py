@@ -1,19 +1,26 @@
 """Link faces across frames into tracks, keep each track's best shots, embed only a few.
 
-Per processed frame, detections are linked to open tracks in two passes:
+Per processed frame, first every track unseen for ``max_missed_s`` closes, and on a shot cut
+(the frame's 32x18 grey thumbnail differs from the last one's by more than ``cut_change`` on
+average) every open track closes: nobody continues across a gap or a cut. Then detections are
+linked to open tracks in two passes:
 
 1. **Box overlap.** Pairs (track's last box, detection) are taken greedily by IoU, highest
-   first, down to ``iou_match``. Costs nothing beyond detection.
+   first, down to ``iou_match``. Costs nothing beyond detection, so it is trusted for at most
+   ``verify_s``: a track linked by overlap alone for that long has its face embedded and compared
+   with the track's appearance. Past ``relink_distance`` it is someone else (a cut at the same
+   spot, a cross-fade, two people swapping places): the track forgets what it took since its
+   last check and the face goes on to pass 2 with the leftovers.
 2. **Embedding similarity.** Detections and tracks left over (a fast move, a missed frame, two
    people crossing) are compared by embedding: each leftover detection is embedded once and
    linked to the nearest unmatched track within ``relink_distance`` (the calibrated threshold
    by default).
 
-A detection still unlinked starts a track (its embedding from pass 2, or one computed now, is
-the track's first). A track unseen for ``max_missed_s`` closes: its ``shots`` best-quality
-chips that have no embedding yet are embedded in one batch, and the track's embedding is the
-normalised mean of its shots'. So a track costs at most ``shots + 1`` embeddings however long
-it is in view — the saving over embedding every face of every frame (see
+A detection still unlinked starts a track (its embedding from pass 2 is the track's first). A
+track unseen for ``max_missed_s`` closes: its ``shots`` best-quality chips that have no
+embedding yet are embedded in one batch, and the track's embedding is the normalised mean of
+its shots'. So a track of ``d`` seconds costs at most ``shots + 1 + d / verify_s`` embeddings
+however many frames it spans — the saving over embedding every face of every frame (see
 docs/performance-edge.md).
 
 Memory is bounded: at most ``max_tracks`` open tracks (the least recently seen closes first),
@@ -26,6 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -44,8 +52,12 @@ class TrackerConfig:
 
     ``iou_match``: the least box overlap that links a detection to a track by position.
     ``relink_distance``: the largest embedding distance that links by appearance (the
-    calibrated decision threshold when ``None``; the caller passes it). ``max_missed_s``: a track
-    unseen this long is closed. ``shots``: best-quality chips kept and embedded per track.
+    calibrated decision threshold when ``None``; the caller passes it). ``verify_s``: the longest
+    a track is extended on box overlap alone before an embedding checks the face is still the
+    track's person (0: every frame). ``cut_change``: the mean grey-level change (0-1) between
+    consecutive thumbnails that counts as a shot cut (1 turns cut detection off; a face moving
+    on a still background changes ~0.01, a cut to another scene 0.2-0.5). ``max_missed_s``: a
+    track unseen this long is closed. ``shots``: best-quality chips kept and embedded per track.
     ``shot_gain``: once ``shots`` are kept, a new view replaces the worst only when its quality
     is at least this much higher (a face walking closer improves a little every frame; without
     it each frame would be re-aligned, ~3.5 ms a face). ``min_detections``: shorter tracks are
@@ -55,6 +67,8 @@ class TrackerConfig:
 
     iou_match: float = 0.3
     relink_distance: float | None = None
+    verify_s: float = 0.5
+    cut_change: float = 0.15
     max_missed_s: float = 1.0
     shots: int = 3
     shot_gain: float = 0.02
@@ -67,6 +81,8 @@ class TrackerConfig:
             raise ValueError("shots, max_tracks and min_detections must be at least 1")
         if not 0.0 < self.iou_match <= 1.0:
             raise ValueError("iou_match must be in (0, 1]")
+        if self.verify_s < 0 or not 0.0 < self.cut_change <= 1.0:
+            raise ValueError("verify_s must be >= 0 and cut_change in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -103,6 +119,18 @@ class TrackResult:
     boxes: tuple[tuple[int, Box], ...] = field(default=(), repr=False)
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """A track as it stood at its last embedding check: what a failed check rolls back to."""
+
+    last_frame: int
+    last_s: float
+    box: Box
+    detections: int
+    shots: tuple[Shot, ...]
+    boxes: int
+
+
 @dataclass
 class _Track:
     id: int
@@ -116,10 +144,37 @@ class _Track:
     shots: list[Shot] = field(default_factory=list)
     boxes: list[tuple[int, Box]] = field(default_factory=list)
     seen: npt.NDArray[np.float32] | None = None  # sum of every embedding computed for it
+    checked: _Checked | None = None
 
     def remember(self, vector: npt.NDArray[np.float32]) -> None:
+        """Add an embedding of this track's face; the track as it stands is now checked."""
         self.seen = vector.copy() if self.seen is None else self.seen + vector
         self.embedded += 1
+        self.checked = _Checked(
+            self.last_frame,
+            self.last_s,
+            self.box,
+            self.detections,
+            tuple(self.shots),
+            len(self.boxes),
+        )
+
+    def roll_back(self) -> None:
+        """Forget the detections linked by box overlap since the last check (another face)."""
+        c = self.checked
+        assert c is not None, "a track is checked when it starts"
+        self.last_frame, self.last_s, self.box, self.detections = (
+            c.last_frame,
+            c.last_s,
+            c.box,
+            c.detections,
+        )
+        self.shots = list(c.shots)
+        del self.boxes[c.boxes :]
+
+    @property
+    def last_checked_s(self) -> float:
+        return self.checked.last_s if self.checked is not None else self.first_s
 
     def appearance(self) -> npt.NDArray[np.float32] | None:
         """The normalised mean of every embedding computed for this track (for relinking)."""
@@ -152,6 +207,7 @@ class Tracker:
         )
         self._open: list[_Track] = []
         self._next_id = 1
+        self._thumb: npt.NDArray[np.float32] | None = None
         self.embeddings = 0
         """Embeddings computed so far (for the cost figures)."""
 
@@ -163,21 +219,53 @@ class Tracker:
         self, frame: int, time_s: float, image: Image, faces: Sequence[Face]
     ) -> list[TrackResult]:
         """Link this frame's detected faces (no embeddings needed) and close stale tracks."""
-        unmatched_tracks = list(self._open)
-        unmatched = list(range(len(faces)))
-        for track, i in self._match_boxes(unmatched_tracks, faces):
-            self._extend(track, frame, time_s, image, faces[i], None, None)
-            unmatched_tracks.remove(track)
-            unmatched.remove(i)
+        closed = self._close(lambda t: time_s - t.last_s > self.config.max_missed_s)
+        if self._cut(image):
+            closed += self._close(lambda t: True)
+        matches = self._match_boxes(list(self._open), faces)
+        by_box = {i for _, i in matches}
+        due = [i for t, i in matches if time_s - t.last_checked_s >= self.config.verify_s]
+        todo = due + [i for i in range(len(faces)) if i not in by_box]
+        chips = {i: _align.align(image, faces[i].landmarks) for i in todo}
+        vectors = (
+            dict(zip(todo, self._embed_counted(np.stack(list(chips.values()))))) if todo else {}
+        )
+        unmatched_tracks = [t for t in self._open if all(t is not m for m, _ in matches)]
+        unmatched = [i for i in range(len(faces)) if i not in by_box]
+        for track, i in matches:
+            vector = vectors.get(i)
+            if vector is not None and self._far(track, vector):
+                track.roll_back()  # someone else took this place: relink both by appearance
+                unmatched_tracks.append(track)
+                unmatched.append(i)
+                continue
+            self._extend(track, frame, time_s, image, faces[i], chips.get(i), vector)
+            if vector is not None:
+                track.remember(vector)
         if unmatched:
-            chips = np.stack([_align.align(image, faces[i].landmarks) for i in unmatched])
-            vectors = self._embed_counted(chips)
-            linked = self._match_appearance(unmatched_tracks, vectors)
+            stacked = np.stack([vectors[i] for i in unmatched])
+            linked = self._match_appearance(unmatched_tracks, stacked)
             for j, i in enumerate(unmatched):
                 target = linked.get(j) or self._start(frame, time_s, faces[i].box)
-                self._extend(target, frame, time_s, image, faces[i], chips[j], vectors[j])
-                target.remember(vectors[j])
-        return self._close(lambda t: time_s - t.last_s > self.config.max_missed_s) + self._evict()
+                self._extend(target, frame, time_s, image, faces[i], chips[i], vectors[i])
+                target.remember(vectors[i])
+        return closed + self._evict()
+
+    def _cut(self, image: Image) -> bool:
+        """True when this frame starts a new shot (see ``TrackerConfig.cut_change``)."""
+        grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
+        thumb = cv2.resize(grey, (32, 18), interpolation=cv2.INTER_AREA).astype(np.float32)
+        thumb /= 255
+        previous, self._thumb = self._thumb, thumb
+        return (
+            previous is not None and float(np.abs(thumb - previous).mean()) > self.config.cut_change
+        )
+
+    def _far(self, track: _Track, vector: npt.NDArray[np.float32]) -> bool:
+        appearance = track.appearance()
+        return (
+            appearance is not None and float(distances(appearance, vector[None])[0]) > self._relink
+        )
 
     def finish(self) -> list[TrackResult]:
         """Close every open track (the source ended)."""
