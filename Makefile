@@ -30,7 +30,7 @@ run: $(STAMP)
 	$(BIN)/visage serve
 
 test: $(STAMP)
-	VISAGE_FACES=$(FACES) $(BIN)/python -m pytest
+	VISAGE_FACES=$(FACES) VISAGE_REQUIRE_FACES=1 $(BIN)/python -m pytest
 
 bench: $(STAMP)
 	VISAGE_FACES=$(FACES) $(BIN)/python benchmarks/pipeline.py

@@ -1,7 +1,8 @@
 """Shared fixtures: the labelled photos in ``$VISAGE_FACES`` (default ``../shared/faces``).
 
-Photo tests skip with a message naming VISAGE_FACES when the photos are absent. Embedding the
-whole set costs about a minute on 2 cores, so it is done once per session and shared.
+Photo tests skip with a message naming VISAGE_FACES when the photos are absent, and fail instead
+under ``VISAGE_REQUIRE_FACES=1`` (``make test`` sets it: CI is never green by skipping).
+Embedding the whole set costs about a minute on 2 cores, so it is done once per session.
 """
 
 from __future__ import annotations
@@ -25,7 +26,10 @@ def faces_root() -> Path:
 def faces_dir() -> Path:
     root = faces_root()
     if not (root / "people").is_dir():
-        pytest.skip(f"labelled photos not found at {root}: set VISAGE_FACES to the faces folder")
+        message = f"labelled photos not found at {root}: set VISAGE_FACES to the faces folder"
+        if os.environ.get("VISAGE_REQUIRE_FACES") == "1":  # `make test` (CI): never green by skipping
+            pytest.fail(message)
+        pytest.skip(message)
     return root
 
 
