@@ -66,3 +66,15 @@ def embedded(people_photos: list[Path], distractor_photos: list[Path]) -> Embedd
     results = {r.source: r for r in Pipeline().embed_many(paths, workers=2)}
     labelled = {s: f for s, r in results.items() if (f := central_face(r)) is not None}
     return EmbeddedSet(results=results, labelled=labelled)
+
+
+def two_face_photo(larger: Path, smaller: Path, out: Path) -> Path:
+    """A 520x250 JPEG of two LFW photos side by side: ``larger``'s at full size on the left (its
+    face is face 0, the largest), ``smaller``'s at 80% on the right (face 1)."""
+    from PIL import Image
+
+    canvas = Image.new("RGB", (520, 250), (120, 120, 120))
+    canvas.paste(Image.open(larger).convert("RGB"), (0, 0))
+    canvas.paste(Image.open(smaller).convert("RGB").resize((200, 200)), (300, 25))
+    canvas.save(out, quality=92)
+    return out

@@ -8,6 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
 
+from tests.conftest import two_face_photo
 from visage.cli import app
 
 runner = CliRunner()
@@ -45,6 +46,26 @@ def test_compare_same_and_different(people_photos: list[Path]) -> None:
     other = next(p for p in people_photos if p.parent != a.parent)
     code, out, _ = run("compare", str(a), str(other))
     assert code == 0 and out.startswith("different people")
+
+
+def test_compare_refuses_several_faces_unless_one_is_picked(
+    tmp_path: Path, people_photos: list[Path]
+) -> None:
+    """A two-person photo is not compared by its largest face in silence: refused without
+    --face, and with it the picked face (named by its box) is the one compared."""
+    a, a2 = [p for p in people_photos if p.parent == people_photos[0].parent][:2]
+    other = next(p for p in people_photos if p.parent != a.parent)
+    group = two_face_photo(other, a, tmp_path / "two.jpg")  # face 0: other, face 1: a
+    code, _, err = run("compare", str(group), str(a2))
+    assert code == 1 and "2 faces found; pick one" in err, err
+    code, out, _ = run("compare", str(group), str(a2), "--face", "1", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["same"] is True and doc["box"][0] >= 300, doc  # the right-hand face
+    code, out, _ = run("compare", str(a2), str(group), "--other-face", "0", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["same"] is False and doc["other_box"][2] <= 250, doc
+    code, _, err = run("compare", str(group), str(a2), "--face", "7")
+    assert code == 1 and "face 7 does not exist" in err
 
 
 def test_compare_errors_are_one_line(tmp_path: Path, people_photos: list[Path]) -> None:

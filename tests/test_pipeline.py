@@ -29,9 +29,10 @@ def read_pairs(faces_dir: Path) -> tuple[list[tuple[Path, Path, bool]], int]:
     return pairs, folds
 
 
-def test_labelled_face_found_in_98_percent(embedded: EmbeddedSet, people_photos: list[Path]) -> None:
+def test_labelled_face_found_as_documented(embedded: EmbeddedSet, people_photos: list[Path]) -> None:
+    """docs/pipeline.md: 444 of 445; one more miss is within a standard error (0.2%)."""
     found = sum(str(p) in embedded.labelled for p in people_photos)
-    assert found / len(people_photos) >= 0.98, f"labelled face found in {found}/{len(people_photos)}"
+    assert found >= len(people_photos) - 2, f"labelled face found in {found}/{len(people_photos)}"
 
 
 def test_three_fold_accuracy_on_pairs_dev(embedded: EmbeddedSet, faces_dir: Path) -> None:

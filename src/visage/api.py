@@ -12,12 +12,11 @@ import numpy as np
 import numpy.typing as npt
 
 from .decision import Calibration, Comparison, decide, default_calibration, distance, normalize
-from .errors import NoFace
 from .imageio import Source, load_image
 from .models.base import Image
-from .pipeline import Face, Pipeline
+from .pipeline import Face, FacePick, Pipeline, pick_face
 
-__all__ = ["compare", "detect", "embed", "load_image", "pipeline"]
+__all__ = ["compare", "detect", "embed", "face_in", "load_image", "pipeline"]
 
 FaceLike = Face | npt.ArrayLike | Source
 
@@ -44,28 +43,41 @@ def embed(
     return pipeline(detector, upsample, tta).embed(_image(image))
 
 
-def _vector(x: FaceLike) -> tuple[npt.NDArray[np.float32], str]:
+def face_in(image: Image | Source, face: FacePick = None, *, name: str | None = None) -> Face:
+    """The embedded face of a photo that ``face`` picks (see :data:`~visage.pipeline.FacePick`):
+    a photo with several faces is refused (:class:`~visage.errors.AmbiguousFace`) without one."""
+    pixels = _image(image)
+    where = name or (str(image) if isinstance(image, (str, Path)) else "the image")
+    return pick_face(embed(pixels), face, pixels.shape[1], pixels.shape[0], where)
+
+
+def _vector(x: FaceLike, face: FacePick) -> tuple[npt.NDArray[np.float32], str]:
     if isinstance(x, Face):
         if x.embedding is None or x.model_id is None:
             raise ValueError("this Face has no embedding: get it from visage.embed()")
         return x.embedding, x.model_id
     if isinstance(x, np.ndarray) and x.ndim == 1:
         return normalize(x), pipeline().model_id
-    faces = embed(x)  # type: ignore[arg-type]
-    if not faces:
-        where = x if isinstance(x, (str, Path)) else "the image"
-        raise NoFace(f"no face found in {where}")
-    return faces[0].embedding, faces[0].model_id  # type: ignore[return-value]
+    found = face_in(x, face)  # type: ignore[arg-type]
+    return found.embedding, found.model_id  # type: ignore[return-value]
 
 
-def compare(a: FaceLike, b: FaceLike, *, calibration: Calibration | None = None) -> Comparison:
+def compare(
+    a: FaceLike,
+    b: FaceLike,
+    *,
+    face: FacePick = None,
+    other_face: FacePick = None,
+    calibration: Calibration | None = None,
+) -> Comparison:
     """Is this the same person? Distance, decision, and the threshold used with its provenance.
 
-    ``a``/``b`` may be Faces, embeddings, images, paths or bytes (the largest face is used).
+    ``a``/``b`` may be Faces, embeddings, images, paths or bytes; a photo with several faces is
+    refused unless ``face`` (for ``a``) / ``other_face`` (for ``b``) picks one, as everywhere.
     The threshold comes from ``calibration`` or the record shipped for the embedding model.
     """
-    va, model_a = _vector(a)
-    vb, model_b = _vector(b)
+    va, model_a = _vector(a, face)
+    vb, model_b = _vector(b, other_face)
     if model_a != model_b:
         raise ValueError(f"cannot compare embeddings of different models: {model_a} vs {model_b}")
     cal = calibration or default_calibration(model_a.split("+")[0])

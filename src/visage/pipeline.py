@@ -13,13 +13,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from . import align as _align
 from .decision import normalize
-from .errors import VisageError
+from .errors import AmbiguousFace, InputError, NoFace, VisageError
 from .imageio import DEFAULT_MAX_PIXELS, Source, decode, read_bytes, source_hash
 from .models import make_detector, make_embedder, make_landmarker
 from .models.base import Box, Detection, Embedder, Image
@@ -61,6 +62,43 @@ def nearest_centre(faces: Sequence[Face], width: int, height: int) -> Face:
     """The face nearest the image centre: the labelled person of LFW-style photos, or the one a
     caller means by ``"center"``. ``faces`` must not be empty."""
     return min(faces, key=lambda f: f.centre_offset(width, height))
+
+
+FacePick = int | Literal["largest", "center"] | None
+"""Which face of a photo: an index (0 = largest), ``"largest"`` or ``"center"``; ``None``
+refuses a photo with several faces. One rule for enroll, identify, verify and compare."""
+
+
+def parse_face_pick(text: str | None) -> FacePick:
+    """A :data:`FacePick` from a CLI option or query parameter (``largest``, ``center``, ``2``)."""
+    if text is None or text in ("largest", "center"):
+        return text  # type: ignore[return-value]
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(f"face must be largest, center or a number, not {text!r}") from None
+
+
+def pick_face(faces: Sequence[Face], face: FacePick, width: int, height: int, name: str) -> Face:
+    """The face ``face`` picks from ``faces`` (largest first) of a ``width`` x ``height`` photo
+    called ``name`` in messages: :class:`NoFace`, :class:`AmbiguousFace` (several, no pick) or
+    :class:`InputError` (no such index) otherwise."""
+    if not faces:
+        raise NoFace(f"{name}: no face found")
+    if face is None:
+        if len(faces) > 1:
+            raise AmbiguousFace(
+                f"{name}: {len(faces)} faces found; pick one (face index, 0 = largest, "
+                "or 'center')"
+            )
+        return faces[0]
+    if face == "largest":
+        return faces[0]
+    if face == "center":
+        return nearest_centre(faces, width, height)
+    if isinstance(face, int) and 0 <= face < len(faces):
+        return faces[face]
+    raise InputError(f"{name}: face {face!r} does not exist ({len(faces)} faces found)")
 
 
 @dataclass(frozen=True)

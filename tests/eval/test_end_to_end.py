@@ -55,9 +55,10 @@ def identification(faces_dir: Path, eval_set: p.Embedded) -> r.IdentificationRes
 def test_pairs_dev_accuracy(verification: r.VerificationResult) -> None:
     assert verification.summary.n_genuine == verification.summary.n_impostor == 300
     assert len(verification.kfold.accuracies) == 3
-    assert verification.kfold.mean >= 0.97
-    assert verification.summary.auc >= 0.98
-    assert verification.summary.eer.rate <= 0.03
+    # docs/accuracy.md less about one standard error: 97.83% (SE 0.44%), AUC 0.9897, EER 1.33%.
+    assert verification.kfold.mean >= 0.974
+    assert verification.summary.auc >= 0.985
+    assert verification.summary.eer.rate <= 0.02
     # 300 impostor pairs cannot support FMR 1e-2 (3 expected false matches) or below.
     assert not any(pt.supported for pt in verification.summary.operating_points)
     assert verification.acquisition.rate < 0.01
@@ -66,11 +67,12 @@ def test_pairs_dev_accuracy(verification: r.VerificationResult) -> None:
 def test_identification_split(identification: r.IdentificationResult) -> None:
     assert identification.n_persons == identification.n_enrolled == 60
     assert identification.ranks.size == 385 and identification.nonmated.size == 150
-    assert identification.rank(1) >= 0.95
-    assert identification.rank(5) >= identification.rank(1)
+    # docs/accuracy.md: rank-1 98.44% (SE 0.63%), rank-5 99.74% (SE 0.26%), FNIR 0.065 (SE 0.013).
+    assert identification.rank(1) >= 0.978
+    assert identification.rank(5) >= 0.994
     at_10_percent = identification.open_set[0]
     assert at_10_percent.target_fmr == 0.1 and at_10_percent.supported
-    assert at_10_percent.fmr <= 0.1 and at_10_percent.fnmr < 0.2
+    assert at_10_percent.fmr <= 0.1 and at_10_percent.fnmr <= 0.078
 
 
 class _Page(HTMLParser):

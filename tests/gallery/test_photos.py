@@ -70,13 +70,15 @@ def test_identify_people_and_reject_distractors(
             hits += top.external_id == name
             within += top.external_id == name and top.same
     assert total >= 300
-    assert hits / total >= 0.95, f"rank-1 {hits / total:.3f} over {total} probes"
-    assert within / total >= 0.85, f"identified within threshold {within / total:.3f}"
+    # docs/gallery.md less about one standard error: rank-1 99.0% (SE 0.5%), both first and
+    # within the threshold 89.1% (SE 1.6%), distractors unknown 96.0% (SE 1.6%).
+    assert hits / total >= 0.984, f"rank-1 {hits / total:.3f} over {total} probes"
+    assert within / total >= 0.875, f"identified within threshold {within / total:.3f}"
 
     distractors = [s for s in embedded.labelled if "/distractors/" in s]
     assert len(distractors) >= 140
     unknown = sum(g.identify("lfw", embedded.labelled[s]).unknown for s in distractors)
-    assert unknown / len(distractors) >= 0.95, f"unknown {unknown}/{len(distractors)}"
+    assert unknown / len(distractors) >= 0.944, f"unknown {unknown}/{len(distractors)}"
     assert g.verify_audit().ok
     g.close()
 

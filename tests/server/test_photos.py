@@ -8,6 +8,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.conftest import two_face_photo
+
 from .conftest import Server, problem
 
 PEOPLE = 4
@@ -155,6 +157,7 @@ def test_verify_and_find_similar(
         assert same.json()["same"] and same.json()["person_id"] == ids[first]
         pair = client.post(
             "/v1/verify",
+            params={"face": "center", "other_face": "center"},
             files={
                 "photo": ("a.jpg", a[3].read_bytes(), "image/jpeg"),
                 "other_photo": ("b.jpg", b[3].read_bytes(), "image/jpeg"),
@@ -273,3 +276,33 @@ def test_deleting_a_collection_removes_everything(
             404,
         )
         assert admin.post("/v1/collections", json={"name": collection}).status_code == 201
+
+
+def test_two_photo_verify_uses_the_picked_face_of_each(
+    server: Server, people: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """``face`` / ``other_face`` pick a face of each photo (refused without, for a photo with
+    several), and the answer names the box used in each."""
+    (_, a), (_, b) = list(people.items())[:2]
+    group = two_face_photo(b[0], a[0], tmp_path / "two.jpg").read_bytes()  # face 1 is a's
+
+    def verify(params: dict[str, str]) -> httpx.Response:
+        with server.client(server.key(["identify"], ["*"])) as client:
+            return client.post(
+                "/v1/verify",
+                params=params,
+                files={
+                    "photo": ("two.jpg", group, "image/jpeg"),
+                    "other_photo": ("a.jpg", a[1].read_bytes(), "image/jpeg"),
+                },
+            )
+
+    refused = problem(verify({}), 422)
+    assert "photo: 2 faces found; pick one" in str(refused["detail"]), refused
+    picked = verify({"face": "1", "other_face": "center"})
+    assert picked.status_code == 200, picked.text
+    doc = picked.json()
+    assert doc["same"] is True and doc["box"]["left"] >= 300, doc
+    assert doc["other_box"]["right"] <= 250, doc
+    wrong = verify({"face": "0", "other_face": "center"}).json()
+    assert wrong["same"] is False and wrong["box"]["right"] <= 250, wrong

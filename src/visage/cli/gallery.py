@@ -21,7 +21,7 @@ from ..api import pipeline as get_pipeline
 from ..errors import InputError, NotFound, StorageError, VisageError
 from ..facetable import collect_images
 from ..gallery import ConsentBasis, Gallery, PersonInfo
-from ..gallery.service import FacePick
+from ..pipeline import parse_face_pick
 from .app import app
 from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console
 from .progress import progress_bar
@@ -61,15 +61,6 @@ def _open(db: str | None, actor: str | None, *, index: str = "auto",
     who = actor or f"cli:{getpass.getuser()}"
     with Gallery(db, index=index, actor=who, pipeline=pipe) as gallery:
         yield gallery
-
-
-def _face_pick(face: str | None) -> FacePick:
-    if face is None or face in ("largest", "center"):
-        return face  # type: ignore[return-value]
-    try:
-        return int(face)
-    except ValueError:
-        raise InputError(f"--face must be largest, center or a number, not {face!r}") from None
 
 
 def _when(value: str | None) -> datetime | None:
@@ -138,7 +129,7 @@ def enroll(
     folders = sorted(p for p in directory.iterdir() if p.is_dir())
     if not folders:
         raise InputError(f"{directory}: no person sub-folders")
-    pick = _face_pick(face)
+    pick = parse_face_pick(face)
     until = _when(expires)
     ConsentBasis.parse(basis)  # refuse a bad basis before any person is created
     photos = [(folder, photo) for folder in folders for photo in collect_images([folder])]
@@ -191,7 +182,7 @@ def identify(
     json_out: JsonOpt = False,
 ) -> None:
     """Who is in each photo? The nearest persons and 'unknown' beyond the calibrated threshold."""
-    pick = _face_pick(face)
+    pick = parse_face_pick(face)
     results: list[dict[str, Any]] = []
     with (
         _open(db, actor, pipeline_args=(detector, upsample)) as g,

@@ -11,12 +11,13 @@ from rich.table import Table
 
 from .. import __version__
 from ..api import compare as compare_faces
+from ..api import face_in
 from ..api import pipeline as get_pipeline
 from ..errors import InvalidImage, VisageError
 from ..facetable import FaceTable, collect_images
 from ..models import resolve_runtime
 from ..models.weights import MODEL_FILES
-from ..pipeline import Face
+from ..pipeline import Face, parse_face_pick
 from .app import app
 from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json
 from .progress import progress_bar
@@ -131,19 +132,27 @@ def embed(
 
 @app.command()
 def compare(
-    a: Annotated[Path, typer.Argument(help="First photo (largest face is used).")],
+    a: Annotated[Path, typer.Argument(help="First photo.")],
     b: Annotated[Path, typer.Argument(help="Second photo.")],
+    face: Annotated[str | None, typer.Option(
+        "--face", help="Face of the first photo when it has several: largest, center or an "
+        "index (0 = largest). Without it such a photo is refused.")] = None,
+    other_face: Annotated[str | None, typer.Option(
+        "--other-face", help="The same for the second photo.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Is it the same person? Distance, decision, and the calibrated threshold used."""
-    result = compare_faces(a, b)
+    """Is it the same person? Distance, decision, the calibrated threshold, and each face used."""
+    fa, fb = face_in(a, parse_face_pick(face)), face_in(b, parse_face_pick(other_face))
+    result = compare_faces(fa, fb)
     if json_out:
-        emit_json({"a": str(a), "b": str(b), "distance": result.distance, "same": result.same,
+        emit_json({"a": str(a), "b": str(b), "box": list(fa.box), "other_box": list(fb.box),
+                   "distance": result.distance, "same": result.same,
                    "threshold": result.threshold, "threshold_source": result.threshold_source})
     else:
         verdict = "same person" if result.same else "different people"
         console.print(f"{verdict}: distance {result.distance:.4f} "
-                      f"(threshold {result.threshold_source})", markup=False, highlight=False)
+                      f"(threshold {result.threshold_source}); faces at {fa.box} and {fb.box}",
+                      markup=False, highlight=False)
 
 
 @app.command()

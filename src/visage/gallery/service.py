@@ -44,7 +44,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal, Self, TypeAlias, TypeVar
+from typing import Any, Self, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -63,7 +63,7 @@ from ..errors import (
     StorageError,
 )
 from ..imageio import Source, decode, read_bytes
-from ..pipeline import Face, Pipeline, nearest_centre
+from ..pipeline import Face, FacePick, Pipeline, pick_face
 from . import audit
 from .index import IndexSpec, VectorIndex, load_index, make_index
 from .records import (
@@ -105,7 +105,6 @@ needs efSearch > 256 for 0.99 there and 12 minutes to build)."""
 EXPORT_FORMAT = "visage-collection"
 EXPORT_VERSION = 1
 
-FacePick = int | Literal["largest", "center"] | None
 Probe: TypeAlias = Face | npt.NDArray[np.float32] | Source
 """What decisions accept: a :class:`Face` with its embedding, an embedding, or a photo."""
 Progress = Callable[[int, int], None]
@@ -724,24 +723,6 @@ class Gallery:
 
     # ------------------------------------------------------------------ probes & photos
 
-    def _pick(self, faces: Sequence[Face], face: FacePick, shape: tuple[int, ...], name: str) -> Face:
-        if not faces:
-            raise NoFace(f"{name}: no face found")
-        if face is None:
-            if len(faces) > 1:
-                raise AmbiguousFace(
-                    f"{name}: {len(faces)} faces found; pick one (face index, 0 = largest, "
-                    "or 'center')"
-                )
-            return faces[0]
-        if face == "largest":
-            return faces[0]
-        if face == "center":
-            return nearest_centre(faces, shape[1], shape[0])
-        if isinstance(face, int) and 0 <= face < len(faces):
-            return faces[face]
-        raise InputError(f"{name}: face {face!r} does not exist ({len(faces)} faces found)")
-
     def _resolve(
         self, collection: str, probe: Probe, face: FacePick, *, for_enrollment: bool = False
     ) -> tuple[_Vector, Face | None]:
@@ -774,7 +755,7 @@ class Gallery:
                 f"{coll.model_id}"
             )
         image = decode(data, max_pixels=pipe.config.max_pixels, source=name)
-        chosen = self._pick(pipe.embed(image), face, image.shape, name or "image")
+        chosen = pick_face(pipe.embed(image), face, image.shape[1], image.shape[0], name or "image")
         assert chosen.embedding is not None, "Pipeline.embed returns faces with embeddings"
         vector = _Vector(
             self._check_vector(coll, chosen.embedding),

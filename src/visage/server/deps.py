@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 
 from ..gallery import Gallery
-from ..gallery.service import FacePick
+from ..pipeline import FacePick, parse_face_pick
 from . import bodies
 from .auth import Requires, authenticate
 from .events import EventLog
@@ -91,13 +91,18 @@ RequiredPurpose = Annotated[
     str,
     Query(min_length=1, max_length=300, description="Why this search is made (required; audited)"),
 ]
+_FACE_PICK = r"^(largest|center|[0-9]{1,4})$"
 FaceQuery = Annotated[
     str | None,
     Query(
-        pattern=r"^(largest|center|[0-9]{1,4})$",
+        pattern=_FACE_PICK,
         description="Which face of a photo with several: largest, center, or an index "
         "(0 = largest). Without it such a photo is refused.",
     ),
+]
+OtherFaceQuery = Annotated[
+    str | None,
+    Query(pattern=_FACE_PICK, description="Which face of `other_photo`, as `face` is for `photo`"),
 ]
 
 PhotoBody = Annotated[bodies.Upload, Depends(bodies.photo)]
@@ -109,9 +114,5 @@ BulkBody = Annotated[bodies.PhotoBatch | BulkIn, Depends(bodies.enrollment_batch
 
 
 def face_pick(value: str | None) -> FacePick:
-    """The gallery's face pick from the ``face`` query parameter."""
-    if value == "largest":
-        return "largest"
-    if value == "center":
-        return "center"
-    return None if value is None else int(value)
+    """The gallery's face pick from the ``face`` query parameter (validated by its pattern)."""
+    return parse_face_pick(value)

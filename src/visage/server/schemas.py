@@ -74,6 +74,10 @@ class BoxOut(BaseModel):
     right: int
     bottom: int
 
+    @classmethod
+    def of(cls, box: tuple[int, int, int, int]) -> BoxOut:
+        return cls(left=box[0], top=box[1], right=box[2], bottom=box[3])
+
 
 class QualityOut(BaseModel):
     """The face's quality score (0..1), the reasons it would be refused, and the measures."""
@@ -102,7 +106,7 @@ class FaceOut(BaseModel):
     def from_face(cls, face: Face, *, embedding: bool = False) -> FaceOut:
         q = face.quality
         return cls(
-            box=BoxOut(left=face.box[0], top=face.box[1], right=face.box[2], bottom=face.box[3]),
+            box=BoxOut.of(face.box),
             landmarks=face.landmarks.round(2).tolist(),
             score=round(face.score, 4),
             quality=QualityOut(
@@ -154,15 +158,21 @@ class VerifyOut(BaseModel):
     threshold_source: str
     person_id: str | None = None
     template_id: int | None = None
+    box: BoxOut | None = Field(default=None, description="The face used in `photo` (two photos)")
+    other_box: BoxOut | None = Field(default=None, description="The face used in `other_photo`")
     audit_seq: int
 
     @classmethod
-    def from_comparison(cls, c: Comparison, audit_seq: int) -> VerifyOut:
+    def from_comparison(
+        cls, c: Comparison, audit_seq: int, box: BoxOut, other_box: BoxOut
+    ) -> VerifyOut:
         return cls(
             distance=c.distance,
             same=c.same,
             threshold=c.threshold,
             threshold_source=c.threshold_source,
+            box=box,
+            other_box=other_box,
             audit_seq=audit_seq,
         )
 

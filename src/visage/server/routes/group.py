@@ -27,7 +27,7 @@ router = APIRouter(prefix="/v1", tags=["decisions"], responses=problem_responses
 
 def _member(tag: tuple[int, int, Box | None]) -> GroupMember:
     item, face, box = tag
-    shown = None if box is None else BoxOut(left=box[0], top=box[1], right=box[2], bottom=box[3])
+    shown = None if box is None else BoxOut.of(box)
     return GroupMember(item=item, face=face, box=shown)
 
 

@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from ...api import compare
-from ...errors import InputError, NoFace
+from ...errors import InputError
 from ...imageio import source_hash
-from ...pipeline import Face
+from ...pipeline import Face, FacePick, pick_face
 from ..bodies import PAIR_BODY, Upload
 from ..deps import (
     EventsDep,
@@ -18,6 +18,7 @@ from ..deps import (
     GalleryDep,
     IdentifyKey,
     MetricsDep,
+    OtherFaceQuery,
     PhotoPairBody,
     PipelineDep,
     Purpose,
@@ -25,16 +26,14 @@ from ..deps import (
 )
 from ..problems import problem_responses
 from ..runtime import ServicePipeline
-from ..schemas import VerifyOut
+from ..schemas import BoxOut, VerifyOut
 
 router = APIRouter(prefix="/v1", tags=["decisions"], responses=problem_responses())
 
 
-def _largest(pipeline: ServicePipeline, upload: Upload, label: str) -> Face:
-    faces = pipeline.embed(pipeline.load(upload.data))
-    if not faces:
-        raise NoFace(f"{label}: no face found")
-    return faces[0]
+def _face(pipeline: ServicePipeline, upload: Upload, face: FacePick, label: str) -> Face:
+    image = pipeline.load(upload.data)
+    return pick_face(pipeline.embed(image), face, image.shape[1], image.shape[0], label)
 
 
 @router.post("/verify", response_model=VerifyOut, openapi_extra=PAIR_BODY)
@@ -52,17 +51,21 @@ def verify(
         str | None, Query(min_length=1, max_length=300, description="Person id or external id")
     ] = None,
     face: FaceQuery = None,
+    other_face: OtherFaceQuery = None,
     purpose: Purpose = None,
 ) -> VerifyOut:
-    """Distance, decision and calibrated threshold: between the largest faces of two photos, or
-    between the photo's face and the best template of an enrolled, consented person."""
+    """Distance, decision and calibrated threshold: between a face of each of two photos, or
+    between the photo's face and the best template of an enrolled, consented person. A photo
+    with several faces is refused unless `face` (for `photo`) / `other_face` picks one; the
+    answer names the box used in each photo."""
     photo, other = photos
     if other is not None:
         if collection is not None or person is not None:
             raise InputError(
                 "compare two photos, or a photo with a collection and person, not both"
             )
-        a, b = _largest(pipeline, photo, "photo"), _largest(pipeline, other, "other_photo")
+        a = _face(pipeline, photo, face_pick(face), "photo")
+        b = _face(pipeline, other, face_pick(other_face), "other_photo")
         metrics.faces.labels("verify").inc(2)
         result = compare(a, b, calibration=gallery.calibration(pipeline.model_id))
         both = hashlib.sha256(
@@ -77,7 +80,7 @@ def verify(
             same=result.same,
             threshold=result.threshold,
         )
-        return VerifyOut.from_comparison(result, seq)
+        return VerifyOut.from_comparison(result, seq, BoxOut.of(a.box), BoxOut.of(b.box))
     if collection is None or person is None:
         raise InputError(
             "send a second photo (multipart field other_photo), or name the "
