@@ -97,6 +97,10 @@ def test_embed_resumes_and_reports_bad_files(people_photos: list[Path], tmp_path
     assert summary["already_done"] == n and summary["processed"] == 1
     assert len([r for r in pq.read_table(out).to_pylist() if r["face_index"] >= 0]) == len(faces)
     assert not out.with_name(out.name + ".parts").exists()
+    # A third run: still one error row for the file that keeps failing, not one per run.
+    run("embed", str(bad), "--out", str(out), "--json")
+    errors = [r for r in pq.read_table(out).to_pylist() if r["error"] is not None]
+    assert [r["source"] for r in errors] == [str(bad)], errors
 
 
 def test_embed_with_nothing_to_do(tmp_path: Path) -> None:

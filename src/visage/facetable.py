@@ -126,8 +126,13 @@ class FaceTable:
 
     @staticmethod
     def _without_stale_errors(table: pa.Table) -> pa.Table:
-        """Drop error rows of sources that later succeeded."""
+        """Keep one error row per source that still fails (the newest: rows are oldest first)
+        and none for a source that later succeeded, so re-runs never pile up error rows."""
         sources, errors = table.column("source").to_pylist(), table.column("error").to_pylist()
         succeeded = {s for s, e in zip(sources, errors) if e is None}
-        keep = [e is None or s not in succeeded for s, e in zip(sources, errors)]
+        newest_error = {s: i for i, (s, e) in enumerate(zip(sources, errors)) if e is not None}
+        keep = [
+            e is None or (s not in succeeded and newest_error[s] == i)
+            for i, (s, e) in enumerate(zip(sources, errors))
+        ]
         return table.filter(pa.array(keep))
