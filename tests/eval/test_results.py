@@ -54,6 +54,35 @@ def calibration(threshold: float, model_id: str = "test-model") -> Calibration:
     return Calibration(model_id, threshold, "target-fmr", "test", "2026-01-01", 2, 3, 0.1)
 
 
+def test_misses_name_the_pairs_decided_wrongly() -> None:
+    scores = p.score_pairs(PAIRS, EMBEDDED)
+    loose = r.evaluate_verification(
+        scores, EMBEDDED, protocol="t", calibration=calibration(chord(50))
+    )
+    assert [(str(m.pair.a), str(m.pair.b)) for m in loose.misses] == [("ann1", "cy1")]
+    strict = r.evaluate_verification(
+        scores, EMBEDDED, protocol="t", calibration=calibration(chord(5))
+    )
+    assert {(str(m.pair.a), m.pair.same) for m in strict.misses} == {("ann1", True), ("bob1", True)}
+    html_text = report.html_report(loose, {})
+    assert "Pairs decided wrongly" in html_text and "<td>cy1</td>" in html_text
+    assert loose.as_dict()["n_misses"] == 1 and loose.as_dict()["misses"][0]["b"] == "cy1"
+
+
+def test_det_draws_a_perfectly_separated_curve_on_the_floor() -> None:
+    """Every threshold of a small, perfectly separated set has a rate of 0: the curve is still
+    drawn (on the axis floor) and the legend says why, instead of an empty plot."""
+    from visage.eval.metrics import roc
+
+    curve = roc([0.1, 0.2, 0.3], [0.8, 0.9])
+    for scale in ("log", "normal"):
+        axes = plots.det_figure({"overall": curve}, scale=scale).axes[0]
+        drawn = sum(len(line.get_xdata()) for line in axes.get_lines())
+        assert drawn > 0, scale
+        labels = [t.get_text() for t in axes.get_legend().get_texts()]
+        assert any("rate of 0" in t for t in labels), labels
+
+
 def test_verification_figures() -> None:
     scores = p.score_pairs(PAIRS, EMBEDDED)
     result = r.evaluate_verification(scores, EMBEDDED, protocol="t", groups=GROUPS)

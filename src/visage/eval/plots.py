@@ -77,22 +77,39 @@ def roc_png(curves: Mapping[str, Roc]) -> bytes:
 
 
 def det_png(curves: Mapping[str, Roc], *, scale: Literal["log", "normal"] = "log") -> bytes:
+    """:func:`det_figure` as PNG bytes."""
+    return _png(det_figure(curves, scale=scale))
+
+
+def det_figure(curves: Mapping[str, Roc], *, scale: Literal["log", "normal"] = "log") -> Figure:
     """Detection error trade-off: FNMR against FMR, both axes log (NIST FRTE's convention) or
     normal deviates (Martin et al. 1997, where normal score distributions draw straight lines).
 
-    Points where a rate is 0 cannot be placed on either scale and are left out; log axes start
-    at half the smallest rate the data can measure (one error among all comparisons).
+    A rate of 0 has no place on either scale: such points are drawn on the axis floor (half
+    the smallest rate the data can measure, one error among all comparisons), dotted, and the
+    legend says so, so a small pairs file still shows its curve.
     """
     figure, axes = _new_axes("DET")
+    floor_x = 0.5 / max(c.n_impostor for c in curves.values())
+    floor_y = 0.5 / max(c.n_genuine for c in curves.values())
+    if scale == "normal":
+        floor_x = floor_y = _DET_TICKS[0]
     for name, curve in curves.items():
-        keep = (curve.fmr > 0) & (curve.fnmr > 0)
-        label = name if keep.any() else f"{name} (no threshold with both rates above 0)"
-        axes.step(curve.fmr[keep], curve.fnmr[keep], where="post", label=label)
+        measured = (curve.fmr > 0) & (curve.fnmr > 0)
+        line = axes.step(curve.fmr[measured], curve.fnmr[measured], where="post", label=name)
+        zero = ~measured & ((curve.fmr > 0) | (curve.fnmr > 0))
+        if zero.any():
+            x = np.where(curve.fmr[zero] > 0, curve.fmr[zero], floor_x)
+            y = np.where(curve.fnmr[zero] > 0, curve.fnmr[zero], floor_y)
+            axes.plot(
+                x, y, linestyle=":", marker=".", color=line[0].get_color(),
+                label=f"{name}: a rate of 0, drawn on the axis floor ({zero.sum()} thresholds)",
+            )
     if scale == "log":
         axes.set_xscale("log")
         axes.set_yscale("log")
-        axes.set_xlim(0.5 / max(c.n_impostor for c in curves.values()), 1.0)
-        axes.set_ylim(0.5 / max(c.n_genuine for c in curves.values()), 1.0)
+        axes.set_xlim(floor_x * 0.8, 1.0)
+        axes.set_ylim(floor_y * 0.8, 1.0)
     else:
         axes.set_xscale("function", functions=(_probit, _normal_cdf))
         axes.set_yscale("function", functions=(_probit, _normal_cdf))
@@ -103,8 +120,8 @@ def det_png(curves: Mapping[str, Roc], *, scale: Literal["log", "normal"] = "log
         axes.set_ylim(_DET_TICKS[0], _DET_TICKS[-1])
     axes.set_xlabel("false match rate (FMR)")
     axes.set_ylabel("false non-match rate (FNMR)")
-    axes.legend(loc="upper right")
-    return _png(figure)
+    axes.legend(loc="upper right", fontsize="small")
+    return figure
 
 
 def histogram_png(
@@ -114,10 +131,10 @@ def histogram_png(
     threshold: float | None = None,
     labels: tuple[str, str] = ("mated (same person)", "non-mated"),
 ) -> bytes:
-    """Densities of mated and non-mated distances, with the decision threshold if given.
+    """Counts of mated and non-mated distances, with the decision threshold if given.
 
-    Only finite distances are drawn (failures to acquire and misses have none); each side is
-    normalised to its own area so a few hundred mated pairs stay visible beside many non-mated.
+    Only finite distances are drawn (failures to acquire and misses have none); each side's
+    count is in its legend entry. Counts, not densities: what a reader expects on the y-axis.
     """
     figure, axes = _new_axes("Distances")
     sides = [np.asarray(v, dtype=np.float64) for v in (mated, nonmated)]
@@ -127,11 +144,11 @@ def histogram_png(
         np.linspace(pooled.min(), pooled.max(), 50).tolist() if pooled.size else 10
     )
     for values, label, colour in zip(finite, labels, ("tab:green", "tab:red")):
-        axes.hist(values, bins=bins, density=True, alpha=0.5, label=label, color=colour)
+        axes.hist(values, bins=bins, alpha=0.5, label=f"{label}: {values.size}", color=colour)
     if threshold is not None and math.isfinite(threshold):
         axes.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
     axes.set_xlabel("distance (lower = more similar)")
-    axes.set_ylabel("density")
+    axes.set_ylabel("count")
     axes.legend(loc="upper right")
     return _png(figure)
 

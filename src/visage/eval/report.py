@@ -14,7 +14,13 @@ from datetime import UTC, datetime
 
 from .. import __version__
 from . import metrics
-from .results import Acquired, CalibrationCheck, IdentificationResult, VerificationResult
+from .results import (
+    MAX_MISSES,
+    Acquired,
+    CalibrationCheck,
+    IdentificationResult,
+    VerificationResult,
+)
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 60em; color: #222; }
@@ -145,6 +151,30 @@ def _verification(result: VerificationResult) -> str:
     ]
     if result.calibration is not None:
         parts.append(_calibration(result.calibration, "FMR", "FNMR"))
+    shown = result.misses[:MAX_MISSES]
+    total = result.summary.n_genuine + result.summary.n_impostor
+    cut = f", the first {len(shown)} shown" if len(shown) < len(result.misses) else ""
+    note = (
+        f"<p>{len(result.misses)} of {total} pairs ({html.escape(result.threshold_source)}); "
+        f"the furthest from the threshold first{cut}. A genuine pair without a distance had a "
+        "photo with no face.</p>"
+    )
+    parts += [
+        f"<h3>Pairs decided wrongly at {result.threshold:.4f}</h3>",
+        note,
+        _table(
+            ["photo a", "photo b", "pair", "distance"],
+            [
+                [
+                    str(m.pair.a),
+                    str(m.pair.b),
+                    "same person" if m.pair.same else "different people",
+                    f"{m.distance:.4f}" if math.isfinite(m.distance) else "no face",
+                ]
+                for m in shown
+            ],
+        ),
+    ]
     if result.groups:
         parts += [
             "<h3>By group</h3>",

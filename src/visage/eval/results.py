@@ -18,7 +18,10 @@ import numpy as np
 from ..decision import Calibration
 from ..errors import InputError
 from . import metrics
-from .protocols import Embedded, IdentificationScores, VerificationScores
+from .protocols import Embedded, IdentificationScores, Pair, VerificationScores
+
+MAX_MISSES = 200
+"""Wrong pairs listed by name in a report (the worst first); the rest are counted."""
 
 Floats = metrics.Floats
 
@@ -116,6 +119,34 @@ class CalibrationCheck:
 
 
 @dataclass(frozen=True)
+class Miss:
+    """A pair the threshold decides wrongly: a genuine pair above it (or without a face) or an
+    impostor pair at or below it."""
+
+    pair: Pair
+    distance: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "a": str(self.pair.a),
+            "b": str(self.pair.b),
+            "same": self.pair.same,
+            "distance": _num(self.distance),
+        }
+
+
+def misses(scores: VerificationScores, threshold: float) -> tuple[Miss, ...]:
+    """Every pair decided wrongly at ``threshold``, the furthest from it first."""
+    wrong = [
+        (p, float(d))
+        for p, d in zip(scores.pairs, scores.distances)
+        if (p.same and not d <= threshold) or (not p.same and d <= threshold)
+    ]
+    wrong.sort(key=lambda pd: -abs(pd[1] - threshold) if math.isfinite(pd[1]) else -math.inf)
+    return tuple(Miss(p, d) for p, d in wrong)
+
+
+@dataclass(frozen=True)
 class GroupVerification:
     """One user-labelled group: its rates at the shared threshold, and its own figures
     (``summary`` is ``None`` when the group lacks genuine or impostor pairs)."""
@@ -154,6 +185,8 @@ class VerificationResult:
     threshold_source: str
     groups: tuple[GroupVerification, ...]
     calibration: CalibrationCheck | None
+    misses: tuple[Miss, ...] = ()
+    """Pairs decided wrongly at ``threshold``, the worst first."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -172,6 +205,8 @@ class VerificationResult:
             "group_threshold_source": self.threshold_source,
             "groups": [g.as_dict() for g in self.groups],
             "calibration": self.calibration.as_dict() if self.calibration else None,
+            "misses": [m.as_dict() for m in self.misses[:MAX_MISSES]],
+            "n_misses": len(self.misses),
         }
 
 
@@ -241,6 +276,7 @@ def evaluate_verification(
         threshold_source=source,
         groups=group_results,
         calibration=check,
+        misses=misses(scores, threshold),
     )
 
 
