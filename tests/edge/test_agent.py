@@ -160,6 +160,8 @@ def test_hub_stores_once_audits_and_registers(
     assert [r.person_id for r in again] == [person.id, person.id]
     assert hub.events_stored(COLLECTION) == 3
     actions = [e.action for e in local_gallery.audit_events(collection=COLLECTION, limit=1000)]
-    assert actions.count("edge.identify") == 1 and actions.count("identify") == 2
+    # the claim of e1 verified, e2 and the stale e4 identified; both decisions audited as edge
+    assert actions.count("verify") == 1 and actions.count("identify") == 2
+    assert actions.count("edge.identify") == 2
     (device,) = hub.devices()
     assert (device.device_id, device.events, device.agent_version) == (DEVICE.id, 3, "0.1.0")

@@ -20,9 +20,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..align import CHIP_SIZE
 from ..errors import InputError
+from ..imageio import decode
 
 MAX_CROP_BYTES = 64 * 1024
+JPEG_MAGIC = b"\xff\xd8\xff"
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,7 @@ class EdgeEvent:
             if not np.all(np.isfinite(vector)) or abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
                 raise InputError("embedding is not an L2-normalised finite vector")
             crop = doc.get("crop_jpeg")
-            crop_bytes = base64.b64decode(crop, validate=True) if crop else None
-            if crop_bytes is not None and len(crop_bytes) > MAX_CROP_BYTES:
-                raise InputError(f"crop exceeds {MAX_CROP_BYTES} bytes")
+            crop_bytes = _chip_jpeg(base64.b64decode(crop, validate=True)) if crop else None
             d = doc.get("decision")
             first, last = (
                 datetime.fromisoformat(doc["first_seen"]),
@@ -144,6 +145,21 @@ class EdgeEvent:
             )
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise InputError(f"malformed edge event ({exc!s})") from None
+
+
+def _chip_jpeg(data: bytes) -> bytes:
+    """``data`` when it is what an agent sends: a JPEG of one aligned chip, ``CHIP_SIZE``
+    pixels square, at most :data:`MAX_CROP_BYTES`; :class:`InputError` for anything else (a
+    whole photo, another format, a truncated file)."""
+    if len(data) > MAX_CROP_BYTES:
+        raise InputError(f"crop exceeds {MAX_CROP_BYTES} bytes")
+    if not data.startswith(JPEG_MAGIC):
+        raise InputError("crop is not a JPEG")
+    pixels = decode(data, max_pixels=CHIP_SIZE * CHIP_SIZE, source="crop")
+    if pixels.shape[:2] != (CHIP_SIZE, CHIP_SIZE):
+        height, width = pixels.shape[:2]
+        raise InputError(f"crop is {width}x{height}; a face chip is {CHIP_SIZE}x{CHIP_SIZE}")
+    return data
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,29 @@ Rules, in one place (the HTTP routes in :mod:`visage.server.routes.edge` only tr
   A batch's events, their audit events and the device's last-seen row are written in one
   transaction, after the store's writer lock (the audit chain's state row), so a connection
   cut at any point leaves either all of a batch or none of it.
-- **Every identification audited.** An event decided on the device (from its snapshot) is
-  appended to the audit log as ``edge.identify`` with the device key as actor, in the same
-  transaction that stores the event. An event with no decision — or whose decision names a
-  person the gallery no longer holds with valid consent (a stale snapshot) — is identified
-  here with :meth:`Gallery.identify` (which audits it) before it is stored. The probe
-  embedding is never stored, only its sha256 — the gallery's rule for probes.
+- **The server's figures, never the device's.** A device's claim of a person is re-scored
+  with :meth:`Gallery.verify` against that person's current templates in the collection (the
+  set a snapshot held is not recorded, and a deleted template must not be kept to check it);
+  an event with no decision, an unknown, a claim the gallery refutes (beyond its threshold),
+  or one naming a person no longer held with valid consent is identified here with
+  :meth:`Gallery.identify`. The stored person and distance are the server's. Both calls are
+  audited by the gallery.
+- **Every device decision audited.** It is appended as ``edge.identify`` (device key as actor)
+  in the transaction that stores the event, with the server's figures, the device's claim
+  beside them and ``mismatch`` when they disagree. The probe embedding is never stored, only
+  its sha256 — the gallery's rule for probes.
+- **Crops only with consent.** A crop (validated on parse: a 150x150 JPEG chip) is kept only in
+  a collection created with ``keep_images`` and only for a person the server identified who
+  has valid consent when the event is stored; otherwise it is dropped. The gallery deletes a
+  person's events (crops included) with the person or their consent, and a collection's
+  events, devices and snapshot records with the collection.
 - **Snapshots from the gallery's own rules.** A snapshot holds the persons the gallery says
   have valid consent now (:attr:`PersonInfo.consent_valid`), with the templates its export
   hands out (embeddings only, never images), the calibration it decides with, and the
   consent expiry. Its ``sequence`` increases whenever that content changes, so a deletion or
-  revocation reaches a device at its next pull and an older snapshot cannot be replayed.
+  revocation reaches a device at its next pull and an older snapshot cannot be replayed. A new
+  sequence is at least the store's audit sequence, which never goes back, so a collection
+  deleted and re-created under the same name never reissues a number its old snapshots used.
 - **Devices.** A device is known by (key, device id, collection), with its agent version,
   first and last contact, events stored, the last snapshot it pulled and the queue state it
   last reported.
@@ -38,87 +50,41 @@ from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import (
-    Engine,
-    Float,
-    Integer,
-    LargeBinary,
-    String,
-    UniqueConstraint,
-    func,
-    select,
-)
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import InputError, NotFound, StorageError
+from ..errors import ConsentError, InputError, NotFound, StorageError
 from ..gallery import Gallery, PersonInfo, audit
-from ..gallery.store import Base, StateRow, UTCDateTime, lock_state, sqlite_path, utcnow
+from ..gallery.store import (
+    CollectionRow,
+    EdgeDeviceRow,
+    EdgeEventRow,
+    EdgeSnapshotRow,
+    StateRow,
+    lock_state,
+    sqlite_path,
+    utcnow,
+)
 from .events import DeviceInfo, EdgeEvent, Receipt
 from .snapshot import Snapshot, SnapshotPerson, load_signing_key, public_key_text, sign_snapshot
 
 SIGNING_KEY_ENV = "VISAGE_EDGE_SIGNING_KEY"
 DEFAULT_TTL_S = 24 * 3600
 MAX_TTL_S = 30 * 24 * 3600
+DISTANCE_TOLERANCE = 1e-4
+"""Device and server figures further apart than this are a mismatch: the device sends distances
+rounded to 6 decimals from the same float32 templates, so an honest, current snapshot agrees
+to ~1e-6; a stale snapshot (templates added or deleted since) can disagree too."""
 
 
-class EdgeDeviceRow(Base):
-    """A device as the server last saw it."""
+@dataclass(frozen=True)
+class _Figures:
+    """The server's answer for one event: the person, the distance, and its audit event."""
 
-    __tablename__ = "edge_device"
-    __table_args__ = (UniqueConstraint("key_id", "device_id", "collection"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    key_id: Mapped[str] = mapped_column(String(32))
-    device_id: Mapped[str] = mapped_column(String(100))
-    collection: Mapped[str] = mapped_column(String(200), index=True)
-    agent_version: Mapped[str] = mapped_column(String(50))
-    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    events: Mapped[int] = mapped_column(Integer, default=0)
-    snapshot_sequence: Mapped[int | None] = mapped_column(Integer)
-    queue_pending: Mapped[int | None] = mapped_column(Integer)
-    queue_dropped: Mapped[int | None] = mapped_column(Integer)
-    queue_dead: Mapped[int | None] = mapped_column(Integer)
-
-
-class EdgeEventRow(Base):
-    """One stored edge event (its probe embedding is not kept, only the hash)."""
-
-    __tablename__ = "edge_event"
-    __table_args__ = (UniqueConstraint("key_id", "event_key"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    key_id: Mapped[str] = mapped_column(String(32))
-    event_key: Mapped[str] = mapped_column(String(64))
-    collection: Mapped[str] = mapped_column(String(200), index=True)
-    device_id: Mapped[str] = mapped_column(String(100))
-    track: Mapped[int] = mapped_column(Integer)
-    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
-    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
-    detections: Mapped[int] = mapped_column(Integer)
-    quality: Mapped[float] = mapped_column(Float)
-    embedding_sha256: Mapped[str] = mapped_column(String(64))
-    person_id: Mapped[str | None] = mapped_column(String(32))
-    distance: Mapped[float | None] = mapped_column(Float)
-    decided_by: Mapped[str] = mapped_column(String(10))
-    snapshot_sequence: Mapped[int | None] = mapped_column(Integer)
-    crop: Mapped[bytes | None] = mapped_column(LargeBinary)
-    audit_seq: Mapped[int] = mapped_column(Integer)
-    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class EdgeSnapshotRow(Base):
-    """A snapshot sequence number issued for a collection and the content it stands for."""
-
-    __tablename__ = "edge_snapshot"
-    __table_args__ = (UniqueConstraint("collection", "sequence"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    collection: Mapped[str] = mapped_column(String(200))
-    sequence: Mapped[int] = mapped_column(Integer)
-    content_sha256: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    person_id: str | None
+    distance: float | None
+    audit_seq: int
 
 
 @dataclass(frozen=True)
@@ -246,20 +212,10 @@ class EdgeHub:
         known = self._stored(key_id, [e.key for e in fresh])
         unseen = {e.key: e for e in reversed(fresh) if e.key not in known}  # first of each key
         purpose = f"edge device {device.id}"
-        server_side: dict[str, tuple[str | None, float | None, int]] = {}
-        valid: dict[str, bool] = {}
-        for event in unseen.values():
-            if not self._needs_server(collection, event, valid):
-                continue
-            found = self.gallery.identify(
-                collection, event.embedding, k=1, purpose=purpose, actor=key_id
-            )
-            nearest = found.candidates[0] if found.candidates else None
-            server_side[event.key] = (
-                found.best.person_id if found.best else None,
-                nearest.distance if nearest else None,
-                found.audit_seq,
-            )
+        server_side = {
+            event.key: self._server_figures(collection, event, purpose, key_id)
+            for event in unseen.values()
+        }
         for attempt in (1, 2):
             try:
                 stored = self._store(key_id, collection, device, fresh, server_side, purpose, queue)
@@ -272,20 +228,33 @@ class EdgeHub:
         answers = iter(stored)
         return [item if isinstance(item, Receipt) else next(answers) for item in parsed]
 
-    def _needs_server(self, collection: str, event: EdgeEvent, valid: dict[str, bool]) -> bool:
-        """True when the server must identify: no device decision, or one naming a person the
-        gallery no longer holds with valid consent (the device's snapshot was stale)."""
-        if event.decision is None:
-            return True
-        person = event.decision.person_id
-        if person is None:
-            return False
-        if person not in valid:
+    def _server_figures(
+        self, collection: str, event: EdgeEvent, purpose: str, key_id: str
+    ) -> _Figures:
+        """The server's own answer for ``event``, never the device's figures: a device's claim
+        of a person is checked with :meth:`Gallery.verify` against that person's current
+        templates (the snapshot's set is not recorded); anything else — no decision, unknown,
+        a claim the gallery refutes, or a person no longer held with valid consent — is
+        identified here with :meth:`Gallery.identify`. Both are audited by the gallery."""
+        claim = event.decision
+        if claim is not None and claim.person_id is not None:
             try:
-                valid[person] = self.gallery.person(collection, person).consent_valid
-            except NotFound:
-                valid[person] = False
-        return not valid[person]
+                checked = self.gallery.verify(
+                    collection, claim.person_id, event.embedding, purpose=purpose, actor=key_id
+                )
+            except (NotFound, ConsentError):
+                checked = None
+            if checked is not None and checked.same:
+                return _Figures(checked.person_id, checked.distance, checked.audit_seq)
+        found = self.gallery.identify(
+            collection, event.embedding, k=1, purpose=purpose, actor=key_id
+        )
+        nearest = found.candidates[0] if found.candidates else None
+        return _Figures(
+            found.best.person_id if found.best else None,
+            nearest.distance if nearest else None,
+            found.audit_seq,
+        )
 
     @staticmethod
     def _check(
@@ -323,17 +292,24 @@ class EdgeHub:
         collection: str,
         device: DeviceInfo,
         events: Sequence[EdgeEvent],
-        server_side: dict[str, tuple[str | None, float | None, int]],
+        server_side: dict[str, _Figures],
         purpose: str,
         queue: QueueReport | None,
     ) -> list[Receipt]:
         """One receipt per event, in order; a key seen before (stored, or earlier in this
-        batch) is a duplicate carrying the stored outcome."""
+        batch) is a duplicate carrying the stored outcome.
+
+        Under the writer lock, so no deletion can slip in between: the collection must still
+        exist, a person is recorded only while they still have valid consent, and a crop is
+        kept only for such a person in a collection created with ``keep_images``."""
         receipts: dict[str, Receipt] = {}
         out: list[Receipt] = []
         now = utcnow()
         keys = [e.key for e in events]
         with self._writing() as (session, state):
+            coll = _collection(session, collection)
+            named = {f.person_id for f in server_side.values() if f.person_id is not None}
+            consented = Gallery.consented_ids(session, collection, named, now)
             rows = session.scalars(
                 select(EdgeEventRow).where(
                     EdgeEventRow.key_id == key_id, EdgeEventRow.event_key.in_(keys)
@@ -346,8 +322,12 @@ class EdgeHub:
                     person = row.person_id if row else first.person_id if first else None
                     out.append(Receipt(event.key, "duplicate", person))
                     continue
-                person, distance, seq, by = self._outcome(
-                    session, state, key_id, collection, event, server_side, purpose
+                figures = server_side[event.key]
+                if figures.person_id is not None and figures.person_id not in consented:
+                    figures = _Figures(None, None, figures.audit_seq)  # deleted meanwhile
+                crop = event.crop_jpeg if coll.keep_images and figures.person_id else None
+                seq, by = self._outcome(
+                    session, state, key_id, collection, event, figures, purpose, crop is not None
                 )
                 session.add(
                     EdgeEventRow(
@@ -355,12 +335,12 @@ class EdgeHub:
                         device_id=device.id, track=event.track, first_seen=event.first_seen,
                         last_seen=event.last_seen, detections=event.detections,
                         quality=event.quality, embedding_sha256=event.embedding_sha256,
-                        person_id=person, distance=distance, decided_by=by,
+                        person_id=figures.person_id, distance=figures.distance, decided_by=by,
                         snapshot_sequence=event.decision.snapshot if event.decision else None,
-                        crop=event.crop_jpeg, audit_seq=seq, received_at=now,
+                        crop=crop, audit_seq=seq, received_at=now,
                     )
                 )
-                receipts[event.key] = Receipt(event.key, "stored", person)
+                receipts[event.key] = Receipt(event.key, "stored", figures.person_id)
                 out.append(receipts[event.key])
             self._touch(session, key_id, collection, device, now, events=len(receipts),
                         queue=queue)
@@ -373,14 +353,22 @@ class EdgeHub:
         key_id: str,
         collection: str,
         event: EdgeEvent,
-        server_side: dict[str, tuple[str | None, float | None, int]],
+        figures: _Figures,
         purpose: str,
-    ) -> tuple[str | None, float | None, int, str]:
-        """(person, distance, audit seq, who decided); audits a device decision here."""
-        decision = event.decision
-        if event.key in server_side or decision is None:
-            person, distance, seq = server_side[event.key]
-            return person, distance, seq, "server"
+        crop: bool,
+    ) -> tuple[int, str]:
+        """(audit seq, who decided). A device decision is audited here as ``edge.identify``
+        with the server's figures beside the device's, and ``mismatch`` when they disagree
+        (another person, or distances more than :data:`DISTANCE_TOLERANCE` apart)."""
+        claim = event.decision
+        if claim is None:
+            return figures.audit_seq, "server"
+        agrees = figures.person_id == claim.person_id
+        mismatch = not agrees or (
+            claim.distance is not None
+            and figures.distance is not None
+            and abs(claim.distance - figures.distance) > DISTANCE_TOLERANCE
+        )
         row = audit.append(
             session,
             state,
@@ -393,16 +381,21 @@ class EdgeHub:
                 "device": event.device_id,
                 "event": event.key,
                 "track": event.track,
-                "person": decision.person_id,
-                "unknown": decision.unknown,
-                "distance": decision.distance,
-                "threshold": decision.threshold,
-                "snapshot": decision.snapshot,
+                "person": figures.person_id,
+                "unknown": figures.person_id is None,
+                "distance": None if figures.distance is None else round(figures.distance, 6),
+                "server_audit": figures.audit_seq,
+                "mismatch": mismatch,
+                "device_person": claim.person_id,
+                "device_distance": claim.distance,
+                "device_threshold": claim.threshold,
+                "snapshot": claim.snapshot,
+                "crop": crop,
                 "first_seen": event.first_seen.isoformat(),
                 "last_seen": event.last_seen.isoformat(),
             },
         )
-        return decision.person_id, decision.distance, row.seq, "device"
+        return row.seq, "device" if agrees else "server"
 
     @staticmethod
     def _touch(
@@ -516,8 +509,10 @@ class EdgeHub:
     def _sequence(
         self, key_id: str, collection: str, device: DeviceInfo, digest: str, now: datetime
     ) -> int:
-        """The sequence for this content: the latest one if unchanged, else the next."""
-        with self._writing() as (session, _state):
+        """The sequence for this content: the latest one if unchanged, else the next (see the
+        module's rules); :class:`NotFound` if the collection was deleted meanwhile."""
+        with self._writing() as (session, state):
+            _collection(session, collection)
             latest = session.scalar(
                 select(EdgeSnapshotRow)
                 .where(EdgeSnapshotRow.collection == collection)
@@ -527,7 +522,7 @@ class EdgeHub:
             if latest is not None and latest.content_sha256 == digest:
                 sequence = latest.sequence
             else:
-                sequence = (latest.sequence if latest else 0) + 1
+                sequence = max((latest.sequence if latest else 0) + 1, state.audit_seq)
                 session.add(EdgeSnapshotRow(collection=collection, sequence=sequence,
                                             content_sha256=digest, created_at=now))
             self._touch(session, key_id, collection, device, now, snapshot=sequence)
@@ -552,6 +547,14 @@ class EdgeHub:
                 .where(EdgeEventRow.collection == collection)
             )
             return int(count or 0)
+
+
+def _collection(session: Session, name: str) -> CollectionRow:
+    """The collection, read under the writer lock so no edge row outlives its deletion."""
+    row = session.scalar(select(CollectionRow).where(CollectionRow.name == name))
+    if row is None:
+        raise NotFound(f"no collection named {name!r}")
+    return row
 
 
 def _consent_end(person: PersonInfo) -> datetime | None:

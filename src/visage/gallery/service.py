@@ -4,7 +4,8 @@ Rules, in one place:
 
 - **Consent first.** A person is enrolled only while a consent record is valid (granted, not
   yet expired, not revoked). Revoking consent or deleting a person removes every template
-  from the store and the index in one operation. Persons whose consent expired are skipped by
+  from the store and the index, and every edge event (with its crop) recorded for them, in one
+  operation; deleting a collection also removes its edge devices and snapshot records. Persons whose consent expired are skipped by
   every search (their templates stay until deleted or revoked).
 - **Quality gate.** A face whose quality has reasons is refused with those reasons. A photo
   with several faces is refused unless the caller picks one (``face=0`` is the largest,
@@ -44,11 +45,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Self, TypeAlias, TypeVar
+from typing import Any, Self, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, delete, exists, func, insert, or_, select
+from sqlalchemy import ColumnElement, CursorResult, delete, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
@@ -83,6 +84,9 @@ from .records import (
 from .store import (
     CollectionRow,
     ConsentRow,
+    EdgeDeviceRow,
+    EdgeEventRow,
+    EdgeSnapshotRow,
     PersonRow,
     StateRow,
     TemplateRow,
@@ -450,6 +454,7 @@ class Gallery:
                 coll = self._collection(session, name)
                 info = self._collection_info(session, coll)
                 persons = select(PersonRow.id).where(PersonRow.collection_id == coll.id)
+                edge_events = self._purge_edge(session, name)
                 session.execute(delete(TemplateRow).where(TemplateRow.collection_id == coll.id))
                 session.execute(delete(ConsentRow).where(ConsentRow.person_id.in_(persons)))
                 session.execute(delete(PersonRow).where(PersonRow.collection_id == coll.id))
@@ -457,6 +462,7 @@ class Gallery:
                 self._audit(
                     session, state, "collection.delete", actor=actor, collection=name,
                     purpose=purpose, persons_removed=info.persons, templates_removed=info.templates,
+                    edge_events_removed=edge_events,
                 )
                 coll_id = coll.id
             self._loaded.pop(coll_id, None)
@@ -634,16 +640,50 @@ class Gallery:
                     row.revoked_by = actor or self.actor
                     row.revoke_reason = reason
                 removed = self._delete_templates(session, coll, row_person.id)
+                edge_events = self._purge_edge(session, collection, row_person.id)
                 self._audit(
                     session, state, "consent.revoke", actor=actor, collection=collection,
                     person=row_person.id, consents=[r.id for r in open_rows],
-                    templates_removed=len(removed), reason=reason,
+                    templates_removed=len(removed), edge_events_removed=edge_events,
+                    reason=reason,
                 )
                 coll_id, version = coll.id, coll.version
             if removed:
                 self._after_commit(coll_id, version, removed=removed)
                 self._drop_snapshot(coll_id)
             return len(removed)
+
+    @staticmethod
+    def _purge_edge(session: Session, collection: str, person_id: str | None = None) -> int:
+        """Delete the edge events (crops included) recorded for ``person_id`` in ``collection``;
+        with no person, every edge row of the collection (events, devices, snapshot records).
+        Returns the events removed."""
+        events = delete(EdgeEventRow).where(EdgeEventRow.collection == collection)
+        if person_id is not None:
+            events = events.where(EdgeEventRow.person_id == person_id)
+        removed = int(cast(CursorResult[Any], session.execute(events)).rowcount)
+        if person_id is not None:
+            return removed
+        session.execute(delete(EdgeDeviceRow).where(EdgeDeviceRow.collection == collection))
+        session.execute(delete(EdgeSnapshotRow).where(EdgeSnapshotRow.collection == collection))
+        return removed
+
+    @staticmethod
+    def consented_ids(
+        session: Session, collection: str, person_ids: Iterable[str], now: datetime
+    ) -> set[str]:
+        """Those of ``person_ids`` that are persons of ``collection`` with valid consent at
+        ``now``, read in the caller's transaction (the edge hub's, under the writer lock)."""
+        ids = sorted(set(person_ids))
+        found: set[str] = set()
+        for part in _chunks(ids):
+            found.update(session.scalars(
+                select(PersonRow.id).join(CollectionRow).where(
+                    CollectionRow.name == collection, PersonRow.id.in_(part),
+                    _consent_valid(PersonRow.id, now),
+                )
+            ))
+        return found
 
     def delete_person(
         self,
@@ -659,12 +699,13 @@ class Gallery:
                 coll = self._collection(session, collection)
                 row_person = self._person(session, coll, person)
                 removed = self._delete_templates(session, coll, row_person.id)
+                edge_events = self._purge_edge(session, collection, row_person.id)
                 session.execute(delete(ConsentRow).where(ConsentRow.person_id == row_person.id))
                 session.delete(row_person)
                 self._audit(
                     session, state, "person.delete", actor=actor, collection=collection,
                     purpose=purpose, person=row_person.id, external_id=row_person.external_id,
-                    templates_removed=len(removed),
+                    templates_removed=len(removed), edge_events_removed=edge_events,
                 )
                 coll_id, version = coll.id, coll.version
             if removed:

@@ -200,6 +200,68 @@ class AuditRow(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
+class EdgeDeviceRow(Base):
+    """A device as the server last saw it (the edge hub's registry; gone with its collection)."""
+
+    __tablename__ = "edge_device"
+    __table_args__ = (UniqueConstraint("key_id", "device_id", "collection"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    device_id: Mapped[str] = mapped_column(String(100))
+    collection: Mapped[str] = mapped_column(String(200), index=True)
+    agent_version: Mapped[str] = mapped_column(String(50))
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    events: Mapped[int] = mapped_column(Integer, default=0)
+    snapshot_sequence: Mapped[int | None] = mapped_column(Integer)
+    queue_pending: Mapped[int | None] = mapped_column(Integer)
+    queue_dropped: Mapped[int | None] = mapped_column(Integer)
+    queue_dead: Mapped[int | None] = mapped_column(Integer)
+
+
+class EdgeEventRow(Base):
+    """One stored edge event (its probe embedding is not kept, only the hash). ``crop`` only for
+    a consented person of a ``keep_images`` collection; the row goes with its person's deletion,
+    consent revocation or the collection (:class:`~visage.gallery.Gallery`)."""
+
+    __tablename__ = "edge_event"
+    __table_args__ = (UniqueConstraint("key_id", "event_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key_id: Mapped[str] = mapped_column(String(32))
+    event_key: Mapped[str] = mapped_column(String(64))
+    collection: Mapped[str] = mapped_column(String(200), index=True)
+    device_id: Mapped[str] = mapped_column(String(100))
+    track: Mapped[int] = mapped_column(Integer)
+    first_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen: Mapped[datetime] = mapped_column(UTCDateTime)
+    detections: Mapped[int] = mapped_column(Integer)
+    quality: Mapped[float] = mapped_column(Float)
+    embedding_sha256: Mapped[str] = mapped_column(String(64))
+    person_id: Mapped[str | None] = mapped_column(String(32))
+    distance: Mapped[float | None] = mapped_column(Float)
+    decided_by: Mapped[str] = mapped_column(String(10))
+    snapshot_sequence: Mapped[int | None] = mapped_column(Integer)
+    crop: Mapped[bytes | None] = mapped_column(LargeBinary)
+    audit_seq: Mapped[int] = mapped_column(Integer)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EdgeSnapshotRow(Base):
+    """A snapshot sequence number issued for a collection and the content it stands for (gone
+    with the collection)."""
+
+    __tablename__ = "edge_snapshot"
+    __table_args__ = (UniqueConstraint("collection", "sequence"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collection: Mapped[str] = mapped_column(String(200))
+    sequence: Mapped[int] = mapped_column(Integer)
+    content_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     """WAL + full sync + foreign keys + secure delete, and ``BEGIN IMMEDIATE`` so writers queue.
 

@@ -90,7 +90,11 @@ class EventIn(_In):
     )
     decision: DecisionIn | None = None
     crop_jpeg: str | None = Field(
-        None, max_length=90_000, description="base64 JPEG; only when the operator enabled crops"
+        None,
+        max_length=90_000,
+        description="base64 JPEG of the 150x150 face chip (sent only when the operator enabled "
+        "crops); kept only in a keep_images collection for an identified person with valid "
+        "consent",
     )
 
 
@@ -150,8 +154,10 @@ def post_edge_events(
 ) -> EventsOut:
     """Store a device's events, each once per idempotency key (a retry answers ``duplicate``).
 
-    Events the device identified from its snapshot are audited as ``edge.identify``; the others
-    are identified here (audited as ``identify``). A malformed event is ``rejected`` alone.
+    Every event is scored by the server (a device's claim verified, the others identified, both
+    audited) and stored with the server's figures; a device decision is also audited as
+    ``edge.identify``, flagged ``mismatch`` when it disagrees. A malformed event is
+    ``rejected`` alone.
     """
     events: list[dict[str, Any]] = [e.model_dump(mode="json") for e in body.events]
     receipts = hub.ingest(
