@@ -64,6 +64,11 @@ def test_compare_refuses_several_faces_unless_one_is_picked(
     code, out, _ = run("compare", str(a2), str(group), "--other-face", "0", "--json")
     doc = json.loads(out)
     assert code == 0 and doc["same"] is False and doc["other_box"][2] <= 250, doc
+    code, out, _ = run("compare", str(group), str(a2), "--face", "1", "--face-recognition", "--json")
+    doc = json.loads(out)
+    fr = doc["face_recognition"]
+    # docs/pipeline.md: face_recognition's distance is ~1.42x Visage's (1.33-1.54 for 90%).
+    assert code == 0 and fr["same"] is True and 1.2 < fr["distance"] / doc["distance"] < 1.7
     code, _, err = run("compare", str(group), str(a2), "--face", "7")
     assert code == 1 and "face 7 does not exist" in err
 

@@ -139,20 +139,44 @@ def compare(
         "index (0 = largest). Without it such a photo is refused.")] = None,
     other_face: Annotated[str | None, typer.Option(
         "--other-face", help="The same for the second photo.")] = None,
+    face_recognition: Annotated[bool, typer.Option(
+        "--face-recognition", help="Also show face_recognition's distance (raw Euclidean, "
+        "tolerance 0.6) for the same faces; docs/pipeline.md maps one scale to the other.")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Is it the same person? Distance, decision, the calibrated threshold, and each face used."""
     fa, fb = face_in(a, parse_face_pick(face)), face_in(b, parse_face_pick(other_face))
     result = compare_faces(fa, fb)
+    info: dict[str, Any] = {
+        "a": str(a), "b": str(b), "box": list(fa.box), "other_box": list(fb.box),
+        "distance": result.distance, "same": result.same, "threshold": result.threshold,
+        "threshold_source": result.threshold_source,
+    }
+    if face_recognition:
+        fr = _face_recognition_distance(a, fa, b, fb)
+        info["face_recognition"] = {"distance": fr, "tolerance": 0.6, "same": fr <= 0.6}
     if json_out:
-        emit_json({"a": str(a), "b": str(b), "box": list(fa.box), "other_box": list(fb.box),
-                   "distance": result.distance, "same": result.same,
-                   "threshold": result.threshold, "threshold_source": result.threshold_source})
-    else:
-        verdict = "same person" if result.same else "different people"
-        console.print(f"{verdict}: distance {result.distance:.4f} "
-                      f"(threshold {result.threshold_source}); faces at {fa.box} and {fb.box}",
-                      markup=False, highlight=False)
+        emit_json(info)
+        return
+    verdict = "same person" if result.same else "different people"
+    console.print(f"{verdict}: distance {result.distance:.4f} "
+                  f"(threshold {result.threshold_source}); faces at {fa.box} and {fb.box}",
+                  markup=False, highlight=False)
+    if face_recognition:
+        fr_info = info["face_recognition"]
+        console.print(f"face_recognition: distance {fr_info['distance']:.4f} at tolerance 0.6 "
+                      f"({'same' if fr_info['same'] else 'different'})", markup=False)
+
+
+def _face_recognition_distance(a: Path, fa: Face, b: Path, fb: Face) -> float:
+    """face_recognition's distance (raw descriptors, Euclidean) between the faces at these boxes."""
+    from ..compat import face_recognition as fr
+
+    def encoding(path: Path, found: Face) -> Any:
+        left, top, right, bottom = found.box
+        return fr.face_encodings(fr.load_image_file(path), [(top, right, bottom, left)])[0]
+
+    return float(fr.face_distance([encoding(a, fa)], encoding(b, fb))[0])
 
 
 @app.command()

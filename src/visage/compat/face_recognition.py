@@ -6,7 +6,8 @@ Switch by changing one import::
 
 Same signatures, return types and conventions as face_recognition 1.3: boxes are
 ``(top, right, bottom, left)`` clipped to the image, encodings are raw dlib-scale 128-d float64
-arrays (not L2-normalised), ``tolerance=0.6`` is the usual threshold (lower is stricter).
+arrays (not L2-normalised), ``tolerance=0.6`` is the usual threshold (lower is stricter). These
+distances are ~1.42x Visage's own (docs/pipeline.md, "Distances", maps one to the other).
 Unlike the original, bad files raise :class:`visage.errors.InvalidImage` with the file name.
 """
 
