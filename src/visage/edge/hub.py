@@ -53,7 +53,15 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from ..errors import InputError, NotFound, StorageError
 from ..gallery import Gallery, PersonInfo, audit
-from ..gallery.store import Base, StateRow, UTCDateTime, lock_state, sqlite_path, utcnow
+from ..gallery.store import (
+    Base,
+    StateRow,
+    UTCDateTime,
+    lock_state,
+    sqlite_path,
+    store_failure,
+    utcnow,
+)
 from .events import DeviceInfo, EdgeEvent, Receipt
 from .snapshot import Snapshot, SnapshotPerson, load_signing_key, public_key_text, sign_snapshot
 
@@ -212,7 +220,7 @@ class EdgeHub:
             with self._sessions() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StorageError(f"edge store error: {exc}") from exc
+            raise store_failure("edge store", exc) from exc
 
     @contextmanager
     def _writing(self) -> Iterator[tuple[Session, StateRow]]:
@@ -224,7 +232,7 @@ class EdgeHub:
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
-            raise StorageError(f"edge store error: {exc}") from exc
+            raise store_failure("edge store", exc) from exc
 
     # ------------------------------------------------------------------ events
 
