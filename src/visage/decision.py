@@ -16,28 +16,60 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from .errors import ModelError
+from .errors import InputError, ModelError
 
 Vector = npt.NDArray[np.float32]
 
 
 def normalize(vectors: npt.ArrayLike) -> npt.NDArray[np.float32]:
-    """L2-normalise rows (or one vector); zero vectors are returned unchanged."""
-    arr = np.asarray(vectors, dtype=np.float32)
-    norms = np.linalg.norm(arr, axis=-1, keepdims=True)
-    out: npt.NDArray[np.float32] = np.divide(arr, norms, out=np.zeros_like(arr), where=norms > 0)
+    """L2-normalise rows (or one vector) in float64; zero vectors are returned unchanged.
+
+    Each row is first divided by its largest magnitude, so its norm lies in [1, sqrt(d)]:
+    float32 inputs such as ``[3e38] * 128`` (norm overflows) or ``[1e-45] * 128`` (norm
+    underflows) still come out as unit vectors instead of zeros.
+    """
+    arr = np.asarray(vectors, dtype=np.float64)
+    peak = np.max(np.abs(arr), axis=-1, keepdims=True) if arr.size else np.ones_like(arr)
+    scaled = np.divide(arr, peak, out=np.zeros_like(arr), where=peak > 0)
+    norms = np.linalg.norm(scaled, axis=-1, keepdims=True)
+    unit = np.divide(scaled, norms, out=np.zeros_like(scaled), where=norms > 0)
+    out: npt.NDArray[np.float32] = unit.astype(np.float32)
     return out
+
+
+def unit_embedding(raw: npt.ArrayLike, dim: int) -> npt.NDArray[np.float32]:
+    """The one embedding check: ``dim`` finite values, not all zero, returned L2-normalised.
+
+    Every embedding that enters a decision or the store (enrolled, imported, or sent as a
+    probe) passes here; :class:`InputError` says what is wrong otherwise.
+    """
+    try:
+        arr = np.asarray(raw, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise InputError("an embedding is a list of numbers") from None
+    if arr.shape != (dim,):
+        raise InputError(f"embedding shape {arr.shape}; expected ({dim},)")
+    if not np.isfinite(arr).all():
+        raise InputError("embedding must be finite and non-zero: it holds NaN or infinity")
+    unit = normalize(arr)
+    if not np.isfinite(unit).all() or not np.any(unit):
+        raise InputError("embedding must be finite and non-zero: every value is 0")
+    return unit
 
 
 def distances(query: npt.ArrayLike, candidates: npt.ArrayLike) -> npt.NDArray[np.float32]:
     """Distances from ``query (d,)`` to each row of ``candidates (n, d)``, both normalised.
 
-    Computed from the dot product (one BLAS call) as ``sqrt(2 - 2 cos)``, clipped at 0.
+    Computed from the dot product (one BLAS call) as ``sqrt(2 - 2 cos)``, clipped to [0, 2].
+    A non-finite result (a corrupt stored vector) becomes 2, the largest distance there is, so
+    no caller ever sees NaN and such a vector can never match.
     """
     q = np.asarray(query, dtype=np.float32)
     c = np.asarray(candidates, dtype=np.float32).reshape(-1, q.shape[-1])
-    cos = c @ q
-    out: npt.NDArray[np.float32] = np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, None)).astype(np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        cos = c @ q
+        dist = np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, 4.0))
+    out: npt.NDArray[np.float32] = np.where(np.isfinite(dist), dist, 2.0).astype(np.float32)
     return out
 
 

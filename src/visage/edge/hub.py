@@ -64,6 +64,7 @@ from ..gallery.store import (
     StateRow,
     lock_state,
     sqlite_path,
+    store_failure,
     utcnow,
 )
 from .events import DeviceInfo, EdgeEvent, Receipt
@@ -178,7 +179,7 @@ class EdgeHub:
             with self._sessions() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StorageError(f"edge store error: {exc}") from exc
+            raise store_failure("edge store", exc) from exc
 
     @contextmanager
     def _writing(self) -> Iterator[tuple[Session, StateRow]]:
@@ -190,7 +191,7 @@ class EdgeHub:
         except IntegrityError:
             raise
         except SQLAlchemyError as exc:
-            raise StorageError(f"edge store error: {exc}") from exc
+            raise store_failure("edge store", exc) from exc
 
     # ------------------------------------------------------------------ events
 

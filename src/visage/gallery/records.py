@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -34,6 +36,30 @@ class ConsentBasis(StrEnum):
             raise InputError(f"unknown consent basis {text!r}; one of: {allowed}") from None
 
 
+COLLECTION_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+"""A collection name: letters, digits, '.', '_' and '-', starting with a letter or digit. The
+service, the HTTP schemas, the API key store and the CLI all use this one rule, so every
+collection that can be created can be named in a key's scope (no spaces, commas or '*')."""
+COLLECTION_NAME_MAX = 200
+"""The longest collection name, in characters."""
+_COLLECTION_NAME = re.compile(COLLECTION_NAME_PATTERN)
+
+
+def collection_name(name: str) -> str:
+    """``name`` when it matches :data:`COLLECTION_NAME_PATTERN` and is at most
+    :data:`COLLECTION_NAME_MAX` characters long; else :class:`InputError` saying what is allowed."""
+    if (
+        not isinstance(name, str)
+        or len(name) > COLLECTION_NAME_MAX
+        or not _COLLECTION_NAME.fullmatch(name)
+    ):
+        raise InputError(
+            f"invalid collection name {name!r}: 1 to {COLLECTION_NAME_MAX} letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit"
+        )
+    return name
+
+
 @dataclass(frozen=True)
 class CollectionInfo:
     """A collection: its embedding model and size, and how many persons and templates it holds."""
@@ -61,6 +87,27 @@ class ConsentInfo:
     revoked_by: str | None
     revoke_reason: str | None
     status: str
+
+
+def person_text(label: str, value: str) -> str:
+    """A person's display name or external id, NFC-normalised; :class:`InputError` when empty
+    or holding a control or format character (Unicode Cc, Cf: NUL, bidi overrides, zero-width
+    joiners) or a separator other than a plain space (line breaks, no-break and ideographic
+    spaces), which would let two names that look alike differ, or hide text."""
+    if not isinstance(value, str):
+        raise InputError(f"{label} must be text")
+    text = unicodedata.normalize("NFC", value)
+    if not text.strip():
+        raise InputError(f"{label} must not be empty")
+    for char in text:
+        category = unicodedata.category(char)
+        if category in ("Cc", "Cf") or (category.startswith("Z") and char != " "):
+            name = unicodedata.name(char, "a control character")
+            raise InputError(
+                f"{label} holds U+{ord(char):04X} ({name}); control, format and separator "
+                "characters other than a plain space are not allowed"
+            )
+    return text
 
 
 @dataclass(frozen=True)

@@ -37,13 +37,15 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
+import math
 import os
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self, TypeAlias, TypeVar, cast
 
@@ -53,7 +55,7 @@ from sqlalchemy import ColumnElement, CursorResult, delete, exists, func, insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
-from ..decision import Calibration, decide, default_calibration, distances, normalize
+from ..decision import Calibration, decide, default_calibration, distances, unit_embedding
 from ..errors import (
     AmbiguousFace,
     Conflict,
@@ -61,7 +63,6 @@ from ..errors import (
     InputError,
     NoFace,
     NotFound,
-    StorageError,
 )
 from ..imageio import Source, decode, read_bytes
 from ..pipeline import Face, FacePick, Pipeline, pick_face
@@ -80,6 +81,8 @@ from .records import (
     TemplateInfo,
     TransferSummary,
     Verification,
+    collection_name,
+    person_text,
 )
 from .store import (
     CollectionRow,
@@ -95,8 +98,11 @@ from .store import (
     lock_state,
     open_engine,
     sqlite_path,
+    store_failure,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 AUTO_FAISS_AT = 50_000
 """With ``index="auto"``, collections of this many templates or more get :data:`AUTO_FAISS_SPEC`."""
@@ -154,6 +160,44 @@ def _vector_bytes(vector: npt.NDArray[np.float32]) -> bytes:
 def _chunks(items: Sequence[_T], size: int = 5000) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
+
+
+def _utc(label: str, value: datetime) -> datetime:
+    """``value`` in UTC; :class:`InputError` when naive or beyond what a UTC time can hold
+    (``9999-12-31T23:59:59-23:59`` is past year 9999 in UTC)."""
+    if value.tzinfo is None:
+        raise InputError(f"{label} must be timezone-aware")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise InputError(f"{label} {value.isoformat()} is out of range (years 1 to 9999 UTC)") from None
+
+
+def _consent_fields(
+    basis: str | ConsentBasis, granted_by: str, granted_at: datetime | None,
+    expires_at: datetime | None,
+) -> tuple[str, datetime, datetime | None]:
+    """A consent record's basis, start and end, checked: a known basis, a grantor, aware UTC
+    times within range, and an expiry after the grant. Used by grant and by import."""
+    basis_value = ConsentBasis.parse(basis).value
+    if not isinstance(granted_by, str) or not granted_by:
+        raise InputError("consent needs granted_by (who gave or recorded it)")
+    start = _utc("granted_at", granted_at or utcnow())
+    end = _utc("expires_at", expires_at) if expires_at is not None else None
+    if end is not None and end <= start:
+        raise InputError("consent must expire after it is granted")
+    return basis_value, start, end
+
+
+def _check_quality(quality: float | None) -> float | None:
+    """A template's quality: absent, or a number from 0 to 1."""
+    if quality is None:
+        return None
+    if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not (
+        math.isfinite(quality) and 0 <= quality <= 1
+    ):
+        raise InputError(f"quality must be a number from 0 to 1, not {quality!r}")
+    return float(quality)
 
 
 def _consent_valid(person_id: InstrumentedAttribute[str], now: datetime) -> ColumnElement[bool]:
@@ -258,9 +302,10 @@ class Gallery:
             with self._sessions() as session, session.begin():
                 yield session, lock_state(session)
         except IntegrityError as exc:
-            raise Conflict(f"the store refused a conflicting write: {exc.orig}") from exc
+            log.warning("the gallery store refused a write: %s", exc)
+            raise Conflict("the store refused a conflicting write") from exc
         except SQLAlchemyError as exc:
-            raise StorageError(f"gallery store error: {exc}") from exc
+            raise store_failure("gallery store", exc) from exc
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:
@@ -268,7 +313,7 @@ class Gallery:
             with self._sessions() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StorageError(f"gallery store error: {exc}") from exc
+            raise store_failure("gallery store", exc) from exc
 
     def _audit(
         self,
@@ -405,8 +450,7 @@ class Gallery:
         source photo with each template (off by default: only the embedding and its hash).
         Raises :class:`Conflict` when it exists (unless ``exist_ok``).
         """
-        if not name or len(name) > 200:
-            raise InputError("a collection name is 1 to 200 characters")
+        collection_name(name)
         model = model_id if model_id is not None else self._get_pipeline().model_id
         with self._lock, self._transaction() as (session, state):
             existing = session.scalar(select(CollectionRow).where(CollectionRow.name == name))
@@ -480,9 +524,11 @@ class Gallery:
         metadata: dict[str, Any] | None = None,
         actor: str | None = None,
     ) -> PersonInfo:
-        """Add a person (no templates, no consent yet). :class:`Conflict` on a taken external id."""
-        if not display_name:
-            raise InputError("a person needs a display name")
+        """Add a person (no templates, no consent yet). :class:`Conflict` on a taken external id;
+        :class:`InputError` for a name or external id that :func:`person_text` refuses."""
+        display_name = person_text("display name", display_name)
+        if external_id is not None:
+            external_id = person_text("external id", external_id)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
             if external_id is not None and session.scalar(
@@ -538,8 +584,10 @@ class Gallery:
     ) -> PersonInfo:
         """Change what is given of a person's display name, external id and metadata (metadata
         is replaced whole). :class:`Conflict` on an external id taken by someone else."""
-        if display_name is not None and not display_name:
-            raise InputError("a person needs a display name")
+        if display_name is not None:
+            display_name = person_text("display name", display_name)
+        if external_id is not None:
+            external_id = person_text("external id", external_id)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
             row = self._person(session, coll, person)
@@ -581,15 +629,7 @@ class Gallery:
         Datetimes must be timezone-aware. :class:`InputError` for an unknown basis, a missing
         grantor or an expiry not after the grant.
         """
-        basis_value = ConsentBasis.parse(basis).value
-        if not granted_by:
-            raise InputError("consent needs granted_by (who gave or recorded it)")
-        start = granted_at or utcnow()
-        for label, value in (("granted_at", start), ("expires_at", expires_at)):
-            if value is not None and value.tzinfo is None:
-                raise InputError(f"{label} must be timezone-aware")
-        if expires_at is not None and expires_at <= start:
-            raise InputError("consent must expire after it is granted")
+        basis_value, start, expires_at = _consent_fields(basis, granted_by, granted_at, expires_at)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
             row_person = self._person(session, coll, person)
@@ -809,12 +849,11 @@ class Gallery:
 
     @staticmethod
     def _check_vector(coll: CollectionRow, raw: npt.ArrayLike) -> npt.NDArray[np.float32]:
-        arr = np.asarray(raw, dtype=np.float32)
-        if arr.shape != (coll.dim,):
-            raise InputError(f"embedding shape {arr.shape}; collection {coll.name!r} needs ({coll.dim},)")
-        if not np.isfinite(arr).all() or not np.any(arr):
-            raise InputError("embedding must be finite and non-zero")
-        return normalize(arr)
+        """:func:`visage.decision.unit_embedding` for ``coll``: the one embedding check."""
+        try:
+            return unit_embedding(raw, coll.dim)
+        except InputError as exc:
+            raise InputError(f"{exc} (collection {coll.name!r} holds {coll.dim}-d embeddings)") from None
 
     # ------------------------------------------------------------------ enrollment
 
@@ -903,6 +942,7 @@ class Gallery:
                 people = self._consented(session, coll, {item.person for item in items}, now)
                 keyed: list[tuple[str, str, bytes, EmbeddingItem, bytes | None]] = []
                 for item, image in zip(items, images):
+                    _check_quality(item.quality)
                     blob = _vector_bytes(self._check_vector(coll, item.embedding))
                     digest = item.source_sha256 or _sha256(blob)
                     keyed.append((people[item.person], digest, blob, item, image))
@@ -1442,38 +1482,97 @@ class Gallery:
     ) -> TransferSummary:
         """Load an export into a new collection (``name`` or the exported one), in one transaction.
 
+        Every rule enrollment applies holds here, by the same functions: a person with templates
+        needs a valid consent record now, names pass :func:`person_text`, consent records pass
+        the grant checks, every embedding passes :func:`visage.decision.unit_embedding` (and is
+        stored normalised). The first record that fails refuses the whole file, naming its line;
+        nothing is written and the refusal is audited (``collection.import.refused``).
         Person ids are kept unless already taken in this store (importing a copy beside the
         original), in which case new ids are drawn and counted in ``rekeyed``.
-        :class:`Conflict` when the collection exists; :class:`InputError` when the file is not a
-        valid export.
+        :class:`Conflict` when the collection exists.
         """
         source = Path(path)
         try:
             raw = source.read_bytes()
         except OSError as exc:
             raise InputError(f"cannot read {source}: {exc.strerror or exc}") from None
-        lines = raw.decode("utf-8", errors="replace").splitlines()
+        target = name
         try:
-            header = json.loads(lines[0]) if lines else {}
-            records = [json.loads(line) for line in lines[1:] if line.strip()]
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{source}: not a Visage collection export ({exc})") from None
-        if header.get("format") != EXPORT_FORMAT or header.get("version") != EXPORT_VERSION:
+            header, records = self._read_export(source, raw)
+            target = collection_name(name or str(header["collection"]))
+            summary = self._import(source, raw, header, records, target, purpose, actor, progress)
+        except (InputError, ConsentError, Conflict) as exc:
+            self._record_refusal(
+                "collection.import.refused", target or "", exc, purpose=purpose, actor=actor,
+                sha256=_sha256(raw), path=str(source),
+            )
+            raise
+        return summary
+
+    @staticmethod
+    def _read_export(source: Path, raw: bytes) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
+        """The header and ``(line number, record)`` pairs of an export; :class:`InputError`
+        naming the line that is not JSON or a header that is not an export's."""
+        try:
+            lines = raw.decode("utf-8").splitlines()
+        except UnicodeDecodeError as exc:
+            raise InputError(f"{source}: not UTF-8 text (byte {exc.start})") from None
+        records: list[tuple[int, Any]] = []
+        header: Any = {}
+        for number, line in enumerate(lines, 1):
+            if number > 1 and not line.strip():
+                continue
+            try:
+                value = json.loads(line, parse_constant=_no_constant)
+            except (json.JSONDecodeError, ValueError) as exc:
+                raise InputError(f"{source} line {number}: not JSON ({exc})") from None
+            if number == 1:
+                header = value
+            else:
+                records.append((number, value))
+        if (
+            not isinstance(header, dict)
+            or header.get("format") != EXPORT_FORMAT
+            or header.get("version") != EXPORT_VERSION
+        ):
             raise InputError(f"{source}: not a Visage collection export (version {EXPORT_VERSION})")
-        target = name or str(header["collection"])
-        dim = int(header["dim"])
+        for key, kind in (("collection", str), ("model_id", str), ("dim", int)):
+            if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
+                raise InputError(f"{source} line 1: the header's {key!r} is missing or not a {kind.__name__}")
+        if not 1 <= header["dim"] <= 4096:
+            raise InputError(f"{source} line 1: dim {header['dim']} is not 1 to 4096")
+        return header, records
+
+    def _import(
+        self,
+        source: Path,
+        raw: bytes,
+        header: dict[str, Any],
+        records: list[tuple[int, Any]],
+        target: str,
+        purpose: str | None,
+        actor: str | None,
+        progress: Progress | None,
+    ) -> TransferSummary:
         n_templates = rekeyed = 0
+        now = utcnow()
         with self._lock, self._transaction() as (session, state):
             if session.scalar(select(CollectionRow.id).where(CollectionRow.name == target)):
                 raise Conflict(f"collection {target!r} already exists")
             coll = CollectionRow(
-                name=target, model_id=str(header["model_id"]), dim=dim, keep_images=False,
-                version=1, created_at=utcnow(),
+                name=target, model_id=header["model_id"], dim=header["dim"], keep_images=False,
+                version=1, created_at=now,
             )
             session.add(coll)
             session.flush()
-            for done, record in enumerate(records, 1):
-                templates, new_id = self._import_person(session, coll, record, source)
+            seen: set[str] = set()
+            for done, (number, record) in enumerate(records, 1):
+                try:
+                    templates, new_id = self._import_person(session, coll, record, seen, now)
+                except ConsentError as exc:
+                    raise ConsentError(f"{source} line {number}: {exc}") from None
+                except InputError as exc:
+                    raise InputError(f"{source} line {number}: {exc}") from None
                 n_templates += templates
                 rekeyed += new_id
                 if progress is not None:
@@ -1489,44 +1588,104 @@ class Gallery:
             rekeyed=rekeyed,
         )
 
-    @staticmethod
     def _import_person(
-        session: Session, coll: CollectionRow, record: dict[str, Any], source: Path
+        self,
+        session: Session,
+        coll: CollectionRow,
+        record: Any,
+        seen: set[str],
+        now: datetime,
     ) -> tuple[int, bool]:
-        """Insert one exported person; returns (templates added, whether the id was redrawn)."""
+        """Insert one exported person through enrollment's checks; returns (templates added,
+        whether the id was redrawn). ``seen`` collects the file's external ids so far."""
 
-        def when(value: str | None) -> datetime | None:
-            return datetime.fromisoformat(value) if value else None
+        def when(label: str, value: Any) -> datetime | None:
+            if value is None:
+                return None
+            if not isinstance(value, str):
+                raise InputError(f"{label} must be an ISO 8601 date-time")
+            try:
+                return _utc(label, datetime.fromisoformat(value))
+            except ValueError:
+                raise InputError(f"{label} {value!r} is not an ISO 8601 date-time") from None
+
+        def text(label: str, value: Any) -> str | None:
+            if value is not None and not isinstance(value, str):
+                raise InputError(f"{label} must be text")
+            return value
 
         try:
             p = record["person"]
-            person_id = str(p["id"])
+            display_name = person_text("display name", p["display_name"])
+            external_id = p["external_id"]
+            if external_id is not None:
+                external_id = person_text("external id", external_id)
+                if external_id in seen:
+                    raise InputError(f"external id {external_id!r} appears twice in the file")
+                seen.add(external_id)
+            person_id = person_text("person id", p["id"])
+            if len(person_id) > 32:
+                raise InputError(f"person id {person_id!r} is longer than 32 characters")
+            if not isinstance(p["metadata"] or {}, dict):
+                raise InputError("metadata must be an object")
+            consents, templates = record["consents"], record["templates"]
+            if not isinstance(consents, list) or not isinstance(templates, list):
+                raise InputError("consents and templates must be lists")
             rekeyed = session.get(PersonRow, person_id) is not None
             if rekeyed:
                 person_id = uuid.uuid4().hex
-            session.add(PersonRow(
-                id=person_id, collection_id=coll.id, display_name=p["display_name"],
-                external_id=p["external_id"], meta=p["metadata"] or {},
-                created_at=when(p["created_at"]) or utcnow(),
-            ))
+            row = PersonRow(
+                id=person_id, collection_id=coll.id, display_name=display_name,
+                external_id=external_id, meta=p["metadata"] or {},
+                created_at=when("created_at", p["created_at"]) or now,
+            )
+            session.add(row)
             session.flush()  # no ORM relationships, so the person row must exist first
-            for c in record["consents"]:
+            for c in consents:
+                basis, granted_at, expires_at = _consent_fields(
+                    c["basis"], c["granted_by"], when("granted_at", c["granted_at"]),
+                    when("expires_at", c["expires_at"]),
+                )
                 session.add(ConsentRow(
-                    person_id=person_id, basis=c["basis"], purpose=c["purpose"],
-                    granted_by=c["granted_by"], granted_at=when(c["granted_at"]),
-                    expires_at=when(c["expires_at"]), revoked_at=when(c["revoked_at"]),
-                    revoked_by=c["revoked_by"], revoke_reason=c["revoke_reason"],
-                ))
-            for t in record["templates"]:
-                blob = base64.b64decode(t["embedding"], validate=True)
-                if len(blob) != 4 * coll.dim or t["model_id"] != coll.model_id:
-                    raise InputError(f"{source}: a template of {p['id']} does not fit the collection")
-                session.add(TemplateRow(
-                    person_id=person_id, collection_id=coll.id, embedding=blob,
-                    model_id=t["model_id"], quality=t["quality"],
-                    source_sha256=t["source_sha256"], created_at=when(t["created_at"]) or utcnow(),
+                    person_id=person_id, basis=basis, purpose=text("purpose", c["purpose"]),
+                    granted_by=c["granted_by"], granted_at=granted_at, expires_at=expires_at,
+                    revoked_at=when("revoked_at", c["revoked_at"]),
+                    revoked_by=text("revoked_by", c["revoked_by"]),
+                    revoke_reason=text("revoke_reason", c["revoke_reason"]),
                 ))
             session.flush()
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(f"{source}: malformed person record ({exc})") from None
-        return len(record["templates"]), rekeyed
+            if templates:
+                self._require_consent(session, row, now)
+            digests: set[str] = set()
+            for t in templates:
+                if t["model_id"] != coll.model_id:
+                    raise InputError(
+                        f"a template of {p['id']} is from model {t['model_id']!r}; the export "
+                        f"holds {coll.model_id!r}"
+                    )
+                blob = base64.b64decode(t["embedding"], validate=True)
+                if len(blob) != 4 * coll.dim:
+                    raise InputError(
+                        f"a template of {p['id']} holds {len(blob)} bytes, not {4 * coll.dim}"
+                    )
+                vector = self._check_vector(coll, np.frombuffer(blob, "<f4"))
+                digest = text("source_sha256", t["source_sha256"]) or _sha256(_vector_bytes(vector))
+                if digest in digests:
+                    raise InputError(f"two templates of {p['id']} share source_sha256 {digest}")
+                digests.add(digest)
+                session.add(TemplateRow(
+                    person_id=person_id, collection_id=coll.id, embedding=_vector_bytes(vector),
+                    model_id=coll.model_id, quality=_check_quality(t["quality"]),
+                    source_sha256=digest, created_at=when("created_at", t["created_at"]) or now,
+                ))
+            session.flush()
+        except KeyError as exc:
+            raise InputError(f"malformed person record: no field {exc}") from None
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"malformed person record ({exc})") from None
+        return len(templates), rekeyed
+
+
+def _no_constant(name: str) -> Any:
+    """``json.loads`` hook: NaN and Infinity are not JSON, so an export may not hold them."""
+    raise ValueError(f"{name} is not a JSON number")

@@ -12,6 +12,7 @@ chain linear and lets a reader trust a collection's ``version`` for the whole tr
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import UTC, datetime
 from importlib import resources
@@ -47,6 +48,7 @@ from sqlalchemy.pool import StaticPool
 from ..errors import StorageError
 
 DEFAULT_DB = Path("~/.local/share/visage/visage.db")
+log = logging.getLogger(__name__)
 
 
 def default_url() -> str:
@@ -68,6 +70,13 @@ def sqlite_path(url: str) -> Path | None:
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
+
+
+def store_failure(what: str, exc: SQLAlchemyError) -> StorageError:
+    """The error callers see when a statement fails: the driver's message (the SQL text and
+    its parameters) goes to the log only, never into an answer or a CLI message."""
+    log.error("%s error: %s", what, exc)
+    return StorageError(f"{what} error ({type(exc).__name__}); the details are in the server log")
 
 
 def utcnow() -> datetime:

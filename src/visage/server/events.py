@@ -16,9 +16,8 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..errors import StorageError
 from ..gallery import audit
-from ..gallery.store import lock_state
+from ..gallery.store import lock_state, store_failure
 
 
 @contextmanager
@@ -28,7 +27,7 @@ def transaction(sessions: sessionmaker[Session], what: str) -> Iterator[Session]
         with sessions() as session, session.begin():
             yield session
     except SQLAlchemyError as exc:
-        raise StorageError(f"{what} error: {exc}") from exc
+        raise store_failure(what, exc) from exc
 
 
 def record_event(

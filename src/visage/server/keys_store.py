@@ -28,14 +28,14 @@ from sqlalchemy import JSON, Engine, Float, String, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
-from ..errors import InputError, NotFound, StorageError
-from ..gallery.store import Base, UTCDateTime, utcnow
+from ..errors import InputError, NotFound
+from ..gallery.records import collection_name
+from ..gallery.store import Base, UTCDateTime, store_failure, utcnow
 from .events import record_event, transaction
 
 ALL_COLLECTIONS = "*"
 KEY_ID_PREFIX = "vk_"
 _TOKEN = re.compile(r"^(vk_[0-9a-f]{12})\.([A-Za-z0-9_-]{20,100})$")
-_COLLECTION = re.compile(r"^[^\s,]{1,200}$")
 
 
 class Scope(StrEnum):
@@ -144,8 +144,8 @@ class KeyStore:
         if not names:
             raise InputError("a key needs at least one collection (or '*' for all)")
         for coll in names:
-            if not _COLLECTION.match(coll):
-                raise InputError(f"invalid collection name {coll!r}")
+            if coll != ALL_COLLECTIONS:
+                collection_name(coll)
         if not name or len(name) > 200:
             raise InputError("a key name is 1 to 200 characters")
         if rate_limit is not None and rate_limit < 0:
@@ -220,4 +220,4 @@ class KeyStore:
             with self._sessions() as session:
                 yield session
         except SQLAlchemyError as exc:
-            raise StorageError(f"API key store error: {exc}") from exc
+            raise store_failure("API key store", exc) from exc

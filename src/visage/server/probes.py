@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ..decision import unit_embedding
 from ..errors import InputError, VisageError
 from ..imageio import source_hash
 from ..models.base import Box
@@ -104,16 +105,11 @@ def read_batch(
                 rows.append(face.embedding)
     else:
         for item, values in enumerate(body.embeddings):
-            vector = np.asarray(values, dtype=np.float32)
-            if (
-                len(vector) != len(body.embeddings[0])
-                or not np.isfinite(vector).all()
-                or not vector.any()
-            ):
-                raise InputError(
-                    f"embedding {item}: embeddings must share one length and be finite and non-zero"
-                )
-            digest.update(vector.astype("<f4").tobytes())
+            try:
+                vector = unit_embedding(values, len(body.embeddings[0]))
+            except InputError as exc:
+                raise InputError(f"embedding {item}: {exc} (all embeddings share one length)") from None
+            digest.update(np.asarray(values, dtype="<f4").tobytes())
             tags.append((item, 0, None))
             rows.append(vector)
     width = rows[0].shape[0] if rows else 128

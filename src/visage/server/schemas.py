@@ -17,6 +17,7 @@ from ..gallery import (
     Identification,
 )
 from ..gallery.audit import ChainReport
+from ..gallery.records import COLLECTION_NAME_MAX, COLLECTION_NAME_PATTERN
 from ..pipeline import Face
 from .problems import Problem
 
@@ -31,10 +32,9 @@ Name = Annotated[str, Field(min_length=1, max_length=300)]
 CollectionName = Annotated[
     str,
     Field(
-        min_length=1,
-        max_length=200,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
-        description="Letters, digits, '.', '_' and '-', starting with a letter or digit",
+        max_length=COLLECTION_NAME_MAX,
+        pattern=COLLECTION_NAME_PATTERN,
+        description="1 to 200 letters, digits, '.', '_' and '-', starting with a letter or digit",
     ),
 ]
 
