@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FACES ?= $(if $(VISAGE_FACES),$(VISAGE_FACES),../shared/faces)
 
-.PHONY: run test setup bench clean
+.PHONY: run test setup bench promises clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ run: $(STAMP)
 
 test: $(STAMP)
 	VISAGE_FACES=$(FACES) VISAGE_REQUIRE_FACES=1 $(BIN)/python -m pytest
+
+# Break each documented promise on purpose and check its guarding tests fail (docs/promises.md).
+promises: $(STAMP)
+	VISAGE_FACES=$(FACES) $(BIN)/python tools/promises.py --write docs/promises.md
 
 bench: $(STAMP)
 	VISAGE_FACES=$(FACES) $(BIN)/python benchmarks/pipeline.py
