@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...errors import VisageError
+from ..auth import Requires, authenticate, bearer, ensure_sees
 from ..deps import MetricsDep, ServicesDep
+from ..keys_store import Scope
 from ..problems import NotReady, problem_responses
 from ..schemas import HealthOut
 
@@ -22,31 +27,34 @@ async def healthz() -> HealthOut:
 
 @router.get("/readyz", response_model=HealthOut, responses=problem_responses([503]))
 def readyz(services: ServicesDep) -> HealthOut:
-    """Readiness: models are loaded and the store answers; 503 otherwise."""
+    """Readiness: models are loaded and the store answers; 503 otherwise. Open, so it names
+    no collection and counts nothing stored (keys included)."""
     try:
-        keys = services.keys.active_count()
+        services.keys.active_count()
     except VisageError as exc:
         raise NotReady(f"gallery store unreachable: {exc}") from exc
-    return HealthOut(
-        status="ready",
-        checks={
-            "models": services.pipeline.model_id,
-            "store": "ok",
-            "active_keys": str(keys),
-        },
-    )
+    return HealthOut(status="ready", checks={"models": services.pipeline.model_id, "store": "ok"})
 
 
 @router.get(
     "/metrics",
     response_class=Response,
     responses={
+        **problem_responses([401, 403, 429]),
         200: {
             "description": "Prometheus text format",
             "content": {"text/plain": {"schema": {"type": "string"}}},
         }
     },
 )
-def metrics(metrics: MetricsDep) -> Response:
-    """Prometheus metrics: requests and latency per route, faces processed, gallery sizes."""
-    return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+def metrics(
+    request: Request,
+    metrics: MetricsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Response:
+    """Prometheus metrics: requests and latency per route and faces processed, for anyone;
+    gallery sizes per collection only with an admin key that sees every collection."""
+    if credentials is not None:
+        key = Requires(Scope.ADMIN)(request, authenticate(request, credentials))
+        ensure_sees(key, None)
+    return Response(metrics.render(gallery=credentials is not None), media_type=CONTENT_TYPE_LATEST)
