@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 
 from ..gallery import Gallery
-from ..gallery.service import FacePick
+from ..gallery.service import Disclosure, FacePick
 from . import bodies
 from .auth import Requires, authenticate
 from .events import EventLog
@@ -115,3 +115,9 @@ def face_pick(value: str | None) -> FacePick:
     if value == "center":
         return "center"
     return None if value is None else int(value)
+
+
+def disclosure(key: ApiKey) -> Disclosure:
+    """What a key's searches may name: every candidate for a key that may list persons anyway
+    (``enroll`` or ``admin``), only the matches within the threshold for any other."""
+    return "all" if key.allows(Scope.ENROLL) else "matches"
