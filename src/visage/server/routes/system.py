@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials
+from fastapi.security.utils import get_authorization_scheme_param
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from ...errors import VisageError
-from ..auth import Requires, authenticate, bearer, ensure_sees
+from ..auth import Requires, authenticate, ensure_sees
 from ..deps import MetricsDep, ServicesDep
 from ..keys_store import Scope
 from ..problems import NotReady, problem_responses
@@ -47,14 +46,12 @@ def readyz(services: ServicesDep) -> HealthOut:
         }
     },
 )
-def metrics(
-    request: Request,
-    metrics: MetricsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Response:
+def metrics(request: Request, metrics: MetricsDep) -> Response:
     """Prometheus metrics: requests and latency per route and faces processed, for anyone;
-    gallery sizes per collection only with an admin key that sees every collection."""
-    if credentials is not None:
-        key = Requires(Scope.ADMIN)(request, authenticate(request, credentials))
-        ensure_sees(key, None)
-    return Response(metrics.render(gallery=credentials is not None), media_type=CONTENT_TYPE_LATEST)
+    gallery sizes per collection only with an admin key that sees every collection (the
+    key is optional, so the schema declares no security here)."""
+    scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
+    if token:
+        credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
+        ensure_sees(Requires(Scope.ADMIN)(request, authenticate(request, credentials)), None)
+    return Response(metrics.render(gallery=bool(token)), media_type=CONTENT_TYPE_LATEST)
