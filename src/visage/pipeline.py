@@ -31,9 +31,10 @@ Embedding = npt.NDArray[np.float32]
 
 DETECT_MAX_SIDE = 2048
 """The longest side the detector ever sees, upsampling included: HOG takes ~0.3 s there on
-this project's 2-core machine, so no photo costs more (was 15 s and 3.6 GB for 4000x4000 with
-one upsampling). Smaller photos are upsampled only while they stay within it; larger ones are
-detected on a copy shrunk to it, and landmarks, chips and boxes come from the original."""
+this project's 2-core machine, so detection costs no more for any photo (it was 15 s and
+3.6 GB for a 4000x4000 PNG with one upsampling; decoding is bounded by the pixel limit).
+Smaller photos are upsampled only while they stay within it; larger ones are detected on a
+copy shrunk to it, and landmarks, chips and boxes come from the original."""
 
 
 @dataclass(frozen=True)
