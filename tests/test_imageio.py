@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visage.errors import ImageTooLarge, InvalidImage
-from visage.imageio import decode, load_image
+from visage.errors import ExtremeAspect, ImageTooLarge, InvalidImage
+from visage.imageio import MAX_ASPECT, decode, load_image, shrink
 
 
 def encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -156,3 +156,25 @@ def test_pixel_limit_is_configurable() -> None:
     with pytest.raises(ImageTooLarge, match="10,000 pixels exceeds the limit of 9,999"):
         decode(data, max_pixels=9_999)
     assert decode(data, max_pixels=10_000).shape == (100, 100, 3)
+
+
+def test_a_strip_is_refused_from_its_header() -> None:
+    """A 1 x 39,000,000 PNG (75 KB, under the pixel limit) cost 18-24 s of detection."""
+    strip = encode(Image.new("L", (39_000_000, 1)), "PNG")
+    assert len(strip) < 100_000
+    start = time.perf_counter()
+    with pytest.raises(ExtremeAspect, match="39,000,000x1: its sides differ by more than 20 to 1"):
+        decode(strip)
+    assert time.perf_counter() - start < 0.5  # from the header, nothing decoded
+    # A panorama at the limit still decodes, either way round.
+    side = int(MAX_ASPECT) * 50
+    assert decode(encode(gradient(side, 50), "PNG")).shape == (50, side, 3)
+    assert decode(encode(gradient(50, side), "PNG")).shape == (side, 50, 3)
+
+
+def test_shrink_bounds_the_longest_side() -> None:
+    image = np.asarray(gradient(4000, 1000))
+    small = shrink(image, 2048)
+    assert small.shape == (512, 2048, 3) and small.dtype == np.uint8
+    assert abs(float(small.mean()) - float(image.mean())) < 2.0  # the same picture, smaller
+    assert shrink(image, 4000) is image

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ from PIL import Image, ImageFilter
 
 import visage
 from visage.errors import NoFace
-from visage.pipeline import Pipeline
+from visage.pipeline import DETECT_MAX_SIDE, Pipeline
 
 from .conftest import EmbeddedSet
 
@@ -122,3 +123,32 @@ def test_quality_reasons_for_degraded_photos(people_photos: list[Path]) -> None:
     dark = Image.fromarray((np.asarray(original) * 0.15).astype(np.uint8))
     assert any("too dark" in r for r in reasons(dark, upsample=2))
     assert visage.detect(np.asarray(blurred))[0].quality.score < good.score
+
+
+def iou(a: tuple[float, ...], b: tuple[float, ...]) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+def test_a_large_photo_is_detected_on_a_bounded_copy_at_its_own_scale(
+    people_photos: list[Path],
+) -> None:
+    """A photo over DETECT_MAX_SIDE is detected on a shrunk copy; the face comes back at its
+    place in the original, embedded from the original, within the time budget."""
+    pipe = Pipeline()
+    original = Image.open(people_photos[0]).convert("RGB")
+    small = pipe.embed(np.asarray(original))
+    assert len(small) == 1
+    scale = 12  # 250 -> 3000 px a side
+    assert 250 * scale > DETECT_MAX_SIDE
+    large = np.asarray(original.resize((250 * scale, 250 * scale), Image.Resampling.BICUBIC))
+    start = time.perf_counter()
+    found = pipe.embed(large)
+    took = time.perf_counter() - start
+    assert len(found) == 1
+    assert iou(tuple(v * scale for v in small[0].box), found[0].box) > 0.6, (small[0].box, found[0].box)
+    assert small[0].embedding is not None and found[0].embedding is not None
+    assert float(small[0].embedding @ found[0].embedding) > 0.99
+    assert took < 3.0, f"{took:.2f} s for a 9 MP photo"  # ~0.7 s measured; slack for shared cores

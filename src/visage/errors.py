@@ -4,6 +4,7 @@
     ├── InputError                 bad input from a user: a 4xx / exit 1, never a traceback
     │   ├── InvalidImage           empty, truncated, corrupt, or not an image at all
     │   ├── ImageTooLarge          over the pixel limit (checked before decoding pixels)
+    │   ├── ExtremeAspect          a strip too long for its width (checked before decoding)
     │   ├── NoFace                 no face where one was required
     │   └── AmbiguousFace          several faces where one was required
     ├── ModelError                 weights missing, corrupt, or a runtime unavailable
@@ -48,6 +49,18 @@ class ImageTooLarge(InputError):
         where = f"{self.source}: " if self.source else ""
         super().__init__(
             f"{where}image too large: {pixels:,} pixels exceeds the limit of {limit:,}"
+        )
+
+
+class ExtremeAspect(InputError):
+    """The image is far longer than it is wide (or the reverse): no photo of a face, and a
+    strip that would cost the detector minutes (checked from the header)."""
+
+    def __init__(self, width: int, height: int, limit: float, *, source: str | Path | None = None) -> None:
+        self.width, self.height, self.limit = width, height, limit
+        where = f"{source}: " if source is not None else ""
+        super().__init__(
+            f"{where}image is {width:,}x{height:,}: its sides differ by more than {limit:g} to 1"
         )
 
 

@@ -2,6 +2,7 @@
 
 Decoding is Pillow's. What this module adds is the policy a server needs: the pixel limit is
 checked from the header before any pixel is decoded (a decompression bomb must not eat RAM),
+so is the aspect ratio (a 1 x 39,000,000 strip is no photo and costs the detector minutes),
 EXIF orientation is applied, every mode (grey, palette, RGBA, CMYK, 16-bit) becomes RGB, and
 every failure is an :class:`~visage.errors.InvalidImage` naming its source.
 """
@@ -17,11 +18,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageTooLarge, InvalidImage
+from .errors import ExtremeAspect, ImageTooLarge, InvalidImage
 from .models.base import Image as ImageArray
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """40 MP: above any phone camera, far below what would exhaust memory (~120 MB as RGB)."""
+
+MAX_ASPECT = 20.0
+"""Longest side over shortest, at most: wider than any phone panorama (~10:1)."""
 
 Source = str | Path | bytes | bytearray | memoryview
 
@@ -53,8 +57,9 @@ def source_hash(data: bytes) -> str:
 def load_image(src: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageArray:
     """Decode ``src`` (path or encoded bytes) to an RGB uint8 array with EXIF orientation applied.
 
-    Raises :class:`InvalidImage` for empty, truncated, corrupt or non-image input and
-    :class:`ImageTooLarge` when width x height exceeds ``max_pixels``.
+    Raises :class:`InvalidImage` for empty, truncated, corrupt or non-image input,
+    :class:`ImageTooLarge` when width x height exceeds ``max_pixels`` and
+    :class:`ExtremeAspect` when one side is over :data:`MAX_ASPECT` times the other.
     """
     data, name = read_bytes(src)
     return decode(data, max_pixels=max_pixels, source=name)
@@ -82,6 +87,8 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | N
             raise InvalidImage(f"bad dimensions {width}x{height}", source=source)
         if width * height > max_pixels:
             raise ImageTooLarge(width * height, max_pixels, source=source)
+        if max(width, height) > MAX_ASPECT * min(width, height):
+            raise ExtremeAspect(width, height, MAX_ASPECT, source=source)
         # Pillow's truncation switch is process-global and other libraries flip it at import
         # (face_recognition sets it True): force strict loading here so a truncated file is
         # always an error, never a silently grey-filled image.
@@ -112,3 +119,18 @@ def _to_rgb(im: Image.Image) -> ImageArray:
     if im.mode != "RGB":
         im = im.convert("RGB")
     return np.ascontiguousarray(np.asarray(im, dtype=np.uint8))
+
+
+def shrink(image: ImageArray, max_side: int) -> ImageArray:
+    """``image`` scaled down so its longest side is ``max_side`` (unchanged when it already is).
+
+    ``reducing_gap=1`` box-reduces by the whole factor first and filters only the rest: 0.09 s
+    from 40 MP to 2048 px, half a plain bilinear resize, for a copy only the detector sees.
+    """
+    height, width = image.shape[:2]
+    side = max(height, width)
+    if side <= max_side:
+        return image
+    size = (max(1, round(width * max_side / side)), max(1, round(height * max_side / side)))
+    small = Image.fromarray(image).resize(size, Image.Resampling.BILINEAR, reducing_gap=1.0)
+    return np.ascontiguousarray(np.asarray(small, dtype=np.uint8))

@@ -21,14 +21,21 @@ import numpy.typing as npt
 from . import align as _align
 from .decision import normalize
 from .errors import AmbiguousFace, InputError, NoFace, VisageError
-from .imageio import DEFAULT_MAX_PIXELS, Source, decode, read_bytes, source_hash
+from .imageio import DEFAULT_MAX_PIXELS, Source, decode, read_bytes, shrink, source_hash
 from .models import make_detector, make_embedder, make_landmarker
-from .models.base import Box, Detection, Embedder, Image
+from .models.base import Box, Detection, Embedder, Image, clip_box
 from .quality import DEFAULT_POLICY, Quality, QualityPolicy, assess
 
 log = logging.getLogger(__name__)
 
 Embedding = npt.NDArray[np.float32]
+
+DETECT_MAX_SIDE = 2048
+"""The longest side the detector ever sees, upsampling included: HOG takes ~0.3 s there on
+this project's 2-core machine, so detection costs no more for any photo (it was 15 s and
+3.6 GB for a 4000x4000 PNG with one upsampling; decoding is bounded by the pixel limit).
+Smaller photos are upsampled only while they stay within it; larger ones are detected on a
+copy shrunk to it, and landmarks, chips and boxes come from the original."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +142,8 @@ class Pipeline:
 
     ``detector``: ``hog`` (fast, frontal; ~20 ms/photo) or ``cnn`` (MMOD, finds profiles and
     small faces; ~2 s/photo on CPU with dlib). ``upsample``: doubles the image N times before
-    detection to find faces below ~80 px (each step ~4x slower). ``tta``: embed the chip and its
+    detection to find faces below ~80 px (each step ~4x slower), never past
+    :data:`DETECT_MAX_SIDE`. ``tta``: embed the chip and its
     mirror and average — twice the embedding cost (see docs/pipeline.md for its effect).
     ``runtime``: ``auto`` (onnx when onnxruntime is installed, else dlib), ``onnx`` or
     ``dlib``; ``threads`` caps the runtime's threads; ``embedder`` injects a prepared embedder
@@ -176,6 +184,24 @@ class Pipeline:
         data, name = read_bytes(src)
         return decode(data, max_pixels=self.config.max_pixels, source=name)
 
+    def _detections(self, image: Image) -> list[Detection]:
+        """Detections in ``image``'s coordinates, found on at most :data:`DETECT_MAX_SIDE` a side."""
+        height, width = image.shape[:2]
+        side = max(height, width)
+        upsample = self.config.upsample
+        while upsample > 0 and side << upsample > DETECT_MAX_SIDE:
+            upsample -= 1
+        if side <= DETECT_MAX_SIDE:
+            return self.detector.detect(image, upsample=upsample)
+        small = shrink(image, DETECT_MAX_SIDE)
+        sx, sy = width / small.shape[1], height / small.shape[0]
+        found = []
+        for d in self.detector.detect(small, upsample=0):
+            left, top, right, bottom = d.landmark_rect
+            rect = (round(left * sx), round(top * sy), round(right * sx), round(bottom * sy))
+            found.append(Detection(box=clip_box(rect, image.shape), score=d.score, rect=rect))
+        return found
+
     def _measure(self, image: Image, detections: Sequence[Detection]) -> tuple[list[Face], Image]:
         """Landmarks, chips and quality for detections, in their order."""
         marks = self.landmarker.landmarks(image, [d.landmark_rect for d in detections])
@@ -199,8 +225,7 @@ class Pipeline:
 
     def detect(self, image: Image) -> list[Face]:
         """Faces with box, landmarks and quality (no embedding), largest first."""
-        detections = self.detector.detect(image, upsample=self.config.upsample)
-        return self._faces(image, detections)[0]
+        return self._faces(image, self._detections(image))[0]
 
     def embed_chips(self, chips: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         """L2-normalised embeddings ``(n, 128)`` for aligned chips, with TTA when configured."""
@@ -215,8 +240,7 @@ class Pipeline:
 
     def embed(self, image: Image) -> list[Face]:
         """Every face in ``image`` with its embedding, largest first."""
-        detections = self.detector.detect(image, upsample=self.config.upsample)
-        faces, chips = self._faces(image, detections)
+        faces, chips = self._faces(image, self._detections(image))
         return self._with_embeddings(faces, chips)
 
     def embed_boxes(self, image: Image, boxes: Sequence[Box]) -> list[Face]:
@@ -235,8 +259,7 @@ class Pipeline:
             try:
                 data, _ = read_bytes(src)
                 image = decode(data, max_pixels=self.config.max_pixels, source=src)
-                detections = self.detector.detect(image, upsample=self.config.upsample)
-                faces, chips = self._faces(image, detections)
+                faces, chips = self._faces(image, self._detections(image))
                 size = (int(image.shape[1]), int(image.shape[0]))
                 pending.append((src, source_hash(data), faces, chips, size))
             except VisageError as exc:

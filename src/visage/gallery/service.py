@@ -19,6 +19,10 @@ Rules, in one place:
   (~linearly), which the calibration's per-comparison FMR does not include (docs/gallery.md).
 - **Open set.** identify returns the top-k persons and ``unknown`` when none is within the
   threshold.
+- **Disclosure.** A candidate list names people (id, display name, external id, template) only
+  to a caller who may list persons anyway (``disclose="all"``). Any other caller
+  (``disclose="matches"``) sees only the candidates within the calibrated threshold: a search
+  for a stranger reveals nobody, however large ``k``. The audit event keeps the full ranking.
 - **Accountability.** enroll, verify, identify, find-similar, deletions, consent changes,
   import and export each write an audit event (actor, purpose, input hash, result summary) in
   the same transaction as the change. Probes are never stored, only their hash.
@@ -47,7 +51,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Self, TypeAlias, TypeVar, cast
+from typing import Any, Literal, Self, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -117,6 +121,8 @@ EXPORT_VERSION = 1
 
 Probe: TypeAlias = Face | npt.NDArray[np.float32] | Source
 """What decisions accept: a :class:`Face` with its embedding, an embedding, or a photo."""
+Disclosure = Literal["all", "matches"]
+"""Which candidates a search names: ``all`` of the top k, or only ``matches`` (within threshold)."""
 Progress = Callable[[int, int], None]
 _T = TypeVar("_T")
 
@@ -198,6 +204,11 @@ def _check_quality(quality: float | None) -> float | None:
     ):
         raise InputError(f"quality must be a number from 0 to 1, not {quality!r}")
     return float(quality)
+
+
+def _disclosed(disclose: Disclosure, same: bool) -> bool:
+    """Whether a candidate may be named to the caller: the one disclosure rule."""
+    return disclose == "all" or same
 
 
 def _consent_valid(person_id: InstrumentedAttribute[str], now: datetime) -> ColumnElement[bool]:
@@ -1255,9 +1266,11 @@ class Gallery:
         face: FacePick = None,
         purpose: str | None = None,
         actor: str | None = None,
+        disclose: Disclosure = "all",
     ) -> Identification:
         """Who is this? The ``k`` nearest consented persons (best template each) and the open-set
-        answer: ``unknown`` unless the nearest is within the calibrated threshold.
+        answer: ``unknown`` unless the nearest is within the calibrated threshold; with
+        ``disclose="matches"`` only those within it are returned (module docstring).
 
         ``probe``: a photo (path or bytes), a :class:`Face` or an embedding. Nothing about the
         probe is stored except its sha256 in the audit event.
@@ -1286,8 +1299,10 @@ class Gallery:
                     {"person": c.person_id, "distance": round(c.distance, 6), "same": c.same}
                     for c in candidates
                 ],
+                disclose=disclose,
             )
-        return Identification(tuple(candidates), unknown, cal.threshold, cal.describe(), seq)
+        shown = [c for c in candidates if _disclosed(disclose, c.same)]
+        return Identification(tuple(shown), unknown, cal.threshold, cal.describe(), seq)
 
     def verify(
         self,
@@ -1337,11 +1352,14 @@ class Gallery:
         face: FacePick = None,
         purpose: str | None = None,
         actor: str | None = None,
+        disclose: Disclosure = "all",
     ) -> list[SimilarFace]:
-        """The ``k`` nearest templates (several may belong to one person), with no decision."""
+        """The ``k`` nearest templates (several may belong to one person), with no decision;
+        with ``disclose="matches"`` only those within the calibrated threshold."""
         if k < 1:
             raise InputError("k must be at least 1")
         resolved, _ = self._resolve(collection, probe, face)
+        cal = self.calibration(resolved.model_id)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
             ranked = self._ranked(session, coll, resolved.vector, k, per_person=False)
@@ -1352,8 +1370,9 @@ class Gallery:
                 purpose=purpose, input_hash=resolved.sha256, k=k,
                 results=[{"template": f.template_id, "person": f.person_id,
                           "distance": round(f.distance, 6)} for f in found],
+                disclose=disclose,
             )
-        return found
+        return [f for f in found if _disclosed(disclose, decide(f.distance, cal).same)]
 
     # ------------------------------------------------------------------ audit
 

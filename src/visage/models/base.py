@@ -17,6 +17,13 @@ Image = npt.NDArray[np.uint8]
 Box = tuple[int, int, int, int]
 
 
+def clip_box(rect: Box, shape: tuple[int, ...]) -> Box:
+    """Clip ``(left, top, right, bottom)`` to an image of ``shape`` (h, w, ...)."""
+    left, top, right, bottom = rect
+    h, w = shape[:2]
+    return (max(left, 0), max(top, 0), min(right, w), min(bottom, h))
+
+
 @dataclass(frozen=True)
 class Detection:
     """One face found by a detector.

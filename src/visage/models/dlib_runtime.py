@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .base import Box, Detection, Image
+from .base import Box, Detection, Image, clip_box
 from .weights import model_path
 
 
@@ -23,13 +23,6 @@ def _import_dlib() -> Any:
     except ImportError:
         raise ModelError("dlib is not installed: pip install dlib-bin") from None
     return dlib
-
-
-def clip_box(rect: Box, shape: tuple[int, ...]) -> Box:
-    """Clip ``(left, top, right, bottom)`` to an image of ``shape`` (h, w, ...)."""
-    left, top, right, bottom = rect
-    h, w = shape[:2]
-    return (max(left, 0), max(top, 0), min(right, w), min(bottom, h))
 
 
 class _Lazy:

@@ -30,8 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ModelError
-from .base import Box, Detection, Image
-from .dlib_runtime import clip_box
+from .base import Box, Detection, Image, clip_box
 from .int8 import MAX_DRIFT, Int8Check, checked_int8_model
 from .onnx_convert import converted_model_path
 from .sessions import make_session

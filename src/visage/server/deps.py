@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import Depends, Path, Query, Request
 
 from ..gallery import Gallery
+from ..gallery.service import Disclosure
 from ..pipeline import FacePick, parse_face_pick
 from . import bodies
 from .auth import Requires, authenticate
@@ -116,3 +117,9 @@ BulkBody = Annotated[bodies.PhotoBatch | BulkIn, Depends(bodies.enrollment_batch
 def face_pick(value: str | None) -> FacePick:
     """The gallery's face pick from the ``face`` query parameter (validated by its pattern)."""
     return parse_face_pick(value)
+
+
+def disclosure(key: ApiKey) -> Disclosure:
+    """What a key's searches may name: every candidate for a key that may list persons anyway
+    (``enroll`` or ``admin``), only the matches within the threshold for any other."""
+    return "all" if key.allows(Scope.ENROLL) else "matches"

@@ -3,7 +3,8 @@
 Each app has its own registry (several apps in one process, as in tests, do not collide).
 Routes are labelled by their path template (``/v1/collections/{collection}/identify``), never
 by the raw path, so label cardinality stays bounded; unmatched paths share one label.
-Gallery sizes are read from the store when scraped.
+Gallery sizes (collection names, persons, templates) are read from the store when scraped and
+shown only to an admin key that sees every collection: an open endpoint must not list tenants.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.gallery = CollectorRegistry()
         self.requests = Counter(
             "visage_http_requests",
             "HTTP requests by route, method and status",
@@ -74,12 +76,13 @@ class Metrics:
         )
 
     def watch_gallery(self, sizes: Callable[[], list[CollectionInfo]]) -> None:
-        """Report gallery sizes from ``sizes`` on every scrape."""
-        self.registry.register(_GallerySizes(sizes))
+        """Report gallery sizes from ``sizes`` on every scrape that may see them."""
+        self.gallery.register(_GallerySizes(sizes))
 
-    def render(self) -> bytes:
-        """The text exposition format."""
-        return generate_latest(self.registry)
+    def render(self, *, gallery: bool = False) -> bytes:
+        """The text exposition format; gallery sizes per collection too when ``gallery``."""
+        text = generate_latest(self.registry)
+        return text + generate_latest(self.gallery) if gallery else text
 
 
 class RequestMetrics:

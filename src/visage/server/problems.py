@@ -36,6 +36,7 @@ from ..errors import (
     AmbiguousFace,
     Conflict,
     ConsentError,
+    ExtremeAspect,
     ImageTooLarge,
     InputError,
     InvalidImage,
@@ -113,6 +114,7 @@ _KINDS: dict[type[BaseException], _Kind] = {
     ImageTooLarge: _Kind(413, "image-too-large", "Image has too many pixels"),
     BodyTooLarge: _Kind(413, "body-too-large", "Request body too large"),
     InvalidImage: _Kind(400, "invalid-image", "Not a readable image"),
+    ExtremeAspect: _Kind(422, "extreme-aspect-ratio", "Image sides too unequal"),
     UnsupportedMediaType: _Kind(415, "unsupported-media-type", "Unsupported content type"),
     NoFace: _Kind(422, "no-face", "No face found"),
     AmbiguousFace: _Kind(422, "ambiguous-face", "Several faces found"),
@@ -236,13 +238,21 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
 def _allowed_methods(request: Request) -> list[str]:
-    """Every method some route serves at this path (one route per method, so all are asked)."""
-    methods: set[str] = set()
-    for route in request.app.routes:
-        if isinstance(route, BaseRoute) and route.matches(request.scope)[0] != Match.NONE:
-            methods.update(getattr(route, "methods", None) or ())
-    return sorted(methods)
+    """Every method some route serves at this path, found by asking the router about each one
+    (FastAPI wraps included routers, so the routes' own ``methods`` are not reachable)."""
+    return [
+        method
+        for method in _METHODS
+        if any(
+            route.matches({**request.scope, "method": method})[0] == Match.FULL
+            for route in request.app.routes
+            if isinstance(route, BaseRoute)
+        )
+    ]
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -19,6 +19,7 @@ from ..deps import (
     ProbesBody,
     RequiredPurpose,
     SettingsDep,
+    disclosure,
 )
 from ..events import EventLog
 from ..probes import Probes, read_probes
@@ -60,7 +61,8 @@ def identify(
     min_quality: MinQuality = 0.0,
 ) -> IdentifyOut:
     """Who is in this photo? For every face, the ``k`` nearest consented persons and
-    ``unknown`` unless the nearest is within the calibrated threshold."""
+    ``unknown`` unless the nearest is within the calibrated threshold. A key without the
+    ``enroll`` scope sees only the candidates within the threshold."""
     probes = _probes(body, collection, gallery, pipeline, settings.max_faces)
     metrics.faces.labels("identify").inc(len(probes.items))
     faces: list[IdentifiedFace] = []
@@ -70,7 +72,9 @@ def identify(
             why = f"quality {probe.face.quality.score:.3f} is below min_quality {min_quality}"
             faces.append(IdentifiedFace(index=probe.index, face=shown, skipped=why))
             continue
-        found = gallery.identify(collection, probe.query, k=k, purpose=purpose, actor=key.id)
+        found = gallery.identify(
+            collection, probe.query, k=k, purpose=purpose, actor=key.id, disclose=disclosure(key)
+        )
         faces.append(IdentifiedFace.from_identification(probe.index, shown, found))
     return IdentifyOut(
         faces=faces,
@@ -92,7 +96,8 @@ def find_similar(
     k: Annotated[int, Query(ge=1, le=1000, description="How many templates per face")] = 10,
 ) -> FindSimilarOut:
     """The ``k`` templates nearest to every face (several may belong to one person): a search
-    for review, with distances and no decision."""
+    for review, with distances and no decision. A key without the ``enroll`` scope sees only
+    the templates within the calibrated threshold."""
     probes = _probes(body, collection, gallery, pipeline, settings.max_faces)
     metrics.faces.labels("find_similar").inc(len(probes.items))
     faces = [
@@ -102,7 +107,8 @@ def find_similar(
             similar=[
                 SimilarOut.model_validate(s)
                 for s in gallery.find_similar(
-                    collection, probe.query, k=k, purpose=purpose, actor=key.id
+                    collection, probe.query, k=k, purpose=purpose, actor=key.id,
+                    disclose=disclosure(key),
                 )
             ],
         )
