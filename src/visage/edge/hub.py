@@ -54,8 +54,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from ..errors import InputError, NotFound, StorageError
 from ..gallery import Gallery, PersonInfo, audit
 from ..gallery.store import Base, StateRow, UTCDateTime, lock_state, sqlite_path, utcnow
+from ..signing import load_signing_key, public_key_text
 from .events import DeviceInfo, EdgeEvent, Receipt
-from .snapshot import Snapshot, SnapshotPerson, load_signing_key, public_key_text, sign_snapshot
+from .snapshot import Snapshot, SnapshotPerson, sign_snapshot
 
 SIGNING_KEY_ENV = "VISAGE_EDGE_SIGNING_KEY"
 DEFAULT_TTL_S = 24 * 3600
