@@ -48,6 +48,7 @@ from typing import Any, Literal, Self, TypeAlias, TypeVar
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import ColumnElement, delete, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
@@ -64,7 +65,8 @@ from ..errors import (
 )
 from ..imageio import Source, decode, read_bytes
 from ..pipeline import Face, Pipeline, nearest_centre
-from . import audit
+from ..signing import load_signing_key, parse_public_key, public_key_text
+from . import anchor, audit
 from .index import IndexSpec, VectorIndex, load_index, make_index
 from .records import (
     Candidate,
@@ -198,7 +200,9 @@ class Gallery:
     ``.index`` folder beside a SQLite file; none for other URLs, so indexes are rebuilt from the
     store when first used). ``pipeline``: used for photo input (the shared default pipeline when
     omitted). ``calibrations``: thresholds per model id, overriding the shipped ones.
-    ``actor``: recorded in audit events unless a call names another.
+    ``actor``: recorded in audit events unless a call names another. ``anchors``: the file
+    that signed checkpoints of the audit chain's head go to (default: see
+    :func:`visage.gallery.anchor.anchor_file`).
 
     Safe to share between threads (operations are serialised by a lock); several processes may
     open the same store (writers are serialised by the store).
@@ -213,6 +217,7 @@ class Gallery:
         pipeline: Pipeline | None = None,
         calibrations: Iterable[Calibration] = (),
         actor: str = "local",
+        anchors: str | Path | None = None,
     ) -> None:
         if index != "auto":
             IndexSpec.parse(index)
@@ -228,7 +233,8 @@ class Gallery:
             self._index_dir = None
         self._pipeline = pipeline
         self._calibrations = {c.model_id: c for c in calibrations}
-        self._engine = open_engine(self.url)
+        self.anchors = anchor.anchor_file(db_file, anchors)
+        self._engine = open_engine(self.url, anchors=anchors)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._loaded: dict[int, _Loaded] = {}
         self._saved: dict[int, int] = {}
@@ -1314,10 +1320,43 @@ class Gallery:
         with self._reading() as session:
             return audit.last_events(session, limit=limit)
 
-    def verify_audit(self) -> audit.ChainReport:
-        """Walk the audit hash chain; the report names the first broken link."""
+    def verify_audit(
+        self, *, anchors: str | Path | None = None, public_key: str | None = None
+    ) -> audit.ChainReport:
+        """Walk the audit hash chain, then check it against the signed checkpoints in
+        ``anchors`` (default: this store's anchor file, when it exists); the report names the
+        first broken link or the cut.
+
+        ``public_key`` (``ed25519:…``) is the key trusted to have signed them; by default, the
+        public half of the anchor signing key (pin your own copy: see docs/gallery.md).
+        """
+        path = Path(anchors) if anchors is not None else self.anchors
         with self._reading() as session:
-            return audit.verify_chain(session)
+            if path is None or (anchors is None and not path.exists()):
+                return audit.verify_chain(session)
+            if not path.is_file():
+                raise InputError(f"no audit anchor file at {path}")
+            return audit.verify_anchored(session, path, self._trusted_anchor_key(path, public_key))
+
+    @staticmethod
+    def _trusted_anchor_key(path: Path, public_key: str | None) -> Ed25519PublicKey:
+        if public_key is not None:
+            return parse_public_key(public_key)
+        key_file = anchor.anchor_key_file(path)
+        if not key_file.is_file():
+            raise InputError(
+                f"no signing key {key_file} for the checkpoints in {path}: give the public key "
+                "they were signed with (ed25519:…)"
+            )
+        return load_signing_key(key_file).public_key()
+
+    def anchor_public_key(self) -> str:
+        """The public key (``ed25519:…``) that signs this store's checkpoints, to keep elsewhere."""
+        if self.anchors is None:
+            raise InputError(
+                f"this store is not anchored: set {anchor.ANCHORS_ENV} to an anchor file"
+            )
+        return public_key_text(load_signing_key(anchor.anchor_key_file(self.anchors), create=True).public_key())
 
     # ------------------------------------------------------------------ export / import
 

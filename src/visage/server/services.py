@@ -49,8 +49,11 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
         max_faces=settings.max_faces,
     )
     pipeline.warm()
-    gallery = Gallery(settings.db_url, index=settings.index, pipeline=pipeline, actor=SERVER_ACTOR)
-    engine = open_engine(settings.db_url)
+    gallery = Gallery(
+        settings.db_url, index=settings.index, pipeline=pipeline, actor=SERVER_ACTOR,
+        anchors=settings.audit_anchors,
+    )
+    engine = open_engine(settings.db_url, anchors=settings.audit_anchors)
     metrics.watch_gallery(gallery.collections)
     return Services(
         settings=settings,
