@@ -20,7 +20,9 @@ Rules, in one place:
   threshold.
 - **Accountability.** enroll, verify, identify, find-similar, deletions, consent changes,
   import and export each write an audit event (actor, purpose, input hash, result summary) in
-  the same transaction as the change. Probes are never stored, only their hash.
+  the same transaction as the change. Probes are never stored, only their hash. A refused
+  biometric call (no consent, no face, several or too many faces, poor quality) writes an
+  ``<action>.refused`` event too: who, what, for whom and why, never the probe.
 
 Crash safety: the store is the source of truth. The in-memory index of a collection is updated
 only after the store's transaction commits, and is known to match the store at the collection's
@@ -62,6 +64,8 @@ from ..errors import (
     NoFace,
     NotFound,
     StorageError,
+    TooManyFaces,
+    VisageError,
 )
 from ..imageio import Source, decode, read_bytes
 from ..pipeline import Face, Pipeline, nearest_centre
@@ -121,6 +125,10 @@ class PoorQuality(InputError):
         self.reasons = tuple(reasons)
         where = f"{source}: " if source else ""
         super().__init__(f"{where}face refused by the quality gate: {'; '.join(self.reasons)}")
+
+
+_REFUSALS = (ConsentError, PoorQuality, NoFace, AmbiguousFace, TooManyFaces)
+"""The refusals of a biometric call that are audited (:meth:`Gallery.record_refusal`)."""
 
 
 @dataclass
@@ -818,34 +826,45 @@ class Gallery:
         :class:`AmbiguousFace` (several faces and no ``face`` pick) or :class:`PoorQuality`
         (the quality gate's reasons). The same source for the same person is idempotent.
         """
-        try:
+        with self._refusals("enroll", collection, purpose=purpose, actor=actor, person=person):
             resolved, chosen = self._resolve(collection, source, face, for_enrollment=True)
             if chosen is not None and not chosen.quality.acceptable:
                 name = str(source) if isinstance(source, (str, Path)) else None
                 raise PoorQuality(chosen.quality.reasons, source=name)
             item = EmbeddingItem(person, resolved.vector, resolved.quality, resolved.sha256)
             return self._enroll_batch(collection, [item], [resolved.image], purpose, actor)[0]
-        except (ConsentError, PoorQuality, NoFace, AmbiguousFace) as exc:
-            self._record_refusal("enroll.refused", collection, exc, purpose=purpose, actor=actor,
-                                 person=person)
-            raise
 
-    def _record_refusal(
+    def record_refusal(
         self,
         action: str,
-        collection: str,
-        exc: Exception,
+        collection: str | None,
+        exc: VisageError,
         *,
         purpose: str | None,
         actor: str | None,
         **summary: Any,
-    ) -> None:
-        """A refusal is a decision too: the log shows who tried what, for whom, and why."""
+    ) -> int:
+        """A refusal is a decision too: write ``<action>.refused`` (who, what, for whom, why;
+        never the probe) and set ``exc.audit_seq``. Also for refusals decided by a shell
+        before the gallery is reached (the server's per-photo face limit)."""
         with self._lock, self._transaction() as (session, state):
-            self._audit(
-                session, state, action, actor=actor, collection=collection, purpose=purpose,
-                reason=type(exc).__name__, detail=str(exc), **summary,
+            exc.audit_seq = self._audit(
+                session, state, f"{action}.refused", actor=actor, collection=collection,
+                purpose=purpose, reason=type(exc).__name__, detail=str(exc), **summary,
             )
+        return exc.audit_seq
+
+    @contextmanager
+    def _refusals(
+        self, action: str, collection: str, *, purpose: str | None, actor: str | None,
+        **summary: Any,
+    ) -> Iterator[None]:
+        """Audit a refusal (:data:`_REFUSALS`) raised in the block, after its transaction is gone."""
+        try:
+            yield
+        except _REFUSALS as exc:
+            self.record_refusal(action, collection, exc, purpose=purpose, actor=actor, **summary)
+            raise
 
     def enroll_many(
         self,
@@ -866,7 +885,11 @@ class Gallery:
         results: list[EnrollResult] = []
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            results.extend(self._enroll_batch(collection, batch, [None] * len(batch), purpose, actor))
+            with self._refusals("enroll", collection, purpose=purpose, actor=actor,
+                                items=len(batch), persons=sorted({i.person for i in batch})):
+                results.extend(
+                    self._enroll_batch(collection, batch, [None] * len(batch), purpose, actor)
+                )
             if progress is not None:
                 progress(len(results), len(todo))
         return results
@@ -1197,6 +1220,7 @@ class Gallery:
         *,
         k: int = 5,
         face: FacePick = None,
+        min_quality: float = 0.0,
         purpose: str | None = None,
         actor: str | None = None,
     ) -> Identification:
@@ -1204,11 +1228,17 @@ class Gallery:
         answer: ``unknown`` unless the nearest is within the calibrated threshold.
 
         ``probe``: a photo (path or bytes), a :class:`Face` or an embedding. Nothing about the
-        probe is stored except its sha256 in the audit event.
+        probe is stored except its sha256 in the audit event. A face whose quality score is
+        below ``min_quality`` is not searched: :class:`PoorQuality`, audited.
         """
         if k < 1:
             raise InputError("k must be at least 1")
-        resolved, _ = self._resolve(collection, probe, face)
+        with self._refusals("identify", collection, purpose=purpose, actor=actor, k=k):
+            resolved, _ = self._resolve(collection, probe, face)
+            if resolved.quality is not None and resolved.quality < min_quality:
+                raise PoorQuality(
+                    [f"quality {resolved.quality:.3f} is below min_quality {min_quality}"]
+                )
         cal = self.calibration(resolved.model_id)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
@@ -1245,28 +1275,29 @@ class Gallery:
     ) -> Verification:
         """Is this that person? Distance to their best template and the calibrated decision.
 
-        :class:`ConsentError` when the person has no valid consent; :class:`NotFound` when they
-        have no template.
+        :class:`ConsentError` (audited) when the person has no valid consent; :class:`NotFound`
+        when they have no template.
         """
-        resolved, _ = self._resolve(collection, probe, face)
-        cal = self.calibration(resolved.model_id)
-        with self._lock, self._transaction() as (session, state):
-            coll = self._collection(session, collection)
-            prow = self._person(session, coll, person)
-            self._require_consent(session, prow, utcnow())
-            rows = session.execute(
-                select(TemplateRow.id, TemplateRow.embedding).where(TemplateRow.person_id == prow.id)
-            ).all()
-            if not rows:
-                raise NotFound(f"person {prow.id} has no enrolled template")
-            dist = distances(resolved.vector, np.stack([np.frombuffer(r.embedding, "<f4") for r in rows]))
-            best = int(np.argmin(dist))
-            verdict = decide(float(dist[best]), cal)
-            seq = self._audit(
-                session, state, "verify", actor=actor, collection=collection, purpose=purpose,
-                input_hash=resolved.sha256, person=prow.id, distance=round(verdict.distance, 6),
-                same=verdict.same, threshold=cal.threshold,
-            )
+        with self._refusals("verify", collection, purpose=purpose, actor=actor, person=person):
+            resolved, _ = self._resolve(collection, probe, face)
+            cal = self.calibration(resolved.model_id)
+            with self._lock, self._transaction() as (session, state):
+                coll = self._collection(session, collection)
+                prow = self._person(session, coll, person)
+                self._require_consent(session, prow, utcnow())
+                rows = session.execute(
+                    select(TemplateRow.id, TemplateRow.embedding).where(TemplateRow.person_id == prow.id)
+                ).all()
+                if not rows:
+                    raise NotFound(f"person {prow.id} has no enrolled template")
+                dist = distances(resolved.vector, np.stack([np.frombuffer(r.embedding, "<f4") for r in rows]))
+                best = int(np.argmin(dist))
+                verdict = decide(float(dist[best]), cal)
+                seq = self._audit(
+                    session, state, "verify", actor=actor, collection=collection, purpose=purpose,
+                    input_hash=resolved.sha256, person=prow.id, distance=round(verdict.distance, 6),
+                    same=verdict.same, threshold=cal.threshold,
+                )
         return Verification(
             prow.id, verdict.distance, verdict.same, cal.threshold, cal.describe(),
             int(rows[best].id), seq,
@@ -1285,7 +1316,8 @@ class Gallery:
         """The ``k`` nearest templates (several may belong to one person), with no decision."""
         if k < 1:
             raise InputError("k must be at least 1")
-        resolved, _ = self._resolve(collection, probe, face)
+        with self._refusals("find_similar", collection, purpose=purpose, actor=actor, k=k):
+            resolved, _ = self._resolve(collection, probe, face)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
             ranked = self._ranked(session, coll, resolved.vector, k, per_person=False)

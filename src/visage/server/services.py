@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from ..gallery import Gallery
 from ..gallery.store import open_engine
-from .auth import RateLimiter
+from .auth import RateLimiter, SecurityLog
 from .events import EventLog
 from .keys_store import KeyStore
 from .metrics import Metrics
@@ -32,6 +32,7 @@ class Services:
     pipeline: ServicePipeline
     limiter: RateLimiter
     metrics: Metrics
+    security: SecurityLog
 
     def close(self) -> None:
         """Save index snapshots and release the database connections."""
@@ -64,4 +65,5 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
         pipeline=pipeline,
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
         metrics=metrics,
+        security=SecurityLog(),
     )

@@ -23,6 +23,7 @@ from ..deps import (
     Purpose,
     face_pick,
 )
+from ..probes import face_limit_audited
 from ..problems import problem_responses
 from ..runtime import ServicePipeline
 from ..schemas import VerifyOut
@@ -62,7 +63,9 @@ def verify(
             raise InputError(
                 "compare two photos, or a photo with a collection and person, not both"
             )
-        a, b = _largest(pipeline, photo, "photo"), _largest(pipeline, other, "other_photo")
+        with face_limit_audited(gallery, "compare", actor=key.id, collection=None,
+                                purpose=purpose):
+            a, b = _largest(pipeline, photo, "photo"), _largest(pipeline, other, "other_photo")
         metrics.faces.labels("verify").inc(2)
         result = compare(a, b, calibration=gallery.calibration(pipeline.model_id))
         both = hashlib.sha256(
