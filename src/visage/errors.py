@@ -6,7 +6,8 @@
     │   ├── ImageTooLarge          over the pixel limit (checked before decoding pixels)
     │   ├── ExtremeAspect          a strip too long for its width (checked before decoding)
     │   ├── NoFace                 no face where one was required
-    │   └── AmbiguousFace          several faces where one was required
+    │   ├── AmbiguousFace          several faces where one was required
+    │   └── TooManyFaces           more faces in one photo than the per-photo limit
     ├── ModelError                 weights missing, corrupt, or a runtime unavailable
     └── StorageError               gallery store / index / audit problems
         ├── NotFound               an unknown collection, person, template or key
@@ -22,7 +23,12 @@ from pathlib import Path
 
 
 class VisageError(Exception):
-    """Base of every operational error Visage raises on purpose."""
+    """Base of every operational error Visage raises on purpose.
+
+    ``audit_seq`` is the audit event that recorded this refusal, when the gallery wrote one.
+    """
+
+    audit_seq: int | None = None
 
 
 class InputError(VisageError):
@@ -70,6 +76,15 @@ class NoFace(InputError):
 
 class AmbiguousFace(InputError):
     """Several faces were found where exactly one was required."""
+
+
+class TooManyFaces(InputError):
+    """A photo holds more faces than the per-photo limit."""
+
+    def __init__(self, found: int, limit: int) -> None:
+        self.found = found
+        self.limit = limit
+        super().__init__(f"{found} faces found; at most {limit} are processed per photo")
 
 
 class ModelError(VisageError):

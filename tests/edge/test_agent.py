@@ -19,12 +19,12 @@ from visage.edge.agent import Agent, AgentConfig
 from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent, Receipt
 from visage.edge.hub import EdgeHub
 from visage.edge.queue import EventQueue, QueueStats
-from visage.edge.snapshot import generate_signing_key
 from visage.edge.sync import Backoff, MemoryUplink, Syncer, UplinkRejected
 from visage.edge.video import VideoSource
 from visage.gallery import Gallery
 from visage.gallery.store import open_engine
 from visage.pipeline import Pipeline
+from visage.signing import generate_signing_key
 
 DEVICE = DeviceInfo("dev-test", "0.1.0")
 FAST = Backoff(base=0.01, cap=0.05)

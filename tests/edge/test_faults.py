@@ -39,13 +39,14 @@ from visage.cli import app
 from visage.edge.agent import SNAPSHOT_FILE, Agent, AgentConfig
 from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent
 from visage.edge.queue import EventQueue
-from visage.edge.snapshot import SnapshotRefused, parse_public_key, verify_snapshot
+from visage.edge.snapshot import SnapshotRefused, verify_snapshot
 from visage.edge.sync import Backoff, HttpUplink, Syncer, drain
 from visage.edge.video import VideoSource
 from visage.gallery import EmbeddingItem, Gallery
 from visage.gallery.store import database_url, open_engine
 from visage.pipeline import Pipeline
 from visage.server.keys_store import KeyStore
+from visage.signing import parse_public_key
 
 FAST = Backoff(base=0.05, cap=0.5)
 Enrollment = dict[str, list[np.ndarray]]

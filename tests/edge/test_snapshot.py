@@ -18,13 +18,10 @@ from visage.edge.snapshot import (
     Snapshot,
     SnapshotPerson,
     SnapshotRefused,
-    generate_signing_key,
-    load_signing_key,
-    parse_public_key,
-    public_key_text,
     sign_snapshot,
     verify_snapshot,
 )
+from visage.signing import generate_signing_key, load_signing_key, parse_public_key, public_key_text
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -19,19 +19,14 @@ from ..api import pipeline as get_pipeline
 from ..edge.agent import SNAPSHOT_FILE, Agent, AgentConfig, AgentReport
 from ..edge.identity import GalleryIdentifier, Identifier
 from ..edge.queue import EventQueue, FullPolicy, QueueLimits
-from ..edge.snapshot import (
-    OfflineGallery,
-    load_signing_key,
-    parse_public_key,
-    public_key_text,
-    verify_snapshot,
-)
+from ..edge.snapshot import OfflineGallery, verify_snapshot
 from ..edge.sync import HttpUplink
 from ..edge.timeline import Timeline, annotate_video, process_video
 from ..edge.tracker import TrackerConfig
 from ..edge.video import VideoSource
 from ..errors import InputError
 from ..gallery import Gallery
+from ..signing import load_signing_key, parse_public_key, public_key_text
 from .app import app
 from .options import DetectorOpt, JsonOpt, console, emit_json, err_console
 

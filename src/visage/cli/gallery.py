@@ -354,10 +354,25 @@ def audit_show(
 
 
 @audit_app.command("verify")
-def audit_verify(db: DbOpt = None, json_out: JsonOpt = False) -> None:
-    """Walk the hash chain; exit 1 naming the first broken link."""
+def audit_verify(
+    db: DbOpt = None,
+    anchors: Annotated[
+        Path | None,
+        typer.Option("--anchors", help="Anchor file of signed checkpoints to check the chain "
+                     "against (default: the store's, $VISAGE_AUDIT_ANCHORS or beside a SQLite "
+                     "file, when it exists)."),
+    ] = None,
+    public_key: Annotated[
+        str | None,
+        typer.Option("--public-key", help="The checkpoints' public key (ed25519:…), as pinned "
+                     "from `visage audit public-key`; default: read from the signing key file."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Walk the hash chain and check it against the signed checkpoints; exit 1 naming the first
+    broken link, or the cut when the chain ends before a checkpoint."""
     with _open(db, None) as g:
-        report = g.verify_audit()
+        report = g.verify_audit(anchors=anchors, public_key=public_key)
     if json_out:
         emit_json(report.__dict__)
         if not report.ok:
@@ -366,6 +381,14 @@ def audit_verify(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     if not report.ok:
         raise StorageError(report.describe())
     typer.echo(report.describe())
+
+
+@audit_app.command("public-key")
+def audit_public_key(db: DbOpt = None) -> None:
+    """Print the public key that signs the audit checkpoints (created if missing): keep a copy
+    off this host and pass it to `visage audit verify --public-key`."""
+    with _open(db, None) as g:
+        typer.echo(g.anchor_public_key())
 
 
 @contextmanager

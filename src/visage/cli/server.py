@@ -29,7 +29,7 @@ BOOTSTRAP_NAME = "bootstrap admin"
 
 
 def _key_store(settings: Settings) -> KeyStore:
-    return KeyStore(open_engine(settings.db_url))
+    return KeyStore(open_engine(settings.db_url, anchors=settings.audit_anchors))
 
 
 def _key_record(key: ApiKey) -> dict[str, Any]:

@@ -42,9 +42,10 @@ from PIL import Image as PILImage
 from .. import __version__
 from ..errors import VisageError
 from ..pipeline import Pipeline
+from ..signing import parse_public_key
 from .events import DeviceDecision, DeviceInfo, EdgeEvent
 from .queue import EventQueue, QueueLimits, QueueStats
-from .snapshot import OfflineGallery, Snapshot, SnapshotRefused, parse_public_key, verify_snapshot
+from .snapshot import OfflineGallery, Snapshot, SnapshotRefused, verify_snapshot
 from .sync import Backoff, Syncer, SyncReport, Uplink
 from .timeline import TimelineEntry, VideoProcessor
 from .tracker import TrackerConfig

@@ -67,8 +67,9 @@ from ..gallery.store import (
     store_failure,
     utcnow,
 )
+from ..signing import load_signing_key, public_key_text
 from .events import DeviceInfo, EdgeEvent, Receipt
-from .snapshot import Snapshot, SnapshotPerson, load_signing_key, public_key_text, sign_snapshot
+from .snapshot import Snapshot, SnapshotPerson, sign_snapshot
 
 SIGNING_KEY_ENV = "VISAGE_EDGE_SIGNING_KEY"
 DEFAULT_TTL_S = 24 * 3600

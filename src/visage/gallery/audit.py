@@ -3,8 +3,9 @@
 ``hash = sha256(canonical JSON of every field but hash)``, where the fields include
 ``prev_hash``; the first event's ``prev_hash`` is 64 zeros. The newest ``seq`` and ``hash`` are
 also kept in the locked state row, so deleting the *last* event is detected too. Anyone with
-write access to the database can still rewrite the whole chain: record the head that
-``visage audit verify`` prints somewhere else to anchor it.
+write access to the database could still cut the tail (and reset the state row) or rewrite the
+whole chain, so every committed head is also signed into an anchor file outside the database
+(:mod:`visage.gallery.anchor`), and :func:`verify_anchored` checks the chain against it.
 
 Events are written in the same transaction as the change they describe, so there is never a
 change without its event nor an event without its change.
@@ -15,12 +16,17 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import islice
+from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from ..signing import key_id
+from .anchor import CheckpointReader, note_head
 from .store import AuditRow, StateRow, utcnow
 
 GENESIS = "0" * 64
@@ -64,19 +70,32 @@ class AuditEvent:
 
 @dataclass(frozen=True)
 class ChainReport:
-    """The outcome of :func:`verify_chain`: ``ok``, or the first broken link and why."""
+    """The outcome of :func:`verify_chain`: ``ok``, or the first broken link and why.
+
+    ``anchored_seq`` / ``anchored_at``: the newest checkpoint the chain was checked against
+    (``None`` when no anchor file was checked).
+    """
 
     ok: bool
     events: int
     head: str
     broken_seq: int | None = None
     reason: str | None = None
+    anchored_seq: int | None = None
+    anchored_at: str | None = None
 
     def describe(self) -> str:
         """One line for users."""
-        if self.ok:
-            return f"audit chain intact: {self.events} events, head {self.head}"
-        return f"audit chain broken at event {self.broken_seq}: {self.reason}"
+        if not self.ok:
+            return f"audit chain broken at event {self.broken_seq}: {self.reason}"
+        line = f"audit chain intact: {self.events} events, head {self.head}"
+        if self.anchored_seq is None:
+            return line + "; not anchored (no checkpoint file checked: a cut tail would not show)"
+        if self.anchored_seq == 0:
+            return line + "; the anchor file holds no checkpoint yet"
+        later = self.events - self.anchored_seq
+        after = f", {later} events written since" if later else ""
+        return line + f"; anchored at event {self.anchored_seq} (signed {self.anchored_at}{after})"
 
 
 def event_hash(row: AuditRow) -> str:
@@ -126,6 +145,7 @@ def append(
     session.add(row)
     state.audit_seq = row.seq
     state.audit_head = row.hash
+    note_head(session, row.seq, row.hash)
     return row
 
 
@@ -183,6 +203,48 @@ def verify_chain(session: Session) -> ChainReport:
     if state.audit_head != prev:
         return ChainReport(False, count, prev, count, "it does not match the recorded head")
     return ChainReport(True, count, prev)
+
+
+def verify_anchored(session: Session, anchors: Path, trusted: Ed25519PublicKey) -> ChainReport:
+    """:func:`verify_chain`, then every checkpoint in ``anchors`` (signed by ``trusted``) must
+    name an event of the chain with the same hash: a chain that ends before the newest
+    checkpoint was cut, one whose hash differs was rewritten. Reads 5000 checkpoints at a time.
+    """
+    report = verify_chain(session)
+    if not report.ok:
+        return report
+    n = report.events
+    checkpoints = iter(CheckpointReader(anchors))
+    newest = None
+    while chunk := list(islice(checkpoints, 5000)):
+        wanted = sorted({c.seq for c in chunk if c.seq <= n})
+        found = session.execute(select(AuditRow.seq, AuditRow.hash).where(AuditRow.seq.in_(wanted)))
+        hashes = {seq: digest for seq, digest in found}
+        for c in chunk:
+            if not c.verified_by(trusted):
+                return replace(
+                    report, ok=False, broken_seq=c.seq,
+                    reason=f"the checkpoint for it in {anchors} is not signed by the trusted key "
+                    f"{key_id(trusted)} (signed by {c.key_id}, or edited)",
+                )
+            if c.seq <= n and hashes[c.seq] != c.head:
+                return replace(
+                    report, ok=False, broken_seq=c.seq,
+                    reason=f"its hash differs from the checkpoint signed at {c.at}: the chain "
+                    "was rewritten",
+                )
+            if newest is None or c.seq > newest.seq:
+                newest = c
+    if newest is not None and newest.seq > n:
+        return replace(
+            report, ok=False, broken_seq=n + 1,
+            reason=f"the chain ends at seq {n} but a checkpoint says {newest.seq}, signed at "
+            f"{newest.at}: events {n + 1} to {newest.seq} were cut",
+            anchored_seq=newest.seq, anchored_at=newest.at,
+        )
+    if newest is None:
+        return replace(report, anchored_seq=0)
+    return replace(report, anchored_seq=newest.seq, anchored_at=newest.at)
 
 
 def events(

@@ -25,7 +25,9 @@ Rules, in one place:
   for a stranger reveals nobody, however large ``k``. The audit event keeps the full ranking.
 - **Accountability.** enroll, verify, identify, find-similar, deletions, consent changes,
   import and export each write an audit event (actor, purpose, input hash, result summary) in
-  the same transaction as the change. Probes are never stored, only their hash.
+  the same transaction as the change. Probes are never stored, only their hash. A refused
+  biometric call (no consent, no face, several or too many faces, poor quality) writes an
+  ``<action>.refused`` event too: who, what, for whom and why, never the probe.
 
 Crash safety: the store is the source of truth. The in-memory index of a collection is updated
 only after the store's transaction commits, and is known to match the store at the collection's
@@ -55,6 +57,7 @@ from typing import Any, Literal, Self, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import ColumnElement, CursorResult, delete, exists, func, insert, or_, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
@@ -67,10 +70,13 @@ from ..errors import (
     InputError,
     NoFace,
     NotFound,
+    TooManyFaces,
+    VisageError,
 )
 from ..imageio import Source, decode, read_bytes
 from ..pipeline import Face, FacePick, Pipeline, pick_face
-from . import audit
+from ..signing import load_signing_key, parse_public_key, public_key_text
+from . import anchor, audit
 from .index import IndexSpec, VectorIndex, load_index, make_index
 from .records import (
     Candidate,
@@ -134,6 +140,10 @@ class PoorQuality(InputError):
         self.reasons = tuple(reasons)
         where = f"{source}: " if source else ""
         super().__init__(f"{where}face refused by the quality gate: {'; '.join(self.reasons)}")
+
+
+_REFUSALS = (ConsentError, PoorQuality, NoFace, AmbiguousFace, TooManyFaces)
+"""The refusals of a biometric call that are audited (:meth:`Gallery.record_refusal`)."""
 
 
 @dataclass
@@ -256,7 +266,9 @@ class Gallery:
     ``.index`` folder beside a SQLite file; none for other URLs, so indexes are rebuilt from the
     store when first used). ``pipeline``: used for photo input (the shared default pipeline when
     omitted). ``calibrations``: thresholds per model id, overriding the shipped ones.
-    ``actor``: recorded in audit events unless a call names another.
+    ``actor``: recorded in audit events unless a call names another. ``anchors``: the file
+    that signed checkpoints of the audit chain's head go to (default: see
+    :func:`visage.gallery.anchor.anchor_file`).
 
     Safe to share between threads (operations are serialised by a lock); several processes may
     open the same store (writers are serialised by the store).
@@ -271,6 +283,7 @@ class Gallery:
         pipeline: Pipeline | None = None,
         calibrations: Iterable[Calibration] = (),
         actor: str = "local",
+        anchors: str | Path | None = None,
     ) -> None:
         if index != "auto":
             IndexSpec.parse(index)
@@ -286,7 +299,8 @@ class Gallery:
             self._index_dir = None
         self._pipeline = pipeline
         self._calibrations = {c.model_id: c for c in calibrations}
-        self._engine = open_engine(self.url)
+        self.anchors = anchor.anchor_file(db_file, anchors)
+        self._engine = open_engine(self.url, anchors=anchors)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._loaded: dict[int, _Loaded] = {}
         self._saved: dict[int, int] = {}
@@ -884,34 +898,45 @@ class Gallery:
         :class:`AmbiguousFace` (several faces and no ``face`` pick) or :class:`PoorQuality`
         (the quality gate's reasons). The same source for the same person is idempotent.
         """
-        try:
+        with self._refusals("enroll", collection, purpose=purpose, actor=actor, person=person):
             resolved, chosen = self._resolve(collection, source, face, for_enrollment=True)
             if chosen is not None and not chosen.quality.acceptable:
                 name = str(source) if isinstance(source, (str, Path)) else None
                 raise PoorQuality(chosen.quality.reasons, source=name)
             item = EmbeddingItem(person, resolved.vector, resolved.quality, resolved.sha256)
             return self._enroll_batch(collection, [item], [resolved.image], purpose, actor)[0]
-        except (ConsentError, PoorQuality, NoFace, AmbiguousFace) as exc:
-            self._record_refusal("enroll.refused", collection, exc, purpose=purpose, actor=actor,
-                                 person=person)
-            raise
 
-    def _record_refusal(
+    def record_refusal(
         self,
         action: str,
-        collection: str,
-        exc: Exception,
+        collection: str | None,
+        exc: VisageError,
         *,
         purpose: str | None,
         actor: str | None,
         **summary: Any,
-    ) -> None:
-        """A refusal is a decision too: the log shows who tried what, for whom, and why."""
+    ) -> int:
+        """A refusal is a decision too: write ``<action>.refused`` (who, what, for whom, why;
+        never the probe) and set ``exc.audit_seq``. Also for refusals decided by a shell
+        before the gallery is reached (the server's per-photo face limit)."""
         with self._lock, self._transaction() as (session, state):
-            self._audit(
-                session, state, action, actor=actor, collection=collection, purpose=purpose,
-                reason=type(exc).__name__, detail=str(exc), **summary,
+            exc.audit_seq = self._audit(
+                session, state, f"{action}.refused", actor=actor, collection=collection,
+                purpose=purpose, reason=type(exc).__name__, detail=str(exc), **summary,
             )
+        return exc.audit_seq
+
+    @contextmanager
+    def _refusals(
+        self, action: str, collection: str, *, purpose: str | None, actor: str | None,
+        **summary: Any,
+    ) -> Iterator[None]:
+        """Audit a refusal (:data:`_REFUSALS`) raised in the block, after its transaction is gone."""
+        try:
+            yield
+        except _REFUSALS as exc:
+            self.record_refusal(action, collection, exc, purpose=purpose, actor=actor, **summary)
+            raise
 
     def enroll_many(
         self,
@@ -932,7 +957,11 @@ class Gallery:
         results: list[EnrollResult] = []
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            results.extend(self._enroll_batch(collection, batch, [None] * len(batch), purpose, actor))
+            with self._refusals("enroll", collection, purpose=purpose, actor=actor,
+                                items=len(batch), persons=sorted({i.person for i in batch})):
+                results.extend(
+                    self._enroll_batch(collection, batch, [None] * len(batch), purpose, actor)
+                )
             if progress is not None:
                 progress(len(results), len(todo))
         return results
@@ -1264,6 +1293,7 @@ class Gallery:
         *,
         k: int = 5,
         face: FacePick = None,
+        min_quality: float = 0.0,
         purpose: str | None = None,
         actor: str | None = None,
         disclose: Disclosure = "all",
@@ -1273,11 +1303,17 @@ class Gallery:
         ``disclose="matches"`` only those within it are returned (module docstring).
 
         ``probe``: a photo (path or bytes), a :class:`Face` or an embedding. Nothing about the
-        probe is stored except its sha256 in the audit event.
+        probe is stored except its sha256 in the audit event. A face whose quality score is
+        below ``min_quality`` is not searched: :class:`PoorQuality`, audited.
         """
         if k < 1:
             raise InputError("k must be at least 1")
-        resolved, _ = self._resolve(collection, probe, face)
+        with self._refusals("identify", collection, purpose=purpose, actor=actor, k=k):
+            resolved, _ = self._resolve(collection, probe, face)
+            if resolved.quality is not None and resolved.quality < min_quality:
+                raise PoorQuality(
+                    [f"quality {resolved.quality:.3f} is below min_quality {min_quality}"]
+                )
         cal = self.calibration(resolved.model_id)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
@@ -1316,28 +1352,29 @@ class Gallery:
     ) -> Verification:
         """Is this that person? Distance to their best template and the calibrated decision.
 
-        :class:`ConsentError` when the person has no valid consent; :class:`NotFound` when they
-        have no template.
+        :class:`ConsentError` (audited) when the person has no valid consent; :class:`NotFound`
+        when they have no template.
         """
-        resolved, _ = self._resolve(collection, probe, face)
-        cal = self.calibration(resolved.model_id)
-        with self._lock, self._transaction() as (session, state):
-            coll = self._collection(session, collection)
-            prow = self._person(session, coll, person)
-            self._require_consent(session, prow, utcnow())
-            rows = session.execute(
-                select(TemplateRow.id, TemplateRow.embedding).where(TemplateRow.person_id == prow.id)
-            ).all()
-            if not rows:
-                raise NotFound(f"person {prow.id} has no enrolled template")
-            dist = distances(resolved.vector, np.stack([np.frombuffer(r.embedding, "<f4") for r in rows]))
-            best = int(np.argmin(dist))
-            verdict = decide(float(dist[best]), cal)
-            seq = self._audit(
-                session, state, "verify", actor=actor, collection=collection, purpose=purpose,
-                input_hash=resolved.sha256, person=prow.id, distance=round(verdict.distance, 6),
-                same=verdict.same, threshold=cal.threshold,
-            )
+        with self._refusals("verify", collection, purpose=purpose, actor=actor, person=person):
+            resolved, _ = self._resolve(collection, probe, face)
+            cal = self.calibration(resolved.model_id)
+            with self._lock, self._transaction() as (session, state):
+                coll = self._collection(session, collection)
+                prow = self._person(session, coll, person)
+                self._require_consent(session, prow, utcnow())
+                rows = session.execute(
+                    select(TemplateRow.id, TemplateRow.embedding).where(TemplateRow.person_id == prow.id)
+                ).all()
+                if not rows:
+                    raise NotFound(f"person {prow.id} has no enrolled template")
+                dist = distances(resolved.vector, np.stack([np.frombuffer(r.embedding, "<f4") for r in rows]))
+                best = int(np.argmin(dist))
+                verdict = decide(float(dist[best]), cal)
+                seq = self._audit(
+                    session, state, "verify", actor=actor, collection=collection, purpose=purpose,
+                    input_hash=resolved.sha256, person=prow.id, distance=round(verdict.distance, 6),
+                    same=verdict.same, threshold=cal.threshold,
+                )
         return Verification(
             prow.id, verdict.distance, verdict.same, cal.threshold, cal.describe(),
             int(rows[best].id), seq,
@@ -1358,7 +1395,8 @@ class Gallery:
         with ``disclose="matches"`` only those within the calibrated threshold."""
         if k < 1:
             raise InputError("k must be at least 1")
-        resolved, _ = self._resolve(collection, probe, face)
+        with self._refusals("find_similar", collection, purpose=purpose, actor=actor, k=k):
+            resolved, _ = self._resolve(collection, probe, face)
         cal = self.calibration(resolved.model_id)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
@@ -1395,10 +1433,43 @@ class Gallery:
         with self._reading() as session:
             return audit.last_events(session, limit=limit)
 
-    def verify_audit(self) -> audit.ChainReport:
-        """Walk the audit hash chain; the report names the first broken link."""
+    def verify_audit(
+        self, *, anchors: str | Path | None = None, public_key: str | None = None
+    ) -> audit.ChainReport:
+        """Walk the audit hash chain, then check it against the signed checkpoints in
+        ``anchors`` (default: this store's anchor file, when it exists); the report names the
+        first broken link or the cut.
+
+        ``public_key`` (``ed25519:…``) is the key trusted to have signed them; by default, the
+        public half of the anchor signing key (pin your own copy: see docs/gallery.md).
+        """
+        path = Path(anchors) if anchors is not None else self.anchors
         with self._reading() as session:
-            return audit.verify_chain(session)
+            if path is None or (anchors is None and not path.exists()):
+                return audit.verify_chain(session)
+            if not path.is_file():
+                raise InputError(f"no audit anchor file at {path}")
+            return audit.verify_anchored(session, path, self._trusted_anchor_key(path, public_key))
+
+    @staticmethod
+    def _trusted_anchor_key(path: Path, public_key: str | None) -> Ed25519PublicKey:
+        if public_key is not None:
+            return parse_public_key(public_key)
+        key_file = anchor.anchor_key_file(path)
+        if not key_file.is_file():
+            raise InputError(
+                f"no signing key {key_file} for the checkpoints in {path}: give the public key "
+                "they were signed with (ed25519:…)"
+            )
+        return load_signing_key(key_file).public_key()
+
+    def anchor_public_key(self) -> str:
+        """The public key (``ed25519:…``) that signs this store's checkpoints, to keep elsewhere."""
+        if self.anchors is None:
+            raise InputError(
+                f"this store is not anchored: set {anchor.ANCHORS_ENV} to an anchor file"
+            )
+        return public_key_text(load_signing_key(anchor.anchor_key_file(self.anchors), create=True).public_key())
 
     # ------------------------------------------------------------------ export / import
 
@@ -1521,8 +1592,8 @@ class Gallery:
             target = collection_name(name or str(header["collection"]))
             summary = self._import(source, raw, header, records, target, purpose, actor, progress)
         except (InputError, ConsentError, Conflict) as exc:
-            self._record_refusal(
-                "collection.import.refused", target or "", exc, purpose=purpose, actor=actor,
+            self.record_refusal(
+                "collection.import", target or None, exc, purpose=purpose, actor=actor,
                 sha256=_sha256(raw), path=str(source),
             )
             raise

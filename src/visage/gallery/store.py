@@ -46,6 +46,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
 from ..errors import StorageError
+from . import anchor
 
 DEFAULT_DB = Path("~/.local/share/visage/visage.db")
 log = logging.getLogger(__name__)
@@ -313,9 +314,11 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
-def open_engine(url: str) -> Engine:
+def open_engine(url: str, *, anchors: str | Path | None = None) -> Engine:
     """An engine for ``url`` with the schema migrated; SQLite's parent folder is created.
 
+    Every transaction on it that appends audit events is checkpointed to the anchor file
+    (``anchors``, else :func:`visage.gallery.anchor.anchor_file`'s default), when there is one.
     Raises :class:`StorageError` when the database cannot be reached or migrated.
     """
     path = sqlite_path(url)
@@ -335,4 +338,7 @@ def open_engine(url: str) -> Engine:
     except (SQLAlchemyError, OSError) as exc:
         shown = make_url(url).render_as_string(hide_password=True)
         raise StorageError(f"cannot open gallery store {shown}: {exc}") from exc
+    anchors_path = anchor.anchor_file(path, anchors)
+    if anchors_path is not None:
+        anchor.attach(engine, anchor.AuditAnchor.open(anchors_path))
     return engine

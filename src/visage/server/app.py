@@ -16,7 +16,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
 
 from .. import __version__
-from . import problems
+from . import auth, problems
 from .bodies import COMPONENT_SCHEMAS
 from .limits import BodyLimit
 from .metrics import Metrics, RequestMetrics
@@ -65,6 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     problems.install(app)
+    auth.install(app)
     for router in ROUTERS:
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -7,18 +7,20 @@ photo is embedded here once and each face goes to the gallery as a :class:`~visa
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
 
 from ..decision import unit_embedding
-from ..errors import InputError, VisageError
+from ..errors import InputError, TooManyFaces, VisageError
+from ..gallery import Gallery
 from ..imageio import source_hash
 from ..models.base import Box
 from ..pipeline import Face
 from .bodies import PhotoBatch, Upload
-from .problems import TooManyFaces
 from .runtime import ServicePipeline
 from .schemas import EmbeddingsIn
 
@@ -46,6 +48,19 @@ class Probes:
 
     items: list[Probe]
     sha256: str
+
+
+@contextmanager
+def face_limit_audited(
+    gallery: Gallery, action: str, *, actor: str, collection: str | None, purpose: str | None
+) -> Iterator[None]:
+    """The server's per-photo face limit refuses a call before the gallery sees it; the
+    gallery audits that refusal all the same (``<action>.refused``, its seq in the problem)."""
+    try:
+        yield
+    except TooManyFaces as exc:
+        gallery.record_refusal(action, collection, exc, purpose=purpose, actor=actor)
+        raise
 
 
 def read_probes(

@@ -10,7 +10,7 @@ test suite and the fuzzer treat that as a bug.
     ├── InputError
     │   ├── BodyTooLarge          413  the request body is over the limit
     │   ├── UnsupportedMediaType  415  a content type the route does not take
-    │   └── TooManyFaces          422  a photo holds more faces than the limit
+    │   └── TooManyFaces          422  a photo holds more faces than the limit (visage.errors)
     ├── Unauthorized              401  no key, or an unknown or revoked one
     ├── Forbidden                 403  the key lacks the scope or the collection
     ├── RateLimited               429  the key's rate is spent; ``Retry-After`` says how long
@@ -44,6 +44,7 @@ from ..errors import (
     NoFace,
     NotFound,
     StorageError,
+    TooManyFaces,
     VisageError,
 )
 from ..gallery import PoorQuality
@@ -73,21 +74,16 @@ class UnsupportedMediaType(InputError):
         )
 
 
-class TooManyFaces(InputError):
-    """A photo holds more faces than the per-photo limit."""
-
-    def __init__(self, found: int, limit: int) -> None:
-        self.found = found
-        self.limit = limit
-        super().__init__(f"{found} faces found; at most {limit} are processed per photo")
-
-
 class Unauthorized(VisageError):
     """No API key was sent, or it is malformed, unknown or revoked."""
 
 
 class Forbidden(VisageError):
-    """The key is valid but lacks the scope or the collection the call needs."""
+    """The key ``key_id`` is valid but lacks the scope or the collection the call needs."""
+
+    def __init__(self, message: str, *, key_id: str) -> None:
+        self.key_id = key_id
+        super().__init__(message)
 
 
 class RateLimited(VisageError):
@@ -154,6 +150,7 @@ class Problem(BaseModel):
         None, description="Validation errors: where (loc), what (msg) and the kind (type)"
     )
     reasons: list[str] | None = Field(None, description="Quality-gate reasons, for poor-quality")
+    audit_seq: int | None = Field(None, description="The audit event recording this refusal")
 
 
 def kind_of(exc: BaseException) -> tuple[int, str, str]:
@@ -178,6 +175,8 @@ def problem_body(exc: BaseException, instance: str | None = None) -> dict[str, A
         body["instance"] = instance
     if isinstance(exc, PoorQuality):
         body["reasons"] = list(exc.reasons)
+    if isinstance(exc, VisageError) and exc.audit_seq is not None:
+        body["audit_seq"] = exc.audit_seq
     return body
 
 
@@ -203,7 +202,8 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
-async def _visage_error(request: Request, exc: Exception) -> JSONResponse:
+async def visage_error(request: Request, exc: Exception) -> JSONResponse:
+    """The problem answer for a :class:`VisageError` (the app's handler for the whole tree)."""
     body = problem_body(exc, request.url.path)
     headers: dict[str, str] = {}
     if isinstance(exc, RateLimited):
@@ -282,7 +282,7 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
 
 def install(app: FastAPI) -> None:
     """Register the handlers that turn every error into a problem response."""
-    app.add_exception_handler(VisageError, _visage_error)
+    app.add_exception_handler(VisageError, visage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)

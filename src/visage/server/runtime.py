@@ -13,9 +13,9 @@ import threading
 
 import numpy as np
 
+from ..errors import TooManyFaces
 from ..models.base import Detection, Detector, Image
 from ..pipeline import Face, Pipeline
-from .problems import TooManyFaces
 
 
 class _LimitedDetector:

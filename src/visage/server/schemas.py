@@ -483,6 +483,10 @@ class ChainOut(BaseModel):
     head: str
     broken_seq: int | None
     reason: str | None
+    anchored_seq: int | None = Field(
+        None, description="The newest signed checkpoint checked against (none: not anchored)"
+    )
+    anchored_at: str | None = None
     description: str
 
     @classmethod
@@ -493,6 +497,8 @@ class ChainOut(BaseModel):
             head=r.head,
             broken_seq=r.broken_seq,
             reason=r.reason,
+            anchored_seq=r.anchored_seq,
+            anchored_at=r.anchored_at,
             description=r.describe(),
         )
 

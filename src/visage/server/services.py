@@ -9,7 +9,7 @@ from sqlalchemy import Engine
 
 from ..gallery import Gallery
 from ..gallery.store import open_engine
-from .auth import RateLimiter
+from .auth import RateLimiter, SecurityLog
 from .events import EventLog
 from .keys_store import KeyStore
 from .metrics import Metrics
@@ -32,6 +32,7 @@ class Services:
     pipeline: ServicePipeline
     limiter: RateLimiter
     metrics: Metrics
+    security: SecurityLog
 
     def close(self) -> None:
         """Save index snapshots and release the database connections."""
@@ -49,8 +50,11 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
         max_faces=settings.max_faces,
     )
     pipeline.warm()
-    gallery = Gallery(settings.db_url, index=settings.index, pipeline=pipeline, actor=SERVER_ACTOR)
-    engine = open_engine(settings.db_url)
+    gallery = Gallery(
+        settings.db_url, index=settings.index, pipeline=pipeline, actor=SERVER_ACTOR,
+        anchors=settings.audit_anchors,
+    )
+    engine = open_engine(settings.db_url, anchors=settings.audit_anchors)
     metrics.watch_gallery(gallery.collections)
     return Services(
         settings=settings,
@@ -61,4 +65,5 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
         pipeline=pipeline,
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
         metrics=metrics,
+        security=SecurityLog(),
     )

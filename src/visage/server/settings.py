@@ -46,6 +46,12 @@ class Settings(BaseSettings):
         default_factory=default_url,
         description="SQLAlchemy URL or SQLite file of the gallery store (it holds the API keys).",
     )
+    audit_anchors: Path | None = Field(
+        None,
+        description="Append-only file for signed checkpoints of the audit chain's head (default: "
+        "beside a SQLite store; unset for other stores means not anchored). Keep it off the "
+        "database host.",
+    )
     index: str = Field(
         "exact", description="Vector index: exact, auto or faiss:<factory>[;<knobs>]."
     )

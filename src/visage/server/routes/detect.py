@@ -9,7 +9,8 @@ from fastapi import APIRouter, Query
 
 from ...imageio import source_hash
 from ..bodies import PHOTO_BODY
-from ..deps import EventsDep, IdentifyKey, MetricsDep, PhotoBody, PipelineDep, Purpose
+from ..deps import EventsDep, GalleryDep, IdentifyKey, MetricsDep, PhotoBody, PipelineDep, Purpose
+from ..probes import face_limit_audited
 from ..problems import problem_responses
 from ..schemas import DetectOut, FaceOut
 
@@ -22,13 +23,15 @@ def detect(
     photo: PhotoBody,
     pipeline: PipelineDep,
     events: EventsDep,
+    gallery: GalleryDep,
     metrics: MetricsDep,
     purpose: Purpose = None,
     embeddings: Annotated[bool, Query(description="Include each face's embedding")] = False,
 ) -> DetectOut:
     """Every face in the photo, largest first: box, five landmarks, detector score, quality."""
     image = pipeline.load(photo.data)
-    faces = pipeline.embed(image) if embeddings else pipeline.detect(image)
+    with face_limit_audited(gallery, "detect", actor=key.id, collection=None, purpose=purpose):
+        faces = pipeline.embed(image) if embeddings else pipeline.detect(image)
     metrics.faces.labels("detect").inc(len(faces))
     seq = events.record(
         "detect",

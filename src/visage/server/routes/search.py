@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from ...gallery import Gallery
+from ...gallery import Gallery, PoorQuality
 from ..bodies import PROBES_BODY, Upload
 from ..deps import (
     CollectionPath,
@@ -22,7 +22,7 @@ from ..deps import (
     disclosure,
 )
 from ..events import EventLog
-from ..probes import Probes, read_probes
+from ..probes import Probes, face_limit_audited, read_probes
 from ..problems import problem_responses
 from ..runtime import ServicePipeline
 from ..schemas import (
@@ -63,18 +63,22 @@ def identify(
     """Who is in this photo? For every face, the ``k`` nearest consented persons and
     ``unknown`` unless the nearest is within the calibrated threshold. A key without the
     ``enroll`` scope sees only the candidates within the threshold."""
-    probes = _probes(body, collection, gallery, pipeline, settings.max_faces)
+    with face_limit_audited(gallery, "identify", actor=key.id, collection=collection,
+                            purpose=purpose):
+        probes = _probes(body, collection, gallery, pipeline, settings.max_faces)
     metrics.faces.labels("identify").inc(len(probes.items))
     faces: list[IdentifiedFace] = []
     for probe in probes.items:
         shown = FaceOut.from_face(probe.face) if probe.face is not None else None
-        if probe.face is not None and probe.face.quality.score < min_quality:
-            why = f"quality {probe.face.quality.score:.3f} is below min_quality {min_quality}"
-            faces.append(IdentifiedFace(index=probe.index, face=shown, skipped=why))
+        try:
+            found = gallery.identify(
+                collection, probe.query, k=k, min_quality=min_quality, purpose=purpose,
+                actor=key.id, disclose=disclosure(key),
+            )
+        except PoorQuality as exc:
+            faces.append(IdentifiedFace(index=probe.index, face=shown,
+                                        skipped="; ".join(exc.reasons), audit_seq=exc.audit_seq))
             continue
-        found = gallery.identify(
-            collection, probe.query, k=k, purpose=purpose, actor=key.id, disclose=disclosure(key)
-        )
         faces.append(IdentifiedFace.from_identification(probe.index, shown, found))
     return IdentifyOut(
         faces=faces,
@@ -98,7 +102,9 @@ def find_similar(
     """The ``k`` templates nearest to every face (several may belong to one person): a search
     for review, with distances and no decision. A key without the ``enroll`` scope sees only
     the templates within the calibrated threshold."""
-    probes = _probes(body, collection, gallery, pipeline, settings.max_faces)
+    with face_limit_audited(gallery, "find_similar", actor=key.id, collection=collection,
+                            purpose=purpose):
+        probes = _probes(body, collection, gallery, pipeline, settings.max_faces)
     metrics.faces.labels("find_similar").inc(len(probes.items))
     faces = [
         SimilarFaces(

@@ -24,6 +24,7 @@ from ..deps import (
     Purpose,
     face_pick,
 )
+from ..probes import face_limit_audited
 from ..problems import problem_responses
 from ..runtime import ServicePipeline
 from ..schemas import BoxOut, VerifyOut
@@ -64,8 +65,10 @@ def verify(
             raise InputError(
                 "compare two photos, or a photo with a collection and person, not both"
             )
-        a = _face(pipeline, photo, face_pick(face), "photo")
-        b = _face(pipeline, other, face_pick(other_face), "other_photo")
+        with face_limit_audited(gallery, "compare", actor=key.id, collection=None,
+                                purpose=purpose):
+            a = _face(pipeline, photo, face_pick(face), "photo")
+            b = _face(pipeline, other, face_pick(other_face), "other_photo")
         metrics.faces.labels("verify").inc(2)
         result = compare(a, b, calibration=gallery.calibration(pipeline.model_id))
         both = hashlib.sha256(
