@@ -25,9 +25,10 @@ from PIL import Image as PILImage
 
 from visage.align import align
 from visage.api import pipeline
-from visage.edge.snapshot import OfflineGallery, parse_public_key, verify_snapshot
+from visage.edge.snapshot import OfflineGallery, verify_snapshot
 from visage.imageio import decode
 from visage.pipeline import nearest_centre
+from visage.signing import parse_public_key
 
 from .conftest import Server
 from .test_photos import enroll_people
