@@ -39,3 +39,13 @@ def stored_embeddings(url: str, where: str, **params: object) -> list[bytes]:
             return [bytes(r[0]) for r in rows]
     finally:
         engine.dispose()
+
+
+def stored_ids(url: str, sql: str) -> list[int]:
+    """The integers ``sql`` selects, read straight from the database."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [int(r[0]) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()

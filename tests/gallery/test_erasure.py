@@ -19,7 +19,7 @@ import pytest
 
 from visage.gallery import EmbeddingItem, Gallery
 
-from .forensics import holders, stored_embeddings
+from .forensics import holders, stored_embeddings, stored_ids
 from .synthetic import CALIBRATION, MODEL, consented_person, unit_vectors
 
 WORKER = Path(__file__).with_name("snapshot_worker.py")
@@ -151,3 +151,39 @@ def test_erased_bytes_leave_every_store_file_while_it_is_open(
     finally:
         g.close()
     assert holders(db, blobs) == {}
+
+
+def test_a_deleted_collections_index_never_passes_for_one_reusing_its_id(tmp_path: Path) -> None:
+    """SQLite gives a new collection the id of the deleted newest one: a gallery still holding
+    the deleted one's index (ahead of its snapshot) must neither save it nor search it."""
+    db, index_dir = tmp_path / "visage.db", tmp_path / "index"
+    holder = Gallery(db, index_dir=index_dir, calibrations=[CALIBRATION], actor="server")
+    other = Gallery(db, index_dir=index_dir, calibrations=[CALIBRATION], actor="cli")
+    try:
+        holder.create_collection("old", model_id=MODEL)
+        old = [consented_person(holder, f"Old{i}", collection="old") for i in range(2)]
+        vectors = unit_vectors(4, seed=51)
+        holder.enroll_many("old", [EmbeddingItem(old[i % 2], v) for i, v in enumerate(vectors)])
+        holder.index("old")
+        assert _snapshot_hits(index_dir, stored_embeddings(holder.url, "1 = 1")), "control"
+        holder.delete_template("old", old[0], holder.templates("old", old[0])[0].id)
+        erased = stored_embeddings(holder.url, "1 = 1")
+        assert len(erased) == 3
+        old_id = stored_ids(holder.url, "SELECT id FROM collection WHERE name = 'old'")
+
+        other.delete_collection("old")
+        other.create_collection("new", model_id=MODEL)
+        assert stored_ids(holder.url, "SELECT id FROM collection WHERE name = 'new'") == old_id
+        fresh = consented_person(other, "New", collection="new")
+        for v in unit_vectors(2, seed=52):  # as many changes as the old one had
+            other.enroll("new", fresh, v)
+
+        holder.save_indexes()
+        assert not _snapshot_hits(index_dir, erased), "the deleted collection's index was saved"
+        found = holder.find_similar("new", vectors[1], k=10)
+        assert {f.person_id for f in found} == {fresh}
+        assert holder.index("new").count() == 2
+    finally:
+        holder.close()
+        other.close()
+    assert not _snapshot_hits(index_dir, erased)

@@ -426,7 +426,7 @@ class Gallery:
                 model_id=model,
                 dim=dim,
                 keep_images=keep_images,
-                version=0,
+                version=state.audit_seq,  # see CollectionRow.version: never an old id's version
                 created_at=utcnow(),
             )
             session.add(row)
@@ -1478,7 +1478,7 @@ class Gallery:
                 raise Conflict(f"collection {target!r} already exists")
             coll = CollectionRow(
                 name=target, model_id=str(header["model_id"]), dim=dim, keep_images=False,
-                version=1, created_at=utcnow(),
+                version=state.audit_seq + 1, created_at=utcnow(),
             )
             session.add(coll)
             session.flush()

@@ -141,7 +141,13 @@ def lock_state(session: Session) -> StateRow:
 
 
 class CollectionRow(Base):
-    """An isolated gallery (a tenant). ``version`` counts template changes, for the index."""
+    """An isolated gallery (a tenant). ``version`` counts template changes, for the index.
+
+    It starts at the audit sequence of the creating transaction: every change bumps it in a
+    transaction that also writes an audit event, so a collection that reuses a deleted one's id
+    (SQLite reuses the highest rowid) never reaches a version the deleted one had, and an index
+    or snapshot of the deleted one never passes for the new one's.
+    """
 
     __tablename__ = "collection"
 
