@@ -13,6 +13,7 @@ chain linear and lets a reader trust a collection's ``version`` for the whole tr
 from __future__ import annotations
 
 import os
+import sqlite3
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -265,11 +266,14 @@ def erase_journal(engine: Engine) -> None:
     path = sqlite_path(engine.url.render_as_string(hide_password=False))
     if path is None:
         return
-    raw = engine.raw_connection()
     try:
-        busy, _, _ = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-    finally:
-        raw.close()
+        raw = engine.raw_connection()
+        try:
+            busy, _, _ = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            raw.close()
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise StorageError(f"the erasure is committed, but {path.name}-wal was not truncated: {exc}") from exc
     if busy:
         raise StorageError(
             f"the erasure is committed, but {path.name}-wal could not be truncated (a reader "
