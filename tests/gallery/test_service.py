@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from visage.errors import Conflict, ConsentError, InputError, NotFound
 from visage.gallery import EmbeddingItem, Gallery
 from visage.gallery.store import utcnow
 
+from .forensics import holders, stored_embeddings
 from .synthetic import CALIBRATION, MODEL, consented_person, near, unit_vectors
 
 
@@ -129,14 +129,16 @@ def test_revoke_removes_templates_from_store_index_and_results(
     t2 = gallery.enroll("people", ada, vecs[1]).template_id
     gallery.enroll("people", bob, vecs[2])
     assert gallery.identify("people", vecs[0]).best is not None
+    (stored,) = stored_embeddings(db_url, "id = :t", t=t1)  # the bytes written, not the input's
+    by_bytes = "SELECT id FROM template WHERE embedding = :e"
+    assert _store_rows(db_url, by_bytes, e=stored) == [(t1,)]
 
     assert gallery.revoke_consent("people", "ada", reason="asked") == 2
     result = gallery.identify("people", vecs[0], k=5)
     assert result.unknown and ada not in {c.person_id for c in result.candidates}
     assert t1 not in gallery.index("people").ids() and t2 not in gallery.index("people").ids()
     assert _store_rows(db_url, "SELECT id FROM template WHERE person_id = :p", p=ada) == []
-    embedding = vecs[0].astype("<f4").tobytes()
-    assert _store_rows(db_url, "SELECT id FROM template WHERE embedding = :e", e=embedding) == []
+    assert _store_rows(db_url, by_bytes, e=stored) == []
     info = gallery.person("people", ada)
     assert not info.consent_valid and info.consents[-1].status == "revoked"
     with pytest.raises(ConsentError, match="revoked"):
@@ -150,6 +152,13 @@ def test_delete_person_leaves_nothing_behind(gallery: Gallery, db_url: str, tmp_
     ada, bob = consented_person(gallery, "Ada"), consented_person(gallery, "Bob")
     gallery.enroll("people", ada, vecs[0])
     gallery.enroll("people", bob, vecs[1])
+    gallery.index("people")  # rebuilt and saved: the snapshot holds Ada's template
+    (erased,) = stored_embeddings(db_url, "person_id = :p", p=ada)  # the bytes really written
+    saved = [p for p in (tmp_path / "index").iterdir() if p.is_file()]
+    assert any(erased in p.read_bytes() for p in saved), "control: the snapshot holds them"
+    db_file = tmp_path / "gallery.db"
+    if db_url.startswith("sqlite"):
+        assert holders(db_file, [erased]), "control: the store's files hold them"
     assert gallery.delete_person("people", "ada", purpose="erasure request") == 1
     assert gallery.identify("people", vecs[0]).unknown
     assert gallery.index("people").count() == 1
@@ -159,14 +168,10 @@ def test_delete_person_leaves_nothing_behind(gallery: Gallery, db_url: str, tmp_
     with pytest.raises(NotFound):
         gallery.person("people", ada)
     gallery.save_indexes()
-    erased = vecs[0].astype("<f4").tobytes()
     saved = [p for p in (tmp_path / "index").iterdir() if p.is_file()]
     assert saved and not any(erased in p.read_bytes() for p in saved)
-    if db_url.startswith("sqlite"):  # the bytes are gone from the file, not just unlinked
-        db_file = tmp_path / "gallery.db"
-        with sqlite3.connect(db_file) as conn:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        assert erased not in db_file.read_bytes()
+    if db_url.startswith("sqlite"):  # gone from .db, -wal and -shm while the store is open
+        assert holders(db_file, [erased]) == {}
     event = gallery.audit_events(action="person.delete")[0]
     assert event.purpose == "erasure request" and event.actor == "tester"
     assert event.summary["person"] == ada and event.summary["templates_removed"] == 1

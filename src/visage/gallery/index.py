@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..decision import distances
+from .store import open_private
 
 Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
@@ -121,7 +122,7 @@ def _empty_result(m: int, k: int) -> tuple[Vectors, Ids]:
 def _write_npz(path: Path, payload: dict[str, Any]) -> None:
     buffer = io.BytesIO()
     np.savez(buffer, **payload)
-    with open(path, "wb") as fh:
+    with open_private(path) as fh:
         fh.write(buffer.getbuffer())
         fh.flush()
         os.fsync(fh.fileno())

@@ -35,7 +35,11 @@ only after the store's transaction commits, and is known to match the store at t
 lock). Before each search the version is read in the searching transaction; a mismatch (another
 process wrote, or a crash left a stale snapshot) reloads the saved snapshot or rebuilds from the
 store. Snapshots are written beside the database with their version and count (temp file, fsync,
-rename), so a crash at any point leaves either the old snapshot or the new one.
+rename), so a crash at any point leaves either the old snapshot or the new one. They are written
+only under the writers' lock and for the version the store holds, and a deletion removes them
+before it commits, so no snapshot ever holds a deleted template; after an erasure commits,
+SQLite's write-ahead log is truncated (it holds earlier images of the erased rows' pages).
+Every file the store writes is owner-only (0600, folders 0700).
 """
 
 from __future__ import annotations
@@ -105,8 +109,11 @@ from .store import (
     TemplateRow,
     database_url,
     default_url,
+    erase_journal,
     lock_state,
     open_engine,
+    open_private,
+    private_dir,
     sqlite_path,
     store_failure,
     utcnow,
@@ -491,7 +498,7 @@ class Gallery:
                 model_id=model,
                 dim=dim,
                 keep_images=keep_images,
-                version=0,
+                version=state.audit_seq,  # see CollectionRow.version: never an old id's version
                 created_at=utcnow(),
             )
             session.add(row)
@@ -533,9 +540,10 @@ class Gallery:
                     purpose=purpose, persons_removed=info.persons, templates_removed=info.templates,
                     edge_events_removed=edge_events,
                 )
+                self._drop_snapshot(coll.id)
                 coll_id = coll.id
             self._loaded.pop(coll_id, None)
-            self._drop_snapshot(coll_id)
+            erase_journal(self._engine)
             return info.templates
 
     # ------------------------------------------------------------------ persons & consent
@@ -714,8 +722,7 @@ class Gallery:
                 )
                 coll_id, version = coll.id, coll.version
             if removed:
-                self._after_commit(coll_id, version, removed=removed)
-                self._drop_snapshot(coll_id)
+                self._erased(coll_id, version, removed)
             return len(removed)
 
     @staticmethod
@@ -773,9 +780,7 @@ class Gallery:
                     templates_removed=len(removed), edge_events_removed=edge_events,
                 )
                 coll_id, version = coll.id, coll.version
-            if removed:
-                self._after_commit(coll_id, version, removed=removed)
-                self._drop_snapshot(coll_id)
+            self._erased(coll_id, version, removed)
             return len(removed)
 
     def templates(self, collection: str, person: str) -> list[TemplateInfo]:
@@ -811,21 +816,29 @@ class Gallery:
                     raise NotFound(f"no template {template_id} of person {row_person.id}")
                 session.execute(delete(TemplateRow).where(*mine))
                 coll.version += 1
+                self._drop_snapshot(coll.id)
                 self._audit(
                     session, state, "template.delete", actor=actor, collection=collection,
                     purpose=purpose, person=row_person.id, template=template_id,
                 )
                 coll_id, version = coll.id, coll.version
-            self._after_commit(coll_id, version, removed=[template_id])
-            self._drop_snapshot(coll_id)
+            self._erased(coll_id, version, [template_id])
 
-    @staticmethod
-    def _delete_templates(session: Session, coll: CollectionRow, person_id: str) -> list[int]:
+    def _delete_templates(self, session: Session, coll: CollectionRow, person_id: str) -> list[int]:
+        """Delete a person's templates and, before the commit, the snapshot that holds them."""
         ids = list(session.scalars(select(TemplateRow.id).where(TemplateRow.person_id == person_id)))
         if ids:
             session.execute(delete(TemplateRow).where(TemplateRow.person_id == person_id))
             coll.version += 1
+            self._drop_snapshot(coll.id)
         return ids
+
+    def _erased(self, coll_id: int, version: int, removed: Sequence[int]) -> None:
+        """After an erasure commits: drop the templates from the in-memory index and truncate
+        SQLite's write-ahead log, which still holds earlier images of their pages."""
+        if removed:
+            self._after_commit(coll_id, version, removed=removed)
+        erase_journal(self._engine)
 
     # ------------------------------------------------------------------ probes & photos
 
@@ -1137,7 +1150,7 @@ class Gallery:
         if index is None:
             index = self._rebuild(session, coll, spec)
             self._loaded[coll.id] = _Loaded(index, coll.version)
-            self._save_snapshot(coll.id)
+            self._save_snapshot(coll.id, coll.version)
         else:
             self._loaded[coll.id] = _Loaded(index, coll.version)
             self._saved[coll.id] = coll.version
@@ -1175,13 +1188,19 @@ class Gallery:
             index.add(np.asarray(ids, np.int64), vectors)
         return index
 
-    def _save_snapshot(self, coll_id: int) -> None:
+    def _save_snapshot(self, coll_id: int, version: int | None) -> None:
+        """Write the in-memory index only if it matches ``version``, the store's version read
+        under the writers' lock the caller holds; a stale index (another process deleted since)
+        is dropped instead, so no snapshot ever holds a template deleted from the store."""
         meta_path = self._snapshot_meta(coll_id)
         loaded = self._loaded.get(coll_id)
         if meta_path is None or loaded is None or self._saved.get(coll_id) == loaded.version:
             return
+        if loaded.version != version:
+            del self._loaded[coll_id]
+            return
         folder = meta_path.parent
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         data_name = f"collection-{coll_id}-v{loaded.version}.npz"
         tmp = folder / (data_name + ".tmp")
         loaded.index.save(tmp)
@@ -1194,8 +1213,8 @@ class Gallery:
             "file": data_name,
         }
         tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-        with open(tmp_meta, "w", encoding="utf-8") as fh:
-            json.dump(meta, fh)
+        with open_private(tmp_meta) as fh:
+            fh.write(json.dumps(meta).encode("utf-8"))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp_meta, meta_path)
@@ -1210,10 +1229,10 @@ class Gallery:
         self._saved[coll_id] = loaded.version
 
     def _drop_snapshot(self, coll_id: int) -> None:
-        """Delete a collection's saved snapshot: after a deletion it holds erased templates.
+        """Delete a collection's saved snapshot inside the deleting transaction, before it
+        commits: once the deletion is visible no snapshot holds the erased templates.
 
-        The in-memory index is already up to date; ``close()`` saves a new snapshot, and a
-        crash before then only costs a rebuild from the store.
+        ``close()`` saves a new snapshot; a rollback or crash only costs a rebuild from the store.
         """
         meta_path = self._snapshot_meta(coll_id)
         if meta_path is None:
@@ -1224,10 +1243,23 @@ class Gallery:
         self._saved.pop(coll_id, None)
 
     def save_indexes(self) -> None:
-        """Write snapshots of indexes changed since they were last saved (also done by close)."""
+        """Write snapshots of indexes changed since they were last saved (also done by close),
+        under the writers' lock and only for the version the store holds."""
         with self._lock:
-            for coll_id in list(self._loaded):
-                self._save_snapshot(coll_id)
+            changed = [c for c, loaded in self._loaded.items() if self._saved.get(c) != loaded.version]
+            if self._index_dir is None or not changed:
+                return
+            with self._transaction() as (session, _state):
+                versions: dict[int, int] = {
+                    row.id: row.version
+                    for row in session.execute(
+                        select(CollectionRow.id, CollectionRow.version).where(
+                            CollectionRow.id.in_(changed)
+                        )
+                    )
+                }
+                for coll_id in changed:
+                    self._save_snapshot(coll_id, versions.get(coll_id))
 
     def index(self, collection: str) -> VectorIndex:
         """The collection's index, brought in line with the store first (loaded or rebuilt)."""
@@ -1496,7 +1528,7 @@ class Gallery:
                 select(PersonRow).where(PersonRow.collection_id == coll.id).order_by(PersonRow.id)
             ).all()
             n_templates = 0
-            with open(tmp, "wb") as fh:
+            with open_private(tmp) as fh:
 
                 def write(record: dict[str, Any]) -> None:
                     line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
@@ -1651,7 +1683,7 @@ class Gallery:
                 raise Conflict(f"collection {target!r} already exists")
             coll = CollectionRow(
                 name=target, model_id=header["model_id"], dim=header["dim"], keep_images=False,
-                version=1, created_at=now,
+                version=state.audit_seq + 1, created_at=now,
             )
             session.add(coll)
             session.flush()

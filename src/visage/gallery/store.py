@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from alembic import command
 from alembic.config import Config
@@ -50,6 +51,30 @@ from . import anchor
 
 DEFAULT_DB = Path("~/.local/share/visage/visage.db")
 log = logging.getLogger(__name__)
+
+PRIVATE_FILE = 0o600
+"""Mode of every file the store writes (database, snapshots, exports): owner only."""
+PRIVATE_DIR = 0o700
+"""Mode of every folder the store creates (the database's folder, the index folder)."""
+
+
+def private_dir(path: Path) -> None:
+    """Create ``path`` and its missing parents owner-only (:data:`PRIVATE_DIR`); folders that
+    exist are left as they are."""
+    for folder in reversed([p for p in (path, *path.parents) if not p.exists()]):
+        folder.mkdir(mode=PRIVATE_DIR, exist_ok=True)
+
+
+def open_private(path: Path) -> IO[bytes]:
+    """``path`` opened for writing, truncated and owner-only (:data:`PRIVATE_FILE`), even when a
+    file of looser mode was already there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE)
+        return os.fdopen(fd, "wb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def default_url() -> str:
@@ -127,7 +152,13 @@ def lock_state(session: Session) -> StateRow:
 
 
 class CollectionRow(Base):
-    """An isolated gallery (a tenant). ``version`` counts template changes, for the index."""
+    """An isolated gallery (a tenant). ``version`` counts template changes, for the index.
+
+    It starts at the audit sequence of the creating transaction: every change bumps it in a
+    transaction that also writes an audit event, so a collection that reuses a deleted one's id
+    (SQLite reuses the highest rowid) never reaches a version the deleted one had, and an index
+    or snapshot of the deleted one never passes for the new one's.
+    """
 
     __tablename__ = "collection"
 
@@ -296,6 +327,32 @@ def _sqlite_pragmas(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def erase_journal(engine: Engine) -> None:
+    """Copy SQLite's write-ahead log into the database file and truncate it to zero bytes.
+
+    Called after a transaction that erased biometric data commits: ``secure_delete`` zeroes the
+    rows in the file, but the ``-wal`` keeps earlier images of their pages until it is truncated.
+    Waits for readers up to the busy timeout (30 s), then raises :class:`StorageError`; a no-op
+    for in-memory SQLite and other backends.
+    """
+    path = sqlite_path(engine.url.render_as_string(hide_password=False))
+    if path is None:
+        return
+    try:
+        raw = engine.raw_connection()
+        try:
+            busy, _, _ = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        finally:
+            raw.close()
+    except (SQLAlchemyError, sqlite3.Error) as exc:
+        raise StorageError(f"the erasure is committed, but {path.name}-wal was not truncated: {exc}") from exc
+    if busy:
+        raise StorageError(
+            f"the erasure is committed, but {path.name}-wal could not be truncated (a reader "
+            "held it for 30 s): erased bytes stay in it until the next erasure or shutdown"
+        )
+
+
 def _migrations_config(engine: Engine) -> Config:
     cfg = Config()
     location = resources.files("visage.gallery").joinpath("migrations")
@@ -314,8 +371,19 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def _create_private(path: Path) -> None:
+    """Create a missing SQLite file (and its folder) owner-only; SQLite gives its ``-wal`` and
+    ``-shm`` the database file's mode, so they are owner-only too."""
+    private_dir(path.parent)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE))
+    except FileExistsError:
+        pass
+
+
 def open_engine(url: str, *, anchors: str | Path | None = None) -> Engine:
-    """An engine for ``url`` with the schema migrated; SQLite's parent folder is created.
+    """An engine for ``url`` with the schema migrated; a new SQLite file and its folder are
+    created owner-only (0600, 0700).
 
     Every transaction on it that appends audit events is checkpointed to the anchor file
     (``anchors``, else :func:`visage.gallery.anchor.anchor_file`'s default), when there is one.
@@ -325,7 +393,7 @@ def open_engine(url: str, *, anchors: str | Path | None = None) -> Engine:
     try:
         if make_url(url).get_backend_name() == "sqlite":
             if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                _create_private(path)
                 engine = create_engine(url)
             else:
                 engine = create_engine(

@@ -1,0 +1,51 @@
+"""Looking at a SQLite store from outside: its files and which of them hold given bytes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+
+def store_files(db: Path) -> list[Path]:
+    """Every file of the store at ``db``: the database, its ``-wal`` and ``-shm``, and each file
+    of its index folder (snapshots and their temporary files)."""
+    found = [p for p in (db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm"))
+             if p.exists()]
+    index = db.with_name(db.name + ".index")
+    if index.is_dir():
+        found += sorted(p for p in index.iterdir() if p.is_file())
+    return found
+
+
+def holders(db: Path, blobs: list[bytes]) -> dict[str, int]:
+    """File name -> how many copies of any of ``blobs`` it holds, for the files holding one."""
+    counts = {}
+    for path in store_files(db):
+        data = path.read_bytes()
+        copies = sum(data.count(blob) for blob in blobs)
+        if copies:
+            counts[path.name] = copies
+    return counts
+
+
+def stored_embeddings(url: str, where: str, **params: object) -> list[bytes]:
+    """The embedding bytes the store wrote for ``template`` rows matching ``where`` (the
+    normalised vectors, exactly as stored), read straight from the database."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(text(f"SELECT embedding FROM template WHERE {where}"), params)
+            return [bytes(r[0]) for r in rows]
+    finally:
+        engine.dispose()
+
+
+def stored_ids(url: str, sql: str) -> list[int]:
+    """The integers ``sql`` selects, read straight from the database."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [int(r[0]) for r in conn.execute(text(sql))]
+    finally:
+        engine.dispose()
