@@ -8,10 +8,12 @@ direction, 2 = opposite). Thresholds are never constants in code: they come from
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -151,3 +153,123 @@ def decide(dist: float, calibration: Calibration) -> Comparison:
         threshold=calibration.threshold,
         threshold_source=calibration.describe(),
     )
+
+
+@dataclass(frozen=True)
+class OpenSetCalibration:
+    """A model's impostor distances, from which identify derives a threshold for a target FPIR.
+
+    ``fmr``: ``(per-comparison FMR, distance)`` rows, ascending, each backed by at least
+    :data:`MIN_TAIL_COUNT` of the ``n_impostor`` pairs; ``tail``: ``(a, b)`` of the exponential
+    tail ``log10 FMR = a + b * distance`` fitted to the lowest rows, used below them.
+    ``rank1[i][j]``: the distance at which a stranger's nearest of ``sizes[i]`` random
+    templates falls at or below it with probability ``fpirs[j]`` (measured over ``n_probes``
+    strangers, each against every random gallery of that size, see benchmarks/open_set.py).
+    """
+
+    model_id: str
+    source: str
+    created: str
+    n_impostor: int
+    n_probes: int
+    fmr: tuple[tuple[float, float], ...]
+    tail: tuple[float, float]
+    sizes: tuple[int, ...]
+    fpirs: tuple[float, ...]
+    rank1: tuple[tuple[float, ...], ...]
+
+    @classmethod
+    def from_dict(cls, record: dict[str, object]) -> OpenSetCalibration:
+        try:
+            r: dict[str, Any] = dict(record)
+            return cls(
+                model_id=str(r["model_id"]), source=str(r["source"]), created=str(r["created"]),
+                n_impostor=int(r["n_impostor"]), n_probes=int(r["n_probes"]),
+                fmr=tuple((float(f), float(d)) for f, d in r["fmr"]),
+                tail=(float(r["tail"][0]), float(r["tail"][1])),
+                sizes=tuple(int(n) for n in r["sizes"]),
+                fpirs=tuple(float(f) for f in r["fpirs"]),
+                rank1=tuple(tuple(float(d) for d in row) for row in r["rank1"]),
+            )
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            raise ModelError(f"invalid open-set calibration record: {exc}") from exc
+
+
+MIN_TAIL_COUNT = 10
+"""Observations (impostor pairs, or named strangers) a calibrated rate needs to be 'supported'."""
+
+FPIR_RANGE = (1e-6, 0.5)
+"""The target FPIRs a collection may have."""
+
+
+@dataclass(frozen=True)
+class OpenSetPoint:
+    """The operating point of an identify answer: the threshold that holds ``target_fpir`` for
+    a gallery of ``templates`` templates (``persons`` persons), and how it was derived.
+
+    ``basis``: ``measured`` (the rank-1 stranger distances of the calibration set at this
+    size), ``bound`` (per-comparison FMR through FPIR = 1 - (1 - FMR)^n, an upper bound on
+    FPIR, used beyond the measured sizes), ``extrapolated`` (the bound on the fitted tail, below
+    any measured pair: ``supported`` is False) or ``fixed`` (no open-set calibration for the
+    model: the per-comparison threshold, ``supported`` False).
+    """
+
+    target_fpir: float
+    persons: int
+    templates: int
+    threshold: float
+    supported: bool
+    basis: str
+
+    def describe(self) -> str:
+        """One line for users, e.g. ``FPIR 0.01 at 460 templates: 0.3102 (measured)``."""
+        support = "" if self.supported else ", not supported by the calibration data"
+        return (
+            f"FPIR {self.target_fpir:g} at {self.templates} templates: {self.threshold:.4f} "
+            f"({self.basis}{support})"
+        )
+
+
+def open_set_threshold(
+    cal: OpenSetCalibration, target_fpir: float, templates: int, persons: int
+) -> OpenSetPoint:
+    """The distance threshold holding ``target_fpir`` for a gallery of ``templates`` templates.
+
+    Within the measured sizes and FPIRs it interpolates the rank-1 table (log size, log FPIR).
+    Elsewhere it asks each comparison for FMR = 1 - (1 - target)^(1/n): an upper bound on FPIR,
+    because strangers differ (some resemble many people) and 1 - (1 - x)^n is concave in x.
+    Below the lowest measured FMR it uses the fitted exponential tail; the impostor tail falls
+    faster than exponential (Gaussian-like in cosine), so this over-states FMR: a tighter
+    threshold than needed, flagged ``supported=False``.
+    """
+    n = max(1, templates)
+    sizes = np.log(np.asarray(cal.sizes, np.float64))
+    levels = np.log(np.asarray(cal.fpirs, np.float64))
+    measured = (
+        n <= cal.sizes[-1]
+        and cal.fpirs[0] <= target_fpir <= cal.fpirs[-1]
+        and target_fpir * cal.n_probes >= MIN_TAIL_COUNT
+    )
+    if measured:
+        table = np.asarray(cal.rank1, np.float64)
+        per_size = [float(np.interp(math.log(target_fpir), levels, row)) for row in table]
+        thr = float(np.interp(math.log(n), sizes, per_size))
+        return OpenSetPoint(target_fpir, persons, templates, round(thr, 6), True, "measured")
+    fmr = -math.expm1(math.log1p(-target_fpir) / n)
+    rates = np.log10([f for f, _ in cal.fmr])
+    dists = np.asarray([d for _, d in cal.fmr], np.float64)
+    if fmr >= cal.fmr[0][0]:
+        thr = float(np.interp(math.log10(fmr), rates, dists))
+        return OpenSetPoint(target_fpir, persons, templates, round(thr, 6), True, "bound")
+    a, b = cal.tail
+    thr = min(float(dists[0]), max(0.0, (math.log10(fmr) - a) / b))
+    return OpenSetPoint(target_fpir, persons, templates, round(thr, 6), False, "extrapolated")
+
+
+@lru_cache(maxsize=8)
+def default_open_set(model_id: str) -> OpenSetCalibration | None:
+    """The open-set calibration shipped for ``model_id`` (data/open_set.json), if any."""
+    text = resources.files("visage").joinpath("data/open_set.json").read_text("utf-8")
+    records = {r["model_id"]: r for r in json.loads(text)}
+    record = records.get(model_id)
+    return None if record is None else OpenSetCalibration.from_dict(record)

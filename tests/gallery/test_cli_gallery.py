@@ -32,7 +32,8 @@ def enrolled(db_url: str, tmp_path: Path, faces_dir: Path) -> str:
             photo = faces_dir / "people" / name / f"{name}_{i:04d}.jpg"
             shutil.copy(photo, folder / name / photo.name)
     code, out, err = run("enroll", str(folder), "--basis", "consent", "--granted-by", "tests",
-                         "-c", "demo", "--face", "center", "--db", db_url, "--json")
+                         "-c", "demo", "--face", "center", "--db", db_url, "--json",
+                         "--target-fpir", "0.02")  # fmt: skip
     assert code == 0, err
     doc = json.loads(out)
     assert (doc["enrolled"], doc["refused"]) == (6, 0)
@@ -53,6 +54,9 @@ def test_enroll_is_idempotent_and_identify_answers(
     answers = json.loads(out)
     assert answers[0]["candidates"][0]["external_id"] == "Angelina_Jolie"
     assert not answers[0]["unknown"] and answers[1]["unknown"]
+    point = answers[0]["operating_point"]  # the collection's target, at its size (issue 16)
+    assert (point["target_fpir"], point["persons"], point["templates"]) == (0.02, 3, 6)
+    assert point["threshold"] == answers[0]["threshold"] and point["supported"] is True
     code, out, _ = run("identify", str(probe), "-c", "demo", "--face", "center", "--db", enrolled)
     assert code == 0 and "Angelina Jolie" in out
 

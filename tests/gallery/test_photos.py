@@ -1,8 +1,8 @@
 """The gallery on real photos ($VISAGE_FACES): accuracy targets and the photo enrollment rules.
 
 Enrolls the first acceptable photo of each of the 60 ``people/`` (the first photo, unless the
-quality gate refuses it), identifies their other photos (rank-1 >= 95%) and the 150
-``distractors/`` (``unknown`` in >= 95% at the shipped threshold). Embeddings come from the
+quality gate refuses it), identifies their other photos (rank-1 >= 98%) and the 150
+``distractors/`` (``unknown`` in >= 98% at the collection's 1%-FPIR threshold). Embeddings come from the
 session-wide ``embedded`` fixture, so the photos are embedded once per test run.
 """
 
@@ -70,15 +70,16 @@ def test_identify_people_and_reject_distractors(
             hits += top.external_id == name
             within += top.external_id == name and top.same
     assert total >= 300
-    # docs/gallery.md less about one standard error: rank-1 99.0% (SE 0.5%), both first and
-    # within the threshold 89.1% (SE 1.6%), distractors unknown 96.0% (SE 1.6%).
+    # Measured less about one standard error: rank-1 99.0% (SE 0.5%); both first and within
+    # the collection's threshold (1% FPIR at 60 templates, 0.352; issue 16) 80.7% (SE 2.0%),
+    # distractors unknown 99.3% (SE 0.7%). At the fixed 0.3764 they were 89.1% and 96.0%.
     assert hits / total >= 0.984, f"rank-1 {hits / total:.3f} over {total} probes"
-    assert within / total >= 0.875, f"identified within threshold {within / total:.3f}"
+    assert within / total >= 0.787, f"identified within threshold {within / total:.3f}"
 
     distractors = [s for s in embedded.labelled if "/distractors/" in s]
     assert len(distractors) >= 140
     unknown = sum(g.identify("lfw", embedded.labelled[s]).unknown for s in distractors)
-    assert unknown / len(distractors) >= 0.944, f"unknown {unknown}/{len(distractors)}"
+    assert unknown / len(distractors) >= 0.98, f"unknown {unknown}/{len(distractors)}"
     assert g.verify_audit().ok
     g.close()
 

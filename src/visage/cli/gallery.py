@@ -9,6 +9,7 @@ from __future__ import annotations
 import getpass
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -110,6 +111,9 @@ def enroll(
     collection: CollectionOpt = "default",
     expires: Annotated[str | None, typer.Option("--expires", help="Consent end (ISO date).")] = None,
     consent_purpose: Annotated[str | None, typer.Option("--consent-purpose")] = None,
+    target_fpir: Annotated[float, typer.Option(
+        "--target-fpir", help="For a new collection: the share of strangers identify may name "
+        "as someone, at whatever size it grows to (default 0.01).")] = 0.01,
     face: FaceOpt = None,
     db: DbOpt = None,
     actor: ActorOpt = None,
@@ -135,7 +139,7 @@ def enroll(
     photos = [(folder, photo) for folder in folders for photo in collect_images([folder])]
     rows: list[dict[str, Any]] = []
     with _open(db, actor, pipeline_args=(detector, upsample)) as g:
-        g.create_collection(collection, exist_ok=True)
+        g.create_collection(collection, target_fpir=target_fpir, exist_ok=True)
         ids: dict[Path, str] = {}
         for folder in folders:
             try:
@@ -195,6 +199,7 @@ def identify(
                     "photo": str(photo),
                     "unknown": found.unknown,
                     "threshold": found.threshold,
+                    "operating_point": asdict(found.operating_point),
                     "candidates": [
                         {"person": c.person_id, "display_name": c.display_name,
                          "external_id": c.external_id, "distance": round(c.distance, 4),

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..decision import OpenSetPoint
 from ..errors import InputError
 
 
@@ -62,7 +63,8 @@ def collection_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class CollectionInfo:
-    """A collection: its embedding model and size, and how many persons and templates it holds."""
+    """A collection: its embedding model and size, how many persons and templates it holds, and
+    the false-positive identification rate its identify answers hold (``target_fpir``)."""
 
     name: str
     model_id: str
@@ -71,6 +73,7 @@ class CollectionInfo:
     created_at: datetime
     persons: int
     templates: int
+    target_fpir: float
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,8 @@ class Identification:
     """Ranked candidates (nearest first) and the open-set answer.
 
     ``unknown`` is True when no candidate is within ``threshold`` — the probe is nobody in the
-    collection as far as the calibration can tell. ``audit_seq`` is the audit event written.
+    collection as far as the calibration can tell. ``operating_point`` says which target FPIR
+    and gallery size that threshold holds. ``audit_seq`` is the audit event written.
     """
 
     candidates: tuple[Candidate, ...]
@@ -192,6 +196,7 @@ class Identification:
     threshold: float
     threshold_source: str
     audit_seq: int
+    operating_point: OpenSetPoint
 
     @property
     def best(self) -> Candidate | None:

@@ -12,13 +12,16 @@ Rules, in one place:
   ``face="center"`` the one nearest the image centre). Enrolling the same source (sha256 of the
   photo, or of the embedding) for the same person again returns the existing template.
 - **One distance, calibrated.** Every score is :func:`visage.decision.distances` on
-  L2-normalised embeddings, and every decision :func:`visage.decision.decide` with the
+  L2-normalised embeddings, and every 1:1 decision :func:`visage.decision.decide` with the
   calibration recorded for the collection's model — never a constant here.
 - **Best template per person.** A person is scored by the distance to their nearest template.
-  It rewards enrolling varied photos; each extra template also adds a chance of a false match
-  (~linearly), which the calibration's per-comparison FMR does not include (docs/gallery.md).
-- **Open set.** identify returns the top-k persons and ``unknown`` when none is within the
-  threshold.
+  It rewards enrolling varied photos; each extra template also adds a chance of a false match,
+  which identify's threshold accounts for (it is derived for the number of templates).
+- **Open set at the gallery's size.** identify returns the top-k persons and ``unknown`` when
+  none is within the threshold, derived from the collection's target FPIR (default 1%) and its
+  current number of templates (:func:`visage.decision.open_set_threshold`), so a stranger is
+  named as someone at about that rate however large the collection grows; every answer states
+  that operating point. verify keeps the per-comparison calibration.
 - **Disclosure.** A candidate list names people (id, display name, external id, template) only
   to a caller who may list persons anyway (``disclose="all"``). Any other caller
   (``disclose="matches"``) sees only the candidates within the calibrated threshold: a search
@@ -66,7 +69,17 @@ from sqlalchemy import ColumnElement, CursorResult, delete, exists, func, insert
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
-from ..decision import Calibration, decide, default_calibration, distances, unit_embedding
+from ..decision import (
+    FPIR_RANGE,
+    Calibration,
+    OpenSetPoint,
+    decide,
+    default_calibration,
+    default_open_set,
+    distances,
+    open_set_threshold,
+    unit_embedding,
+)
 from ..errors import (
     AmbiguousFace,
     Conflict,
@@ -311,6 +324,7 @@ class Gallery:
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._loaded: dict[int, _Loaded] = {}
         self._saved: dict[int, int] = {}
+        self._points: dict[int, tuple[tuple[int, float], OpenSetPoint]] = {}
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ plumbing
@@ -423,6 +437,7 @@ class Gallery:
             created_at=row.created_at,
             persons=int(persons or 0),
             templates=int(templates or 0),
+            target_fpir=row.target_fpir,
         )
 
     @staticmethod
@@ -473,6 +488,7 @@ class Gallery:
         model_id: str | None = None,
         dim: int = 128,
         keep_images: bool = False,
+        target_fpir: float = 0.01,
         exist_ok: bool = False,
         actor: str | None = None,
     ) -> CollectionInfo:
@@ -480,9 +496,13 @@ class Gallery:
 
         ``dim`` is the embedding size (128 for ``dlib_resnet_v1``). ``keep_images`` stores the
         source photo with each template (off by default: only the embedding and its hash).
+        ``target_fpir``: the share of strangers identify may name as someone (1e-6 to 0.5).
         Raises :class:`Conflict` when it exists (unless ``exist_ok``).
         """
         collection_name(name)
+        low, high = FPIR_RANGE
+        if not (isinstance(target_fpir, (int, float)) and low <= target_fpir <= high):
+            raise InputError(f"target_fpir must be between {low:g} and {high:g}")
         model = model_id if model_id is not None else self._get_pipeline().model_id
         with self._lock, self._transaction() as (session, state):
             existing = session.scalar(select(CollectionRow).where(CollectionRow.name == name))
@@ -498,6 +518,7 @@ class Gallery:
                 model_id=model,
                 dim=dim,
                 keep_images=keep_images,
+                target_fpir=float(target_fpir),
                 version=state.audit_seq,  # see CollectionRow.version: never an old id's version
                 created_at=utcnow(),
             )
@@ -505,7 +526,7 @@ class Gallery:
             session.flush()
             self._audit(
                 session, state, "collection.create", actor=actor, collection=name,
-                model_id=model, dim=dim, keep_images=keep_images,
+                model_id=model, dim=dim, keep_images=keep_images, target_fpir=float(target_fpir),
             )
             return self._collection_info(session, row)
 
@@ -543,6 +564,7 @@ class Gallery:
                 self._drop_snapshot(coll.id)
                 coll_id = coll.id
             self._loaded.pop(coll_id, None)
+            self._points.pop(coll_id, None)
             erase_journal(self._engine)
             return info.templates
 
@@ -1346,23 +1368,24 @@ class Gallery:
                 raise PoorQuality(
                     [f"quality {resolved.quality:.3f} is below min_quality {min_quality}"]
                 )
-        cal = self.calibration(resolved.model_id)
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
             ranked = self._ranked(session, coll, resolved.vector, k, per_person=True)
+            point = self._operating_point(session, coll)
             names = self._names(session, [p for _, p, _ in ranked])
             candidates = []
             for template_id, person_id, dist in ranked:
-                verdict = decide(dist, cal)
                 prow = names[person_id]
                 candidates.append(
-                    Candidate(person_id, prow.display_name, prow.external_id, dist, verdict.same,
-                              template_id)
+                    Candidate(person_id, prow.display_name, prow.external_id, dist,
+                              dist <= point.threshold, template_id)
                 )
             unknown = not candidates or not candidates[0].same
             seq = self._audit(
                 session, state, "identify", actor=actor, collection=collection, purpose=purpose,
-                input_hash=resolved.sha256, k=k, unknown=unknown, threshold=cal.threshold,
+                input_hash=resolved.sha256, k=k, unknown=unknown, threshold=point.threshold,
+                target_fpir=point.target_fpir, templates=point.templates,
+                supported=point.supported,
                 candidates=[
                     {"person": c.person_id, "distance": round(c.distance, 6), "same": c.same}
                     for c in candidates
@@ -1370,7 +1393,36 @@ class Gallery:
                 disclose=disclose,
             )
         shown = [c for c in candidates if _disclosed(disclose, c.same)]
-        return Identification(tuple(shown), unknown, cal.threshold, cal.describe(), seq)
+        return Identification(tuple(shown), unknown, point.threshold, point.describe(), seq, point)
+
+    def _operating_point(self, session: Session, coll: CollectionRow) -> OpenSetPoint:
+        """The threshold for ``coll``'s target FPIR at its current size, cached per version.
+
+        Call after :meth:`_index` in the same transaction (the index's count is the store's at
+        ``coll.version``); a model without a shipped open-set calibration keeps its
+        per-comparison threshold, stated as ``basis="fixed"``, ``supported=False``.
+        """
+        key = (coll.version, coll.target_fpir)
+        cached = self._points.get(coll.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        templates = self._index(session, coll).count()
+        persons = int(
+            session.scalar(
+                select(func.count(func.distinct(TemplateRow.person_id))).where(
+                    TemplateRow.collection_id == coll.id
+                )
+            )
+            or 0
+        )
+        open_set = default_open_set(coll.model_id.split("+")[0])
+        if open_set is None:
+            cal = self.calibration(coll.model_id)
+            point = OpenSetPoint(coll.target_fpir, persons, templates, cal.threshold, False, "fixed")
+        else:
+            point = open_set_threshold(open_set, coll.target_fpir, templates, persons)
+        self._points[coll.id] = (key, point)
+        return point
 
     def verify(
         self,

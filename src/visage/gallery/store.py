@@ -167,6 +167,7 @@ class CollectionRow(Base):
     model_id: Mapped[str] = mapped_column(String(100))
     dim: Mapped[int] = mapped_column(Integer)
     keep_images: Mapped[bool] = mapped_column(default=False)
+    target_fpir: Mapped[float] = mapped_column(Float, default=0.01)
     version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
-from ..decision import Comparison
+from ..decision import FPIR_RANGE, Comparison
 from ..gallery import (
     ConsentBasis,
     Identification,
@@ -188,6 +188,19 @@ class CandidateOut(_Out):
     template_id: int
 
 
+class OperatingPointOut(_Out):
+    """The threshold identify used: it holds ``target_fpir`` (the share of strangers named as
+    someone) for a gallery of ``templates`` templates; ``supported`` is False where the
+    calibration data had too few impostors for it (``basis`` says how it was derived)."""
+
+    target_fpir: float
+    persons: int
+    templates: int
+    threshold: float
+    supported: bool
+    basis: str
+
+
 class IdentifiedFace(BaseModel):
     """One probe's answer. ``face`` is absent for embedding probes. A face below
     ``min_quality`` is not searched: ``skipped`` says so and the decision fields are absent."""
@@ -198,6 +211,7 @@ class IdentifiedFace(BaseModel):
     unknown: bool = True
     threshold: float | None = None
     threshold_source: str | None = None
+    operating_point: OperatingPointOut | None = None
     skipped: str | None = None
     audit_seq: int | None = None
 
@@ -211,6 +225,7 @@ class IdentifiedFace(BaseModel):
             unknown=i.unknown,
             threshold=i.threshold,
             threshold_source=i.threshold_source,
+            operating_point=OperatingPointOut.model_validate(i.operating_point),
             audit_seq=i.audit_seq,
             candidates=[CandidateOut.model_validate(c) for c in i.candidates],
         )
@@ -279,10 +294,12 @@ class GroupOut(BaseModel):
 
 
 class CollectionCreate(_In):
-    """A new collection; ``keep_images`` stores each enrolled photo beside its template."""
+    """A new collection; ``keep_images`` stores each enrolled photo beside its template;
+    ``target_fpir``: the share of strangers identify may name as someone, at any size."""
 
     name: CollectionName
     keep_images: StrictBool = False
+    target_fpir: float = Field(0.01, ge=FPIR_RANGE[0], le=FPIR_RANGE[1], allow_inf_nan=False)
 
 
 class CollectionOut(_Out):
@@ -295,6 +312,7 @@ class CollectionOut(_Out):
     created_at: datetime
     persons: int
     templates: int
+    target_fpir: float
 
 
 class CollectionList(BaseModel):

@@ -33,7 +33,9 @@ def create_collection(key: AdminKey, body: CollectionCreate, gallery: GalleryDep
     """A new, empty collection for the server's embedding model (409 if the name is taken)."""
     ensure_sees(key, body.name)
     return CollectionOut.model_validate(
-        gallery.create_collection(body.name, keep_images=body.keep_images, actor=key.id)
+        gallery.create_collection(
+            body.name, keep_images=body.keep_images, target_fpir=body.target_fpir, actor=key.id
+        )
     )
 
 

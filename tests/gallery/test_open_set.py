@@ -1,0 +1,90 @@
+"""identify's operating point: a target FPIR held at the collection's current size (issue 16).
+
+The 60 ``people/`` are enrolled one photo each and the 150 ``distractors/`` probe as strangers.
+The shipped open-set calibration (data/open_set.json, benchmarks/open_set.py) was computed on
+calibration/ less every identity of people/ and distractors/, so these photos are held out.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from visage.decision import default_calibration, default_open_set
+from visage.errors import InputError
+from visage.gallery import Gallery, PoorQuality
+
+from ..conftest import EmbeddedSet
+from .test_photos import _people
+
+
+def test_threshold_tightens_with_size_and_holds_fpir_on_strangers(
+    db_url: str, tmp_path: Path, embedded: EmbeddedSet
+) -> None:
+    g = Gallery(db_url, index_dir=tmp_path / "index", actor="open-set-test")
+    assert g.create_collection("lfw").target_fpir == 0.01  # the default
+    strangers = [embedded.labelled[s] for s in sorted(embedded.labelled) if "/distractors/" in s]
+    assert len(strangers) >= 140
+    probe = strangers[0]
+    points = []
+    ids = []
+    for count, (name, sources) in enumerate(_people(embedded).items(), 1):
+        person = g.add_person("lfw", name.replace("_", " "), external_id=name)
+        g.grant_consent("lfw", person.id, basis="consent", granted_by="test")
+        ids.append(person.id)
+        for source in sources:
+            try:
+                g.enroll("lfw", person.id, embedded.labelled[source])
+            except PoorQuality:
+                continue
+            break
+        if count in (1, 10, 60):
+            point = g.identify("lfw", probe).operating_point
+            assert (point.persons, point.templates, point.target_fpir) == (count, count, 0.01)
+            assert point.supported and point.basis == "measured"
+            points.append(point.threshold)
+    assert points[0] > points[1] > points[2], points  # more persons, tighter threshold
+
+    fixed = default_calibration("dlib_resnet_v1").threshold
+    answers = [g.identify("lfw", s, k=1) for s in strangers]
+    assert {a.threshold for a in answers} == {points[2]}
+    named = sum(not a.unknown for a in answers)
+    named_fixed = sum(a.candidates[0].distance <= fixed for a in answers)
+    # positive control: the fixed per-comparison threshold names more of these strangers
+    assert named_fixed > named, (named_fixed, named)
+    assert named / len(answers) <= 2 * 0.01, f"{named} of {len(answers)} strangers named"
+
+    g.delete_person("lfw", ids[-1])  # the collection shrinks: the threshold follows
+    shrunk = g.identify("lfw", probe).operating_point
+    assert shrunk.templates == 59 and shrunk.threshold > points[2]
+    g.close()
+
+
+def test_target_fpir_is_set_at_creation_and_checked(gallery: Gallery, embedded: EmbeddedSet) -> None:
+    first = next(s for s in sorted(embedded.labelled) if "/people/" in s)
+    for name, target in (("loose", 0.1), ("strict", 0.001)):
+        made = gallery.create_collection(name, model_id="dlib_resnet_v1", target_fpir=target)
+        assert made.target_fpir == target == gallery.collection(name).target_fpir
+        person = gallery.add_person(name, "Someone")
+        gallery.grant_consent(name, person.id, basis="consent", granted_by="test")
+        gallery.enroll(name, person.id, embedded.labelled[first])
+    loose = gallery.identify("loose", embedded.labelled[first]).operating_point
+    strict = gallery.identify("strict", embedded.labelled[first]).operating_point
+    assert strict.threshold < loose.threshold
+    assert strict.basis == "bound"  # 0.001 is below what the rank-1 table measures
+    for bad in (0.0, 0.9, float("nan")):
+        with pytest.raises(InputError, match="target_fpir"):
+            gallery.create_collection("bad", model_id="dlib_resnet_v1", target_fpir=bad)
+
+
+def test_beyond_the_calibration_data_the_answer_says_so() -> None:
+    from visage.decision import open_set_threshold
+
+    cal = default_open_set("dlib_resnet_v1")
+    assert cal is not None
+    measured = open_set_threshold(cal, 0.01, 1000, 1000)
+    bound = open_set_threshold(cal, 0.01, 100_000, 100_000)  # needs FMR 1e-7: no such pairs
+    assert measured.supported and measured.basis == "measured"
+    assert not bound.supported and bound.basis == "extrapolated"
+    assert 0 < bound.threshold < cal.fmr[0][1] < measured.threshold
