@@ -14,6 +14,7 @@ import anyio
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 
 from .. import __version__
 from . import auth, problems
@@ -57,7 +58,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             await anyio.to_thread.run_sync(services.close)
 
-    app = FastAPI(
+    # /docs and /redoc from assets packaged in fastapi-offline, not a CDN: a self-hosted face
+    # service often runs where no CDN can be reached.
+    app = FastAPIOffline(
         title="Visage",
         version=__version__,
         description=DESCRIPTION,
