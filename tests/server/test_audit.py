@@ -64,10 +64,14 @@ def test_every_biometric_call_is_in_the_chain(
             headers=jpeg,
         ).json()["audit_seq"]
         seqs["compare"] = client.post(
-            "/v1/verify", files={"photo": ("a.jpg", photo), "other_photo": ("b.jpg", other)}
+            "/v1/verify",
+            params={"purpose": "check"},
+            files={"photo": ("a.jpg", photo), "other_photo": ("b.jpg", other)},
         ).json()["audit_seq"]
         seqs["group"] = client.post(
-            "/v1/group", files=[("photos", ("a.jpg", photo)), ("photos", ("b.jpg", other))]
+            "/v1/group",
+            params={"purpose": "check"},
+            files=[("photos", ("a.jpg", photo)), ("photos", ("b.jpg", other))],
         ).json()["audit_seq"]
         nobody = client.post(
             f"{base}/identify",

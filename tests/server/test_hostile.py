@@ -46,7 +46,7 @@ def paths(collection: str) -> list[str]:
         "/v1/detect",
         f"/v1/collections/{collection}/identify?purpose=test",
         f"/v1/collections/{collection}/find-similar?purpose=test",
-        f"/v1/verify?collection={collection}&person=nobody",
+        f"/v1/verify?collection={collection}&person=nobody&purpose=test",
     ]
 
 
@@ -98,7 +98,7 @@ def test_a_100_mb_body_is_refused_before_it_is_read(server: Server) -> None:
         )
         problem(streamed, 413)
         json_bomb = client.post(
-            "/v1/group", content=chunks(), headers={"content-type": "application/json"}
+            "/v1/group?purpose=test", content=chunks(), headers={"content-type": "application/json"}
         )
         problem(json_bomb, 413)
 
@@ -112,7 +112,7 @@ def test_wrong_content_types_are_415(server: Server, collection: str, media: str
         for path in (
             "/v1/detect",
             f"/v1/collections/{collection}/identify?purpose=x",
-            "/v1/group",
+            "/v1/group?purpose=x",
             f"/v1/collections/{collection}/persons",
             f"/v1/collections/{collection}/faces/bulk",
         ):

@@ -108,7 +108,7 @@ def test_extreme_embeddings_enroll_as_unit_templates(
         for face in found.json()["faces"]:
             best = face["candidates"][0]
             assert best["person_id"] == person and best["distance"] < 1e-3 and not face["unknown"]
-        grouped = client.post("/v1/group", json={"embeddings": [[value] * 128, [1.0] * 128]})
+        grouped = client.post("/v1/group", params={"purpose": "test"}, json={"embeddings": [[value] * 128, [1.0] * 128]})
         assert grouped.status_code == 200 and len(grouped.json()["groups"]) == 1, grouped.text
 
 

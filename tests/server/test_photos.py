@@ -149,7 +149,7 @@ def test_verify_and_find_similar(
         (first, a), (_, b) = list(people.items())[:2]
         same = client.post(
             "/v1/verify",
-            params={"collection": collection, "person": first, "face": "center"},
+            params={"collection": collection, "person": first, "face": "center", "purpose": "t"},
             content=a[3].read_bytes(),
             headers={"content-type": "image/jpeg"},
         )
@@ -157,7 +157,7 @@ def test_verify_and_find_similar(
         assert same.json()["same"] and same.json()["person_id"] == ids[first]
         pair = client.post(
             "/v1/verify",
-            params={"face": "center", "other_face": "center"},
+            params={"face": "center", "other_face": "center", "purpose": "test"},
             files={
                 "photo": ("a.jpg", a[3].read_bytes(), "image/jpeg"),
                 "other_photo": ("b.jpg", b[3].read_bytes(), "image/jpeg"),
@@ -290,7 +290,7 @@ def test_two_photo_verify_uses_the_picked_face_of_each(
         with server.client(server.key(["identify"], ["*"])) as client:
             return client.post(
                 "/v1/verify",
-                params=params,
+                params={**params, "purpose": "test"},
                 files={
                     "photo": ("two.jpg", group, "image/jpeg"),
                     "other_photo": ("a.jpg", a[1].read_bytes(), "image/jpeg"),

@@ -15,7 +15,7 @@ from ..deps import (
     IdentifyKey,
     MetricsDep,
     PipelineDep,
-    Purpose,
+    RequiredPurpose,
     SettingsDep,
 )
 from ..probes import read_batch
@@ -40,7 +40,7 @@ def group_faces(
     events: EventsDep,
     metrics: MetricsDep,
     settings: SettingsDep,
-    purpose: Purpose = None,
+    purpose: RequiredPurpose,
 ) -> GroupOut:
     """Every face of every photo, grouped by person at the calibrated threshold (Chinese
     whispers). A photo that cannot be read is listed in ``failed``; the rest are grouped."""

@@ -21,7 +21,7 @@ from ..deps import (
     OtherFaceQuery,
     PhotoPairBody,
     PipelineDep,
-    Purpose,
+    RequiredPurpose,
     face_pick,
 )
 from ..probes import face_limit_audited
@@ -45,6 +45,7 @@ def verify(
     pipeline: PipelineDep,
     events: EventsDep,
     metrics: MetricsDep,
+    purpose: RequiredPurpose,
     collection: Annotated[
         str | None, Query(min_length=1, max_length=200, description="Collection of `person`")
     ] = None,
@@ -53,7 +54,6 @@ def verify(
     ] = None,
     face: FaceQuery = None,
     other_face: OtherFaceQuery = None,
-    purpose: Purpose = None,
 ) -> VerifyOut:
     """Distance, decision and calibrated threshold: between a face of each of two photos, or
     between the photo's face and the best template of an enrolled, consented person. A photo
