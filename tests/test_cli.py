@@ -120,6 +120,11 @@ def test_version_and_bad_option() -> None:
     assert result.exit_code == 2
 
 
-def test_unknown_detector_is_an_error(people_photos: list[Path]) -> None:
-    result = runner.invoke(app, ["detect", "--detector", "mtcnn", str(people_photos[0])])
-    assert result.exit_code != 0
+def test_unknown_detector_is_a_usage_error(people_photos: list[Path]) -> None:
+    """Exit 2 (a bad option, as for --upsample 9) with one line naming the choices."""
+    code, _, _ = run("detect", "--detector", "hog", str(people_photos[0]))
+    assert code == 0  # the control: a known detector runs
+    code, out, err = run("detect", "--detector", "mtcnn", str(people_photos[0]))
+    assert code == 2 and out == "", (code, out, err)
+    flat = " ".join(err.replace("│", " ").split())  # Rich boxes and wraps usage errors
+    assert "Invalid value for '--detector' / '-d': unknown detector 'mtcnn'; choose one of hog, cnn" in flat

@@ -106,13 +106,14 @@ def test_truncation_is_an_error_even_when_pillow_is_told_otherwise() -> None:
     from PIL import ImageFile
 
     data = encode(gradient(256, 256), "JPEG")
+    before = ImageFile.LOAD_TRUNCATED_IMAGES
     ImageFile.LOAD_TRUNCATED_IMAGES = True
     try:
         with pytest.raises(InvalidImage, match="truncated"):
             decode(data[: len(data) // 2])
         assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # the caller's setting is restored
     finally:
-        ImageFile.LOAD_TRUNCATED_IMAGES = False
+        ImageFile.LOAD_TRUNCATED_IMAGES = before  # the session's, whatever it was
 
 
 def test_errors_name_the_file(tmp_path: Path) -> None:

@@ -95,8 +95,10 @@ def test_public_api_compare(people_photos: list[Path]) -> None:
     same_person = [p for p in people_photos if p.parent == people_photos[0].parent]
     result = visage.compare(same_person[0], same_person[1])
     assert result.threshold_source.startswith(f"{result.threshold:.4f}")
+    assert result.same is True and result.distance <= result.threshold, result
     other = next(p for p in people_photos if p.parent != people_photos[0].parent)
-    assert visage.compare(same_person[0], other).distance > result.distance
+    different = visage.compare(same_person[0], other)
+    assert different.same is False and different.distance > result.threshold, different
 
 
 def test_compare_without_face_says_so(tmp_path: Path, people_photos: list[Path]) -> None:

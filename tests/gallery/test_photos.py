@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from visage.errors import AmbiguousFace, InvalidImage, NoFace
 from visage.gallery import Gallery, PoorQuality
@@ -84,14 +84,19 @@ def test_identify_people_and_reject_distractors(
     g.close()
 
 
-def test_photo_enrollment_rules(photo_gallery: Gallery, embedded: EmbeddedSet, tmp_path: Path) -> None:
+def test_photo_enrollment_rules(
+    photo_gallery: Gallery, embedded: EmbeddedSet, faces_dir: Path, tmp_path: Path
+) -> None:
     g = photo_gallery
     crowded = next(
         s for s, r in sorted(embedded.results.items())
         if "/people/" in s and len(r.faces) > 1 and s in embedded.labelled
         and embedded.labelled[s].quality.acceptable
     )
-    poor = next(s for s, f in sorted(embedded.labelled.items()) if f.quality.reasons)
+    clear = tmp_path / "clear.jpg"  # passes the gate (tests/test_quality.py); blurred, it fails
+    Image.open(faces_dir / "people" / "Al_Sharpton" / "Al_Sharpton_0001.jpg").save(clear)
+    poor = tmp_path / "blurred.jpg"
+    Image.open(clear).filter(ImageFilter.GaussianBlur(2)).save(poor)
     person = g.add_person("lfw", "Someone")
     g.grant_consent("lfw", person.id, basis="consent", granted_by="test")
 
@@ -102,9 +107,11 @@ def test_photo_enrollment_rules(photo_gallery: Gallery, embedded: EmbeddedSet, t
     assert first.source_sha256 == hashlib.sha256(Path(crowded).read_bytes()).hexdigest()
     assert not g.enroll("lfw", person.id, Path(crowded).read_bytes(), face="center").created
 
+    assert g.enroll("lfw", person.id, clear).created
     with pytest.raises(PoorQuality) as refused:
-        g.enroll("lfw", person.id, poor, face="center")
-    assert refused.value.reasons == embedded.labelled[poor].quality.reasons
+        g.enroll("lfw", person.id, poor)
+    assert len(refused.value.reasons) == 1, refused.value.reasons
+    assert refused.value.reasons[0].startswith("blurred: sharpness ")
 
     blank = io.BytesIO()
     Image.fromarray(np.full((200, 200, 3), 128, np.uint8)).save(blank, format="PNG")

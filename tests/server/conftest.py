@@ -24,6 +24,7 @@ from visage.gallery.store import database_url, open_engine
 from visage.server.keys_store import KeyStore
 
 START_TIMEOUT_S = 90.0
+BIND_TRIES = 3
 
 
 def free_port() -> int:
@@ -69,8 +70,26 @@ class Server:
         return self.log.read_text(errors="replace")[-chars:]
 
 
+class _PortTaken(Exception):
+    """Another process bound the port between :func:`free_port` and the server's bind."""
+
+
 def start_server(folder: Path, **settings: str) -> Server:
-    """Start ``python -m visage serve`` with ``VISAGE_*`` settings and wait until it is ready."""
+    """Start ``python -m visage serve`` with ``VISAGE_*`` settings and wait until it is ready.
+
+    :func:`free_port` lets the port go before the server binds it, so another process may take
+    it: the server then exits ("address already in use") and is started on a new port, up to
+    :data:`BIND_TRIES` times.
+    """
+    for _ in range(BIND_TRIES - 1):
+        try:
+            return _start_once(folder, settings)
+        except _PortTaken:
+            continue
+    return _start_once(folder, settings)
+
+
+def _start_once(folder: Path, settings: dict[str, str]) -> Server:
     folder.mkdir(parents=True, exist_ok=True)
     db = folder / "gallery.db"
     port = free_port()
@@ -94,11 +113,17 @@ def start_server(folder: Path, **settings: str) -> Server:
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
+            if "address already in use" in server.log_tail().lower():
+                raise _PortTaken(port)
             raise RuntimeError(f"server exited with {process.returncode}:\n{server.log_tail()}")
         try:
             if httpx.get(f"{server.url}/readyz", timeout=2.0).status_code == 200:
-                server.admin = server.key(["admin"])
-                return server
+                server.admin = server.admin or server.key(["admin"])
+                # Whoever answers must hold our store (not a process that took the port).
+                mine = httpx.get(f"{server.url}/v1/collections", timeout=2.0,
+                                 headers={"Authorization": f"Bearer {server.admin}"})
+                if mine.status_code == 200 and process.poll() is None:
+                    return server
         except httpx.TransportError:
             pass
         time.sleep(0.2)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 from .conftest import Server
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 def test_every_biometric_call_is_in_the_chain(
@@ -81,9 +87,10 @@ def test_every_biometric_call_is_in_the_chain(
         ).json()
         assert nobody["faces"] == []
         seqs["identify-no-face"] = nobody["audit_seq"]
-        client.post(
-            f"{base}/find-similar", params={"purpose": "review"}, json={"embeddings": [vector]}
-        )
+        similar = f"{base}/find-similar"
+        review = {"purpose": "review"}
+        assert client.post(similar, params=review, content=photo, headers=jpeg).is_success
+        assert client.post(similar, params=review, json={"embeddings": [vector]}).is_success
         client.delete(f"{base}/persons/{person}", params={"purpose": "erasure request"})
     with server.client(server.admin) as admin:
         events = admin.get("/v1/audit", params={"after": start, "limit": 1000}).json()["items"]
@@ -107,7 +114,18 @@ def test_every_biometric_call_is_in_the_chain(
     for name, seq in seqs.items():
         assert by_seq[seq]["actor"] == key_id, name
     assert by_seq[seqs["identify"]]["purpose"] == "door"
-    assert all(
-        e["input_hash"] for e in mine if e["action"] in ("detect", "identify", "verify", "group")
-    )
+    both = sha((sha(photo) + sha(other)).encode())  # two photos: the hash of their hashes
+    vector_hash = sha(np.asarray(vector, "<f4").tobytes())
+    assert {name: by_seq[seq]["input_hash"] for name, seq in seqs.items()} == {
+        "detect": sha(photo),
+        "identify": sha(other),
+        "identify-embedding": vector_hash,
+        "verify": sha(other),
+        "compare": both,
+        "group": both,
+        "identify-no-face": sha(faceless),
+    }
+    found_similar = [e["input_hash"] for e in mine if e["action"] == "find_similar"]
+    assert found_similar == [sha(photo), vector_hash]
+    assert [e["input_hash"] for e in mine if e["action"] == "enroll"] == [sha(photo)]
     assert chain["ok"] and chain["events"] >= start + len(mine), chain

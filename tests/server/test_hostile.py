@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import io
+import select
+import socket
 import struct
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -82,21 +85,54 @@ def test_bad_photos_are_4xx_problems(
         assert problem(multipart, status)["type"] == f"urn:visage:problem:{slug}"
 
 
+@contextmanager
+def raw_post(server: Server, path: str, headers: str) -> Iterator[socket.socket]:
+    """A socket that has sent a POST's request line and headers (``headers``, CRLF-ended)."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {server.admin}\r\n"
+            f"Content-Type: image/jpeg\r\n{headers}\r\n".encode()
+        )
+        yield sock
+
+
+def answered(sock: socket.socket, wait: float) -> int | None:
+    """The status of the answer that arrives within ``wait`` seconds, else None."""
+    if not select.select([sock], [], [], wait)[0]:
+        return None
+    status_line = sock.recv(65536).split(b"\r\n", 1)[0]
+    return int(status_line.split(b" ")[1])
+
+
 def test_a_100_mb_body_is_refused_before_it_is_read(server: Server) -> None:
+    # The control: a body the server needs is waited for, and read once it comes.
+    with raw_post(server, "/v1/detect", "Content-Length: 1024\r\n") as sock:
+        assert answered(sock, 1.0) is None, "answered without the body it needs"
+        sock.sendall(b"\0" * 1024)
+        assert answered(sock, 30.0) == 400  # read, and found not to be a photo
+    # 100 MiB declared and not one byte sent: the 413 comes anyway, so nothing was read.
+    with raw_post(server, "/v1/detect", f"Content-Length: {100 * MiB}\r\n") as sock:
+        assert answered(sock, 10.0) == 413
+    # Chunked, so no length is declared: the 413 comes once 20 MiB (the limit) have arrived,
+    # long before the 100 MiB end (what is sent but unread sits in socket buffers, a few MiB).
+    with raw_post(server, "/v1/detect", "Transfer-Encoding: chunked\r\n") as sock:
+        sent, status = 0, None
+        while status is None and sent < 100 * MiB:
+            try:
+                sock.sendall(b"100000\r\n" + b"\0" * MiB + b"\r\n")  # one 1 MiB chunk
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += MiB
+            status = answered(sock, 0.0)
+        assert (status or answered(sock, 10.0)) == 413
+        assert 20 * MiB <= sent <= 40 * MiB, f"sent {sent // MiB} MiB before the 413"
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(100):
+            yield b"\0" * MiB
+
     with server.client(server.admin) as client:
-        declared = client.post(
-            "/v1/detect", content=b"\0" * (100 * MiB), headers={"content-type": "image/jpeg"}
-        )
-        problem(declared, 413)
-
-        def chunks() -> Iterator[bytes]:
-            for _ in range(100):
-                yield b"\0" * MiB
-
-        streamed = client.post(
-            "/v1/detect", content=chunks(), headers={"content-type": "image/jpeg"}
-        )
-        problem(streamed, 413)
         json_bomb = client.post(
             "/v1/group?purpose=test", content=chunks(), headers={"content-type": "application/json"}
         )

@@ -9,9 +9,24 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from ..models import DETECTORS
+
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _known_detector(name: str) -> str:
+    """A usage error (exit 2, one line) for a detector name the models do not have."""
+    if name not in DETECTORS:
+        raise typer.BadParameter(f"unknown detector {name!r}; choose one of {', '.join(DETECTORS)}")
+    return name
+
+
 DetectorOpt = Annotated[
-    str, typer.Option("--detector", "-d", help="Face detector: hog (fast, frontal) or cnn (MMOD).")
+    str,
+    typer.Option(
+        "--detector", "-d", callback=_known_detector,
+        help="Face detector: hog (fast, frontal) or cnn (MMOD).",
+    ),
 ]
 UpsampleOpt = Annotated[
     int, typer.Option("--upsample", min=0, max=4, help="Upsample the image N times to find small faces.")

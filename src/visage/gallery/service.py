@@ -1351,14 +1351,16 @@ class Gallery:
         purpose: str | None = None,
         actor: str | None = None,
         disclose: Disclosure = "all",
+        input_hash: str | None = None,
     ) -> Identification:
         """Who is this? The ``k`` nearest consented persons (best template each) and the open-set
         answer: ``unknown`` unless the nearest is within the calibrated threshold; with
         ``disclose="matches"`` only those within it are returned (module docstring).
 
         ``probe``: a photo (path or bytes), a :class:`Face` or an embedding. Nothing about the
-        probe is stored except its sha256 in the audit event. A face whose quality score is
-        below ``min_quality`` is not searched: :class:`PoorQuality`, audited.
+        probe is stored except its sha256 in the audit event (``input_hash``: the photo's, for a
+        :class:`Face` from a photo the caller decoded). A face whose quality score is below
+        ``min_quality`` is not searched: :class:`PoorQuality`, audited.
         """
         if k < 1:
             raise InputError("k must be at least 1")
@@ -1383,7 +1385,8 @@ class Gallery:
             unknown = not candidates or not candidates[0].same
             seq = self._audit(
                 session, state, "identify", actor=actor, collection=collection, purpose=purpose,
-                input_hash=resolved.sha256, k=k, unknown=unknown, threshold=point.threshold,
+                input_hash=input_hash or resolved.sha256, k=k, unknown=unknown,
+                threshold=point.threshold,
                 target_fpir=point.target_fpir, templates=point.templates,
                 supported=point.supported,
                 candidates=[
@@ -1474,9 +1477,11 @@ class Gallery:
         purpose: str | None = None,
         actor: str | None = None,
         disclose: Disclosure = "all",
+        input_hash: str | None = None,
     ) -> list[SimilarFace]:
         """The ``k`` nearest templates (several may belong to one person), with no decision;
-        with ``disclose="matches"`` only those within the calibrated threshold."""
+        with ``disclose="matches"`` only those within the calibrated threshold. ``input_hash``:
+        as for :meth:`identify`."""
         if k < 1:
             raise InputError("k must be at least 1")
         with self._refusals("find_similar", collection, purpose=purpose, actor=actor, k=k):
@@ -1489,7 +1494,7 @@ class Gallery:
             found = [SimilarFace(t, p, names[p].display_name, d) for t, p, d in ranked]
             self._audit(
                 session, state, "find_similar", actor=actor, collection=collection,
-                purpose=purpose, input_hash=resolved.sha256, k=k,
+                purpose=purpose, input_hash=input_hash or resolved.sha256, k=k,
                 results=[{"template": f.template_id, "person": f.person_id,
                           "distance": round(f.distance, 6)} for f in found],
                 disclose=disclose,

@@ -27,11 +27,13 @@ from .schemas import EmbeddingsIn
 
 @dataclass(frozen=True)
 class Probe:
-    """One face of the photo (``face``) or one embedding sent (``vector``), at ``index``."""
+    """One face of the photo (``face``) or one embedding sent (``vector``), at ``index``;
+    ``photo_sha256`` is the photo's, the audit's input_hash for each of its faces."""
 
     index: int
     face: Face | None = None
     vector: npt.NDArray[np.float32] | None = None
+    photo_sha256: str | None = None
 
     @property
     def query(self) -> Face | npt.NDArray[np.float32]:
@@ -69,7 +71,8 @@ def read_probes(
     """Embed every face of a photo (largest first), or take the embeddings as sent."""
     if isinstance(body, Upload):
         faces = pipeline.embed(pipeline.load(body.data))
-        return Probes([Probe(i, face=f) for i, f in enumerate(faces)], source_hash(body.data))
+        digest = source_hash(body.data)
+        return Probes([Probe(i, face=f, photo_sha256=digest) for i, f in enumerate(faces)], digest)
     if len(body.embeddings) > max_faces:
         raise TooManyFaces(len(body.embeddings), max_faces)
     vectors = [np.asarray(e, dtype=np.float32) for e in body.embeddings]

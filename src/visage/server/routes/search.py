@@ -73,7 +73,7 @@ def identify(
         try:
             found = gallery.identify(
                 collection, probe.query, k=k, min_quality=min_quality, purpose=purpose,
-                actor=key.id, disclose=disclosure(key),
+                actor=key.id, disclose=disclosure(key), input_hash=probe.photo_sha256,
             )
         except PoorQuality as exc:
             faces.append(IdentifiedFace(index=probe.index, face=shown,
@@ -114,7 +114,7 @@ def find_similar(
                 SimilarOut.model_validate(s)
                 for s in gallery.find_similar(
                     collection, probe.query, k=k, purpose=purpose, actor=key.id,
-                    disclose=disclosure(key),
+                    disclose=disclosure(key), input_hash=probe.photo_sha256,
                 )
             ],
         )
