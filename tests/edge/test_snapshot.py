@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.edge.conftest import COLLECTION
 from visage.decision import default_calibration, normalize
+from visage.edge.events import DeviceInfo
+from visage.edge.hub import EdgeHub
 from visage.edge.snapshot import (
     OfflineGallery,
     Snapshot,
@@ -21,6 +24,8 @@ from visage.edge.snapshot import (
     sign_snapshot,
     verify_snapshot,
 )
+from visage.gallery import Gallery
+from visage.gallery.store import open_engine
 from visage.signing import generate_signing_key, load_signing_key, parse_public_key, public_key_text
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
@@ -120,3 +125,27 @@ def test_signing_key_file_and_public_key_text(tmp_path: Path) -> None:
     text = public_key_text(key.public_key())
     assert text == public_key_text(again.public_key()) and text.startswith("ed25519:")
     assert public_key_text(parse_public_key(text)) == text
+
+
+def test_offline_decisions_follow_the_gallery_identify_rule(local_gallery: Gallery) -> None:
+    """A device decides 1:N offline at the threshold the gallery's identify uses for the same
+    collection size and target FPIR, not at the looser per-comparison (1:1) threshold."""
+    key = generate_signing_key()
+    hub = EdgeHub(open_engine(local_gallery.url), local_gallery, key)
+    device = DeviceInfo(id="door-1", agent_version="test")
+    snap = verify_snapshot(
+        hub.snapshot(key_id="vk_t", collection=COLLECTION, device=device), key.public_key()
+    )
+    probe = unit_vectors_like(snap.persons[0].embeddings[0])
+    online = local_gallery.identify(COLLECTION, probe, purpose="test")
+    assert snap.calibration.threshold == pytest.approx(online.threshold, abs=1e-6)
+    per_comparison = default_calibration(snap.model_id).threshold
+    assert snap.calibration.threshold < per_comparison  # stricter for a 1:N decision
+    assert "FPIR" in snap.calibration.source
+    assert OfflineGallery(snap).threshold == snap.calibration.threshold
+
+
+def unit_vectors_like(vector: np.ndarray) -> np.ndarray:
+    """A probe near ``vector`` (the same person)."""
+    rng = np.random.default_rng(5)
+    return normalize(vector + 0.01 * rng.standard_normal(vector.shape).astype(np.float32))

@@ -486,6 +486,17 @@ class EdgeHub:
                 )
             )
         issued = now or utcnow()
+        # The device decides 1:N offline: the threshold holding the collection's target FPIR
+        # at the snapshot's own size, by the gallery's identify rule.
+        point = self.gallery.operating_point(
+            info.model_id, info.target_fpir, sum(len(p.embeddings) for p in persons), len(persons)
+        )
+        calibration = replace(
+            self.gallery.calibration(info.model_id),
+            threshold=point.threshold,
+            method=f"open-set {point.basis}",
+            source=point.describe(),
+        )
         draft = Snapshot(
             collection=collection,
             model_id=info.model_id,
@@ -493,7 +504,7 @@ class EdgeHub:
             sequence=0,
             issued_at=issued,
             expires_at=issued + timedelta(seconds=ttl),
-            calibration=self.gallery.calibration(info.model_id),
+            calibration=calibration,
             persons=tuple(persons),
         )
         sequence = self._sequence(key_id, collection, device, draft.content_sha256(), issued)

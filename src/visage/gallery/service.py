@@ -1418,14 +1418,20 @@ class Gallery:
             )
             or 0
         )
-        open_set = default_open_set(coll.model_id.split("+")[0])
-        if open_set is None:
-            cal = self.calibration(coll.model_id)
-            point = OpenSetPoint(coll.target_fpir, persons, templates, cal.threshold, False, "fixed")
-        else:
-            point = open_set_threshold(open_set, coll.target_fpir, templates, persons)
+        point = self.operating_point(coll.model_id, coll.target_fpir, templates, persons)
         self._points[coll.id] = (key, point)
         return point
+
+    def operating_point(
+        self, model_id: str, target_fpir: float, templates: int, persons: int
+    ) -> OpenSetPoint:
+        """The identify threshold holding ``target_fpir`` for a gallery of this size: the one
+        rule for the gallery's identify and for an edge snapshot's offline decisions."""
+        open_set = default_open_set(model_id.split("+")[0])
+        if open_set is None:
+            cal = self.calibration(model_id)
+            return OpenSetPoint(target_fpir, persons, templates, cal.threshold, False, "fixed")
+        return open_set_threshold(open_set, target_fpir, templates, persons)
 
     def verify(
         self,
