@@ -129,3 +129,29 @@ def test_every_biometric_call_is_in_the_chain(
     assert found_similar == [sha(photo), vector_hash]
     assert [e["input_hash"] for e in mine if e["action"] == "enroll"] == [sha(photo)]
     assert chain["ok"] and chain["events"] >= start + len(mine), chain
+
+
+def test_audit_reads_newest_first_and_pages_back(server: Server, collection: str) -> None:
+    """`order=newest` gives the newest events first; `before` pages back through the rest; the
+    filters apply either way."""
+    with server.client(server.admin) as client:
+        for n in range(4):
+            made = client.post(
+                f"/v1/collections/{collection}/persons", json={"display_name": f"Pager {n}"}
+            )
+            assert made.status_code == 201, made.text
+        oldest = client.get("/v1/audit", params={"limit": 1000}).json()["items"]
+        seqs = [e["seq"] for e in oldest]
+        assert seqs == sorted(seqs) and len(seqs) >= 4  # the default stays oldest first
+        newest = client.get("/v1/audit", params={"order": "newest", "limit": 3}).json()["items"]
+        assert [e["seq"] for e in newest] == sorted(seqs, reverse=True)[:3]
+        page = client.get(
+            "/v1/audit", params={"order": "newest", "limit": 3, "before": newest[-1]["seq"]}
+        ).json()["items"]
+        assert [e["seq"] for e in page] == sorted(seqs, reverse=True)[3:6]
+        created = client.get(
+            "/v1/audit",
+            params={"order": "newest", "collection": collection, "action": "person.create"},
+        ).json()["items"]
+        assert len(created) >= 4 and all(e["action"] == "person.create" for e in created)
+        assert [e["seq"] for e in created] == sorted((e["seq"] for e in created), reverse=True)

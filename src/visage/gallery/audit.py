@@ -253,10 +253,16 @@ def events(
     collection: str | None = None,
     action: str | None = None,
     after: int = 0,
+    before: int | None = None,
     limit: int = 100,
+    newest_first: bool = False,
 ) -> list[AuditEvent]:
-    """Events with ``seq > after``, oldest first, optionally for one collection or action."""
-    query = select(AuditRow).where(AuditRow.seq > after).order_by(AuditRow.seq).limit(limit)
+    """Events with ``after < seq < before``, oldest first (``newest_first``: the newest
+    ``limit`` of them, newest first), optionally for one collection or action."""
+    order = AuditRow.seq.desc() if newest_first else AuditRow.seq
+    query = select(AuditRow).where(AuditRow.seq > after).order_by(order).limit(limit)
+    if before is not None:
+        query = query.where(AuditRow.seq < before)
     if collection is not None:
         query = query.where(AuditRow.collection == collection)
     if action is not None:
@@ -264,7 +270,9 @@ def events(
     return [AuditEvent.from_row(r) for r in session.scalars(query)]
 
 
-def last_events(session: Session, *, limit: int = 20) -> list[AuditEvent]:
-    """The newest ``limit`` events, oldest first."""
-    rows = session.scalars(select(AuditRow).order_by(AuditRow.seq.desc()).limit(limit)).all()
-    return [AuditEvent.from_row(r) for r in reversed(rows)]
+def last_events(
+    session: Session, *, limit: int = 20, collection: str | None = None, action: str | None = None
+) -> list[AuditEvent]:
+    """The newest ``limit`` events (of one collection or action), oldest first."""
+    newest = events(session, collection=collection, action=action, limit=limit, newest_first=True)
+    return newest[::-1]

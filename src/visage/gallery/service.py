@@ -1515,18 +1515,23 @@ class Gallery:
         collection: str | None = None,
         action: str | None = None,
         after: int = 0,
+        before: int | None = None,
         limit: int = 100,
+        newest_first: bool = False,
     ) -> list[audit.AuditEvent]:
-        """Audit events with ``seq > after``, oldest first."""
+        """Audit events with ``after < seq < before``, oldest first or newest first."""
         with self._reading() as session:
             return audit.events(
-                session, collection=collection, action=action, after=after, limit=limit
+                session, collection=collection, action=action, after=after, before=before,
+                limit=limit, newest_first=newest_first,
             )
 
-    def last_audit_events(self, limit: int = 20) -> list[audit.AuditEvent]:
-        """The newest ``limit`` audit events, oldest first."""
+    def last_audit_events(
+        self, limit: int = 20, *, collection: str | None = None, action: str | None = None
+    ) -> list[audit.AuditEvent]:
+        """The newest ``limit`` audit events (of one collection or action), oldest first."""
         with self._reading() as session:
-            return audit.last_events(session, limit=limit)
+            return audit.last_events(session, limit=limit, collection=collection, action=action)
 
     def verify_audit(
         self, *, anchors: str | Path | None = None, public_key: str | None = None

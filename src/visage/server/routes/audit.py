@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
@@ -21,11 +21,22 @@ def list_audit_events(
     collection: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     action: Annotated[str | None, Query(min_length=1, max_length=60)] = None,
     after: Annotated[int, Query(ge=0, le=2**62, description="Return events after this seq")] = 0,
+    before: Annotated[
+        int | None, Query(ge=1, le=2**62, description="Return events before this seq")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    order: Annotated[
+        Literal["oldest", "newest"],
+        Query(description="`newest`: the newest events first (page on with `before`)"),
+    ] = "oldest",
 ) -> AuditList:
-    """Audit events after ``after``, oldest first; a key limited to some collections names one."""
+    """Audit events between ``after`` and ``before``, oldest first or newest first; a key
+    limited to some collections names one."""
     ensure_sees(key, collection)
-    events = gallery.audit_events(collection=collection, action=action, after=after, limit=limit)
+    events = gallery.audit_events(
+        collection=collection, action=action, after=after, before=before, limit=limit,
+        newest_first=order == "newest",
+    )
     return AuditList(items=[AuditEventOut.model_validate(e) for e in events])
 
 
