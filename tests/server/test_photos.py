@@ -188,6 +188,9 @@ def test_group_photos_by_person(server: Server, people: dict[str, list[Path]]) -
     assert grouped.status_code == 200, grouped.text
     body = grouped.json()
     assert body["failed"] == [] and body["faces"] >= len(photos)
+    # Every face names the photo it came from by the filename the client sent.
+    members = [m for g in body["groups"] + [body["messy"]] for m in g]
+    assert all(m["filename"] == photos[m["item"]].name for m in members), members
     owner = {i: photos[i].parent.name for i in range(len(photos))}
     central_faces = {
         (m["item"], m["face"])

@@ -80,15 +80,20 @@ def read_probes(
     return Probes([Probe(i, vector=v) for i, v in enumerate(vectors)], digest)
 
 
+FaceTag = tuple[int, int, Box | None, str | None]
+"""Where a face of a batch came from: item, face number, box, filename."""
+
+
 @dataclass(frozen=True)
 class FaceBatch:
-    """The faces of many items (photos or embeddings), each tagged ``(item, face number, box)``.
+    """The faces of many items (photos or embeddings), each tagged ``(item, face number, box,
+    filename)`` (box and filename only for photos; the filename as the client sent it).
 
     ``vectors`` is ``(n, d) float32``, one row per face; ``failed`` lists the items that could
     not be read, with the error; ``sha256`` covers every item read, for the audit log.
     """
 
-    tags: list[tuple[int, int, Box | None]]
+    tags: list[FaceTag]
     vectors: npt.NDArray[np.float32]
     failed: list[tuple[int, str | None, VisageError]]
     sha256: str
@@ -105,7 +110,7 @@ def read_batch(
         raise InputError("send photos in the multipart field 'photos', or embeddings as JSON")
     if count > max_batch:
         raise InputError(f"{count} items; at most {max_batch} per request")
-    tags: list[tuple[int, int, Box | None]] = []
+    tags: list[FaceTag] = []
     rows: list[npt.NDArray[np.float32]] = []
     failed: list[tuple[int, str | None, VisageError]] = []
     digest = hashlib.sha256()
@@ -119,7 +124,7 @@ def read_batch(
             digest.update(source_hash(upload.data).encode())
             for number, face in enumerate(faces):
                 assert face.embedding is not None, "Pipeline.embed returns embeddings"
-                tags.append((item, number, face.box))
+                tags.append((item, number, face.box, upload.filename))
                 rows.append(face.embedding)
     else:
         for item, values in enumerate(body.embeddings):
@@ -128,7 +133,7 @@ def read_batch(
             except InputError as exc:
                 raise InputError(f"embedding {item}: {exc} (all embeddings share one length)") from None
             digest.update(np.asarray(values, dtype="<f4").tobytes())
-            tags.append((item, 0, None))
+            tags.append((item, 0, None, None))
             rows.append(vector)
     width = rows[0].shape[0] if rows else 128
     vectors = np.stack(rows) if rows else np.empty((0, width), np.float32)

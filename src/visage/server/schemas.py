@@ -263,11 +263,13 @@ class FindSimilarOut(BaseModel):
 
 
 class GroupMember(BaseModel):
-    """A face in a group: which item (photo or embedding) and which face of it."""
+    """A face in a group: which item (photo or embedding), which face of it, and for a photo
+    its box and the filename the client sent."""
 
     item: int
     face: int
     box: BoxOut | None = None
+    filename: str | None = None
 
 
 class ItemProblem(BaseModel):
@@ -279,7 +281,8 @@ class ItemProblem(BaseModel):
 
 
 class GroupOut(BaseModel):
-    """Faces grouped by person (largest group first); ``messy`` holds faces that joined none."""
+    """Faces grouped by person (largest group first); ``messy`` holds the faces that joined no
+    group of two or more (no other face of the batch within the threshold of them)."""
 
     threshold: float
     threshold_source: str

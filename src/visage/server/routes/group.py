@@ -6,7 +6,6 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from ...grouping import group
-from ...models.base import Box
 from ..bodies import GROUP_BODY
 from ..deps import (
     EventsDep,
@@ -18,17 +17,17 @@ from ..deps import (
     RequiredPurpose,
     SettingsDep,
 )
-from ..probes import read_batch
+from ..probes import FaceTag, read_batch
 from ..problems import Problem, problem_body, problem_responses
 from ..schemas import BoxOut, GroupMember, GroupOut, ItemProblem
 
 router = APIRouter(prefix="/v1", tags=["decisions"], responses=problem_responses())
 
 
-def _member(tag: tuple[int, int, Box | None]) -> GroupMember:
-    item, face, box = tag
+def _member(tag: FaceTag) -> GroupMember:
+    item, face, box, filename = tag
     shown = None if box is None else BoxOut.of(box)
-    return GroupMember(item=item, face=face, box=shown)
+    return GroupMember(item=item, face=face, box=shown, filename=filename)
 
 
 @router.post("/group", response_model=GroupOut, openapi_extra=GROUP_BODY)
@@ -43,7 +42,10 @@ def group_faces(
     purpose: RequiredPurpose,
 ) -> GroupOut:
     """Every face of every photo, grouped by person at the calibrated threshold (Chinese
-    whispers). A photo that cannot be read is listed in ``failed``; the rest are grouped."""
+    whispers). Each face names its photo (``item``, its index in the request, and
+    ``filename``), its face number and box. ``messy`` lists the faces that fell in no group
+    of two or more: nobody else in the batch is within the threshold of them. A photo that
+    cannot be read is listed in ``failed``; the rest are grouped."""
     batch = read_batch(body, pipeline, max_batch=settings.max_batch)
     metrics.faces.labels("group").inc(len(batch.tags))
     cal = gallery.calibration(pipeline.model_id)
