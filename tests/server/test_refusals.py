@@ -20,6 +20,8 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.conftest import two_face_photo
+
 from .conftest import Server, problem, start_server, stop_server
 
 JPEG = {"content-type": "image/jpeg"}
@@ -201,3 +203,32 @@ def test_forbidden_is_audited_and_unauthorized_floods_a_rate_limited_log_not_the
     assert len(lines) <= 25, f"a flood of 61 bad keys wrote {len(lines)} lines"
     skipped = re.search(r"; (\d+) more refused authentications not logged", lines[-1])
     assert skipped and int(skipped.group(1)) >= 61 - len(lines), lines[-1]
+
+
+def test_enrollment_checks_person_then_consent_then_photo(
+    server: Server, setup: tuple[httpx.Client, str, str], people_photos: list[Path],
+    tmp_path: Path,
+) -> None:
+    """A two-face photo is refused as ambiguous only for a consented person: for nobody it is a
+    404 (and no refusal event naming nobody), without consent it is the audited no-consent."""
+    client, actor, collection = setup
+    group = two_face_photo(people_photos[0], people_photos[-1], tmp_path / "two.jpg").read_bytes()
+    base = f"/v1/collections/{collection}/persons"
+    start = head(server)
+    ada = person(client, collection, consent=True)
+    ambiguous = problem(client.post(f"{base}/{ada}/faces", content=group, headers=JPEG), 422)
+    assert "2 faces found" in str(ambiguous["detail"]), ambiguous
+    assert_refusal(events_since(server, start)[int(str(ambiguous["audit_seq"]))],
+                   "enroll.refused", actor, "AmbiguousFace")
+
+    before = head(server)
+    nobody = problem(client.post(f"{base}/Nobody/faces", content=group, headers=JPEG), 404)
+    assert "Nobody" in str(nobody["detail"]), nobody
+    assert head(server) == before, "no enroll.refused event for a person who does not exist"
+
+    bob = person(client, collection, consent=False)
+    refused = problem(client.post(f"{base}/{bob}/faces", content=group, headers=JPEG), 409)
+    assert "no valid consent" in str(refused["detail"]), refused
+    event = events_since(server, start)[int(str(refused["audit_seq"]))]
+    assert_refusal(event, "enroll.refused", actor, "ConsentError")
+    assert event["summary"]["person"] == bob

@@ -929,11 +929,14 @@ class Gallery:
     ) -> EnrollResult:
         """Add a template to a person from a photo (path or bytes), a :class:`Face`, or an embedding.
 
-        Refuses with :class:`ConsentError` (no valid consent), :class:`NoFace`,
-        :class:`AmbiguousFace` (several faces and no ``face`` pick) or :class:`PoorQuality`
-        (the quality gate's reasons). The same source for the same person is idempotent.
+        Checks in this order: the person (:class:`NotFound`), consent (:class:`ConsentError`),
+        then the photo (:class:`NoFace`, :class:`AmbiguousFace` for several faces and no
+        ``face`` pick, :class:`PoorQuality`), so a refusal names the first thing wrong and no
+        photo is embedded for nobody. The same source for the same person is idempotent.
         """
         with self._refusals("enroll", collection, purpose=purpose, actor=actor, person=person):
+            with self._reading() as session:  # checked again in the write transaction
+                self._consented(session, self._collection(session, collection), {person}, utcnow())
             resolved, chosen = self._resolve(collection, source, face, for_enrollment=True)
             if chosen is not None and not chosen.quality.acceptable:
                 name = str(source) if isinstance(source, (str, Path)) else None
