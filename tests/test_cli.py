@@ -123,3 +123,41 @@ def test_version_and_bad_option() -> None:
 def test_unknown_detector_is_an_error(people_photos: list[Path]) -> None:
     result = runner.invoke(app, ["detect", "--detector", "mtcnn", str(people_photos[0])])
     assert result.exit_code != 0
+
+
+HEAVY = ("visage.server", "visage.gallery.service", "visage.edge", "fastapi", "sqlalchemy",
+         "onnxruntime")
+
+
+def test_import_of_the_cli_loads_no_server_gallery_edge_or_runtime() -> None:
+    """`visage --help` stays fast (issue 13: 3.8 s before) because the command modules import
+    the server, gallery, edge and model runtime code only inside the commands that use it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, visage.cli\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "import visage.server.app, visage.gallery.service, visage.edge.agent, onnxruntime\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=120)
+    after_cli, after_all = done.stdout.splitlines()
+    assert after_all == repr(sorted(HEAVY)), "control: the names are the modules' real names"
+    assert after_cli == "[]", f"import visage.cli loaded {after_cli}"
+
+
+def test_choice_options_spell_the_enums_they_stand_for() -> None:
+    """--when-full and --no-face are declared as Literals (no edge/eval import at start-up);
+    their values are those of the enums the commands convert them to."""
+    from typing import get_args
+
+    from visage.cli.edge import WhenFull
+    from visage.cli.eval import NoFace
+    from visage.edge.queue import FullPolicy
+    from visage.eval.protocols import MissingFace
+
+    assert get_args(WhenFull) == tuple(p.value for p in FullPolicy)
+    assert get_args(NoFace) == tuple(m.value for m in MissingFace)

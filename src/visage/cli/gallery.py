@@ -12,20 +12,19 @@ from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from ..api import pipeline as get_pipeline
 from ..errors import InputError, NotFound, StorageError, VisageError
-from ..facetable import collect_images
-from ..gallery import ConsentBasis, Gallery, PersonInfo
-from ..pipeline import parse_face_pick
 from .app import app
 from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console
 from .progress import progress_bar
+
+if TYPE_CHECKING:  # the gallery is imported where used, so `visage --help` stays fast
+    from ..gallery import Gallery, PersonInfo
 
 DbOpt = Annotated[
     str | None,
@@ -58,6 +57,9 @@ app.add_typer(audit_app, name="audit")
 @contextmanager
 def _open(db: str | None, actor: str | None, *, index: str = "auto",
           pipeline_args: tuple[str, int] | None = None) -> Iterator[Gallery]:
+    from ..api import pipeline as get_pipeline
+    from ..gallery import Gallery
+
     pipe = get_pipeline(*pipeline_args) if pipeline_args else None
     who = actor or f"cli:{getpass.getuser()}"
     with Gallery(db, index=index, actor=who, pipeline=pipe) as gallery:
@@ -128,6 +130,10 @@ def enroll(
     theirs (one whose consent was revoked is refused, not re-consented). Photos failing the
     quality gate or holding several faces (without --face) are refused with the reason.
     """
+    from ..facetable import collect_images
+    from ..gallery import ConsentBasis
+    from ..pipeline import parse_face_pick
+
     if not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
     folders = sorted(p for p in directory.iterdir() if p.is_dir())
@@ -186,6 +192,8 @@ def identify(
     json_out: JsonOpt = False,
 ) -> None:
     """Who is in each photo? The nearest persons and 'unknown' beyond the calibrated threshold."""
+    from ..pipeline import parse_face_pick
+
     pick = parse_face_pick(face)
     results: list[dict[str, Any]] = []
     with (
