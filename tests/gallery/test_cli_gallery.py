@@ -85,6 +85,18 @@ def test_persons_consent_and_delete(enrolled: str) -> None:
     assert [e["action"] for e in json.loads(out)][-2:] == ["consent.revoke", "person.delete"]
 
 
+def test_delete_without_a_terminal_needs_yes(enrolled: str) -> None:
+    """No terminal (a script, CI, CliRunner) and no --yes: one line naming --yes, exit 1, and
+    nothing deleted; with --yes the same call deletes (issue 13 item 7: it said "Aborted.")."""
+    code, out, err = run("persons", "delete", "Angelina_Jolie", "-c", "demo", "--db", enrolled)
+    assert code == 1 and "Aborted" not in out + err
+    assert err.strip() == "error: persons delete: no terminal to confirm on; pass --yes to delete"
+    code, out, _ = run("persons", "show", "Angelina_Jolie", "-c", "demo", "--db", enrolled, "--json")
+    assert code == 0 and json.loads(out)["templates"] == 2
+    code, out, _ = run("persons", "delete", "Angelina_Jolie", "-c", "demo", "--yes", "--db", enrolled)
+    assert code == 0 and "2 templates removed" in out
+
+
 def test_audit_verify_names_the_tampered_row(enrolled: str) -> None:
     code, out, _ = run("audit", "verify", "--db", enrolled)
     assert code == 0 and "audit chain intact" in out

@@ -7,6 +7,7 @@ these commands parse arguments, call it, and print a table or ``--json``.
 from __future__ import annotations
 
 import getpass
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -294,6 +295,8 @@ def persons_delete(
     json_out: JsonOpt = False,
 ) -> None:
     """Delete a person, their consent records and every template (store and index)."""
+    if not yes and not sys.stdin.isatty():
+        raise InputError("persons delete: no terminal to confirm on; pass --yes to delete")
     with _open(db, actor) as g:
         info = g.person(collection, person)
         if not yes:
