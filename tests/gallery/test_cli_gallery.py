@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from typer.testing import CliRunner
 
 from visage.cli import app
@@ -106,7 +106,10 @@ def test_audit_verify_names_the_tampered_row(enrolled: str) -> None:
     engine.dispose()
     code, _, err = run("audit", "verify", "--db", enrolled)
     assert code == 1
-    assert err.strip() == "error: audit chain broken at event 7: its contents do not match its hash"
+    assert err.strip().splitlines() == [
+        f"store: {make_url(enrolled).render_as_string(hide_password=True)}",
+        "error: audit chain broken at event 7: its contents do not match its hash",
+    ]
 
 
 def test_export_import(enrolled: str, tmp_path: Path) -> None:
@@ -137,3 +140,34 @@ def test_bad_input_is_one_line_and_exit_1(enrolled: str, tmp_path: Path) -> None
         code, _, err = run(*args, "--db", enrolled)
         assert code == 1, args
         assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (args, err)
+
+
+def test_read_only_commands_create_no_store_and_name_the_one_read(tmp_path: Path) -> None:
+    """Without VISAGE_DB and without a default store, keys list / persons list / audit show /
+    audit verify say which store they looked for and exit 1, leaving no file behind (issue 13
+    item 8: keys list made an empty store and showed an empty table). Once a store exists
+    they read it and say which."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "VISAGE_DB": None, "VISAGE_CONFIG": None}
+    default = home / ".local" / "share" / "visage" / "visage.db"
+    reads = [("keys", "list"), ("persons", "list"), ("audit", "show"), ("audit", "verify")]
+    for args in reads:
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr.strip() == (
+            f"error: no gallery store at {default} (none is created to read from; "
+            "name the store with --db or VISAGE_DB)"
+        ), (args, result.stderr)
+        assert not (home / ".local").exists(), f"{args} created {default}"
+
+    created = runner.invoke(app, ["keys", "create", "--scopes", "admin"], env=env)
+    assert created.exit_code == 0 and default.exists(), created.stderr  # a write makes the store
+    for args in [a for a in reads if a[0] != "persons"]:  # the new store has no collection
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == 0, (args, result.stderr)
+        assert f"store: sqlite:///{default}" in result.stderr.splitlines(), (args, result.stderr)
+    listed = runner.invoke(app, ["keys", "list", "--json"], env=env)
+    assert [k["scopes"] for k in json.loads(listed.stdout)] == [["admin"]]
+    persons = runner.invoke(app, ["persons", "list"], env=env)
+    assert persons.stderr.strip() == "error: no collection named 'default'"  # read, not refused

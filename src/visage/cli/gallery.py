@@ -21,7 +21,7 @@ from rich.table import Table
 
 from ..errors import InputError, NotFound, StorageError, VisageError
 from .app import app
-from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console
+from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console, read_from
 from .progress import progress_bar
 
 if TYPE_CHECKING:  # the gallery is imported where used, so `visage --help` stays fast
@@ -57,14 +57,18 @@ app.add_typer(audit_app, name="audit")
 
 @contextmanager
 def _open(db: str | None, actor: str | None, *, index: str = "auto",
-          pipeline_args: tuple[str, int] | None = None) -> Iterator[Gallery]:
+          pipeline_args: tuple[str, int] | None = None, read: bool = False) -> Iterator[Gallery]:
+    """The gallery at ``db``; ``read``: a read-only command, which creates no store and says on
+    stderr which store it read."""
     from ..api import pipeline as get_pipeline
     from ..gallery import Gallery
 
     pipe = get_pipeline(*pipeline_args) if pipeline_args else None
     who = actor or f"cli:{getpass.getuser()}"
-    with Gallery(db, index=index, actor=who, pipeline=pipe) as gallery:
+    with Gallery(db, index=index, actor=who, pipeline=pipe, create=not read) as gallery:
         yield gallery
+    if read:
+        read_from(gallery.url)
 
 
 def _when(value: str | None) -> datetime | None:
@@ -249,7 +253,7 @@ def persons_list(
     json_out: JsonOpt = False,
 ) -> None:
     """Persons of a collection with their template count and consent status."""
-    with _open(db, None) as g:
+    with _open(db, None, read=True) as g:
         people = g.persons(collection, offset=offset, limit=limit)
     if json_out:
         emit_json([_person_record(p) for p in people])
@@ -269,7 +273,7 @@ def persons_show(
     json_out: JsonOpt = False,
 ) -> None:
     """One person: metadata, templates, and every consent record."""
-    with _open(db, None) as g:
+    with _open(db, None, read=True) as g:
         info = g.person(collection, person)
     record = _person_record(info)
     if json_out:
@@ -356,7 +360,7 @@ def audit_show(
     json_out: JsonOpt = False,
 ) -> None:
     """The newest audit events."""
-    with _open(db, None) as g:
+    with _open(db, None, read=True) as g:
         events = g.last_audit_events(limit)
     if json_out:
         emit_json([e.__dict__ for e in events])
@@ -387,7 +391,7 @@ def audit_verify(
 ) -> None:
     """Walk the hash chain and check it against the signed checkpoints; exit 1 naming the first
     broken link, or the cut when the chain ends before a checkpoint."""
-    with _open(db, None) as g:
+    with _open(db, None, read=True) as g:
         report = g.verify_audit(anchors=anchors, public_key=public_key)
     if json_out:
         emit_json(report.__dict__)

@@ -21,6 +21,14 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+def read_from(url: str) -> None:
+    """Say on stderr which store a read-only command read (an empty answer from the wrong
+    store looks like an empty store)."""
+    from ..gallery.store import shown_url
+
+    err_console.print(f"store: {shown_url(url)}", markup=False, highlight=False, soft_wrap=True)
+
+
 def emit_json(data: Any) -> None:
     """Write one JSON document to stdout (no Rich markup, stable key order)."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")

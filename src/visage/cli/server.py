@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from .app import app
-from .options import JsonOpt, console, emit_json, err_console
+from .options import JsonOpt, console, emit_json, err_console, read_from
 
 keys_app = typer.Typer(help="Create, list and revoke the server's API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -29,18 +29,24 @@ if TYPE_CHECKING:  # imported where used: `visage --help` must not load the serv
     from ..server.settings import Settings
 
 
-def _key_store(settings: Settings) -> KeyStore:
+def _key_store(settings: Settings, *, create: bool = True) -> KeyStore:
     from ..gallery.store import open_engine
     from ..server.keys_store import KeyStore
 
-    return KeyStore(open_engine(settings.db_url, anchors=settings.audit_anchors))
+    engine = open_engine(settings.db_url, anchors=settings.audit_anchors, create=create)
+    return KeyStore(engine)
 
 
-def _keys(config: Path | None, db: str | None) -> KeyStore:
-    """The key store of the settings these options select."""
+def _keys(config: Path | None, db: str | None, *, read: bool = False) -> KeyStore:
+    """The key store of the settings these options select; ``read``: a read-only command,
+    which creates no store and says on stderr which store it read."""
     from ..server.settings import load_settings
 
-    return _key_store(load_settings(config=config, db=db))
+    settings = load_settings(config=config, db=db)
+    store = _key_store(settings, create=not read)
+    if read:
+        read_from(settings.db_url)
+    return store
 
 
 def _key_record(key: ApiKey) -> dict[str, Any]:
@@ -179,7 +185,7 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(config: ConfigOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """Every key (never its secret), revoked ones included."""
-    keys = _keys(config, db).keys()
+    keys = _keys(config, db, read=True).keys()
     if json_out:
         emit_json([_key_record(k) for k in keys])
         return
