@@ -171,3 +171,41 @@ def test_read_only_commands_create_no_store_and_name_the_one_read(tmp_path: Path
     assert [k["scopes"] for k in json.loads(listed.stdout)] == [["admin"]]
     persons = runner.invoke(app, ["persons", "list"], env=env)
     assert persons.stderr.strip() == "error: no collection named 'default'"  # read, not refused
+
+
+def test_enroll_counts_the_collection_and_says_what_it_skipped(
+    enrolled: str, faces_dir: Path, tmp_path: Path
+) -> None:
+    """A second run adding one person reports the collection's 4 persons (issue 13 item 9: it
+    said 1), and a loose photo, a folder inside a person folder and a folder without photos
+    are reported as skipped with why, none of them enrolled or made a person."""
+    newcomer, other = faces_dir / "people" / "Bill_McBride", faces_dir / "people" / "Billy_Crystal"
+    folder = tmp_path / "more"
+    (folder / newcomer.name / "old").mkdir(parents=True)
+    (folder / "sub").mkdir()
+    photos = sorted(newcomer.glob("*.jpg"))
+    shutil.copy(photos[0], folder / newcomer.name / photos[0].name)
+    shutil.copy(photos[1], folder / newcomer.name / "old" / photos[1].name)  # enrollable
+    loose = min(other.glob("*.jpg"))
+    shutil.copy(loose, folder / loose.name)
+    args = ["enroll", str(folder), "--basis", "consent", "--granted-by", "tests", "-c", "demo",
+            "--face", "center", "--db", enrolled]
+    code, out, err = run(*args, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert (doc["enrolled"], doc["persons"], doc["new_persons"]) == (1, 4, 1), doc
+    reasons = {Path(s["path"]).name: s["reason"] for s in doc["skipped"]}
+    assert set(reasons) == {loose.name, "old", "sub"}, reasons
+    assert "beside the person folders" in reasons[loose.name]
+    assert f"inside person folder {newcomer.name!r}" in reasons["old"]
+    assert "not made a person" in reasons["sub"]
+    code, out, _ = run("persons", "show", newcomer.name, "-c", "demo", "--db", enrolled, "--json")
+    assert json.loads(out)["templates"] == 1, "the photo in the nested folder was not enrolled"
+    code, out, _ = run("persons", "list", "-c", "demo", "--db", enrolled, "--json")
+    assert sorted(p["external_id"] for p in json.loads(out)) == sorted([*PEOPLE, newcomer.name])
+
+    code, out, err = run(*args)
+    assert code == 0
+    assert out.strip() == ("0 enrolled, 1 already enrolled, 0 refused, 3 skipped; "
+                           "4 persons in 'demo' (0 new)")
+    assert sum(line.startswith("skipped: ") for line in err.splitlines()) == 3, err

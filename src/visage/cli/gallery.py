@@ -129,26 +129,27 @@ def enroll(
     upsample: UpsampleOpt = 1,
     json_out: JsonOpt = False,
 ) -> None:
-    """Enroll every person folder in DIRECTORY (the folder name is the external id).
+    """Enroll every person folder in DIRECTORY (the folder name is the external id) from the
+    photos directly inside it; anything else is reported as skipped, with why.
 
     New persons get a consent record with the basis given here; persons already enrolled keep
     theirs (one whose consent was revoked is refused, not re-consented). Photos failing the
     quality gate or holding several faces (without --face) are refused with the reason.
     """
-    from ..facetable import collect_images
     from ..gallery import ConsentBasis
     from ..pipeline import parse_face_pick
 
     if not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
-    folders = sorted(p for p in directory.iterdir() if p.is_dir())
+    photos, skipped = _person_photos(directory)
+    folders = sorted({folder for folder, _ in photos})
     if not folders:
-        raise InputError(f"{directory}: no person sub-folders")
+        raise InputError(f"{directory}: no person sub-folders with photos")
     pick = parse_face_pick(face)
     until = _when(expires)
     ConsentBasis.parse(basis)  # refuse a bad basis before any person is created
-    photos = [(folder, photo) for folder in folders for photo in collect_images([folder])]
     rows: list[dict[str, Any]] = []
+    new = 0
     with _open(db, actor, pipeline_args=(detector, upsample)) as g:
         g.create_collection(collection, target_fpir=target_fpir, exist_ok=True)
         ids: dict[Path, str] = {}
@@ -161,6 +162,7 @@ def enroll(
                 g.grant_consent(collection, person.id, basis=basis, granted_by=granted_by,
                                 purpose=consent_purpose, expires_at=until)
                 ids[folder] = person.id
+                new += 1
         with progress_bar("enrolling", total=len(photos), enabled=not json_out) as advance:
             for folder, photo in photos:
                 try:
@@ -172,15 +174,51 @@ def enroll(
                     rows.append({"photo": str(photo), "person": folder.name,
                                  "status": "refused", "reason": str(exc)})
                 advance()
+        persons = g.collection(collection).persons
     counts = {s: sum(r["status"] == s for r in rows) for s in ("enrolled", "duplicate", "refused")}
     if json_out:
-        emit_json({"collection": collection, **counts, "photos": rows})
+        emit_json({"collection": collection, **counts, "skipped": skipped, "persons": persons,
+                   "new_persons": new, "photos": rows})
         return
     for r in rows:
         if r["status"] == "refused":
             typer.echo(f"refused: {r['reason']}", err=True)
+    for item in skipped:
+        typer.echo(f"skipped: {item['path']}: {item['reason']}", err=True)
     typer.echo(f"{counts['enrolled']} enrolled, {counts['duplicate']} already enrolled, "
-               f"{counts['refused']} refused; {len(folders)} persons in {collection!r}")
+               f"{counts['refused']} refused, {len(skipped)} skipped; {persons} persons in "
+               f"{collection!r} ({new} new)")
+
+
+def _person_photos(directory: Path) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
+    """``(person folder, photo)`` for the photos directly inside each sub-folder of
+    ``directory``, and what is skipped with why: photos beside the person folders, folders
+    inside a person folder, and sub-folders holding no photo (not made persons)."""
+    from ..facetable import IMAGE_SUFFIXES
+
+    def is_photo(path: Path) -> bool:
+        return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+    photos: list[tuple[Path, Path]] = []
+    skipped: list[dict[str, str]] = []
+    for entry in sorted(directory.iterdir()):
+        if is_photo(entry):
+            skipped.append({"path": str(entry), "reason": "a photo beside the person folders, "
+                            "not in one: move it into its person's folder"})
+        if not entry.is_dir():
+            continue
+        inside = sorted(entry.iterdir())
+        mine = [p for p in inside if is_photo(p)]
+        photos.extend((entry, p) for p in mine)
+        if not mine:
+            skipped.append({"path": str(entry), "reason": "no photo directly inside: not made "
+                            "a person (one folder per person, its photos directly inside)"})
+        skipped.extend(
+            {"path": str(p), "reason": f"a folder inside person folder {entry.name!r}: its "
+             "photos are not enrolled (one folder per person, its photos directly inside)"}
+            for p in inside if p.is_dir()
+        )
+    return photos, skipped
 
 
 @app.command()
