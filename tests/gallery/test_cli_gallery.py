@@ -209,3 +209,61 @@ def test_enroll_counts_the_collection_and_says_what_it_skipped(
     assert out.strip() == ("0 enrolled, 1 already enrolled, 0 refused, 3 skipped; "
                            "4 persons in 'demo' (0 new)")
     assert sum(line.startswith("skipped: ") for line in err.splitlines()) == 3, err
+
+
+def _at_80_columns(*args: str) -> str:
+    """A command's table as a user sees it in an 80-column terminal (a real process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-m", "visage", *args], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
+    return done.stdout
+
+
+def _column(table: str, index: int) -> list[str]:
+    """The cells of one column, each wrapped cell's lines joined back (without spaces)."""
+    cells: list[str] = []
+    for line in table.splitlines():
+        if line.startswith("│"):
+            part = line.split("│")[index + 1].strip()
+            if line.split("│")[1].strip() or not cells:  # first column filled: a new row
+                cells.append(part)
+            else:
+                cells[-1] += part
+    return cells
+
+
+def test_tables_at_80_columns_keep_every_id_and_path_whole(
+    enrolled: str, faces_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 13 item 5: at 80 columns the person ids, the key id `keys revoke` needs, the photo
+    path and the audit summary were cut with '…'. Now ids are never broken and other values
+    wrap."""
+    _, out, _ = run("persons", "list", "-c", "demo", "--db", enrolled, "--json")
+    ids = [p["id"] for p in json.loads(out)]
+    shown = _at_80_columns("persons", "list", "-c", "demo", "--db", enrolled)
+    assert "…" not in shown and all(pid in shown for pid in ids), shown
+
+    made = runner.invoke(app, ["keys", "create", "--scopes", "identify", "--collections",
+                               "demo,a-rather-long-collection-name,another-long-collection",
+                               "--name", "the camera at the north door", "--db", enrolled,
+                               "--json"])
+    key_id = json.loads(made.stdout)["id"]
+    shown = _at_80_columns("keys", "list", "--db", enrolled)
+    assert "…" not in shown and key_id in shown, shown
+
+    shown = _at_80_columns("audit", "show", "-n", "5", "--db", enrolled)
+    assert "…" not in shown and "key.create" in _column(shown, 3), shown
+    assert f"key={key_id}" in "".join(_column(shown, 6)), shown
+
+    deep = tmp_path / "a-rather-long-folder-name" / "with" / "several" / "levels"
+    deep.mkdir(parents=True)
+    probe = shutil.copy(faces_dir / "people" / "Angelina_Jolie" / "Angelina_Jolie_0003.jpg", deep)
+    shown = _at_80_columns("identify", str(probe), "-c", "demo", "--face", "center",
+                           "--db", enrolled)
+    assert "…" not in shown and "".join(_column(shown, 0)) == str(probe), shown  # one row

@@ -18,6 +18,7 @@ from rich.table import Table
 from ..errors import InputError
 from .app import app
 from .options import DetectorOpt, JsonOpt, console, emit_json, err_console
+from .options import table as new_table
 
 if TYPE_CHECKING:  # the edge code is imported where used, so `visage --help` stays fast
     from ..edge.agent import AgentReport
@@ -396,7 +397,7 @@ def edge_status(state: StateOpt = DEFAULT_STATE, json_out: JsonOpt = False) -> N
     if json_out:
         emit_json(doc)
         return
-    table = Table("", "")
+    table = new_table("", "")
     for name, value in doc.items():
         table.add_row(name, str(len(value)) if name == "dead" else str(value))
     console.print(table)

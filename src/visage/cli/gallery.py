@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from ..errors import InputError, NotFound, StorageError, VisageError
 from .app import app
 from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console, read_from
+from .options import table as new_table
 from .progress import progress_bar
 
 if TYPE_CHECKING:  # the gallery is imported where used, so `visage --help` stays fast
@@ -267,7 +267,7 @@ def identify(
     if json_out:
         emit_json(results)
     else:
-        table = Table("photo", "answer", "distance", "next candidates")
+        table = new_table("photo", "answer", "distance", "next candidates")
         for r in results:
             if "error" in r:
                 table.add_row(r["photo"], f"error: {r['error']}", "", "")
@@ -296,7 +296,7 @@ def persons_list(
     if json_out:
         emit_json([_person_record(p) for p in people])
         return
-    table = Table("id", "name", "external id", "templates", "consent")
+    table = new_table("id", "name", "external id", "templates", "consent", whole={"id"})
     for p in people:
         table.add_row(p.id, p.display_name, p.external_id or "", str(p.templates),
                       _consent_status(p))
@@ -319,7 +319,7 @@ def persons_show(
         return
     for key in ("id", "display_name", "external_id", "templates", "consent_valid", "created_at"):
         typer.echo(f"{key}: {record[key]}")
-    table = Table("consent", "basis", "granted by", "granted", "expires", "revoked", "status")
+    table = new_table("consent", "basis", "granted by", "granted", "expires", "revoked", "status")
     for c in record["consents"]:
         table.add_row(str(c["id"]), c["basis"], c["granted_by"], c["granted_at"],
                       c["expires_at"] or "", c["revoked_at"] or "", c["status"])
@@ -403,11 +403,12 @@ def audit_show(
     if json_out:
         emit_json([e.__dict__ for e in events])
         return
-    table = Table("seq", "time", "actor", "action", "collection", "purpose", "summary")
+    table = new_table("seq", "time", "actor", "action", "collection", "purpose", "summary",
+                      whole={"seq"})
     for e in events:
-        summary = ", ".join(f"{k}={v}" for k, v in sorted(e.summary.items()) if k != "candidates")
+        summary = "\n".join(f"{k}={v}" for k, v in sorted(e.summary.items()) if k != "candidates")
         table.add_row(str(e.seq), e.at[:19], e.actor, e.action, e.collection or "",
-                      e.purpose or "", summary[:80])
+                      e.purpose or "", summary)
     console.print(table)
 
 

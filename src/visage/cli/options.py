@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Collection
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 DetectorOpt = Annotated[
@@ -19,6 +21,15 @@ UpsampleOpt = Annotated[
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def table(*headers: str, whole: Collection[str] = ()) -> Table:
+    """A table that never cuts a value on a narrow terminal: the ``whole`` columns (ids, to be
+    copied into the next command) are never broken, every other column wraps instead of
+    ending in an ellipsis."""
+    return Table(*(
+        Column(h, no_wrap=True) if h in whole else Column(h, overflow="fold") for h in headers
+    ))
 
 
 def read_from(url: str) -> None:

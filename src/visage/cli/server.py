@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from .app import app
 from .options import JsonOpt, console, emit_json, err_console, read_from
+from .options import table as new_table
 
 keys_app = typer.Typer(help="Create, list and revoke the server's API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -189,7 +189,8 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None, json_out: JsonOpt = Fa
     if json_out:
         emit_json([_key_record(k) for k in keys])
         return
-    table = Table("id", "name", "scopes", "collections", "rate", "created", "revoked")
+    table = new_table("id", "name", "scopes", "collections", "rate", "created", "revoked",
+                      whole={"id"})
     for key in keys:
         r = _key_record(key)
         table.add_row(
