@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
@@ -161,3 +162,35 @@ def test_choice_options_spell_the_enums_they_stand_for() -> None:
 
     assert get_args(WhenFull) == tuple(p.value for p in FullPolicy)
     assert get_args(NoFace) == tuple(m.value for m in MissingFace)
+
+
+def test_one_convention_for_the_collection_and_the_output_file() -> None:
+    """Issue 13 item 12: `export COLLECTION PATH` was positional and `import --as NAME`, while
+    every other command says --collection and --out. Every command naming a collection or an
+    output file now spells it --collection / -c and --out / -o."""
+    import typer.main
+
+    def commands(group: Any, prefix: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):  # a group (Typer bundles its own click)
+                found.update(commands(cmd, f"{prefix}{name} "))
+            else:
+                found[f"{prefix}{name}"] = cmd
+        return found
+
+    def is_option(param: Any) -> bool:
+        return bool(param.param_type_name == "option")
+
+    every = commands(typer.main.get_command(app), "")
+    assert {"export", "import", "enroll", "identify"} <= set(every)  # control: they are seen
+    for name, cmd in every.items():
+        for param in cmd.params:
+            if param.name == "collection":
+                assert is_option(param) and "--collection" in param.opts, name
+                assert "-c" in param.opts, name
+            if param.name in ("out", "path") and is_option(param):
+                assert param.opts[0] == "--out", name
+    export = {p.name: p for p in every["export"].params}
+    assert "--out" in export["path"].opts and is_option(export["collection"])
+    assert "--collection" in {p.name: p for p in every["import"].params}["name"].opts

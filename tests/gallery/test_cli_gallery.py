@@ -114,11 +114,11 @@ def test_audit_verify_names_the_tampered_row(enrolled: str) -> None:
 
 def test_export_import(enrolled: str, tmp_path: Path) -> None:
     dump = tmp_path / "demo.jsonl"
-    code, out, _ = run("export", "demo", str(dump), "--db", enrolled, "--json")
+    code, out, _ = run("export", "-c", "demo", "--out", str(dump), "--db", enrolled, "--json")
     assert code == 0 and json.loads(out)["templates"] == 6
     assert "image" not in dump.read_text()
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    code, out, _ = run("import", str(dump), "--as", "copy", "--db", other, "--json")
+    code, out, _ = run("import", str(dump), "--collection", "copy", "--db", other, "--json")
     assert code == 0 and (json.loads(out)["persons"], json.loads(out)["templates"]) == (3, 6)
     code, out, _ = run("persons", "list", "-c", "copy", "--db", other, "--json")
     assert len(json.loads(out)) == 3

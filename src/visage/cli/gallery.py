@@ -464,8 +464,8 @@ def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]
 
 @app.command("export")
 def export_collection(
-    collection: Annotated[str, typer.Argument(help="The collection to export.")],
-    path: Annotated[Path, typer.Argument(help="Output file (JSON lines; no images).")],
+    path: Annotated[Path, typer.Option("--out", "-o", help="Output file (JSON lines; no images).")],
+    collection: CollectionOpt = "default",
     db: DbOpt = None,
     actor: ActorOpt = None,
     purpose: PurposeOpt = None,
@@ -485,7 +485,8 @@ def export_collection(
 @app.command("import")
 def import_collection(
     path: Annotated[Path, typer.Argument(help="A file written by `visage export`.")],
-    name: Annotated[str | None, typer.Option("--as", help="New collection name.")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--collection", "-c", help="The new collection's name (default: the exported one's).")] = None,
     db: DbOpt = None,
     actor: ActorOpt = None,
     purpose: PurposeOpt = None,
