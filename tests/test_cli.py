@@ -194,3 +194,23 @@ def test_one_convention_for_the_collection_and_the_output_file() -> None:
     export = {p.name: p for p in every["export"].params}
     assert "--out" in export["path"].opts and is_option(export["collection"])
     assert "--collection" in {p.name: p for p in every["import"].params}["name"].opts
+
+
+def test_help_text_is_wrapped_to_the_terminal_not_to_the_docstring() -> None:
+    """Issue 13 item 11: `enroll --help` at 80 columns broke sentences where the docstring has
+    line breaks ("persons already enrolled keep" / "theirs ..."). Each paragraph now fills its
+    lines: every line but a paragraph's last is over 60 characters."""
+    import os
+    import subprocess
+    import sys
+
+    for command in (["enroll"], ["audit", "verify"], ["edge", "run"], ["video"]):
+        done = subprocess.run([sys.executable, "-m", "visage", *command, "--help"],
+                              capture_output=True, text=True, check=True, timeout=60,
+                              env={**os.environ, "COLUMNS": "80"})
+        prose = done.stdout.split("╭")[0].splitlines()[3:]  # after the usage line
+        paragraphs = "\n".join(line.strip() for line in prose).strip().split("\n\n")
+        assert len(paragraphs) >= 1 and paragraphs[0], done.stdout
+        for paragraph in paragraphs:
+            lines = paragraph.splitlines()
+            assert all(len(line) > 60 for line in lines[:-1]), (command, paragraph)
