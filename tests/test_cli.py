@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 from typer.testing import CliRunner
@@ -128,3 +129,93 @@ def test_unknown_detector_is_a_usage_error(people_photos: list[Path]) -> None:
     assert code == 2 and out == "", (code, out, err)
     flat = " ".join(err.replace("│", " ").split())  # Rich boxes and wraps usage errors
     assert "Invalid value for '--detector' / '-d': unknown detector 'mtcnn'; choose one of hog, cnn" in flat
+
+
+HEAVY = ("visage.server", "visage.gallery.service", "visage.edge", "fastapi", "sqlalchemy",
+         "onnxruntime")
+
+
+def test_import_of_the_cli_loads_no_server_gallery_edge_or_runtime() -> None:
+    """`visage --help` stays fast (issue 13: 3.8 s before) because the command modules import
+    the server, gallery, edge and model runtime code only inside the commands that use it."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, visage.cli\n"
+        f"heavy = {HEAVY!r}\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+        "import visage.server.app, visage.gallery.service, visage.edge.agent, onnxruntime\n"
+        "print(sorted(m for m in heavy if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=120)
+    after_cli, after_all = done.stdout.splitlines()
+    assert after_all == repr(sorted(HEAVY)), "control: the names are the modules' real names"
+    assert after_cli == "[]", f"import visage.cli loaded {after_cli}"
+
+
+def test_choice_options_spell_the_enums_they_stand_for() -> None:
+    """--when-full and --no-face are declared as Literals (no edge/eval import at start-up);
+    their values are those of the enums the commands convert them to."""
+    from typing import get_args
+
+    from visage.cli.edge import WhenFull
+    from visage.cli.eval import NoFace
+    from visage.edge.queue import FullPolicy
+    from visage.eval.protocols import MissingFace
+
+    assert get_args(WhenFull) == tuple(p.value for p in FullPolicy)
+    assert get_args(NoFace) == tuple(m.value for m in MissingFace)
+
+
+def test_one_convention_for_the_collection_and_the_output_file() -> None:
+    """Issue 13 item 12: `export COLLECTION PATH` was positional and `import --as NAME`, while
+    every other command says --collection and --out. Every command naming a collection or an
+    output file now spells it --collection / -c and --out / -o."""
+    import typer.main
+
+    def commands(group: Any, prefix: str) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for name, cmd in group.commands.items():
+            if hasattr(cmd, "commands"):  # a group (Typer bundles its own click)
+                found.update(commands(cmd, f"{prefix}{name} "))
+            else:
+                found[f"{prefix}{name}"] = cmd
+        return found
+
+    def is_option(param: Any) -> bool:
+        return bool(param.param_type_name == "option")
+
+    every = commands(typer.main.get_command(app), "")
+    assert {"export", "import", "enroll", "identify"} <= set(every)  # control: they are seen
+    for name, cmd in every.items():
+        for param in cmd.params:
+            if param.name == "collection":
+                assert is_option(param) and "--collection" in param.opts, name
+                assert "-c" in param.opts, name
+            if param.name in ("out", "path") and is_option(param):
+                assert param.opts[0] == "--out", name
+    export = {p.name: p for p in every["export"].params}
+    assert "--out" in export["path"].opts and is_option(export["collection"])
+    assert "--collection" in {p.name: p for p in every["import"].params}["name"].opts
+
+
+def test_help_text_is_wrapped_to_the_terminal_not_to_the_docstring() -> None:
+    """Issue 13 item 11: `enroll --help` at 80 columns broke sentences where the docstring has
+    line breaks ("persons already enrolled keep" / "theirs ..."). Each paragraph now fills its
+    lines: every line but a paragraph's last is over 60 characters."""
+    import os
+    import subprocess
+    import sys
+
+    for command in (["enroll"], ["audit", "verify"], ["edge", "run"], ["video"]):
+        done = subprocess.run([sys.executable, "-m", "visage", *command, "--help"],
+                              capture_output=True, text=True, check=True, timeout=60,
+                              env={**os.environ, "COLUMNS": "80"})
+        prose = done.stdout.split("╭")[0].splitlines()[3:]  # after the usage line
+        paragraphs = "\n".join(line.strip() for line in prose).strip().split("\n\n")
+        assert len(paragraphs) >= 1 and paragraphs[0], done.stdout
+        for paragraph in paragraphs:
+            lines = paragraph.splitlines()
+            assert all(len(line) > 60 for line in lines[:-1]), (command, paragraph)

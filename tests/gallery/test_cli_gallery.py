@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 from typer.testing import CliRunner
 
 from visage.cli import app
@@ -85,6 +85,18 @@ def test_persons_consent_and_delete(enrolled: str) -> None:
     assert [e["action"] for e in json.loads(out)][-2:] == ["consent.revoke", "person.delete"]
 
 
+def test_delete_without_a_terminal_needs_yes(enrolled: str) -> None:
+    """No terminal (a script, CI, CliRunner) and no --yes: one line naming --yes, exit 1, and
+    nothing deleted; with --yes the same call deletes (issue 13 item 7: it said "Aborted.")."""
+    code, out, err = run("persons", "delete", "Angelina_Jolie", "-c", "demo", "--db", enrolled)
+    assert code == 1 and "Aborted" not in out + err
+    assert err.strip() == "error: persons delete: no terminal to confirm on; pass --yes to delete"
+    code, out, _ = run("persons", "show", "Angelina_Jolie", "-c", "demo", "--db", enrolled, "--json")
+    assert code == 0 and json.loads(out)["templates"] == 2
+    code, out, _ = run("persons", "delete", "Angelina_Jolie", "-c", "demo", "--yes", "--db", enrolled)
+    assert code == 0 and "2 templates removed" in out
+
+
 def test_audit_verify_names_the_tampered_row(enrolled: str) -> None:
     code, out, _ = run("audit", "verify", "--db", enrolled)
     assert code == 0 and "audit chain intact" in out
@@ -94,16 +106,19 @@ def test_audit_verify_names_the_tampered_row(enrolled: str) -> None:
     engine.dispose()
     code, _, err = run("audit", "verify", "--db", enrolled)
     assert code == 1
-    assert err.strip() == "error: audit chain broken at event 7: its contents do not match its hash"
+    assert err.strip().splitlines() == [
+        f"store: {make_url(enrolled).render_as_string(hide_password=True)}",
+        "error: audit chain broken at event 7: its contents do not match its hash",
+    ]
 
 
 def test_export_import(enrolled: str, tmp_path: Path) -> None:
     dump = tmp_path / "demo.jsonl"
-    code, out, _ = run("export", "demo", str(dump), "--db", enrolled, "--json")
+    code, out, _ = run("export", "-c", "demo", "--out", str(dump), "--db", enrolled, "--json")
     assert code == 0 and json.loads(out)["templates"] == 6
     assert "image" not in dump.read_text()
     other = f"sqlite:///{tmp_path / 'other.db'}"
-    code, out, _ = run("import", str(dump), "--as", "copy", "--db", other, "--json")
+    code, out, _ = run("import", str(dump), "--collection", "copy", "--db", other, "--json")
     assert code == 0 and (json.loads(out)["persons"], json.loads(out)["templates"]) == (3, 6)
     code, out, _ = run("persons", "list", "-c", "copy", "--db", other, "--json")
     assert len(json.loads(out)) == 3
@@ -125,3 +140,130 @@ def test_bad_input_is_one_line_and_exit_1(enrolled: str, tmp_path: Path) -> None
         code, _, err = run(*args, "--db", enrolled)
         assert code == 1, args
         assert len(err.strip().splitlines()) == 1 and err.startswith("error: "), (args, err)
+
+
+def test_read_only_commands_create_no_store_and_name_the_one_read(tmp_path: Path) -> None:
+    """Without VISAGE_DB and without a default store, keys list / persons list / audit show /
+    audit verify say which store they looked for and exit 1, leaving no file behind (issue 13
+    item 8: keys list made an empty store and showed an empty table). Once a store exists
+    they read it and say which."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"HOME": str(home), "VISAGE_DB": None, "VISAGE_CONFIG": None}
+    default = home / ".local" / "share" / "visage" / "visage.db"
+    reads = [("keys", "list"), ("persons", "list"), ("audit", "show"), ("audit", "verify")]
+    for args in reads:
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == 1, (args, result.output)
+        assert result.stderr.strip() == (
+            f"error: no gallery store at {default} (none is created to read from; "
+            "name the store with --db or VISAGE_DB)"
+        ), (args, result.stderr)
+        assert not (home / ".local").exists(), f"{args} created {default}"
+
+    created = runner.invoke(app, ["keys", "create", "--scopes", "admin"], env=env)
+    assert created.exit_code == 0 and default.exists(), created.stderr  # a write makes the store
+    for args in [a for a in reads if a[0] != "persons"]:  # the new store has no collection
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == 0, (args, result.stderr)
+        assert f"store: sqlite:///{default}" in result.stderr.splitlines(), (args, result.stderr)
+    listed = runner.invoke(app, ["keys", "list", "--json"], env=env)
+    assert [k["scopes"] for k in json.loads(listed.stdout)] == [["admin"]]
+    persons = runner.invoke(app, ["persons", "list"], env=env)
+    assert persons.stderr.strip() == "error: no collection named 'default'"  # read, not refused
+
+
+def test_enroll_counts_the_collection_and_says_what_it_skipped(
+    enrolled: str, faces_dir: Path, tmp_path: Path
+) -> None:
+    """A second run adding one person reports the collection's 4 persons (issue 13 item 9: it
+    said 1), and a loose photo, a folder inside a person folder and a folder without photos
+    are reported as skipped with why, none of them enrolled or made a person."""
+    newcomer, other = faces_dir / "people" / "Bill_McBride", faces_dir / "people" / "Billy_Crystal"
+    folder = tmp_path / "more"
+    (folder / newcomer.name / "old").mkdir(parents=True)
+    (folder / "sub").mkdir()
+    photos = sorted(newcomer.glob("*.jpg"))
+    shutil.copy(photos[0], folder / newcomer.name / photos[0].name)
+    shutil.copy(photos[1], folder / newcomer.name / "old" / photos[1].name)  # enrollable
+    loose = min(other.glob("*.jpg"))
+    shutil.copy(loose, folder / loose.name)
+    args = ["enroll", str(folder), "--basis", "consent", "--granted-by", "tests", "-c", "demo",
+            "--face", "center", "--db", enrolled]
+    code, out, err = run(*args, "--json")
+    assert code == 0, err
+    doc = json.loads(out)
+    assert (doc["enrolled"], doc["persons"], doc["new_persons"]) == (1, 4, 1), doc
+    reasons = {Path(s["path"]).name: s["reason"] for s in doc["skipped"]}
+    assert set(reasons) == {loose.name, "old", "sub"}, reasons
+    assert "beside the person folders" in reasons[loose.name]
+    assert f"inside person folder {newcomer.name!r}" in reasons["old"]
+    assert "not made a person" in reasons["sub"]
+    code, out, _ = run("persons", "show", newcomer.name, "-c", "demo", "--db", enrolled, "--json")
+    assert json.loads(out)["templates"] == 1, "the photo in the nested folder was not enrolled"
+    code, out, _ = run("persons", "list", "-c", "demo", "--db", enrolled, "--json")
+    assert sorted(p["external_id"] for p in json.loads(out)) == sorted([*PEOPLE, newcomer.name])
+
+    code, out, err = run(*args)
+    assert code == 0
+    assert out.strip() == ("0 enrolled, 1 already enrolled, 0 refused, 3 skipped; "
+                           "4 persons in 'demo' (0 new)")
+    assert sum(line.startswith("skipped: ") for line in err.splitlines()) == 3, err
+
+
+def _at_80_columns(*args: str) -> str:
+    """A command's table as a user sees it in an 80-column terminal (a real process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "80"}
+    done = subprocess.run([sys.executable, "-m", "visage", *args], capture_output=True, text=True,
+                          env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert max(len(line) for line in done.stdout.splitlines()) <= 80
+    return done.stdout
+
+
+def _column(table: str, index: int) -> list[str]:
+    """The cells of one column, each wrapped cell's lines joined back (without spaces)."""
+    cells: list[str] = []
+    for line in table.splitlines():
+        if line.startswith("│"):
+            part = line.split("│")[index + 1].strip()
+            if line.split("│")[1].strip() or not cells:  # first column filled: a new row
+                cells.append(part)
+            else:
+                cells[-1] += part
+    return cells
+
+
+def test_tables_at_80_columns_keep_every_id_and_path_whole(
+    enrolled: str, faces_dir: Path, tmp_path: Path
+) -> None:
+    """Issue 13 item 5: at 80 columns the person ids, the key id `keys revoke` needs, the photo
+    path and the audit summary were cut with '…'. Now ids are never broken and other values
+    wrap."""
+    _, out, _ = run("persons", "list", "-c", "demo", "--db", enrolled, "--json")
+    ids = [p["id"] for p in json.loads(out)]
+    shown = _at_80_columns("persons", "list", "-c", "demo", "--db", enrolled)
+    assert "…" not in shown and all(pid in shown for pid in ids), shown
+
+    made = runner.invoke(app, ["keys", "create", "--scopes", "identify", "--collections",
+                               "demo,a-rather-long-collection-name,another-long-collection",
+                               "--name", "the camera at the north door", "--db", enrolled,
+                               "--json"])
+    key_id = json.loads(made.stdout)["id"]
+    shown = _at_80_columns("keys", "list", "--db", enrolled)
+    assert "…" not in shown and key_id in shown, shown
+
+    shown = _at_80_columns("audit", "show", "-n", "5", "--db", enrolled)
+    assert "…" not in shown and "key.create" in _column(shown, 3), shown
+    assert f"key={key_id}" in "".join(_column(shown, 6)), shown
+
+    deep = tmp_path / "a-rather-long-folder-name" / "with" / "several" / "levels"
+    deep.mkdir(parents=True)
+    probe = shutil.copy(faces_dir / "people" / "Angelina_Jolie" / "Angelina_Jolie_0003.jpg", deep)
+    shown = _at_80_columns("identify", str(probe), "-c", "demo", "--face", "center",
+                           "--db", enrolled)
+    assert "…" not in shown and "".join(_column(shown, 0)) == str(probe), shown  # one row

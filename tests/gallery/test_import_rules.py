@@ -60,7 +60,7 @@ def exported(db_url: str, tmp_path: Path, faces_dir: Path) -> tuple[str, Path, l
                        "-c", "demo", "--face", "center", "--db", db_url, "--json")
     assert code == 0, err
     dump = tmp_path / "demo.jsonl"
-    code, _, err = run("export", "demo", str(dump), "--db", db_url)
+    code, _, err = run("export", "-c", "demo", "-o", str(dump), "--db", db_url)
     assert code == 0, err
     lines = [json.loads(line) for line in dump.read_text().splitlines()]
     return db_url, dump, lines
@@ -120,7 +120,7 @@ def test_a_crafted_import_is_refused_whole_and_audited(
         record["person"]["display_name"] = "Mal\u202elory"
     before = counts(db)
     path = crafted(lines, record, tmp_path / "crafted.jsonl")
-    code, _, err = run("import", str(path), "--as", "imp", "--db", db)
+    code, _, err = run("import", str(path), "-c", "imp", "--db", db)
     assert code == 1 and err.startswith(f"error: {path} line 4: ") and message in err, err
     assert len(err.strip().splitlines()) == 1
     assert counts(db) == before  # nothing half-imported: not even the genuine persons
@@ -135,7 +135,7 @@ def test_the_genuine_export_imports_and_finds_the_twin(
     exported: tuple[str, Path, list[dict[str, Any]]], faces_dir: Path
 ) -> None:
     db, dump, _ = exported
-    code, out, err = run("import", str(dump), "--as", "imp", "--db", db, "--json")
+    code, out, err = run("import", str(dump), "-c", "imp", "--db", db, "--json")
     assert code == 0 and json.loads(out)["templates"] == 2, err
     assert refusals(db) == []
     probe = faces_dir / "people" / "Angelina_Jolie" / "Angelina_Jolie_0001.jpg"

@@ -56,7 +56,7 @@ def test_store_files_and_folders_are_owner_only(tmp_path: Path) -> None:
     export.write_text("an older, world-readable file\n")
     export.chmod(0o644)
     done = subprocess.run(
-        [sys.executable, "-m", "visage", "export", "people", str(export), "--db", str(db)],
+        [sys.executable, "-m", "visage", "export", "-c", "people", "-o", str(export), "--db", str(db)],
         check=False, capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr

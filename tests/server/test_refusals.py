@@ -21,6 +21,7 @@ import httpx
 import pytest
 from PIL import Image
 
+from tests.conftest import two_face_photo
 from visage.server.auth import SECURITY_LOG_BURST, SECURITY_LOG_RATE
 
 from .conftest import Server, problem, start_server, stop_server
@@ -207,3 +208,32 @@ def test_forbidden_is_audited_and_unauthorized_floods_a_rate_limited_log_not_the
     counts = [re.search(r"; (\d+) more refused authentications not logged", x) for x in lines]
     assert counts[-1] is not None, lines[-1]  # the line after the quiet names what it skipped
     assert len(lines) + sum(int(c.group(1)) for c in counts if c) == 61, "each logged or counted"
+
+
+def test_enrollment_checks_person_then_consent_then_photo(
+    server: Server, setup: tuple[httpx.Client, str, str], people_photos: list[Path],
+    tmp_path: Path,
+) -> None:
+    """A two-face photo is refused as ambiguous only for a consented person: for nobody it is a
+    404 (and no refusal event naming nobody), without consent it is the audited no-consent."""
+    client, actor, collection = setup
+    group = two_face_photo(people_photos[0], people_photos[-1], tmp_path / "two.jpg").read_bytes()
+    base = f"/v1/collections/{collection}/persons"
+    start = head(server)
+    ada = person(client, collection, consent=True)
+    ambiguous = problem(client.post(f"{base}/{ada}/faces", content=group, headers=JPEG), 422)
+    assert "2 faces found" in str(ambiguous["detail"]), ambiguous
+    assert_refusal(events_since(server, start)[int(str(ambiguous["audit_seq"]))],
+                   "enroll.refused", actor, "AmbiguousFace")
+
+    before = head(server)
+    nobody = problem(client.post(f"{base}/Nobody/faces", content=group, headers=JPEG), 404)
+    assert "Nobody" in str(nobody["detail"]), nobody
+    assert head(server) == before, "no enroll.refused event for a person who does not exist"
+
+    bob = person(client, collection, consent=False)
+    refused = problem(client.post(f"{base}/{bob}/faces", content=group, headers=JPEG), 409)
+    assert "no valid consent" in str(refused["detail"]), refused
+    event = events_since(server, start)[int(str(refused["audit_seq"]))]
+    assert_refusal(event, "enroll.refused", actor, "ConsentError")
+    assert event["summary"]["person"] == bob

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import typer
@@ -17,12 +18,29 @@ class _VisageGroup(TyperGroup):
     behaviour: users never see a traceback for bad input.
     """
 
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            _reflow(command)
+        return command
+
     def invoke(self, ctx: typer.Context) -> Any:
         try:
             return super().invoke(ctx)
         except VisageError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
+
+
+def _reflow(command: Any) -> None:
+    """Each paragraph of a command's docstring (and its sub-commands') as one line, for Rich
+    to wrap at the terminal's width: Typer keeps the docstring's own line breaks, which break
+    sentences in two at 80 columns."""
+    if command.help:
+        paragraphs = inspect.cleandoc(command.help).split("\n\n")
+        command.help = "\n\n".join(" ".join(p.split()) for p in paragraphs)
+    for sub in getattr(command, "commands", {}).values():
+        _reflow(sub)
 
 
 app = typer.Typer(

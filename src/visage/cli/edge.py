@@ -10,25 +10,20 @@ import threading
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
-from ..api import pipeline as get_pipeline
-from ..edge.agent import SNAPSHOT_FILE, Agent, AgentConfig, AgentReport
-from ..edge.identity import GalleryIdentifier, Identifier
-from ..edge.queue import EventQueue, FullPolicy, QueueLimits
-from ..edge.snapshot import OfflineGallery, verify_snapshot
-from ..edge.sync import HttpUplink
-from ..edge.timeline import Timeline, annotate_video, process_video
-from ..edge.tracker import TrackerConfig
-from ..edge.video import VideoSource
 from ..errors import InputError
-from ..gallery import Gallery
-from ..signing import load_signing_key, parse_public_key, public_key_text
 from .app import app
 from .options import DetectorOpt, JsonOpt, console, emit_json, err_console
+from .options import table as new_table
+
+if TYPE_CHECKING:  # the edge code is imported where used, so `visage --help` stays fast
+    from ..edge.agent import AgentReport
+    from ..edge.identity import Identifier
+    from ..edge.timeline import Timeline
 
 edge_app = typer.Typer(
     help="The edge agent: process cameras and videos on this device, sync "
@@ -72,6 +67,9 @@ StateOpt = Annotated[
     Path,
     typer.Option("--state", help="The agent's folder: queue, device id, pinned key, snapshot."),
 ]
+WhenFull = Literal["drop-oldest", "refuse-new"]
+"""The values of :class:`visage.edge.queue.FullPolicy`, spelt out so that the option is declared
+without importing the edge code (a test keeps the two equal)."""
 TrustOpt = Annotated[
     str | None,
     typer.Option(
@@ -149,6 +147,15 @@ def video(
 
     With --collection (local gallery) or --snapshot (signed, offline) each track is identified.
     """
+    from ..api import pipeline as get_pipeline
+    from ..edge.identity import GalleryIdentifier
+    from ..edge.snapshot import OfflineGallery, verify_snapshot
+    from ..edge.timeline import annotate_video, process_video
+    from ..edge.tracker import TrackerConfig
+    from ..edge.video import VideoSource
+    from ..gallery import Gallery
+    from ..signing import parse_public_key
+
     if collection is not None and snapshot is not None:
         raise InputError("use --collection or --snapshot, not both")
     pipe = get_pipeline(detector, upsample)
@@ -242,9 +249,9 @@ def edge_run(
         float, typer.Option("--max-mb", min=0.01, help="Queue cap, MiB of payload.")
     ] = 256.0,
     when_full: Annotated[
-        FullPolicy,
+        WhenFull,
         typer.Option("--when-full", help="drop-oldest (keep recent activity) or refuse-new."),
-    ] = FullPolicy.DROP_OLDEST,
+    ] = "drop-oldest",
     drain: Annotated[
         float,
         typer.Option("--drain", min=0, help="Seconds to keep uploading after the source ends."),
@@ -261,13 +268,19 @@ def edge_run(
 
     SIGTERM or Ctrl-C stops it cleanly (open tracks are closed and queued).
     """
+    from ..api import pipeline as get_pipeline
+    from ..edge.agent import Agent, AgentConfig
+    from ..edge.queue import FullPolicy, QueueLimits
+    from ..edge.sync import HttpUplink
+    from ..edge.video import VideoSource
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = AgentConfig(
         collection=collection,
         state_dir=_state(state),
         send_crops=send_crops,
         queue=QueueLimits(
-            max_events=max_events, max_bytes=int(max_mb * 1024 * 1024), policy=when_full
+            max_events=max_events, max_bytes=int(max_mb * 1024 * 1024), policy=FullPolicy(when_full)
         ),
         snapshot_refresh_s=refresh,
         trust=_trust_text(trust),
@@ -329,6 +342,9 @@ def edge_pull(
     json_out: JsonOpt = False,
 ) -> None:
     """Fetch, verify and install the server's offline snapshot for the collection."""
+    from ..edge.agent import Agent, AgentConfig
+    from ..edge.sync import HttpUplink
+
     config = AgentConfig(
         collection=collection, state_dir=_state(state), trust=_trust_text(trust), snapshot_ttl_s=ttl
     )
@@ -357,6 +373,9 @@ def edge_pull(
 @edge_app.command("status")
 def edge_status(state: StateOpt = DEFAULT_STATE, json_out: JsonOpt = False) -> None:
     """The agent's queue (pending, dead, dropped) and snapshot, read from its folder."""
+    from ..edge.agent import SNAPSHOT_FILE
+    from ..edge.queue import EventQueue
+
     folder = _state(state)
     with EventQueue(folder / "queue.db") as queue:
         stats = queue.stats()
@@ -378,7 +397,7 @@ def edge_status(state: StateOpt = DEFAULT_STATE, json_out: JsonOpt = False) -> N
     if json_out:
         emit_json(doc)
         return
-    table = Table("", "")
+    table = new_table("", "")
     for name, value in doc.items():
         table.add_row(name, str(len(value)) if name == "dead" else str(value))
     console.print(table)
@@ -399,6 +418,8 @@ def edge_keygen(
     Point the server at it with VISAGE_EDGE_SIGNING_KEY; by default the server keeps one beside
     its SQLite store.
     """
+    from ..signing import load_signing_key, public_key_text
+
     key = load_signing_key(path, create=True)
     console.print(public_key_text(key.public_key()), soft_wrap=True)
     err_console.print(

@@ -5,45 +5,26 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
-from ..api import pipeline as get_pipeline
-from ..decision import Calibration, default_calibration, load_calibration
 from ..errors import InputError, ModelError
-from ..eval import metrics, plots
-from ..eval.protocols import (
-    Embedded,
-    MissingFace,
-    all_pairs,
-    embed_photos,
-    read_groups,
-    read_identification_list,
-    read_pairs,
-    score_identification,
-    score_pairs,
-)
-from ..eval.report import (
-    format_rate,
-    html_report,
-    operating_point_cells,
-    operating_point_headers,
-)
-from ..eval.results import (
-    Acquired,
-    CalibrationCheck,
-    IdentificationResult,
-    VerificationResult,
-    calibrate,
-    evaluate_identification,
-    evaluate_verification,
-    require_support,
-)
 from .app import app
 from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json
 from .progress import progress_bar
+
+if TYPE_CHECKING:  # the eval code (numpy, matplotlib) is imported where used: a fast --help
+    from ..decision import Calibration
+    from ..eval import metrics
+    from ..eval.protocols import Embedded, MissingFace
+    from ..eval.results import (
+        Acquired,
+        CalibrationCheck,
+        IdentificationResult,
+        VerificationResult,
+    )
 
 eval_app = typer.Typer(
     help="Measure error rates on labelled photos: verification pairs or identification.",
@@ -73,8 +54,11 @@ CalibrationOpt = Annotated[
         help="A calibration record to evaluate on this data (default: the one Visage ships).",
     ),
 ]
+NoFace = Literal["count", "centre"]
+"""The values of :class:`visage.eval.protocols.MissingFace`, spelt out so that the option is
+declared without importing the eval code (a test keeps the two equal)."""
 NoFaceOpt = Annotated[
-    MissingFace,
+    NoFace,
     typer.Option(
         "--no-face",
         help="A photo with no face detected: 'count' it as an error, or embed its 'centre' box.",
@@ -92,6 +76,9 @@ def _embed(
     missing_face: MissingFace,
     quiet: bool,
 ) -> Embedded:
+    from ..api import pipeline as get_pipeline
+    from ..eval.protocols import embed_photos
+
     unique = list(dict.fromkeys(paths))
     pipe = get_pipeline(detector, upsample, tta)
     with progress_bar("embedding", total=len(unique), enabled=not quiet) as advance:
@@ -101,6 +88,8 @@ def _embed(
 def _shipped(model_id: str) -> Calibration | None:
     """The calibration Visage ships for ``model_id``, so that every evaluation shows how the
     default threshold fares on the user's data; ``None`` for a model without one (TTA)."""
+    from ..decision import default_calibration
+
     try:
         return default_calibration(model_id)
     except ModelError:
@@ -114,6 +103,8 @@ def _write(
     plots_dir: Path | None,
 ) -> list[str]:
     """Write the report and the PNGs asked for; returns the paths written."""
+    from ..eval.report import html_report
+
     written: list[Path] = []
     try:
         if plots_dir is not None:
@@ -130,7 +121,7 @@ def _write(
 
 
 def _acquisition_line(acquired: Acquired, model_id: str) -> str:
-    handled = "counted as errors" if acquired.policy == MissingFace.COUNT else "centre box used"
+    handled = "counted as errors" if acquired.policy == "count" else "centre box used"
     return (
         f"model {model_id}; {acquired.photos} photos, {acquired.no_face} with no face detected "
         f"(failure to acquire {acquired.rate:.2%}, {handled})"
@@ -138,6 +129,8 @@ def _acquisition_line(acquired: Acquired, model_id: str) -> str:
 
 
 def _points_table(points: Iterable[metrics.OperatingPoint], fmr: str, fnmr: str) -> Table:
+    from ..eval.report import operating_point_cells, operating_point_headers
+
     table = Table(*operating_point_headers(fmr, fnmr))
     for point in points:
         table.add_row(*operating_point_cells(point))
@@ -145,6 +138,8 @@ def _points_table(points: Iterable[metrics.OperatingPoint], fmr: str, fnmr: str)
 
 
 def _print_calibration(check: CalibrationCheck, fmr: str, fnmr: str) -> None:
+    from ..eval.report import format_rate
+
     rates = f"{fmr} {format_rate(check.fmr)}, {fnmr} {format_rate(check.fnmr)}"
     if check.accuracy is not None:
         rates += f", accuracy {format_rate(check.accuracy)}"
@@ -152,6 +147,8 @@ def _print_calibration(check: CalibrationCheck, fmr: str, fnmr: str) -> None:
 
 
 def _print_verification(result: VerificationResult) -> None:
+    from ..eval.report import format_rate
+
     kfold, summary = result.kfold, result.summary
     console.print(_acquisition_line(result.acquisition, result.model_id), markup=False)
     console.print(
@@ -180,6 +177,8 @@ def _print_verification(result: VerificationResult) -> None:
 
 
 def _print_identification(result: IdentificationResult) -> None:
+    from ..eval.report import format_rate
+
     console.print(_acquisition_line(result.acquisition, result.model_id), markup=False)
     console.print(
         f"{result.n_enrolled} of {result.n_persons} persons enrolled; "
@@ -214,6 +213,9 @@ def _finish(
     json_out: bool,
 ) -> None:
     """Draw the figures only when asked for, write them, then print the summary or JSON."""
+    from ..eval import plots
+    from ..eval.results import VerificationResult
+
     figures: Mapping[str, bytes] = {}
     if report is not None or plots_dir is not None:
         figures = (
@@ -244,13 +246,17 @@ def verify(
     report: ReportOpt = None,
     plots_dir: PlotsOpt = None,
     calibration: CalibrationOpt = None,
-    no_face: NoFaceOpt = MissingFace.COUNT,
+    no_face: NoFaceOpt = "count",
     detector: DetectorOpt = "hog",
     upsample: UpsampleOpt = 1,
     tta: TtaOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """1:1 verification on a pairs protocol: k-fold accuracy, ROC AUC, EER, TAR at FMR."""
+    from ..decision import load_calibration
+    from ..eval.protocols import MissingFace, read_groups, read_pairs, score_pairs
+    from ..eval.results import evaluate_verification
+
     pairs = read_pairs(pairs_file, root if root is not None else pairs_file.parent)
     group_table = read_groups(groups) if groups is not None else None
     saved = load_calibration(calibration) if calibration is not None else None
@@ -259,7 +265,7 @@ def verify(
         detector=detector,
         upsample=upsample,
         tta=tta,
-        missing_face=no_face,
+        missing_face=MissingFace(no_face),
         quiet=json_out,
     )
     result = evaluate_verification(
@@ -288,13 +294,22 @@ def identify(
     report: ReportOpt = None,
     plots_dir: PlotsOpt = None,
     calibration: CalibrationOpt = None,
-    no_face: NoFaceOpt = MissingFace.COUNT,
+    no_face: NoFaceOpt = "count",
     detector: DetectorOpt = "hog",
     upsample: UpsampleOpt = 1,
     tta: TtaOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """1:N identification: rank-1 / rank-5 / CMC, and open-set FNIR at FPIR."""
+    from ..decision import load_calibration
+    from ..eval.protocols import (
+        MissingFace,
+        read_groups,
+        read_identification_list,
+        score_identification,
+    )
+    from ..eval.results import evaluate_identification
+
     enrol = read_identification_list(gallery, root)
     search = read_identification_list(probes, root)
     group_table = read_groups(groups) if groups is not None else None
@@ -304,7 +319,7 @@ def identify(
         detector=detector,
         upsample=upsample,
         tta=tta,
-        missing_face=no_face,
+        missing_face=MissingFace(no_face),
         quiet=json_out,
     )
     result = evaluate_identification(
@@ -341,13 +356,16 @@ def calibrate_command(
     force: Annotated[
         bool, typer.Option(help="Write even when too few impostor pairs back the target.")
     ] = False,
-    no_face: NoFaceOpt = MissingFace.COUNT,
+    no_face: NoFaceOpt = "count",
     detector: DetectorOpt = "hog",
     upsample: UpsampleOpt = 1,
     tta: TtaOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Choose the threshold that meets a target false-match rate; write the calibration."""
+    from ..eval.protocols import MissingFace, all_pairs, read_pairs, score_pairs
+    from ..eval.results import calibrate, require_support
+
     pairs = read_pairs(pairs_file, root if root is not None else pairs_file.parent)
     compared = all_pairs(pairs) if every_pair else pairs
     if not force:
@@ -357,7 +375,7 @@ def calibrate_command(
         detector=detector,
         upsample=upsample,
         tta=tta,
-        missing_face=no_face,
+        missing_face=MissingFace(no_face),
         quiet=json_out,
     )
     scored = score_pairs(compared, embedded)

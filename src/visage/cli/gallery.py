@@ -7,25 +7,25 @@ these commands parse arguments, call it, and print a table or ``--json``.
 from __future__ import annotations
 
 import getpass
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
-from ..api import pipeline as get_pipeline
 from ..errors import InputError, NotFound, StorageError, VisageError
-from ..facetable import collect_images
-from ..gallery import ConsentBasis, Gallery, PersonInfo
-from ..pipeline import parse_face_pick
 from .app import app
-from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console
+from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console, read_from
+from .options import table as new_table
 from .progress import progress_bar
+
+if TYPE_CHECKING:  # the gallery is imported where used, so `visage --help` stays fast
+    from ..gallery import Gallery, PersonInfo
 
 DbOpt = Annotated[
     str | None,
@@ -57,11 +57,18 @@ app.add_typer(audit_app, name="audit")
 
 @contextmanager
 def _open(db: str | None, actor: str | None, *, index: str = "auto",
-          pipeline_args: tuple[str, int] | None = None) -> Iterator[Gallery]:
+          pipeline_args: tuple[str, int] | None = None, read: bool = False) -> Iterator[Gallery]:
+    """The gallery at ``db``; ``read``: a read-only command, which creates no store and says on
+    stderr which store it read."""
+    from ..api import pipeline as get_pipeline
+    from ..gallery import Gallery
+
     pipe = get_pipeline(*pipeline_args) if pipeline_args else None
     who = actor or f"cli:{getpass.getuser()}"
-    with Gallery(db, index=index, actor=who, pipeline=pipe) as gallery:
+    with Gallery(db, index=index, actor=who, pipeline=pipe, create=not read) as gallery:
         yield gallery
+    if read:
+        read_from(gallery.url)
 
 
 def _when(value: str | None) -> datetime | None:
@@ -122,22 +129,27 @@ def enroll(
     upsample: UpsampleOpt = 1,
     json_out: JsonOpt = False,
 ) -> None:
-    """Enroll every person folder in DIRECTORY (the folder name is the external id).
+    """Enroll every person folder in DIRECTORY (the folder name is the external id) from the
+    photos directly inside it; anything else is reported as skipped, with why.
 
     New persons get a consent record with the basis given here; persons already enrolled keep
     theirs (one whose consent was revoked is refused, not re-consented). Photos failing the
     quality gate or holding several faces (without --face) are refused with the reason.
     """
+    from ..gallery import ConsentBasis
+    from ..pipeline import parse_face_pick
+
     if not directory.is_dir():
         raise InputError(f"{directory}: not a directory")
-    folders = sorted(p for p in directory.iterdir() if p.is_dir())
+    photos, skipped = _person_photos(directory)
+    folders = sorted({folder for folder, _ in photos})
     if not folders:
-        raise InputError(f"{directory}: no person sub-folders")
+        raise InputError(f"{directory}: no person sub-folders with photos")
     pick = parse_face_pick(face)
     until = _when(expires)
     ConsentBasis.parse(basis)  # refuse a bad basis before any person is created
-    photos = [(folder, photo) for folder in folders for photo in collect_images([folder])]
     rows: list[dict[str, Any]] = []
+    new = 0
     with _open(db, actor, pipeline_args=(detector, upsample)) as g:
         g.create_collection(collection, target_fpir=target_fpir, exist_ok=True)
         ids: dict[Path, str] = {}
@@ -150,6 +162,7 @@ def enroll(
                 g.grant_consent(collection, person.id, basis=basis, granted_by=granted_by,
                                 purpose=consent_purpose, expires_at=until)
                 ids[folder] = person.id
+                new += 1
         with progress_bar("enrolling", total=len(photos), enabled=not json_out) as advance:
             for folder, photo in photos:
                 try:
@@ -161,15 +174,51 @@ def enroll(
                     rows.append({"photo": str(photo), "person": folder.name,
                                  "status": "refused", "reason": str(exc)})
                 advance()
+        persons = g.collection(collection).persons
     counts = {s: sum(r["status"] == s for r in rows) for s in ("enrolled", "duplicate", "refused")}
     if json_out:
-        emit_json({"collection": collection, **counts, "photos": rows})
+        emit_json({"collection": collection, **counts, "skipped": skipped, "persons": persons,
+                   "new_persons": new, "photos": rows})
         return
     for r in rows:
         if r["status"] == "refused":
             typer.echo(f"refused: {r['reason']}", err=True)
+    for item in skipped:
+        typer.echo(f"skipped: {item['path']}: {item['reason']}", err=True)
     typer.echo(f"{counts['enrolled']} enrolled, {counts['duplicate']} already enrolled, "
-               f"{counts['refused']} refused; {len(folders)} persons in {collection!r}")
+               f"{counts['refused']} refused, {len(skipped)} skipped; {persons} persons in "
+               f"{collection!r} ({new} new)")
+
+
+def _person_photos(directory: Path) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
+    """``(person folder, photo)`` for the photos directly inside each sub-folder of
+    ``directory``, and what is skipped with why: photos beside the person folders, folders
+    inside a person folder, and sub-folders holding no photo (not made persons)."""
+    from ..facetable import IMAGE_SUFFIXES
+
+    def is_photo(path: Path) -> bool:
+        return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+    photos: list[tuple[Path, Path]] = []
+    skipped: list[dict[str, str]] = []
+    for entry in sorted(directory.iterdir()):
+        if is_photo(entry):
+            skipped.append({"path": str(entry), "reason": "a photo beside the person folders, "
+                            "not in one: move it into its person's folder"})
+        if not entry.is_dir():
+            continue
+        inside = sorted(entry.iterdir())
+        mine = [p for p in inside if is_photo(p)]
+        photos.extend((entry, p) for p in mine)
+        if not mine:
+            skipped.append({"path": str(entry), "reason": "no photo directly inside: not made "
+                            "a person (one folder per person, its photos directly inside)"})
+        skipped.extend(
+            {"path": str(p), "reason": f"a folder inside person folder {entry.name!r}: its "
+             "photos are not enrolled (one folder per person, its photos directly inside)"}
+            for p in inside if p.is_dir()
+        )
+    return photos, skipped
 
 
 @app.command()
@@ -186,6 +235,8 @@ def identify(
     json_out: JsonOpt = False,
 ) -> None:
     """Who is in each photo? The nearest persons and 'unknown' beyond the calibrated threshold."""
+    from ..pipeline import parse_face_pick
+
     pick = parse_face_pick(face)
     results: list[dict[str, Any]] = []
     with (
@@ -216,7 +267,7 @@ def identify(
     if json_out:
         emit_json(results)
     else:
-        table = Table("photo", "answer", "distance", "next candidates")
+        table = new_table("photo", "answer", "distance", "next candidates")
         for r in results:
             if "error" in r:
                 table.add_row(r["photo"], f"error: {r['error']}", "", "")
@@ -240,12 +291,12 @@ def persons_list(
     json_out: JsonOpt = False,
 ) -> None:
     """Persons of a collection with their template count and consent status."""
-    with _open(db, None) as g:
+    with _open(db, None, read=True) as g:
         people = g.persons(collection, offset=offset, limit=limit)
     if json_out:
         emit_json([_person_record(p) for p in people])
         return
-    table = Table("id", "name", "external id", "templates", "consent")
+    table = new_table("id", "name", "external id", "templates", "consent", whole={"id"})
     for p in people:
         table.add_row(p.id, p.display_name, p.external_id or "", str(p.templates),
                       _consent_status(p))
@@ -260,7 +311,7 @@ def persons_show(
     json_out: JsonOpt = False,
 ) -> None:
     """One person: metadata, templates, and every consent record."""
-    with _open(db, None) as g:
+    with _open(db, None, read=True) as g:
         info = g.person(collection, person)
     record = _person_record(info)
     if json_out:
@@ -268,7 +319,7 @@ def persons_show(
         return
     for key in ("id", "display_name", "external_id", "templates", "consent_valid", "created_at"):
         typer.echo(f"{key}: {record[key]}")
-    table = Table("consent", "basis", "granted by", "granted", "expires", "revoked", "status")
+    table = new_table("consent", "basis", "granted by", "granted", "expires", "revoked", "status")
     for c in record["consents"]:
         table.add_row(str(c["id"]), c["basis"], c["granted_by"], c["granted_at"],
                       c["expires_at"] or "", c["revoked_at"] or "", c["status"])
@@ -286,6 +337,8 @@ def persons_delete(
     json_out: JsonOpt = False,
 ) -> None:
     """Delete a person, their consent records and every template (store and index)."""
+    if not yes and not sys.stdin.isatty():
+        raise InputError("persons delete: no terminal to confirm on; pass --yes to delete")
     with _open(db, actor) as g:
         info = g.person(collection, person)
         if not yes:
@@ -345,16 +398,17 @@ def audit_show(
     json_out: JsonOpt = False,
 ) -> None:
     """The newest audit events."""
-    with _open(db, None) as g:
+    with _open(db, None, read=True) as g:
         events = g.last_audit_events(limit)
     if json_out:
         emit_json([e.__dict__ for e in events])
         return
-    table = Table("seq", "time", "actor", "action", "collection", "purpose", "summary")
+    table = new_table("seq", "time", "actor", "action", "collection", "purpose", "summary",
+                      whole={"seq"})
     for e in events:
-        summary = ", ".join(f"{k}={v}" for k, v in sorted(e.summary.items()) if k != "candidates")
+        summary = "\n".join(f"{k}={v}" for k, v in sorted(e.summary.items()) if k != "candidates")
         table.add_row(str(e.seq), e.at[:19], e.actor, e.action, e.collection or "",
-                      e.purpose or "", summary[:80])
+                      e.purpose or "", summary)
     console.print(table)
 
 
@@ -376,7 +430,7 @@ def audit_verify(
 ) -> None:
     """Walk the hash chain and check it against the signed checkpoints; exit 1 naming the first
     broken link, or the cut when the chain ends before a checkpoint."""
-    with _open(db, None) as g:
+    with _open(db, None, read=True) as g:
         report = g.verify_audit(anchors=anchors, public_key=public_key)
     if json_out:
         emit_json(report.__dict__)
@@ -410,8 +464,8 @@ def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]
 
 @app.command("export")
 def export_collection(
-    collection: Annotated[str, typer.Argument(help="The collection to export.")],
-    path: Annotated[Path, typer.Argument(help="Output file (JSON lines; no images).")],
+    path: Annotated[Path, typer.Option("--out", "-o", help="Output file (JSON lines; no images).")],
+    collection: CollectionOpt = "default",
     db: DbOpt = None,
     actor: ActorOpt = None,
     purpose: PurposeOpt = None,
@@ -431,7 +485,8 @@ def export_collection(
 @app.command("import")
 def import_collection(
     path: Annotated[Path, typer.Argument(help="A file written by `visage export`.")],
-    name: Annotated[str | None, typer.Option("--as", help="New collection name.")] = None,
+    name: Annotated[str | None, typer.Option(
+        "--collection", "-c", help="The new collection's name (default: the exported one's).")] = None,
     db: DbOpt = None,
     actor: ActorOpt = None,
     purpose: PurposeOpt = None,

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Collection
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Column, Table
 
 from ..models import DETECTORS
 
@@ -34,6 +36,23 @@ UpsampleOpt = Annotated[
 
 console = Console()
 err_console = Console(stderr=True)
+
+
+def table(*headers: str, whole: Collection[str] = ()) -> Table:
+    """A table that never cuts a value on a narrow terminal: the ``whole`` columns (ids, to be
+    copied into the next command) are never broken, every other column wraps instead of
+    ending in an ellipsis."""
+    return Table(*(
+        Column(h, no_wrap=True) if h in whole else Column(h, overflow="fold") for h in headers
+    ))
+
+
+def read_from(url: str) -> None:
+    """Say on stderr which store a read-only command read (an empty answer from the wrong
+    store looks like an empty store)."""
+    from ..gallery.store import shown_url
+
+    err_console.print(f"store: {shown_url(url)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def emit_json(data: Any) -> None:

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from .. import __version__
-from ..api import compare as compare_faces
-from ..api import face_in
-from ..api import pipeline as get_pipeline
 from ..errors import InvalidImage, VisageError
-from ..facetable import FaceTable, collect_images
-from ..models import resolve_runtime
-from ..models.weights import MODEL_FILES
-from ..pipeline import Face, parse_face_pick
 from .app import app
 from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json
 from .progress import progress_bar
+
+if TYPE_CHECKING:  # the pipeline is imported where used, so `visage --help` stays fast
+    from ..pipeline import Face
 
 
 def face_record(face: Face) -> dict[str, Any]:
@@ -55,6 +51,8 @@ def detect(
     json_out: JsonOpt = False,
 ) -> None:
     """Find faces: boxes, landmarks and a quality score with reasons."""
+    from ..api import pipeline as get_pipeline
+
     pipe = get_pipeline(detector, upsample)
     results: list[dict[str, Any]] = []
     failed = 0
@@ -95,6 +93,9 @@ def embed(
     json_out: JsonOpt = False,
 ) -> None:
     """Embed every face of many photos into a Parquet table; re-running resumes where it stopped."""
+    from ..api import pipeline as get_pipeline
+    from ..facetable import FaceTable, collect_images
+
     images = collect_images(inputs)
     if not images:
         raise InvalidImage("no image files found in the given paths")
@@ -145,6 +146,10 @@ def compare(
     json_out: JsonOpt = False,
 ) -> None:
     """Is it the same person? Distance, decision, the calibrated threshold, and each face used."""
+    from ..api import compare as compare_faces
+    from ..api import face_in
+    from ..pipeline import parse_face_pick
+
     fa, fb = face_in(a, parse_face_pick(face)), face_in(b, parse_face_pick(other_face))
     result = compare_faces(fa, fb)
     info: dict[str, Any] = {
@@ -184,7 +189,9 @@ def version(json_out: JsonOpt = False) -> None:
     """Versions of Visage, its runtime and its model files."""
     import dlib
 
+    from ..models import resolve_runtime
     from ..models.int8 import int8_status
+    from ..models.weights import MODEL_FILES
 
     runtime = resolve_runtime("auto")
     info = {

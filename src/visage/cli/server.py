@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
-from ..gallery.store import open_engine
-from ..server.keys_store import ApiKey, KeyStore
-from ..server.settings import Settings, load_settings
 from .app import app
-from .options import JsonOpt, console, emit_json, err_console
+from .options import JsonOpt, console, emit_json, err_console, read_from
+from .options import table as new_table
 
 keys_app = typer.Typer(help="Create, list and revoke the server's API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -27,9 +24,29 @@ DbOpt = Annotated[
 ]
 BOOTSTRAP_NAME = "bootstrap admin"
 
+if TYPE_CHECKING:  # imported where used: `visage --help` must not load the server (issue 13)
+    from ..server.keys_store import ApiKey, KeyStore
+    from ..server.settings import Settings
 
-def _key_store(settings: Settings) -> KeyStore:
-    return KeyStore(open_engine(settings.db_url, anchors=settings.audit_anchors))
+
+def _key_store(settings: Settings, *, create: bool = True) -> KeyStore:
+    from ..gallery.store import open_engine
+    from ..server.keys_store import KeyStore
+
+    engine = open_engine(settings.db_url, anchors=settings.audit_anchors, create=create)
+    return KeyStore(engine)
+
+
+def _keys(config: Path | None, db: str | None, *, read: bool = False) -> KeyStore:
+    """The key store of the settings these options select; ``read``: a read-only command,
+    which creates no store and says on stderr which store it read."""
+    from ..server.settings import load_settings
+
+    settings = load_settings(config=config, db=db)
+    store = _key_store(settings, create=not read)
+    if read:
+        read_from(settings.db_url)
+    return store
 
 
 def _key_record(key: ApiKey) -> dict[str, Any]:
@@ -102,6 +119,7 @@ def serve(
     import uvicorn
 
     from ..server.app import create_app
+    from ..server.settings import load_settings
 
     settings = load_settings(
         config=config,
@@ -149,7 +167,7 @@ def keys_create(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a key; its secret is printed once and only its hash is stored."""
-    store = _key_store(load_settings(config=config, db=db))
+    store = _keys(config, db)
     new = store.create(
         name,
         scopes=scopes.split(","),
@@ -167,11 +185,12 @@ def keys_create(
 @keys_app.command("list")
 def keys_list(config: ConfigOpt = None, db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """Every key (never its secret), revoked ones included."""
-    keys = _key_store(load_settings(config=config, db=db)).keys()
+    keys = _keys(config, db, read=True).keys()
     if json_out:
         emit_json([_key_record(k) for k in keys])
         return
-    table = Table("id", "name", "scopes", "collections", "rate", "created", "revoked")
+    table = new_table("id", "name", "scopes", "collections", "rate", "created", "revoked",
+                      whole={"id"})
     for key in keys:
         r = _key_record(key)
         table.add_row(
@@ -193,5 +212,5 @@ def keys_revoke(
     db: DbOpt = None,
 ) -> None:
     """Revoke a key; the server refuses it from the next request on."""
-    key = _key_store(load_settings(config=config, db=db)).revoke(key_id, actor="visage keys")
+    key = _keys(config, db).revoke(key_id, actor="visage keys")
     err_console.print(f"Revoked {key.id} ({key.name}).", soft_wrap=True)

@@ -288,7 +288,8 @@ class Gallery:
     omitted). ``calibrations``: thresholds per model id, overriding the shipped ones.
     ``actor``: recorded in audit events unless a call names another. ``anchors``: the file
     that signed checkpoints of the audit chain's head go to (default: see
-    :func:`visage.gallery.anchor.anchor_file`).
+    :func:`visage.gallery.anchor.anchor_file`). ``create``: false to refuse (:class:`NotFound`)
+    a SQLite store that does not exist yet rather than create it.
 
     Safe to share between threads (operations are serialised by a lock); several processes may
     open the same store (writers are serialised by the store).
@@ -304,6 +305,7 @@ class Gallery:
         calibrations: Iterable[Calibration] = (),
         actor: str = "local",
         anchors: str | Path | None = None,
+        create: bool = True,
     ) -> None:
         if index != "auto":
             IndexSpec.parse(index)
@@ -320,7 +322,7 @@ class Gallery:
         self._pipeline = pipeline
         self._calibrations = {c.model_id: c for c in calibrations}
         self.anchors = anchor.anchor_file(db_file, anchors)
-        self._engine = open_engine(self.url, anchors=anchors)
+        self._engine = open_engine(self.url, anchors=anchors, create=create)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
         self._loaded: dict[int, _Loaded] = {}
         self._saved: dict[int, int] = {}
@@ -929,11 +931,14 @@ class Gallery:
     ) -> EnrollResult:
         """Add a template to a person from a photo (path or bytes), a :class:`Face`, or an embedding.
 
-        Refuses with :class:`ConsentError` (no valid consent), :class:`NoFace`,
-        :class:`AmbiguousFace` (several faces and no ``face`` pick) or :class:`PoorQuality`
-        (the quality gate's reasons). The same source for the same person is idempotent.
+        Checks in this order: the person (:class:`NotFound`), consent (:class:`ConsentError`),
+        then the photo (:class:`NoFace`, :class:`AmbiguousFace` for several faces and no
+        ``face`` pick, :class:`PoorQuality`), so a refusal names the first thing wrong and no
+        photo is embedded for nobody. The same source for the same person is idempotent.
         """
         with self._refusals("enroll", collection, purpose=purpose, actor=actor, person=person):
+            with self._reading() as session:  # checked again in the write transaction
+                self._consented(session, self._collection(session, collection), {person}, utcnow())
             resolved, chosen = self._resolve(collection, source, face, for_enrollment=True)
             if chosen is not None and not chosen.quality.acceptable:
                 name = str(source) if isinstance(source, (str, Path)) else None

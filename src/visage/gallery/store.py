@@ -46,7 +46,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
-from ..errors import StorageError
+from ..errors import NotFound, StorageError
 from . import anchor
 
 DEFAULT_DB = Path("~/.local/share/visage/visage.db")
@@ -88,6 +88,11 @@ def database_url(target: str | Path) -> str:
     if "://" in text:
         return text
     return f"sqlite:///{Path(text).expanduser().resolve()}"
+
+
+def shown_url(url: str) -> str:
+    """``url`` as it may be shown to a user: the password hidden."""
+    return make_url(url).render_as_string(hide_password=True)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -382,15 +387,19 @@ def _create_private(path: Path) -> None:
         pass
 
 
-def open_engine(url: str, *, anchors: str | Path | None = None) -> Engine:
+def open_engine(url: str, *, anchors: str | Path | None = None, create: bool = True) -> Engine:
     """An engine for ``url`` with the schema migrated; a new SQLite file and its folder are
-    created owner-only (0600, 0700).
+    created owner-only (0600, 0700). With ``create`` false a missing SQLite file is
+    :class:`NotFound` instead: a read-only command never leaves an empty store behind.
 
     Every transaction on it that appends audit events is checkpointed to the anchor file
     (``anchors``, else :func:`visage.gallery.anchor.anchor_file`'s default), when there is one.
     Raises :class:`StorageError` when the database cannot be reached or migrated.
     """
     path = sqlite_path(url)
+    if not create and path is not None and not path.exists():
+        raise NotFound(f"no gallery store at {path} (none is created to read from; "
+                       "name the store with --db or VISAGE_DB)")
     try:
         if make_url(url).get_backend_name() == "sqlite":
             if path is not None:
@@ -405,8 +414,7 @@ def open_engine(url: str, *, anchors: str | Path | None = None) -> Engine:
             engine = create_engine(url, pool_pre_ping=True)
         migrate(engine)
     except (SQLAlchemyError, OSError) as exc:
-        shown = make_url(url).render_as_string(hide_password=True)
-        raise StorageError(f"cannot open gallery store {shown}: {exc}") from exc
+        raise StorageError(f"cannot open gallery store {shown_url(url)}: {exc}") from exc
     anchors_path = anchor.anchor_file(path, anchors)
     if anchors_path is not None:
         anchor.attach(engine, anchor.AuditAnchor.open(anchors_path))
