@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import create_engine, make_url, text
 from typer.testing import CliRunner
 
+from tests.conftest import two_face_photo
 from visage.cli import app
 
 runner = CliRunner()
@@ -59,6 +60,28 @@ def test_enroll_is_idempotent_and_identify_answers(
     assert point["threshold"] == answers[0]["threshold"] and point["supported"] is True
     code, out, _ = run("identify", str(probe), "-c", "demo", "--face", "center", "--db", enrolled)
     assert code == 0 and "Angelina Jolie" in out
+
+
+def test_identify_answers_every_face_of_a_group_photo(
+    enrolled: str, faces_dir: Path, tmp_path: Path
+) -> None:
+    """By default every face of a photo gets its own answer with its box (issue 13.4: a photo
+    with a second face was refused); --face still picks one."""
+    jolie = faces_dir / "people" / "Angelina_Jolie" / "Angelina_Jolie_0003.jpg"
+    stranger = min((faces_dir / "distractors").glob("*.jpg"))
+    group = two_face_photo(stranger, jolie, tmp_path / "two.jpg")  # face 1 (right) is Jolie's
+    code, out, _ = run("identify", str(group), "-c", "demo", "--db", enrolled, "--json")
+    assert code == 0, out
+    answers = json.loads(out)
+    assert len(answers) >= 2 and {a["photo"] for a in answers} == {str(group)}
+    named = [i for i, a in enumerate(answers) if not a["unknown"]]
+    assert len(named) == 1, answers
+    jolie_face = answers[named[0]]
+    assert jolie_face["candidates"][0]["external_id"] == "Angelina_Jolie"
+    assert jolie_face["box"][0] >= 300  # the right-hand face
+    code, out, _ = run("identify", str(group), "-c", "demo", "--face", str(named[0]),
+                       "--db", enrolled, "--json")
+    assert code == 0 and len(json.loads(out)) == 1 and not json.loads(out)[0]["unknown"]
 
 
 def test_persons_consent_and_delete(enrolled: str) -> None:

@@ -225,8 +225,10 @@ def _person_photos(directory: Path) -> tuple[list[tuple[Path, Path]], list[dict[
 def identify(
     photos: Annotated[list[Path], typer.Argument(help="Photos to identify.")],
     collection: CollectionOpt = "default",
-    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Candidates per photo.")] = 3,
-    face: FaceOpt = None,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Candidates per face.")] = 3,
+    face: Annotated[str, typer.Option(
+        "--face", help="Which faces: all (one answer per face, with its box), largest, center, "
+        "or an index (0 = largest).")] = "all",
     db: DbOpt = None,
     actor: ActorOpt = None,
     purpose: PurposeOpt = None,
@@ -234,10 +236,26 @@ def identify(
     upsample: UpsampleOpt = 1,
     json_out: JsonOpt = False,
 ) -> None:
-    """Who is in each photo? The nearest persons and 'unknown' beyond the calibrated threshold."""
+    """Who is in each photo? For every face (or the one --face picks), the nearest persons and
+    'unknown' beyond the threshold of the collection's target FPIR."""
     from ..pipeline import parse_face_pick
 
-    pick = parse_face_pick(face)
+    pick = None if face == "all" else parse_face_pick(face)
+
+    def answer(photo: Path, found: Any, box: Any) -> dict[str, Any]:
+        return {
+            "photo": str(photo),
+            "box": None if box is None else list(box),
+            "unknown": found.unknown,
+            "threshold": found.threshold,
+            "operating_point": asdict(found.operating_point),
+            "candidates": [
+                {"person": c.person_id, "display_name": c.display_name,
+                 "external_id": c.external_id, "distance": round(c.distance, 4), "same": c.same}
+                for c in found.candidates
+            ],
+        }
+
     results: list[dict[str, Any]] = []
     with (
         _open(db, actor, pipeline_args=(detector, upsample)) as g,
@@ -245,19 +263,12 @@ def identify(
     ):
         for photo in photos:
             try:
-                found = g.identify(collection, photo, k=k, face=pick, purpose=purpose)
-                results.append({
-                    "photo": str(photo),
-                    "unknown": found.unknown,
-                    "threshold": found.threshold,
-                    "operating_point": asdict(found.operating_point),
-                    "candidates": [
-                        {"person": c.person_id, "display_name": c.display_name,
-                         "external_id": c.external_id, "distance": round(c.distance, 4),
-                         "same": c.same}
-                        for c in found.candidates
-                    ],
-                })
+                if pick is None:
+                    results += [answer(photo, found, f.box) for f, found in
+                                g.identify_faces(collection, photo, k=k, purpose=purpose)]
+                else:
+                    found = g.identify(collection, photo, k=k, face=pick, purpose=purpose)
+                    results.append(answer(photo, found, None))
             except InputError as exc:
                 results.append({"photo": str(photo), "error": str(exc)})
                 if not json_out:
@@ -267,16 +278,17 @@ def identify(
     if json_out:
         emit_json(results)
     else:
-        table = new_table("photo", "answer", "distance", "next candidates")
+        table = new_table("photo", "face box", "answer", "distance", "next candidates")
         for r in results:
             if "error" in r:
-                table.add_row(r["photo"], f"error: {r['error']}", "", "")
+                table.add_row(r["photo"], "", f"error: {r['error']}", "", "")
                 continue
             cands = r["candidates"]
-            answer = "unknown" if r["unknown"] else cands[0]["display_name"]
+            name = "unknown" if r["unknown"] else cands[0]["display_name"]
             best = f"{cands[0]['distance']:.3f}" if cands else "-"
             rest = ", ".join(f"{c['display_name']} {c['distance']:.3f}" for c in cands[1:])
-            table.add_row(r["photo"], answer, best, rest)
+            box = ",".join(map(str, r["box"])) if r["box"] else ""
+            table.add_row(r["photo"], box, name, best, rest)
         console.print(table)
     if failed:
         raise typer.Exit(1)

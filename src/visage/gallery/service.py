@@ -90,7 +90,7 @@ from ..errors import (
     TooManyFaces,
     VisageError,
 )
-from ..imageio import Source, decode, read_bytes
+from ..imageio import Source, decode, read_bytes, source_hash
 from ..pipeline import Face, FacePick, Pipeline, pick_face
 from ..signing import load_signing_key, parse_public_key, public_key_text
 from . import anchor, audit
@@ -1402,6 +1402,29 @@ class Gallery:
             )
         shown = [c for c in candidates if _disclosed(disclose, c.same)]
         return Identification(tuple(shown), unknown, point.threshold, point.describe(), seq, point)
+
+    def identify_faces(
+        self,
+        collection: str,
+        photo: Source,
+        *,
+        k: int = 5,
+        purpose: str | None = None,
+        actor: str | None = None,
+    ) -> list[tuple[Face, Identification]]:
+        """Every face of ``photo`` identified, largest first: one audited identify each, with the
+        photo's sha256 as its input hash. A photo without a face is the (audited) NoFace."""
+        data, name = read_bytes(photo)
+        pipe = self._get_pipeline()
+        image = decode(data, max_pixels=pipe.config.max_pixels, source=name)
+        faces = pipe.embed(image)
+        if not faces:
+            self.identify(collection, data, k=k, purpose=purpose, actor=actor)  # raises NoFace
+        digest = source_hash(data)
+        return [
+            (f, self.identify(collection, f, k=k, purpose=purpose, actor=actor, input_hash=digest))
+            for f in faces
+        ]
 
     def _operating_point(self, session: Session, coll: CollectionRow) -> OpenSetPoint:
         """The threshold for ``coll``'s target FPIR at its current size, cached per version.
