@@ -3,6 +3,7 @@ norm overflows, names with hidden characters, and collection names no key could 
 
 from __future__ import annotations
 
+import shutil
 import sqlite3
 import uuid
 from collections.abc import Iterator
@@ -154,10 +155,13 @@ def test_names_are_stored_nfc(server: Server, collection: str) -> None:
 # ---------------------------------------------------------------- item 16: collection names
 
 
-def test_one_collection_name_rule_for_cli_http_and_keys(server: Server, tmp_path: Path) -> None:
+def test_one_collection_name_rule_for_cli_http_and_keys(
+    server: Server, tmp_path: Path, people_photos: list[Path]
+) -> None:
     runner = CliRunner()
     folder = tmp_path / "people" / "Ada"
     folder.mkdir(parents=True)
+    shutil.copy(people_photos[0], folder / "ada.jpg")  # enroll skips a folder without photos
     enroll = ["enroll", str(tmp_path / "people"), "--basis", "consent", "--granted-by", "t",
               "--db", str(server.db), "--json"]
     good = f"front-door.{uuid.uuid4().hex[:6]}"
