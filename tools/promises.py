@@ -208,6 +208,15 @@ BREAKS = (
         ("tests/server/test_hostile.py::test_a_100_mb_body_is_refused_before_it_is_read",),
     ),
     Break(
+        "grouping-fixed-threshold",
+        "Grouping's edge threshold follows the number of faces, so large sets do not merge people.",
+        "docs/accuracy.md, src/visage/grouping.py",
+        "src/visage/api.py",
+        "edge_threshold(len(vectors), model_id).threshold",
+        "0.3764",
+        ("tests/test_grouping.py::test_the_size_aware_rule_groups_the_shared_photos",),
+    ),
+    Break(
         "int8-unchecked",
         "INT8 is used only where its drift on this CPU stays within the bound; else fp32.",
         "docs/performance-runtime.md",

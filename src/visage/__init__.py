@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from .api import compare, detect, embed, pipeline
+from .api import compare, detect, embed, group, pipeline
 from .decision import Calibration, Comparison, distance, distances
 from .errors import (
     AmbiguousFace,
@@ -44,6 +44,7 @@ __all__ = [
     "distance",
     "distances",
     "embed",
+    "group",
     "load_image",
     "pipeline",
 ]

@@ -5,6 +5,7 @@ Each call reuses one :class:`~visage.pipeline.Pipeline` per configuration, so mo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -12,11 +13,13 @@ import numpy as np
 import numpy.typing as npt
 
 from .decision import Calibration, Comparison, decide, default_calibration, distance, normalize
+from .grouping import Grouping, edge_threshold
+from .grouping import group as _group
 from .imageio import Source, load_image
 from .models.base import Image
 from .pipeline import Face, FacePick, Pipeline, pick_face
 
-__all__ = ["compare", "detect", "embed", "face_in", "load_image", "pipeline"]
+__all__ = ["compare", "detect", "embed", "face_in", "group", "load_image", "pipeline"]
 
 FaceLike = Face | npt.ArrayLike | Source
 
@@ -82,3 +85,25 @@ def compare(
         raise ValueError(f"cannot compare embeddings of different models: {model_a} vs {model_b}")
     cal = calibration or default_calibration(model_a.split("+")[0])
     return decide(distance(va, vb), cal)
+
+
+def group(
+    faces: Sequence[Face] | npt.NDArray[np.float32], *, threshold: float | None = None
+) -> Grouping:
+    """Faces (with embeddings, e.g. from :func:`embed`) or embeddings ``(n, d)`` grouped by
+    person: row indices per group, and ``messy`` for faces like no other. Without
+    ``threshold`` the edge threshold follows the number of faces
+    (:func:`visage.grouping.edge_threshold`), so precision holds as the set grows. Nothing is
+    stored."""
+    if isinstance(faces, np.ndarray):
+        vectors, model_id = np.asarray(faces, dtype=np.float32), pipeline().model_id
+    else:
+        rows = [f.embedding for f in faces]
+        if any(r is None for r in rows):
+            raise ValueError("every Face needs its embedding: get them from visage.embed()")
+        vectors = np.stack([r for r in rows if r is not None]) if rows else np.empty((0, 128), np.float32)
+        model_id = next((f.model_id for f in faces if f.model_id), pipeline().model_id)
+    if vectors.ndim != 2:
+        raise ValueError(f"group needs (n, d) embeddings, not shape {vectors.shape}")
+    cut = threshold if threshold is not None else edge_threshold(len(vectors), model_id).threshold
+    return _group(vectors, cut)

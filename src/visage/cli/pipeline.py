@@ -184,6 +184,63 @@ def _face_recognition_distance(a: Path, fa: Face, b: Path, fb: Face) -> float:
     return float(fr.face_distance([encoding(a, fa)], encoding(b, fb))[0])
 
 
+@app.command("group")
+def group_photos(
+    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).")],
+    detector: DetectorOpt = "hog",
+    upsample: UpsampleOpt = 1,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    json_out: JsonOpt = False,
+) -> None:
+    """Group every face of many photos by person, with no gallery and nothing stored; the edge
+    threshold follows the number of faces so large sets do not merge people."""
+    from ..api import group
+    from ..api import pipeline as get_pipeline
+    from ..facetable import collect_images
+    from ..grouping import edge_threshold
+
+    images = collect_images(inputs)
+    if not images:
+        raise InvalidImage("no image files found in the given paths")
+    pipe = get_pipeline(detector, upsample)
+    faces: list[tuple[str, Face]] = []
+    failed: list[str] = []
+    with progress_bar("embedding", total=len(images), enabled=not json_out) as advance:
+        for result in pipe.embed_many(images, workers=workers, progress=lambda _: advance()):
+            if result.error:
+                failed.append(result.error)
+                typer.echo(f"skipped: {result.error}", err=True)
+            faces += [(result.source, f) for f in result.faces]
+    found = group([f for _, f in faces])
+    point = edge_threshold(len(faces), pipe.model_id)
+
+    def member(row: int) -> dict[str, Any]:
+        source, face = faces[row]
+        return {"photo": source, "box": list(face.box)}
+
+    groups = [[member(r) for r in g] for g in found.groups]
+    messy = [member(r) for r in found.messy]
+    doc: dict[str, Any] = {
+        "faces": len(faces),
+        "threshold": point.threshold,
+        "rule": f"edge {point.describe()}",
+        "groups": groups,
+        "messy": messy,
+        "failed": failed,
+    }
+    if json_out:
+        emit_json(doc)
+    else:
+        for number, members in enumerate(groups, 1):
+            console.print(f"group {number} ({len(members)} faces):", markup=False)
+            for m in members:
+                console.print(f"  {m['photo']}  {tuple(m['box'])}", markup=False, highlight=False)
+        console.print(f"{len(groups)} groups, {len(messy)} faces like no other, "
+                      f"{len(faces)} faces ({doc['rule']})", markup=False)
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def version(json_out: JsonOpt = False) -> None:
     """Versions of Visage, its runtime and its model files."""

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ...grouping import group
+from ...grouping import edge_threshold, group
 from ..bodies import GROUP_BODY
 from ..deps import (
     EventsDep,
-    GalleryDep,
     GroupBody,
     IdentifyKey,
     MetricsDep,
@@ -34,22 +33,22 @@ def _member(tag: FaceTag) -> GroupMember:
 def group_faces(
     key: IdentifyKey,
     body: GroupBody,
-    gallery: GalleryDep,
     pipeline: PipelineDep,
     events: EventsDep,
     metrics: MetricsDep,
     settings: SettingsDep,
     purpose: RequiredPurpose,
 ) -> GroupOut:
-    """Every face of every photo, grouped by person at the calibrated threshold (Chinese
-    whispers). Each face names its photo (``item``, its index in the request, and
+    """Every face of every photo, grouped by person (Chinese whispers) at an edge threshold
+    that follows the number of faces: each face has at most a 15% chance of an edge to someone
+    else in the batch (:func:`visage.grouping.edge_threshold`). Each face names its photo (``item``, its index in the request, and
     ``filename``), its face number and box. ``messy`` lists the faces that fell in no group
     of two or more: nobody else in the batch is within the threshold of them. A photo that
     cannot be read is listed in ``failed``; the rest are grouped."""
     batch = read_batch(body, pipeline, max_batch=settings.max_batch)
     metrics.faces.labels("group").inc(len(batch.tags))
-    cal = gallery.calibration(pipeline.model_id)
-    found = group(batch.vectors, cal.threshold)
+    point = edge_threshold(len(batch.tags), pipeline.model_id)
+    found = group(batch.vectors, point.threshold)
     seq = events.record(
         "group",
         actor=key.id,
@@ -62,8 +61,8 @@ def group_faces(
         failed=len(batch.failed),
     )
     return GroupOut(
-        threshold=cal.threshold,
-        threshold_source=cal.describe(),
+        threshold=point.threshold,
+        threshold_source=f"edge {point.describe()}",
         faces=len(batch.tags),
         groups=[[_member(batch.tags[i]) for i in g] for g in found.groups],
         messy=[_member(batch.tags[i]) for i in found.messy],
