@@ -13,7 +13,8 @@ its neighbours until no label changes. Unlike connected components, a single fal
 not merge two people's groups, because one edge rarely outvotes a whole group. Deterministic:
 nodes are visited in an order drawn from a fixed seed, ties go to the smaller label.
 
-Cost: one ``(n, n)`` distance matrix (4 MB at n = 1000) and a few passes over the edges.
+Cost: a faiss range search over all pairs (no ``(n, n)`` matrix: memory follows the edges) and a
+few passes over the edges (docs/accuracy.md has the figures at 100k faces).
 """
 
 from __future__ import annotations
@@ -44,6 +45,20 @@ class Grouping:
     messy: list[int]
 
 
+def _neighbours(vecs: npt.NDArray[np.float32], threshold: float) -> list[npt.NDArray[np.int64]]:
+    """For each row, the other rows within ``threshold``: a faiss range search on inner
+    products (distance ``d`` is cosine ``1 - d^2/2``), so memory follows the edges, not n^2."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vecs.shape[1])
+    index.add(vecs)
+    limits, _, found = index.range_search(vecs, float(1.0 - threshold**2 / 2.0) - 1e-6)
+    return [
+        row[row != i]
+        for i, row in enumerate(np.split(found.astype(np.int64), limits[1:-1]))
+    ]
+
+
 def chinese_whispers(
     vectors: npt.ArrayLike, threshold: float, *, max_iterations: int = 100, seed: int = 0
 ) -> npt.NDArray[np.int64]:
@@ -53,11 +68,7 @@ def chinese_whispers(
     labels = np.arange(n, dtype=np.int64)
     if n < 2:
         return labels
-    cos = np.clip(vecs @ vecs.T, -1.0, 1.0)
-    dist = np.sqrt(np.clip(2.0 - 2.0 * cos, 0.0, None))
-    adjacent = dist <= threshold
-    np.fill_diagonal(adjacent, False)
-    neighbours = [np.flatnonzero(row) for row in adjacent]
+    neighbours = _neighbours(vecs, threshold)
     rng = np.random.default_rng(seed)
     for _ in range(max_iterations):
         changed = False
