@@ -15,32 +15,14 @@ import os
 import platform
 import resource
 import time
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
 from open_set import embed_all, identity
 
 from visage.decision import normalize
+from visage.eval.metrics import bcubed
 from visage.grouping import EDGE_STRAY, edge_threshold, group
-
-
-def bcubed(pred: list[int], truth: list[str]) -> tuple[float, float, float]:
-    both, sizes, people = Counter(zip(pred, truth)), Counter(pred), Counter(truth)
-    p = sum(both[(a, t)] / sizes[a] for a, t in zip(pred, truth)) / len(truth)
-    r = sum(both[(a, t)] / people[t] for a, t in zip(pred, truth)) / len(truth)
-    return p, r, 2 * p * r / (p + r)
-
-
-def labels_of(vectors: np.ndarray, threshold: float) -> list[int]:
-    found = group(vectors, threshold)
-    pred = [-1] * len(vectors)
-    for number, rows in enumerate(found.groups):
-        for r in rows:
-            pred[r] = number
-    for j, r in enumerate(found.messy):
-        pred[r] = len(found.groups) + j
-    return pred
 
 
 def synthetic(n: int) -> None:
@@ -54,7 +36,8 @@ def synthetic(n: int) -> None:
     truth = [str(i) for i in np.repeat(np.arange(people), 5)]
     cut = edge_threshold(len(faces), "dlib_resnet_v1").threshold
     start = time.perf_counter()
-    p, r, f = bcubed(labels_of(faces, cut), truth)
+    score = bcubed(group(faces, cut).labels(), truth)
+    p, r, f = score.precision, score.recall, score.f
     took = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"{len(faces)} synthetic faces, threshold {cut:.4f}: {took:.1f} s, peak RSS "
@@ -91,7 +74,8 @@ def main() -> None:
                  ("size-aware", edge_threshold(len(sub), "dlib_resnet_v1").threshold))  # fmt: skip
         for rule, cut in rules:
             start = time.perf_counter()
-            p, r, f = bcubed(labels_of(sub, cut), who)
+            score = bcubed(group(sub, cut).labels(), who)
+            p, r, f = score.precision, score.recall, score.f
             took = time.perf_counter() - start
             print(f"| {label} | {len(sub)} | {len(set(who))} | {rule} | {cut:.4f} | {p:.3f} | "
                   f"{r:.3f} | {f:.3f} | {took:.1f} |")  # fmt: skip

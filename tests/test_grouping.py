@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections import Counter
 from itertools import pairwise
 from pathlib import Path
 
@@ -14,21 +13,12 @@ import visage
 from tests.conftest import EmbeddedSet
 from visage.cli import app
 from visage.decision import normalize
+from visage.eval.metrics import bcubed
 from visage.grouping import edge_threshold, group
 
 
 def bcubed_f(groups: visage.grouping.Grouping, truth: list[str]) -> float:
-    """BCubed F of a grouping (every face in ``messy`` is its own group) against labels."""
-    pred = [-1] * len(truth)
-    for number, rows in enumerate(groups.groups):
-        for r in rows:
-            pred[r] = number
-    for j, r in enumerate(groups.messy):
-        pred[r] = len(groups.groups) + j
-    both, sizes, people = Counter(zip(pred, truth)), Counter(pred), Counter(truth)
-    p = sum(both[(a, t)] / sizes[a] for a, t in zip(pred, truth)) / len(truth)
-    r = sum(both[(a, t)] / people[t] for a, t in zip(pred, truth)) / len(truth)
-    return 2 * p * r / (p + r)
+    return bcubed(groups.labels(), truth).f
 
 
 def _person(source: str) -> str:

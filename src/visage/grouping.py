@@ -44,6 +44,17 @@ class Grouping:
     groups: list[list[int]]
     messy: list[int]
 
+    def labels(self) -> list[int]:
+        """A group number per row; each messy row is a group of its own (for scoring)."""
+        n = sum(map(len, self.groups)) + len(self.messy)
+        out = [-1] * n
+        for number, rows in enumerate(self.groups):
+            for r in rows:
+                out[r] = number
+        for offset, r in enumerate(self.messy):
+            out[r] = len(self.groups) + offset
+        return out
+
 
 def _neighbours(vecs: npt.NDArray[np.float32], threshold: float) -> list[npt.NDArray[np.int64]]:
     """For each row, the other rows within ``threshold``: a faiss range search on inner

@@ -417,3 +417,30 @@ def group_rates(
         ratio = fmr / overall_fmr if overall_fmr > 0 else float("nan")
         out.append(GroupRates(name, int(g_gen.size), int(g_imp.size), fmr, fnmr, ratio))
     return out
+
+
+@dataclass(frozen=True)
+class BCubed:
+    """BCubed precision, recall and F of a clustering (Amigó et al. 2009): per item, the share
+    of its cluster that is its class, and of its class that is in its cluster, averaged."""
+
+    precision: float
+    recall: float
+
+    @property
+    def f(self) -> float:
+        return 2 * self.precision * self.recall / (self.precision + self.recall)
+
+
+def bcubed(clusters: Sequence[object], classes: Sequence[object]) -> BCubed:
+    """BCubed of cluster labels against true classes, one of each per item."""
+    if len(clusters) != len(classes) or not clusters:
+        raise ValueError("bcubed needs one cluster and one class per item, at least one item")
+    from collections import Counter
+
+    both, sizes, members = Counter(zip(clusters, classes)), Counter(clusters), Counter(classes)
+    pairs = list(zip(clusters, classes))
+    precision = sum(both[p] / sizes[p[0]] for p in pairs) / len(pairs)
+    recall = sum(both[p] / members[p[1]] for p in pairs) / len(pairs)
+    return BCubed(precision, recall)
+
