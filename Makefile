@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-FACES ?= $(if $(VISAGE_FACES),$(VISAGE_FACES),../shared/faces)
+FACES ?= $(abspath $(if $(VISAGE_FACES),$(VISAGE_FACES),../shared/faces))
 
 .PHONY: run test setup bench promises clean
 

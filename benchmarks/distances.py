@@ -17,8 +17,8 @@ import platform
 from pathlib import Path
 
 import numpy as np
-
 from runtime import central_chips
+
 from visage.decision import default_calibration
 from visage.eval.protocols import read_lfw_pairs
 from visage.models.onnx_runtime import OnnxEmbedder

@@ -46,10 +46,10 @@ BREAKS = (
         "README.md, docs/gallery.md",
         "src/visage/gallery/service.py",
         'session, state, "identify", actor=actor, collection=collection, purpose=purpose,\n'
-        "                input_hash=resolved.sha256, k=k,",
+        "                input_hash=input_hash or resolved.sha256, k=k,",
         'session, state, "identify", actor=actor, collection=collection, purpose=purpose,\n'
-        "                input_hash=resolved.sha256, probe=[round(float(x), 5) for x in "
-        "resolved.vector], k=k,",
+        "                input_hash=input_hash or resolved.sha256, probe=[round(float(x), 5) for x "
+        "in resolved.vector], k=k,",
         ("tests/gallery/test_probes.py",),
     ),
     Break(
@@ -260,15 +260,21 @@ def _apply(root: Path, brk: Break) -> bool:
     return True
 
 
-def _run_tests(root: Path, tests: tuple[str, ...]) -> tuple[int, float, str]:
+def _run_tests(root: Path, tests: tuple[str, ...], *, echo: bool = False) -> tuple[int, float, str]:
+    """Run ``tests`` on the copy at ``root``: exit code, seconds, last line (all output if ``echo``
+    and they failed)."""
     env = {**os.environ, "PYTHONPATH": str(root / "src"), "PYTHONDONTWRITEBYTECODE": "1"}
-    env.setdefault("VISAGE_FACES", str(REPO.parent / "shared" / "faces"))
+    # The copy runs elsewhere: a relative photo folder (make's ../shared/faces) must not move with it.
+    faces = Path(os.environ.get("VISAGE_FACES") or REPO.parent / "shared" / "faces")
+    env["VISAGE_FACES"] = str(faces.resolve())
     start = time.monotonic()
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
         cwd=root, env=env, capture_output=True, text=True, timeout=1800, check=False,
     )  # fmt: skip
     tail = (done.stdout + done.stderr).strip().splitlines()
+    if echo and done.returncode != 0:
+        print("\n".join(tail[-80:]))
     return done.returncode, time.monotonic() - start, tail[-1] if tail else ""
 
 
@@ -292,7 +298,7 @@ def main() -> int:
         clean = Path(tmp) / "clean"
         _copy_repo(clean)
         guards = tuple(dict.fromkeys(t for b in chosen for t in b.tests))
-        code, seconds, last = _run_tests(clean, guards)
+        code, seconds, last = _run_tests(clean, guards, echo=True)
         print(f"unbroken: {last} ({seconds:.0f} s)")
         if code != 0:
             print("the guarding tests fail without any break: fix them first")
