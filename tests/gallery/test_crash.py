@@ -31,7 +31,9 @@ def _setup(url: str, index_dir: Path, *, enrolled: bool) -> list[str]:
         ids = [consented_person(g, f"P{i}") for i in range(PERSONS)]
         if enrolled:
             vectors = unit_vectors(PERSONS * PER_PERSON, seed=1)
-            g.enroll_many("people", [EmbeddingItem(ids[i % PERSONS], v) for i, v in enumerate(vectors)])
+            g.enroll_many(
+                "people", [EmbeddingItem(ids[i % PERSONS], v) for i, v in enumerate(vectors)]
+            )
             g.index("people")
         return ids
 
@@ -40,7 +42,9 @@ def _kill_after(url: str, index_dir: Path, mode: str, commits: int, delay: float
     """Start the worker, wait for ``commits`` commits plus ``delay`` s, SIGKILL it."""
     proc = subprocess.Popen(
         [sys.executable, str(WORKER), url, str(index_dir), mode],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     seen = 0
@@ -97,7 +101,9 @@ def test_sigkill_during_deletion(db_url: str, tmp_path: Path) -> None:
     assert len(gone) >= 3
     assert all(counts.get(p) == PER_PERSON for p in people)  # survivors are whole
     assert all(p not in counts for p in gone)  # the deleted have no template left
-    (deletes,) = _store(db_url, "SELECT count(*) FROM audit_event WHERE action = 'person.delete'")[0]
+    (deletes,) = _store(db_url, "SELECT count(*) FROM audit_event WHERE action = 'person.delete'")[
+        0
+    ]
     assert deletes == len(gone)
     vectors = unit_vectors(PERSONS * PER_PERSON, seed=1)
     with Gallery(db_url, index_dir=index_dir, calibrations=[CALIBRATION]) as g:
@@ -107,3 +113,32 @@ def test_sigkill_during_deletion(db_url: str, tmp_path: Path) -> None:
                 assert found is None or found.person_id != person
             else:
                 assert found is not None and found.person_id == person
+
+
+def test_sigkill_during_searches_loses_no_answered_event(db_url: str, tmp_path: Path) -> None:
+    """Searches' audit events are group-committed: every answer a client got before the kill
+    has its event in the chain, none is half-written."""
+    index_dir = tmp_path / "index"
+    _setup(db_url, index_dir, enrolled=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), db_url, str(index_dir), "search"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    answered: list[int] = []
+    deadline = time.monotonic() + 120
+    while len(answered) < 300 and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        answered.append(int(line.split()[1]))
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(answered) == 300, (
+        f"worker stopped early: {proc.stderr.read() if proc.stderr else ''}"
+    )
+    assert len(set(answered)) == len(answered)  # each answer its own event
+    _check_consistent(db_url, index_dir)
+    stored = dict(_store(db_url, "SELECT seq, action FROM audit_event"))
+    assert all(stored.get(seq) == "identify" for seq in answered)
+    assert len(stored) >= len(answered)

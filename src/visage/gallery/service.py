@@ -60,12 +60,22 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Self, TypeAlias, TypeVar, cast
+from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import ColumnElement, CursorResult, delete, exists, func, insert, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    CursorResult,
+    Engine,
+    delete,
+    exists,
+    func,
+    insert,
+    or_,
+    select,
+)
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
 
@@ -127,6 +137,7 @@ from .store import (
     open_engine,
     open_private,
     private_dir,
+    snapshot_reader,
     sqlite_path,
     store_failure,
     utcnow,
@@ -151,6 +162,7 @@ Disclosure = Literal["all", "matches"]
 """Which candidates a search names: ``all`` of the top k, or only ``matches`` (within threshold)."""
 Progress = Callable[[int, int], None]
 _T = TypeVar("_T")
+_P = ParamSpec("_P")
 
 
 class PoorQuality(InputError):
@@ -193,6 +205,18 @@ def _vector_bytes(vector: npt.NDArray[np.float32]) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
 
 
+def _indexes_locked(
+    method: Callable[Concatenate[Gallery, _P], _T],
+) -> Callable[Concatenate[Gallery, _P], _T]:
+    """Run a method that reads or changes the in-memory indexes under ``Gallery._index_lock``."""
+
+    def locked(self: Gallery, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with self._index_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 def _chunks(items: Sequence[_T], size: int = 5000) -> Iterator[Sequence[_T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -206,11 +230,15 @@ def _utc(label: str, value: datetime) -> datetime:
     try:
         return value.astimezone(UTC)
     except OverflowError:
-        raise InputError(f"{label} {value.isoformat()} is out of range (years 1 to 9999 UTC)") from None
+        raise InputError(
+            f"{label} {value.isoformat()} is out of range (years 1 to 9999 UTC)"
+        ) from None
 
 
 def _consent_fields(
-    basis: str | ConsentBasis, granted_by: str, granted_at: datetime | None,
+    basis: str | ConsentBasis,
+    granted_by: str,
+    granted_at: datetime | None,
     expires_at: datetime | None,
 ) -> tuple[str, datetime, datetime | None]:
     """A consent record's basis, start and end, checked: a known basis, a grantor, aware UTC
@@ -229,8 +257,10 @@ def _check_quality(quality: float | None) -> float | None:
     """A template's quality: absent, or a number from 0 to 1."""
     if quality is None:
         return None
-    if isinstance(quality, bool) or not isinstance(quality, (int, float)) or not (
-        math.isfinite(quality) and 0 <= quality <= 1
+    if (
+        isinstance(quality, bool)
+        or not isinstance(quality, (int, float))
+        or not (math.isfinite(quality) and 0 <= quality <= 1)
     ):
         raise InputError(f"quality must be a number from 0 to 1, not {quality!r}")
     return float(quality)
@@ -324,10 +354,20 @@ class Gallery:
         self.anchors = anchor.anchor_file(db_file, anchors)
         self._engine = open_engine(self.url, anchors=anchors, create=create)
         self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        # One in-memory SQLite connection is shared: its reads cannot overlap a write.
+        self._shared_connection = db_file is None and self._engine.dialect.name == "sqlite"
+        self._snapshots = sessionmaker(snapshot_reader(self._engine), expire_on_commit=False)
+        self._searches = audit.GroupCommit(self._transaction)
         self._loaded: dict[int, _Loaded] = {}
         self._saved: dict[int, int] = {}
+        self._rebuilt: set[int] = set()  # indexes rebuilt by a search, not yet saved
         self._points: dict[int, tuple[tuple[int, float], OpenSetPoint]] = {}
         self._lock = threading.RLock()
+        # Guards the in-memory indexes (``_loaded``, ``_saved``) only. Readers take it, never
+        # ``_lock``, and no one holds it while waiting for the database: a reader that holds a
+        # snapshot and waited on a writer that waits on the database would stall both (and, on
+        # SQLite, a WAL truncation in another process) for the whole busy timeout.
+        self._index_lock = threading.RLock()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -336,6 +376,11 @@ class Gallery:
         with self._lock:
             self.save_indexes()
             self._engine.dispose()
+
+    @property
+    def engine(self) -> Engine:
+        """The store's one engine, for the server's key store, event log and edge hub."""
+        return self._engine
 
     def __enter__(self) -> Self:
         return self
@@ -357,11 +402,46 @@ class Gallery:
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:
+        """A read-only transaction on one consistent snapshot, without the writers' lock."""
         try:
-            with self._sessions() as session:
+            with self._read_guard(), self._snapshots() as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
             raise store_failure("gallery store", exc) from exc
+
+    @contextmanager
+    def _searching(self) -> Iterator[Session]:
+        """:meth:`_reading` for a search; afterwards an index it had to rebuild is saved as a
+        snapshot file (once, under the writers' lock, only if it still matches the store)."""
+        with self._reading() as session:
+            yield session
+        if self._rebuilt:
+            self.save_indexes()
+
+    @contextmanager
+    def _read_guard(self) -> Iterator[None]:
+        if self._shared_connection:
+            with self._lock:
+                yield
+        else:
+            yield
+
+    def _audit_search(
+        self,
+        action: str,
+        *,
+        actor: str | None,
+        collection: str,
+        purpose: str | None,
+        input_hash: str,
+        **summary: Any,
+    ) -> int:
+        """The audit event of a search, group-committed with concurrent searches' events
+        (:class:`~visage.gallery.audit.GroupCommit`); returns once it is durable."""
+        return self._searches.append(
+            actor=actor or self.actor, action=action, collection=collection, purpose=purpose,
+            input_hash=input_hash, summary=summary,
+        )  # fmt: skip
 
     def _audit(
         self,
@@ -479,7 +559,9 @@ class Gallery:
             moment = when or last.granted_at
             verb = {"revoked": "revoked", "expired": "expired"}.get(status, "starts")
             why = f"consent {verb} at {moment:%Y-%m-%d %H:%M} UTC"
-        raise ConsentError(f"person {person.id} ({person.display_name}) has no valid consent: {why}")
+        raise ConsentError(
+            f"person {person.id} ({person.display_name}) has no valid consent: {why}"
+        )
 
     # ------------------------------------------------------------------ collections
 
@@ -527,8 +609,15 @@ class Gallery:
             session.add(row)
             session.flush()
             self._audit(
-                session, state, "collection.create", actor=actor, collection=name,
-                model_id=model, dim=dim, keep_images=keep_images, target_fpir=float(target_fpir),
+                session,
+                state,
+                "collection.create",
+                actor=actor,
+                collection=name,
+                model_id=model,
+                dim=dim,
+                keep_images=keep_images,
+                target_fpir=float(target_fpir),
             )
             return self._collection_info(session, row)
 
@@ -559,13 +648,20 @@ class Gallery:
                 session.execute(delete(PersonRow).where(PersonRow.collection_id == coll.id))
                 session.delete(coll)
                 self._audit(
-                    session, state, "collection.delete", actor=actor, collection=name,
-                    purpose=purpose, persons_removed=info.persons, templates_removed=info.templates,
+                    session,
+                    state,
+                    "collection.delete",
+                    actor=actor,
+                    collection=name,
+                    purpose=purpose,
+                    persons_removed=info.persons,
+                    templates_removed=info.templates,
                     edge_events_removed=edge_events,
                 )
                 self._drop_snapshot(coll.id)
                 coll_id = coll.id
-            self._loaded.pop(coll_id, None)
+            with self._index_lock:
+                self._loaded.pop(coll_id, None)
             self._points.pop(coll_id, None)
             erase_journal(self._engine)
             return info.templates
@@ -605,8 +701,13 @@ class Gallery:
             session.add(row)
             session.flush()
             self._audit(
-                session, state, "person.create", actor=actor, collection=collection,
-                person=row.id, external_id=external_id,
+                session,
+                state,
+                "person.create",
+                actor=actor,
+                collection=collection,
+                person=row.id,
+                external_id=external_id,
             )
             return self._person_info(session, coll, row)
 
@@ -648,14 +749,20 @@ class Gallery:
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
             row = self._person(session, coll, person)
-            if external_id is not None and external_id != row.external_id and session.scalar(
-                select(PersonRow.id).where(
-                    PersonRow.collection_id == coll.id, PersonRow.external_id == external_id
+            if (
+                external_id is not None
+                and external_id != row.external_id
+                and session.scalar(
+                    select(PersonRow.id).where(
+                        PersonRow.collection_id == coll.id, PersonRow.external_id == external_id
+                    )
                 )
             ):
                 raise Conflict(f"external id {external_id!r} is taken in {collection!r}")
             changed = {
-                "display_name": display_name, "external_id": external_id, "metadata": metadata,
+                "display_name": display_name,
+                "external_id": external_id,
+                "metadata": metadata,
             }
             if display_name is not None:
                 row.display_name = display_name
@@ -664,8 +771,13 @@ class Gallery:
             if metadata is not None:
                 row.meta = dict(metadata)
             self._audit(
-                session, state, "person.update", actor=actor, collection=collection,
-                person=row.id, fields=sorted(k for k, v in changed.items() if v is not None),
+                session,
+                state,
+                "person.update",
+                actor=actor,
+                collection=collection,
+                person=row.id,
+                fields=sorted(k for k, v in changed.items() if v is not None),
             )
             return self._person_info(session, coll, row)
 
@@ -701,8 +813,15 @@ class Gallery:
             session.add(row)
             session.flush()
             self._audit(
-                session, state, "consent.grant", actor=actor, collection=collection,
-                purpose=purpose, person=row_person.id, consent=row.id, basis=basis_value,
+                session,
+                state,
+                "consent.grant",
+                actor=actor,
+                collection=collection,
+                purpose=purpose,
+                person=row_person.id,
+                consent=row.id,
+                basis=basis_value,
                 expires_at=expires_at.isoformat() if expires_at else None,
             )
             return _consent_info(row, utcnow())
@@ -739,9 +858,15 @@ class Gallery:
                 removed = self._delete_templates(session, coll, row_person.id)
                 edge_events = self._purge_edge(session, collection, row_person.id)
                 self._audit(
-                    session, state, "consent.revoke", actor=actor, collection=collection,
-                    person=row_person.id, consents=[r.id for r in open_rows],
-                    templates_removed=len(removed), edge_events_removed=edge_events,
+                    session,
+                    state,
+                    "consent.revoke",
+                    actor=actor,
+                    collection=collection,
+                    person=row_person.id,
+                    consents=[r.id for r in open_rows],
+                    templates_removed=len(removed),
+                    edge_events_removed=edge_events,
                     reason=reason,
                 )
                 coll_id, version = coll.id, coll.version
@@ -773,12 +898,17 @@ class Gallery:
         ids = sorted(set(person_ids))
         found: set[str] = set()
         for part in _chunks(ids):
-            found.update(session.scalars(
-                select(PersonRow.id).join(CollectionRow).where(
-                    CollectionRow.name == collection, PersonRow.id.in_(part),
-                    _consent_valid(PersonRow.id, now),
+            found.update(
+                session.scalars(
+                    select(PersonRow.id)
+                    .join(CollectionRow)
+                    .where(
+                        CollectionRow.name == collection,
+                        PersonRow.id.in_(part),
+                        _consent_valid(PersonRow.id, now),
+                    )
                 )
-            ))
+            )
         return found
 
     def delete_person(
@@ -799,9 +929,16 @@ class Gallery:
                 session.execute(delete(ConsentRow).where(ConsentRow.person_id == row_person.id))
                 session.delete(row_person)
                 self._audit(
-                    session, state, "person.delete", actor=actor, collection=collection,
-                    purpose=purpose, person=row_person.id, external_id=row_person.external_id,
-                    templates_removed=len(removed), edge_events_removed=edge_events,
+                    session,
+                    state,
+                    "person.delete",
+                    actor=actor,
+                    collection=collection,
+                    purpose=purpose,
+                    person=row_person.id,
+                    external_id=row_person.external_id,
+                    templates_removed=len(removed),
+                    edge_events_removed=edge_events,
                 )
                 coll_id, version = coll.id, coll.version
             self._erased(coll_id, version, removed)
@@ -814,10 +951,15 @@ class Gallery:
             row = self._person(session, coll, person)
             found = session.execute(
                 select(
-                    TemplateRow.id, TemplateRow.model_id, TemplateRow.quality,
-                    TemplateRow.source_sha256, TemplateRow.image.is_not(None),
+                    TemplateRow.id,
+                    TemplateRow.model_id,
+                    TemplateRow.quality,
+                    TemplateRow.source_sha256,
+                    TemplateRow.image.is_not(None),
                     TemplateRow.created_at,
-                ).where(TemplateRow.person_id == row.id).order_by(TemplateRow.id)
+                )
+                .where(TemplateRow.person_id == row.id)
+                .order_by(TemplateRow.id)
             ).all()
             return [TemplateInfo(t[0], row.id, t[1], t[2], t[3], bool(t[4]), t[5]) for t in found]
 
@@ -842,15 +984,23 @@ class Gallery:
                 coll.version += 1
                 self._drop_snapshot(coll.id)
                 self._audit(
-                    session, state, "template.delete", actor=actor, collection=collection,
-                    purpose=purpose, person=row_person.id, template=template_id,
+                    session,
+                    state,
+                    "template.delete",
+                    actor=actor,
+                    collection=collection,
+                    purpose=purpose,
+                    person=row_person.id,
+                    template=template_id,
                 )
                 coll_id, version = coll.id, coll.version
             self._erased(coll_id, version, [template_id])
 
     def _delete_templates(self, session: Session, coll: CollectionRow, person_id: str) -> list[int]:
         """Delete a person's templates and, before the commit, the snapshot that holds them."""
-        ids = list(session.scalars(select(TemplateRow.id).where(TemplateRow.person_id == person_id)))
+        ids = list(
+            session.scalars(select(TemplateRow.id).where(TemplateRow.person_id == person_id))
+        )
         if ids:
             session.execute(delete(TemplateRow).where(TemplateRow.person_id == person_id))
             coll.version += 1
@@ -886,7 +1036,9 @@ class Gallery:
                     f"{coll.model_id}"
                 )
             vec = self._check_vector(coll, probe.embedding)
-            return _Vector(vec, _sha256(_vector_bytes(vec)), coll.model_id, probe.quality.score), probe
+            return _Vector(
+                vec, _sha256(_vector_bytes(vec)), coll.model_id, probe.quality.score
+            ), probe
         if isinstance(probe, np.ndarray):
             vec = self._check_vector(coll, probe)
             return _Vector(vec, _sha256(_vector_bytes(vec)), coll.model_id), None
@@ -915,7 +1067,9 @@ class Gallery:
         try:
             return unit_embedding(raw, coll.dim)
         except InputError as exc:
-            raise InputError(f"{exc} (collection {coll.name!r} holds {coll.dim}-d embeddings)") from None
+            raise InputError(
+                f"{exc} (collection {coll.name!r} holds {coll.dim}-d embeddings)"
+            ) from None
 
     # ------------------------------------------------------------------ enrollment
 
@@ -961,14 +1115,26 @@ class Gallery:
         before the gallery is reached (the server's per-photo face limit)."""
         with self._lock, self._transaction() as (session, state):
             exc.audit_seq = self._audit(
-                session, state, f"{action}.refused", actor=actor, collection=collection,
-                purpose=purpose, reason=type(exc).__name__, detail=str(exc), **summary,
+                session,
+                state,
+                f"{action}.refused",
+                actor=actor,
+                collection=collection,
+                purpose=purpose,
+                reason=type(exc).__name__,
+                detail=str(exc),
+                **summary,
             )
         return exc.audit_seq
 
     @contextmanager
     def _refusals(
-        self, action: str, collection: str, *, purpose: str | None, actor: str | None,
+        self,
+        action: str,
+        collection: str,
+        *,
+        purpose: str | None,
+        actor: str | None,
         **summary: Any,
     ) -> Iterator[None]:
         """Audit a refusal (:data:`_REFUSALS`) raised in the block, after its transaction is gone."""
@@ -997,8 +1163,14 @@ class Gallery:
         results: list[EnrollResult] = []
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            with self._refusals("enroll", collection, purpose=purpose, actor=actor,
-                                items=len(batch), persons=sorted({i.person for i in batch})):
+            with self._refusals(
+                "enroll",
+                collection,
+                purpose=purpose,
+                actor=actor,
+                items=len(batch),
+                persons=sorted({i.person for i in batch}),
+            ):
                 results.extend(
                     self._enroll_batch(collection, batch, [None] * len(batch), purpose, actor)
                 )
@@ -1032,12 +1204,18 @@ class Gallery:
                 for pid, digest, blob, item, image in keyed:
                     if (pid, digest) not in known and (pid, digest) not in fresh:
                         fresh[(pid, digest)] = len(rows)
-                        rows.append({
-                            "person_id": pid, "collection_id": coll.id, "embedding": blob,
-                            "model_id": coll.model_id, "quality": item.quality,
-                            "source_sha256": digest, "created_at": now,
-                            "image": image if coll.keep_images else None,
-                        })
+                        rows.append(
+                            {
+                                "person_id": pid,
+                                "collection_id": coll.id,
+                                "embedding": blob,
+                                "model_id": coll.model_id,
+                                "quality": item.quality,
+                                "source_sha256": digest,
+                                "created_at": now,
+                                "image": image if coll.keep_images else None,
+                            }
+                        )
                 new_ids: list[int] = []
                 if rows:
                     insert_rows = insert(TemplateRow).returning(
@@ -1052,22 +1230,32 @@ class Gallery:
                     created = key in fresh and key not in first_use
                     first_use.add(key)
                     if key in fresh:
-                        result = EnrollResult(pid, new_ids[fresh[key]], created, item.quality, digest)
+                        result = EnrollResult(
+                            pid, new_ids[fresh[key]], created, item.quality, digest
+                        )
                     else:
                         template_id, quality = known[key]
                         result = EnrollResult(pid, template_id, False, quality, digest)
                     results.append(result)
                     self._audit(
-                        session, state, "enroll", actor=actor, collection=collection,
-                        purpose=purpose, input_hash=digest, person=pid,
-                        template=result.template_id, duplicate=not created,
+                        session,
+                        state,
+                        "enroll",
+                        actor=actor,
+                        collection=collection,
+                        purpose=purpose,
+                        input_hash=digest,
+                        person=pid,
+                        template=result.template_id,
+                        duplicate=not created,
                         quality=None if item.quality is None else round(item.quality, 4),
                     )
                 coll_id, version = coll.id, coll.version
             if rows:
                 vectors = np.frombuffer(b"".join(r["embedding"] for r in rows), "<f4")
                 self._after_commit(
-                    coll_id, version,
+                    coll_id,
+                    version,
                     added=(np.asarray(new_ids, np.int64), vectors.reshape(len(rows), coll.dim)),
                 )
             return results
@@ -1098,9 +1286,13 @@ class Gallery:
         ids = sorted({row.id for row in found.values()})
         valid: set[str] = set()
         for part in _chunks(ids):
-            valid.update(session.scalars(
-                select(PersonRow.id).where(PersonRow.id.in_(part), _consent_valid(PersonRow.id, now))
-            ))
+            valid.update(
+                session.scalars(
+                    select(PersonRow.id).where(
+                        PersonRow.id.in_(part), _consent_valid(PersonRow.id, now)
+                    )
+                )
+            )
         for row in found.values():
             if row.id not in valid:
                 self._require_consent(session, row, now)
@@ -1115,8 +1307,12 @@ class Gallery:
         digests = sorted({digest for _, digest in keys})
         for part in _chunks(digests):
             rows = session.execute(
-                select(TemplateRow.id, TemplateRow.person_id, TemplateRow.source_sha256,
-                       TemplateRow.quality).where(TemplateRow.source_sha256.in_(part))
+                select(
+                    TemplateRow.id,
+                    TemplateRow.person_id,
+                    TemplateRow.source_sha256,
+                    TemplateRow.quality,
+                ).where(TemplateRow.source_sha256.in_(part))
             )
             for template_id, pid, digest, quality in rows:
                 if (pid, digest) in keys:
@@ -1130,6 +1326,7 @@ class Gallery:
             return self._index_spec
         return AUTO_FAISS_SPEC if count >= AUTO_FAISS_AT else "exact"
 
+    @_indexes_locked
     def _after_commit(
         self,
         coll_id: int,
@@ -1158,17 +1355,29 @@ class Gallery:
     def _snapshot_meta(self, coll_id: int) -> Path | None:
         return None if self._index_dir is None else self._index_dir / f"collection-{coll_id}.json"
 
-    def _index(self, session: Session, coll: CollectionRow) -> VectorIndex:
-        """The collection's index, matching the store at ``coll.version``.
+    @_indexes_locked
+    def _index(
+        self, session: Session, coll: CollectionRow, *, reading: bool = False
+    ) -> VectorIndex:
+        """The collection's index, matching the store at ``coll.version``; call under
+        ``self._lock``.
 
-        Call inside a transaction that holds the writers' lock, so the version cannot move.
+        In a write transaction (the writers' lock held, the version cannot move) it matches
+        exactly. ``reading``: in a read-only snapshot an index of a *later* version also serves
+        (its extra templates are not in the snapshot and are dropped when the candidates are
+        read; those it lacks were deleted since), and a rebuilt index is not saved as a
+        snapshot file (only a writer may, see :meth:`_save_snapshot`).
         """
         loaded = self._loaded.get(coll.id)
-        if loaded is not None and loaded.version == coll.version:
+        if loaded is not None and (
+            loaded.version == coll.version or (reading and loaded.version > coll.version)
+        ):
             return loaded.index
         count = int(
             session.scalar(
-                select(func.count()).select_from(TemplateRow).where(TemplateRow.collection_id == coll.id)
+                select(func.count())
+                .select_from(TemplateRow)
+                .where(TemplateRow.collection_id == coll.id)
             )
             or 0
         )
@@ -1177,7 +1386,10 @@ class Gallery:
         if index is None:
             index = self._rebuild(session, coll, spec)
             self._loaded[coll.id] = _Loaded(index, coll.version)
-            self._save_snapshot(coll.id, coll.version)
+            if reading:
+                self._rebuilt.add(coll.id)
+            else:
+                self._save_snapshot(coll.id, coll.version)
         else:
             self._loaded[coll.id] = _Loaded(index, coll.version)
             self._saved[coll.id] = coll.version
@@ -1215,6 +1427,7 @@ class Gallery:
             index.add(np.asarray(ids, np.int64), vectors)
         return index
 
+    @_indexes_locked
     def _save_snapshot(self, coll_id: int, version: int | None) -> None:
         """Write the in-memory index only if it matches ``version``, the store's version read
         under the writers' lock the caller holds; a stale index (another process deleted since)
@@ -1255,6 +1468,7 @@ class Gallery:
                 old.unlink(missing_ok=True)
         self._saved[coll_id] = loaded.version
 
+    @_indexes_locked
     def _drop_snapshot(self, coll_id: int) -> None:
         """Delete a collection's saved snapshot inside the deleting transaction, before it
         commits: once the deletion is visible no snapshot holds the erased templates.
@@ -1273,7 +1487,11 @@ class Gallery:
         """Write snapshots of indexes changed since they were last saved (also done by close),
         under the writers' lock and only for the version the store holds."""
         with self._lock:
-            changed = [c for c, loaded in self._loaded.items() if self._saved.get(c) != loaded.version]
+            with self._index_lock:
+                changed = [
+                    c for c, loaded in self._loaded.items() if self._saved.get(c) != loaded.version
+                ]
+                self._rebuilt.clear()
             if self._index_dir is None or not changed:
                 return
             with self._transaction() as (session, _state):
@@ -1304,19 +1522,22 @@ class Gallery:
         *,
         per_person: bool,
     ) -> list[tuple[int, str, float]]:
-        """``(template id, person id, distance)`` nearest first, consented persons only.
+        """``(template id, person id, distance)`` nearest first, consented persons only, in the
+        read-only snapshot ``session``.
 
         The index proposes candidates; they are re-scored here with the one distance
-        primitive. With ``per_person`` each person appears once, at their best template. The
-        index is asked for more until ``k`` are found or it is exhausted (expired consents and
-        several templates per person are skipped that way).
+        primitive from the snapshot's rows. With ``per_person`` each person appears once, at
+        their best template. The index is asked for more until ``k`` are found or it is
+        exhausted (expired consents and several templates per person are skipped that way).
         """
-        index = self._index(session, coll)
-        total = index.count()
-        fetch = min(total, max(4 * k, 32))
+        fetch = max(4 * k, 32)
         now = utcnow()
         while True:
-            _, ids = index.search(vec[None, :], fetch)
+            with self._index_lock:  # writers change the index in place
+                index = self._index(session, coll, reading=True)
+                total = index.count()
+                fetch = min(total, fetch)
+                _, ids = index.search(vec[None, :], fetch)
             found = [int(i) for i in ids[0] if i >= 0]
             scored: list[tuple[int, str, float]] = []
             for part in _chunks(found):
@@ -1375,31 +1596,31 @@ class Gallery:
                 raise PoorQuality(
                     [f"quality {resolved.quality:.3f} is below min_quality {min_quality}"]
                 )
-        with self._lock, self._transaction() as (session, state):
+        with self._searching() as session:
             coll = self._collection(session, collection)
             ranked = self._ranked(session, coll, resolved.vector, k, per_person=True)
             point = self._operating_point(session, coll)
             names = self._names(session, [p for _, p, _ in ranked])
-            candidates = []
-            for template_id, person_id, dist in ranked:
-                prow = names[person_id]
-                candidates.append(
-                    Candidate(person_id, prow.display_name, prow.external_id, dist,
-                              dist <= point.threshold, template_id)
-                )
-            unknown = not candidates or not candidates[0].same
-            seq = self._audit(
-                session, state, "identify", actor=actor, collection=collection, purpose=purpose,
-                input_hash=input_hash or resolved.sha256, k=k, unknown=unknown,
-                threshold=point.threshold,
-                target_fpir=point.target_fpir, templates=point.templates,
-                supported=point.supported,
-                candidates=[
-                    {"person": c.person_id, "distance": round(c.distance, 6), "same": c.same}
-                    for c in candidates
-                ],
-                disclose=disclose,
-            )
+            version = coll.version
+        candidates = []
+        for template_id, person_id, dist in ranked:
+            prow = names[person_id]
+            candidates.append(
+                Candidate(person_id, prow.display_name, prow.external_id, dist,
+                          dist <= point.threshold, template_id)
+            )  # fmt: skip
+        unknown = not candidates or not candidates[0].same
+        seq = self._audit_search(
+            "identify", actor=actor, collection=collection, purpose=purpose,
+            input_hash=input_hash or resolved.sha256, k=k, unknown=unknown,
+            threshold=point.threshold, target_fpir=point.target_fpir, templates=point.templates,
+            supported=point.supported, version=version,
+            candidates=[
+                {"person": c.person_id, "distance": round(c.distance, 6), "same": c.same}
+                for c in candidates
+            ],
+            disclose=disclose,
+        )  # fmt: skip
         shown = [c for c in candidates if _disclosed(disclose, c.same)]
         return Identification(tuple(shown), unknown, point.threshold, point.describe(), seq, point)
 
@@ -1429,23 +1650,19 @@ class Gallery:
     def _operating_point(self, session: Session, coll: CollectionRow) -> OpenSetPoint:
         """The threshold for ``coll``'s target FPIR at its current size, cached per version.
 
-        Call after :meth:`_index` in the same transaction (the index's count is the store's at
-        ``coll.version``); a model without a shipped open-set calibration keeps its
-        per-comparison threshold, stated as ``basis="fixed"``, ``supported=False``.
+        Counted in ``session``'s snapshot at ``coll.version``; a model without a shipped
+        open-set calibration keeps its per-comparison threshold, stated as ``basis="fixed"``,
+        ``supported=False``.
         """
         key = (coll.version, coll.target_fpir)
         cached = self._points.get(coll.id)
         if cached is not None and cached[0] == key:
             return cached[1]
-        templates = self._index(session, coll).count()
-        persons = int(
-            session.scalar(
-                select(func.count(func.distinct(TemplateRow.person_id))).where(
-                    TemplateRow.collection_id == coll.id
-                )
+        templates, persons = session.execute(
+            select(func.count(), func.count(func.distinct(TemplateRow.person_id))).where(
+                TemplateRow.collection_id == coll.id
             )
-            or 0
-        )
+        ).one()
         point = self.operating_point(coll.model_id, coll.target_fpir, templates, persons)
         self._points[coll.id] = (key, point)
         return point
@@ -1479,26 +1696,35 @@ class Gallery:
         with self._refusals("verify", collection, purpose=purpose, actor=actor, person=person):
             resolved, _ = self._resolve(collection, probe, face)
             cal = self.calibration(resolved.model_id)
-            with self._lock, self._transaction() as (session, state):
+            with self._reading() as session:
                 coll = self._collection(session, collection)
                 prow = self._person(session, coll, person)
                 self._require_consent(session, prow, utcnow())
                 rows = session.execute(
-                    select(TemplateRow.id, TemplateRow.embedding).where(TemplateRow.person_id == prow.id)
+                    select(TemplateRow.id, TemplateRow.embedding).where(
+                        TemplateRow.person_id == prow.id
+                    )
                 ).all()
                 if not rows:
                     raise NotFound(f"person {prow.id} has no enrolled template")
-                dist = distances(resolved.vector, np.stack([np.frombuffer(r.embedding, "<f4") for r in rows]))
-                best = int(np.argmin(dist))
-                verdict = decide(float(dist[best]), cal)
-                seq = self._audit(
-                    session, state, "verify", actor=actor, collection=collection, purpose=purpose,
-                    input_hash=resolved.sha256, person=prow.id, distance=round(verdict.distance, 6),
-                    same=verdict.same, threshold=cal.threshold,
-                )
+            dist = distances(
+                resolved.vector, np.stack([np.frombuffer(r.embedding, "<f4") for r in rows])
+            )
+            best = int(np.argmin(dist))
+            verdict = decide(float(dist[best]), cal)
+            seq = self._audit_search(
+                "verify", actor=actor, collection=collection, purpose=purpose,
+                input_hash=resolved.sha256, person=prow.id, distance=round(verdict.distance, 6),
+                same=verdict.same, threshold=cal.threshold,
+            )  # fmt: skip
         return Verification(
-            prow.id, verdict.distance, verdict.same, cal.threshold, cal.describe(),
-            int(rows[best].id), seq,
+            prow.id,
+            verdict.distance,
+            verdict.same,
+            cal.threshold,
+            cal.describe(),
+            int(rows[best].id),
+            seq,
         )
 
     def find_similar(
@@ -1521,18 +1747,18 @@ class Gallery:
         with self._refusals("find_similar", collection, purpose=purpose, actor=actor, k=k):
             resolved, _ = self._resolve(collection, probe, face)
         cal = self.calibration(resolved.model_id)
-        with self._lock, self._transaction() as (session, state):
+        with self._searching() as session:
             coll = self._collection(session, collection)
             ranked = self._ranked(session, coll, resolved.vector, k, per_person=False)
             names = self._names(session, [p for _, p, _ in ranked])
-            found = [SimilarFace(t, p, names[p].display_name, d) for t, p, d in ranked]
-            self._audit(
-                session, state, "find_similar", actor=actor, collection=collection,
-                purpose=purpose, input_hash=input_hash or resolved.sha256, k=k,
-                results=[{"template": f.template_id, "person": f.person_id,
-                          "distance": round(f.distance, 6)} for f in found],
-                disclose=disclose,
-            )
+        found = [SimilarFace(t, p, names[p].display_name, d) for t, p, d in ranked]
+        self._audit_search(
+            "find_similar", actor=actor, collection=collection,
+            purpose=purpose, input_hash=input_hash or resolved.sha256, k=k,
+            results=[{"template": f.template_id, "person": f.person_id,
+                      "distance": round(f.distance, 6)} for f in found],
+            disclose=disclose,
+        )  # fmt: skip
         return [f for f in found if _disclosed(disclose, decide(f.distance, cal).same)]
 
     # ------------------------------------------------------------------ audit
@@ -1550,8 +1776,13 @@ class Gallery:
         """Audit events with ``after < seq < before``, oldest first or newest first."""
         with self._reading() as session:
             return audit.events(
-                session, collection=collection, action=action, after=after, before=before,
-                limit=limit, newest_first=newest_first,
+                session,
+                collection=collection,
+                action=action,
+                after=after,
+                before=before,
+                limit=limit,
+                newest_first=newest_first,
             )
 
     def last_audit_events(
@@ -1597,7 +1828,9 @@ class Gallery:
             raise InputError(
                 f"this store is not anchored: set {anchor.ANCHORS_ENV} to an anchor file"
             )
-        return public_key_text(load_signing_key(anchor.anchor_key_file(self.anchors), create=True).public_key())
+        return public_key_text(
+            load_signing_key(anchor.anchor_key_file(self.anchors), create=True).public_key()
+        )
 
     # ------------------------------------------------------------------ export / import
 
@@ -1631,11 +1864,17 @@ class Gallery:
                     digest.update(line)
                     fh.write(line)
 
-                write({
-                    "format": EXPORT_FORMAT, "version": EXPORT_VERSION, "collection": coll.name,
-                    "model_id": coll.model_id, "dim": coll.dim, "persons": len(persons),
-                    "exported_at": utcnow().isoformat(),
-                })
+                write(
+                    {
+                        "format": EXPORT_FORMAT,
+                        "version": EXPORT_VERSION,
+                        "collection": coll.name,
+                        "model_id": coll.model_id,
+                        "dim": coll.dim,
+                        "persons": len(persons),
+                        "exported_at": utcnow().isoformat(),
+                    }
+                )
                 for done, prow in enumerate(persons, 1):
                     record = self._export_person(session, prow)
                     n_templates += len(record["templates"])
@@ -1645,9 +1884,16 @@ class Gallery:
                 fh.flush()
                 os.fsync(fh.fileno())
             self._audit(
-                session, state, "collection.export", actor=actor, collection=collection,
-                purpose=purpose, persons=len(persons), templates=n_templates,
-                sha256=digest.hexdigest(), path=str(dest),
+                session,
+                state,
+                "collection.export",
+                actor=actor,
+                collection=collection,
+                purpose=purpose,
+                persons=len(persons),
+                templates=n_templates,
+                sha256=digest.hexdigest(),
+                path=str(dest),
             )
         os.replace(tmp, dest)
         return TransferSummary(collection, dest, len(persons), n_templates, digest.hexdigest())
@@ -1666,15 +1912,21 @@ class Gallery:
 
         return {
             "person": {
-                "id": prow.id, "display_name": prow.display_name,
-                "external_id": prow.external_id, "metadata": prow.meta,
+                "id": prow.id,
+                "display_name": prow.display_name,
+                "external_id": prow.external_id,
+                "metadata": prow.meta,
                 "created_at": when(prow.created_at),
             },
             "consents": [
                 {
-                    "basis": c.basis, "purpose": c.purpose, "granted_by": c.granted_by,
-                    "granted_at": when(c.granted_at), "expires_at": when(c.expires_at),
-                    "revoked_at": when(c.revoked_at), "revoked_by": c.revoked_by,
+                    "basis": c.basis,
+                    "purpose": c.purpose,
+                    "granted_by": c.granted_by,
+                    "granted_at": when(c.granted_at),
+                    "expires_at": when(c.expires_at),
+                    "revoked_at": when(c.revoked_at),
+                    "revoked_by": c.revoked_by,
                     "revoke_reason": c.revoke_reason,
                 }
                 for c in consents
@@ -1682,8 +1934,10 @@ class Gallery:
             "templates": [
                 {
                     "embedding": base64.b64encode(t.embedding).decode("ascii"),
-                    "model_id": t.model_id, "quality": t.quality,
-                    "source_sha256": t.source_sha256, "created_at": when(t.created_at),
+                    "model_id": t.model_id,
+                    "quality": t.quality,
+                    "source_sha256": t.source_sha256,
+                    "created_at": when(t.created_at),
                 }
                 for t in templates
             ],
@@ -1721,8 +1975,13 @@ class Gallery:
             summary = self._import(source, raw, header, records, target, purpose, actor, progress)
         except (InputError, ConsentError, Conflict) as exc:
             self.record_refusal(
-                "collection.import", target or None, exc, purpose=purpose, actor=actor,
-                sha256=_sha256(raw), path=str(source),
+                "collection.import",
+                target or None,
+                exc,
+                purpose=purpose,
+                actor=actor,
+                sha256=_sha256(raw),
+                path=str(source),
             )
             raise
         return summary
@@ -1756,7 +2015,9 @@ class Gallery:
             raise InputError(f"{source}: not a Visage collection export (version {EXPORT_VERSION})")
         for key, kind in (("collection", str), ("model_id", str), ("dim", int)):
             if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
-                raise InputError(f"{source} line 1: the header's {key!r} is missing or not a {kind.__name__}")
+                raise InputError(
+                    f"{source} line 1: the header's {key!r} is missing or not a {kind.__name__}"
+                )
         if not 1 <= header["dim"] <= 4096:
             raise InputError(f"{source} line 1: dim {header['dim']} is not 1 to 4096")
         return header, records
@@ -1778,8 +2039,12 @@ class Gallery:
             if session.scalar(select(CollectionRow.id).where(CollectionRow.name == target)):
                 raise Conflict(f"collection {target!r} already exists")
             coll = CollectionRow(
-                name=target, model_id=header["model_id"], dim=header["dim"], keep_images=False,
-                version=state.audit_seq + 1, created_at=now,
+                name=target,
+                model_id=header["model_id"],
+                dim=header["dim"],
+                keep_images=False,
+                version=state.audit_seq + 1,
+                created_at=now,
             )
             session.add(coll)
             session.flush()
@@ -1796,12 +2061,24 @@ class Gallery:
                 if progress is not None:
                     progress(done, len(records))
             self._audit(
-                session, state, "collection.import", actor=actor, collection=target,
-                purpose=purpose, persons=len(records), templates=n_templates,
-                sha256=_sha256(raw), source_collection=header["collection"], rekeyed=rekeyed,
+                session,
+                state,
+                "collection.import",
+                actor=actor,
+                collection=target,
+                purpose=purpose,
+                persons=len(records),
+                templates=n_templates,
+                sha256=_sha256(raw),
+                source_collection=header["collection"],
+                rekeyed=rekeyed,
             )
         return TransferSummary(
-            target, source, len(records), n_templates, _sha256(raw),
+            target,
+            source,
+            len(records),
+            n_templates,
+            _sha256(raw),
             renamed_from=str(header["collection"]) if target != header["collection"] else None,
             rekeyed=rekeyed,
         )
@@ -1853,24 +2130,35 @@ class Gallery:
             if rekeyed:
                 person_id = uuid.uuid4().hex
             row = PersonRow(
-                id=person_id, collection_id=coll.id, display_name=display_name,
-                external_id=external_id, meta=p["metadata"] or {},
+                id=person_id,
+                collection_id=coll.id,
+                display_name=display_name,
+                external_id=external_id,
+                meta=p["metadata"] or {},
                 created_at=when("created_at", p["created_at"]) or now,
             )
             session.add(row)
             session.flush()  # no ORM relationships, so the person row must exist first
             for c in consents:
                 basis, granted_at, expires_at = _consent_fields(
-                    c["basis"], c["granted_by"], when("granted_at", c["granted_at"]),
+                    c["basis"],
+                    c["granted_by"],
+                    when("granted_at", c["granted_at"]),
                     when("expires_at", c["expires_at"]),
                 )
-                session.add(ConsentRow(
-                    person_id=person_id, basis=basis, purpose=text("purpose", c["purpose"]),
-                    granted_by=c["granted_by"], granted_at=granted_at, expires_at=expires_at,
-                    revoked_at=when("revoked_at", c["revoked_at"]),
-                    revoked_by=text("revoked_by", c["revoked_by"]),
-                    revoke_reason=text("revoke_reason", c["revoke_reason"]),
-                ))
+                session.add(
+                    ConsentRow(
+                        person_id=person_id,
+                        basis=basis,
+                        purpose=text("purpose", c["purpose"]),
+                        granted_by=c["granted_by"],
+                        granted_at=granted_at,
+                        expires_at=expires_at,
+                        revoked_at=when("revoked_at", c["revoked_at"]),
+                        revoked_by=text("revoked_by", c["revoked_by"]),
+                        revoke_reason=text("revoke_reason", c["revoke_reason"]),
+                    )
+                )
             session.flush()
             if templates:
                 self._require_consent(session, row, now)
@@ -1891,11 +2179,17 @@ class Gallery:
                 if digest in digests:
                     raise InputError(f"two templates of {p['id']} share source_sha256 {digest}")
                 digests.add(digest)
-                session.add(TemplateRow(
-                    person_id=person_id, collection_id=coll.id, embedding=_vector_bytes(vector),
-                    model_id=coll.model_id, quality=_check_quality(t["quality"]),
-                    source_sha256=digest, created_at=when("created_at", t["created_at"]) or now,
-                ))
+                session.add(
+                    TemplateRow(
+                        person_id=person_id,
+                        collection_id=coll.id,
+                        embedding=_vector_bytes(vector),
+                        model_id=coll.model_id,
+                        quality=_check_quality(t["quality"]),
+                        source_sha256=digest,
+                        created_at=when("created_at", t["created_at"]) or now,
+                    )
+                )
             session.flush()
         except KeyError as exc:
             raise InputError(f"malformed person record: no field {exc}") from None

@@ -7,7 +7,8 @@ A SQLite file is the default (embedded, zero set-up); PostgreSQL is used by URL
 Concurrency rule: every transaction that changes anything first locks the single
 :class:`StateRow` (``SELECT … FOR UPDATE`` on PostgreSQL; ``BEGIN IMMEDIATE`` takes the file's
 write lock on SQLite). Writers are therefore serialised, which is what makes the audit hash
-chain linear and lets a reader trust a collection's ``version`` for the whole transaction.
+chain linear and lets a writer trust a collection's ``version`` for the whole transaction.
+Readers take no lock: :func:`snapshot_reader` transactions see one consistent snapshot.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import time
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -309,6 +311,10 @@ class EdgeSnapshotRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+BUSY_TIMEOUT_S = 30
+"""How long a SQLite connection waits for another's lock before it fails."""
+
+
 def _sqlite_pragmas(engine: Engine) -> None:
     """WAL + full sync + foreign keys + secure delete, and ``BEGIN IMMEDIATE`` so writers queue.
 
@@ -320,17 +326,33 @@ def _sqlite_pragmas(engine: Engine) -> None:
     def _connect(dbapi_conn: Any, _record: Any) -> None:
         dbapi_conn.isolation_level = None
         cursor = dbapi_conn.cursor()
-        cursor.execute("PRAGMA busy_timeout = 30000")
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
         cursor.execute("PRAGMA foreign_keys = ON")
         if engine.url.database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute("PRAGMA secure_delete = ON")  # deleted templates are zeroed, not left in free pages
+        cursor.execute(
+            "PRAGMA secure_delete = ON"
+        )  # deleted templates are zeroed, not left in free pages
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        conn.exec_driver_sql(
+            "BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE"
+        )
+
+
+_READ_ONLY = "visage_read_only"
+
+
+def snapshot_reader(engine: Engine) -> Engine:
+    """``engine``'s pool for read-only transactions that see one consistent snapshot and take no
+    writers' lock: a deferred ``BEGIN`` on SQLite (in WAL mode a reader neither waits for nor
+    blocks the writer), ``REPEATABLE READ, READ ONLY`` on PostgreSQL."""
+    if engine.dialect.name == "sqlite":
+        return engine.execution_options(**{_READ_ONLY: True})
+    return engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
 
 
 def erase_journal(engine: Engine) -> None:
@@ -338,25 +360,32 @@ def erase_journal(engine: Engine) -> None:
 
     Called after a transaction that erased biometric data commits: ``secure_delete`` zeroes the
     rows in the file, but the ``-wal`` keeps earlier images of their pages until it is truncated.
-    Waits for readers up to the busy timeout (30 s), then raises :class:`StorageError`; a no-op
-    for in-memory SQLite and other backends.
+    SQLite waits for readers up to the busy timeout but answers at once while another connection
+    (another process's erasure or automatic checkpoint) is checkpointing, so this retries for
+    the same 30 s before it raises :class:`StorageError`; a no-op for in-memory SQLite and
+    other backends.
     """
     path = sqlite_path(engine.url.render_as_string(hide_password=False))
     if path is None:
         return
+    deadline = time.monotonic() + BUSY_TIMEOUT_S
     try:
         raw = engine.raw_connection()
         try:
-            busy, _, _ = raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            while raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                if time.monotonic() > deadline:
+                    raise StorageError(
+                        f"the erasure is committed, but {path.name}-wal could not be truncated "
+                        f"(readers or another checkpoint held it for {BUSY_TIMEOUT_S} s): erased "
+                        "bytes stay in it until the next erasure or shutdown"
+                    )
+                time.sleep(0.01)
         finally:
             raw.close()
     except (SQLAlchemyError, sqlite3.Error) as exc:
-        raise StorageError(f"the erasure is committed, but {path.name}-wal was not truncated: {exc}") from exc
-    if busy:
         raise StorageError(
-            f"the erasure is committed, but {path.name}-wal could not be truncated (a reader "
-            "held it for 30 s): erased bytes stay in it until the next erasure or shutdown"
-        )
+            f"the erasure is committed, but {path.name}-wal was not truncated: {exc}"
+        ) from exc
 
 
 def _migrations_config(engine: Engine) -> Config:
@@ -398,8 +427,10 @@ def open_engine(url: str, *, anchors: str | Path | None = None, create: bool = T
     """
     path = sqlite_path(url)
     if not create and path is not None and not path.exists():
-        raise NotFound(f"no gallery store at {path} (none is created to read from; "
-                       "name the store with --db or VISAGE_DB)")
+        raise NotFound(
+            f"no gallery store at {path} (none is created to read from; "
+            "name the store with --db or VISAGE_DB)"
+        )
     try:
         if make_url(url).get_backend_name() == "sqlite":
             if path is not None:

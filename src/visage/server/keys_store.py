@@ -30,7 +30,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from ..errors import InputError, NotFound
 from ..gallery.records import collection_name
-from ..gallery.store import Base, UTCDateTime, store_failure, utcnow
+from ..gallery.store import Base, UTCDateTime, snapshot_reader, store_failure, utcnow
 from .events import record_event, transaction
 
 ALL_COLLECTIONS = "*"
@@ -128,6 +128,7 @@ class KeyStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._reads = sessionmaker(snapshot_reader(engine), expire_on_commit=False)
 
     def create(
         self,
@@ -216,8 +217,9 @@ class KeyStore:
 
     @contextmanager
     def _read(self) -> Iterator[Session]:
+        """A read-only transaction: checking a key takes no writers' lock."""
         try:
-            with self._sessions() as session:
+            with self._reads() as session, session.begin():
                 yield session
         except SQLAlchemyError as exc:
             raise store_failure("API key store", exc) from exc
