@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from ..gallery import Gallery
-from ..gallery.store import open_engine
 from .auth import RateLimiter, SecurityLog
 from .events import EventLog
 from .keys_store import KeyStore
@@ -37,7 +36,6 @@ class Services:
     def close(self) -> None:
         """Save index snapshots and release the database connections."""
         self.gallery.close()
-        self.engine.dispose()
 
 
 def open_services(settings: Settings, metrics: Metrics) -> Services:
@@ -51,10 +49,13 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
     )
     pipeline.warm()
     gallery = Gallery(
-        settings.db_url, index=settings.index, pipeline=pipeline, actor=SERVER_ACTOR,
+        settings.db_url,
+        index=settings.index,
+        pipeline=pipeline,
+        actor=SERVER_ACTOR,
         anchors=settings.audit_anchors,
     )
-    engine = open_engine(settings.db_url, anchors=settings.audit_anchors)
+    engine = gallery.engine  # one engine per process: one pool, migrations run once
     metrics.watch_gallery(gallery.collections)
     return Services(
         settings=settings,
