@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -105,6 +106,9 @@ def serve(
     max_pixels: Annotated[int | None, typer.Option(help="Photo pixel limit.")] = None,
     max_faces: Annotated[int | None, typer.Option(help="Faces processed per photo.")] = None,
     threads: Annotated[int | None, typer.Option(help="Requests handled at once [4].")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Server processes sharing the port and the store [1].")
+    ] = None,
     rate_limit: Annotated[
         float | None, typer.Option(help="Requests per second per key (0: unlimited).")
     ] = None,
@@ -118,6 +122,7 @@ def serve(
     """Run the HTTP service. Settings: flag > $VISAGE_* > config file > default; docs at /docs."""
     import uvicorn
 
+    from ..gallery.store import open_engine
     from ..server.app import create_app
     from ..server.settings import load_settings
 
@@ -133,6 +138,7 @@ def serve(
         max_pixels=max_pixels,
         max_faces=max_faces,
         threads=threads,
+        workers=workers,
         rate_limit=rate_limit,
         log_level=log_level,
     )
@@ -142,8 +148,17 @@ def serve(
         f"index {settings.index}",
         soft_wrap=True,
     )
+    served: Any
+    if settings.workers > 1:  # each worker process builds the app from the same settings
+        open_engine(settings.db_url, anchors=settings.audit_anchors).dispose()  # migrate once
+        os.environ.update(settings.environment())
+        served = "visage.server.app:create_app"
+    else:
+        served = create_app(settings)
     uvicorn.run(
-        create_app(settings),
+        served,
+        factory=settings.workers > 1,
+        workers=settings.workers,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -189,8 +204,9 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None, json_out: JsonOpt = Fa
     if json_out:
         emit_json([_key_record(k) for k in keys])
         return
-    table = new_table("id", "name", "scopes", "collections", "rate", "created", "revoked",
-                      whole={"id"})
+    table = new_table(
+        "id", "name", "scopes", "collections", "rate", "created", "revoked", whole={"id"}
+    )
     for key in keys:
         r = _key_record(key)
         table.add_row(

@@ -84,6 +84,13 @@ class Settings(BaseSettings):
         description="Requests handled at once; the rest queue in arrival order (see "
         "docs/performance-service.md for why a few beat many).",
     )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Server processes on one port and one store (searches in parallel, the audit "
+        "chain linear across them). Each process keeps its own rate-limit buckets and /metrics.",
+    )
     rate_limit: float = Field(
         50.0, ge=0, description="Requests per second per API key (0: unlimited); keys may override."
     )
@@ -111,6 +118,11 @@ class Settings(BaseSettings):
         if value != "auto":
             IndexSpec.parse(value)
         return value
+
+    def environment(self) -> dict[str, str]:
+        """These settings as ``$VISAGE_*`` variables, for worker processes to load the same."""
+        values = self.model_dump(exclude={"config"}, exclude_none=True)
+        return {f"VISAGE_{name.upper()}": str(value) for name, value in values.items()}
 
     @property
     def db_url(self) -> str:
