@@ -37,10 +37,7 @@ Rules, in one place (the HTTP routes in :mod:`visage.server.routes.edge` only tr
 
 from __future__ import annotations
 
-import base64
-import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -48,14 +45,13 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import ConsentError, InputError, NotFound, StorageError
-from ..gallery import Gallery, PersonInfo, audit
+from ..gallery import ConsentedTemplates, Gallery, PersonInfo, audit
 from ..gallery.store import (
     CollectionRow,
     EdgeDeviceRow,
@@ -74,6 +70,9 @@ from .snapshot import Snapshot, SnapshotPerson, sign_snapshot
 SIGNING_KEY_ENV = "VISAGE_EDGE_SIGNING_KEY"
 DEFAULT_TTL_S = 24 * 3600
 MAX_TTL_S = 30 * 24 * 3600
+"""The longest lifetime a request may name; the hub's ``max_ttl_s`` policy caps what it grants."""
+SNAPSHOT_ATTEMPTS = 5
+"""Reads of a collection that keeps changing before a snapshot request gives up (503)."""
 DISTANCE_TOLERANCE = 1e-4
 """Device and server figures further apart than this are a mismatch: the device sends distances
 rounded to 6 decimals from the same float32 templates, so an honest, current snapshot agrees
@@ -156,20 +155,23 @@ class EdgeHub:
         signing_key: Ed25519PrivateKey,
         *,
         default_ttl_s: int = DEFAULT_TTL_S,
+        max_ttl_s: int = DEFAULT_TTL_S,
     ) -> None:
         self.gallery = gallery
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._key = signing_key
-        self.default_ttl_s = default_ttl_s
+        self.max_ttl_s = max_ttl_s
+        self.default_ttl_s = min(default_ttl_s, max_ttl_s)
 
     @classmethod
-    def open(cls, engine: Engine, gallery: Gallery, db_url: str) -> EdgeHub:
+    def open(
+        cls, engine: Engine, gallery: Gallery, db_url: str, *, max_ttl_s: int = DEFAULT_TTL_S
+    ) -> EdgeHub:
         """A hub whose signing key is found (or, beside a SQLite store, created) per
-        :func:`signing_key_path`."""
+        :func:`signing_key_path`, granting snapshots at most ``max_ttl_s`` of life."""
         path = signing_key_path(db_url)
-        return cls(
-            engine, gallery, load_signing_key(path, create=SIGNING_KEY_ENV not in os.environ)
-        )
+        key = load_signing_key(path, create=SIGNING_KEY_ENV not in os.environ)
+        return cls(engine, gallery, key, max_ttl_s=max_ttl_s)
 
     def public_key(self) -> str:
         return public_key_text(self._key.public_key())
@@ -453,39 +455,41 @@ class EdgeHub:
         ttl_s: int | None = None,
         now: datetime | None = None,
     ) -> bytes:
-        """The signed snapshot of ``collection`` for ``device`` (audited as an export)."""
+        """The signed snapshot of ``collection`` for ``device`` (audited as an export), valid
+        ``ttl_s`` seconds but never longer than the hub's ``max_ttl_s``: the requester does not
+        choose how long a deleted person stays matchable offline."""
         ttl = self.default_ttl_s if ttl_s is None else ttl_s
         if not 1 <= ttl <= MAX_TTL_S:
             raise InputError(f"ttl_s must be between 1 and {MAX_TTL_S}")
-        info = self.gallery.collection(collection)
-        consented = {p.id: p for p in self._persons(collection) if p.consent_valid}
-        with tempfile.TemporaryDirectory(prefix="visage-edge-") as tmp:
-            export = Path(tmp) / "export.jsonl"
-            self.gallery.export_collection(
-                collection, export, purpose=f"edge snapshot for device {device.id}", actor=key_id
+        ttl = min(ttl, self.max_ttl_s)
+        for _attempt in range(SNAPSHOT_ATTEMPTS):
+            read = self.gallery.consented_templates(
+                collection, purpose=f"edge snapshot for device {device.id}", actor=key_id
             )
-            lines = export.read_text("utf-8").splitlines()[1:]
-        persons = []
-        for line in lines:
-            record = json.loads(line)
-            person = consented.get(record["person"]["id"])
-            vectors = [
-                np.frombuffer(base64.b64decode(t["embedding"]), dtype="<f4").astype(np.float32)
-                for t in record["templates"]
-                if t["model_id"] == info.model_id
-            ]
-            if person is None or not vectors:
-                continue
-            persons.append(
-                SnapshotPerson(
-                    id=person.id,
-                    display_name=person.display_name,
-                    external_id=person.external_id,
-                    consent_expires_at=_consent_end(person),
-                    embeddings=np.stack(vectors),
-                )
+            draft = self._draft(read, ttl, now or utcnow())
+            sequence = self._sequence(
+                key_id, collection, device, draft.content_sha256(), draft.issued_at, read.version
             )
-        issued = now or utcnow()
+            if sequence is not None:
+                return sign_snapshot(replace(draft, sequence=sequence), self._key)
+        raise StorageError(
+            f"collection {collection!r} changed during each of {SNAPSHOT_ATTEMPTS} snapshot "
+            "reads; retry"
+        )
+
+    def _draft(self, read: ConsentedTemplates, ttl: int, issued: datetime) -> Snapshot:
+        """The unsigned snapshot (sequence 0) of what ``read`` holds, valid ``ttl`` seconds."""
+        info = read.collection
+        persons = [
+            SnapshotPerson(
+                id=p.person.id,
+                display_name=p.person.display_name,
+                external_id=p.person.external_id,
+                consent_expires_at=_consent_end(p.person),
+                embeddings=p.embeddings,
+            )
+            for p in read.persons
+        ]
         # The device decides 1:N offline: the threshold holding the collection's target FPIR
         # at the snapshot's own size, by the gallery's identify rule.
         point = self.gallery.operating_point(
@@ -497,8 +501,8 @@ class EdgeHub:
             method=f"open-set {point.basis}",
             source=point.describe(),
         )
-        draft = Snapshot(
-            collection=collection,
+        return Snapshot(
+            collection=info.name,
             model_id=info.model_id,
             dim=info.dim,
             sequence=0,
@@ -507,25 +511,23 @@ class EdgeHub:
             calibration=calibration,
             persons=tuple(persons),
         )
-        sequence = self._sequence(key_id, collection, device, draft.content_sha256(), issued)
-        return sign_snapshot(replace(draft, sequence=sequence), self._key)
-
-    def _persons(self, collection: str) -> list[PersonInfo]:
-        page, offset, out = 1000, 0, []
-        while True:
-            batch = self.gallery.persons(collection, offset=offset, limit=page)
-            out.extend(batch)
-            if len(batch) < page:
-                return out
-            offset += page
 
     def _sequence(
-        self, key_id: str, collection: str, device: DeviceInfo, digest: str, now: datetime
-    ) -> int:
+        self,
+        key_id: str,
+        collection: str,
+        device: DeviceInfo,
+        digest: str,
+        now: datetime,
+        version: int,
+    ) -> int | None:
         """The sequence for this content: the latest one if unchanged, else the next (see the
-        module's rules); :class:`NotFound` if the collection was deleted meanwhile."""
+        module's rules); ``None`` when the collection moved past ``version`` (the content was
+        read from) before the writers' lock was taken, so stale content never gets a newer
+        sequence; :class:`NotFound` if the collection was deleted meanwhile."""
         with self._writing() as (session, state):
-            _collection(session, collection)
+            if _collection(session, collection).version != version:
+                return None
             latest = session.scalar(
                 select(EdgeSnapshotRow)
                 .where(EdgeSnapshotRow.collection == collection)

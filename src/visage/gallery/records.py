@@ -133,6 +133,26 @@ class PersonInfo:
 
 
 @dataclass(frozen=True)
+class ConsentedPerson:
+    """A person whose consent is valid, with their templates of the collection's model."""
+
+    person: PersonInfo
+    embeddings: npt.NDArray[np.float32]
+    """``(templates, dim)``, the stored (unit) vectors, oldest first."""
+
+
+@dataclass(frozen=True)
+class ConsentedTemplates:
+    """What a collection can match, read in one snapshot: its consented persons with their
+    templates, and the store ``version`` the read saw (it moves with every change to the
+    collection, so two reads at one version hold the same persons)."""
+
+    collection: CollectionInfo
+    version: int
+    persons: tuple[ConsentedPerson, ...]
+
+
+@dataclass(frozen=True)
 class EmbeddingItem:
     """One template to enroll from an embedding: the person (id or external id) and the vector.
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import threading
 import time
 from datetime import UTC, datetime
 from importlib import resources
@@ -355,37 +356,104 @@ def snapshot_reader(engine: Engine) -> Engine:
     return engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
 
 
-def erase_journal(engine: Engine) -> None:
-    """Copy SQLite's write-ahead log into the database file and truncate it to zero bytes.
+def erase_journal(engine: Engine, *, wait_s: float = BUSY_TIMEOUT_S) -> bool:
+    """Copy SQLite's write-ahead log into the database file and truncate it to zero bytes;
+    ``False`` when readers still held it after ``wait_s``.
 
     Called after a transaction that erased biometric data commits: ``secure_delete`` zeroes the
-    rows in the file, but the ``-wal`` keeps earlier images of their pages until it is truncated.
-    SQLite waits for readers up to the busy timeout but answers at once while another connection
-    (another process's erasure or automatic checkpoint) is checkpointing, so this retries for
-    the same 30 s before it raises :class:`StorageError`; a no-op for in-memory SQLite and
-    other backends.
+    rows in the file, but the ``-wal`` keeps earlier images of their pages until it is truncated,
+    which SQLite can only do once no reader holds a snapshot from before. It answers at once
+    while another connection (another process's erasure or automatic checkpoint) is
+    checkpointing, so this retries every 10 ms. ``True`` at once for in-memory SQLite and other
+    backends; :class:`StorageError` when the database fails.
     """
     path = sqlite_path(engine.url.render_as_string(hide_password=False))
     if path is None:
-        return
-    deadline = time.monotonic() + BUSY_TIMEOUT_S
+        return True
+    deadline = time.monotonic() + wait_s
     try:
         raw = engine.raw_connection()
         try:
-            while raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
-                if time.monotonic() > deadline:
-                    raise StorageError(
-                        f"the erasure is committed, but {path.name}-wal could not be truncated "
-                        f"(readers or another checkpoint held it for {BUSY_TIMEOUT_S} s): erased "
-                        "bytes stay in it until the next erasure or shutdown"
-                    )
-                time.sleep(0.01)
+            cursor = raw.cursor()
+            cursor.execute(f"PRAGMA busy_timeout = {int(min(wait_s, BUSY_TIMEOUT_S) * 1000)}")
+            try:
+                while cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                    if time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.01)
+            finally:
+                cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
         finally:
             raw.close()
     except (SQLAlchemyError, sqlite3.Error) as exc:
-        raise StorageError(
-            f"the erasure is committed, but {path.name}-wal was not truncated: {exc}"
-        ) from exc
+        raise StorageError(f"the erasure is committed, but {path.name}-wal was not truncated: {exc}") from exc
+    return True
+
+
+class JournalEraser:
+    """Truncates the write-ahead log after each erasure, at once when no reader is open, else
+    the moment the readers that predate it are gone.
+
+    A read that began before the erasure (an export, an edge snapshot, a search) still sees the
+    erased rows, so their old page images must stay in the ``-wal`` until it ends. An erasure
+    waits up to ``WAIT_S`` for such readers, then hands the truncation to one background thread
+    that retries until it succeeds; :meth:`close` makes a last attempt and reports a failure.
+    """
+
+    WAIT_S = 2.0
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._pending = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def erase(self) -> None:
+        """Truncate now, or as soon as the readers from before this erasure are gone."""
+        if erase_journal(self._engine, wait_s=self.WAIT_S):
+            return
+        log.warning("a reader holds the write-ahead log: it is truncated as soon as it ends")
+        with self._lock:
+            self._pending.set()
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._sweep, name="visage-wal", daemon=True)
+                self._thread.start()
+
+    @property
+    def pending(self) -> bool:
+        """Whether an erasure still waits for readers to end."""
+        return self._pending.is_set()
+
+    def _sweep(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if not self._pending.is_set():
+                    self._thread = None
+                    return
+                self._pending.clear()
+            try:
+                done = erase_journal(self._engine, wait_s=1.0)
+            except StorageError as exc:
+                log.error("%s", exc)
+                done = False
+            if not done:
+                self._pending.set()
+                self._stop.wait(0.05)
+
+    def close(self) -> None:
+        """Stop the background retries and truncate once more; :class:`StorageError` when an
+        erasure's old page images could not be removed."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join()
+        if self._pending.is_set() and not erase_journal(self._engine):
+            path = sqlite_path(self._engine.url.render_as_string(hide_password=False))
+            raise StorageError(
+                f"{path.name if path else 'the store'}-wal still holds erased data: a reader "
+                "kept it open past shutdown"
+            )
 
 
 def _migrations_config(engine: Engine) -> Config:

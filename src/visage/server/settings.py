@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         description="Server processes on one port and one store (searches in parallel, the audit "
         "chain linear across them). Each process keeps its own rate-limit buckets and /metrics.",
     )
+    edge_max_ttl_s: int = Field(
+        24 * 3600,
+        ge=60,
+        le=30 * 24 * 3600,
+        description="Longest life of an edge snapshot, whatever a device asks for: how long a "
+        "person deleted here may still be matched offline.",
+    )
     rate_limit: float = Field(
         50.0, ge=0, description="Requests per second per API key (0: unlimited); keys may override."
     )
