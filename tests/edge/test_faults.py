@@ -3,7 +3,7 @@
 - the server is down while events are produced → all delivered once it is up;
 - a TCP proxy cuts connections in the middle of uploads → nothing lost, nothing duplicated;
 - the agent is killed with SIGKILL and restarted → the queue is intact, delivery resumes;
-- a tampered or expired snapshot is refused;
+- a tampered or expired snapshot is refused (and an expired one deleted);
 - a person deleted on the server stops being identified on the device after the next pull.
 
 The store is seeded (collection, consented persons, templates, a device key) before the server
@@ -287,7 +287,8 @@ def test_tampered_or_expired_snapshot_refused(
     with pytest.raises(SnapshotRefused, match="expired"):
         verify_snapshot(document, trusted)
     with Agent(_config(tmp_path / "agent"), None, uplink) as agent:
-        assert agent.snapshot is None  # the saved one has expired: not used
+        assert agent.snapshot is None  # the saved one has expired: not used ...
+    assert not (tmp_path / "agent" / SNAPSHOT_FILE).exists()  # ... and is deleted
     uplink.close()
 
 
