@@ -23,6 +23,9 @@ set, and then only the best aligned face chip of each track.
   was not delivered; events the server refused are kept ``dead_retention_s``; a saved snapshot
   found expired is deleted; the folder and its files are owner-only (0700, 0600). The device
   id is checked by the server's rule before anything is queued.
+- **Pinned only once verified.** Trust on first use pins the server's key only after a
+  snapshot has verified under it, so a first answer of garbage with an impostor's key pins
+  nothing.
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ class AgentConfig:
     """How an agent runs. ``state_dir`` holds its queue, device id, pinned key and snapshot.
 
     ``trust``: the server's snapshot key (``ed25519:…``); ``None`` pins the server's key on
-    first use. ``drain_s``: after a finite source ends, how
+    first use (once a snapshot verifies under it). ``drain_s``: after a finite source ends, how
     long to keep uploading before exiting (what is left stays queued for the next run).
     ``queue_strangers_s``: ``None`` (default), a track the snapshot matches to nobody is not
     queued; seconds, it is queued and deleted that long after if not delivered by then.
@@ -187,31 +190,31 @@ class Agent:
             return key
         return parse_public_key(pinned) if pinned is not None else None
 
-    def _trusted_key(self) -> Ed25519PublicKey:
-        """The known key, else the server's, pinned now (trust on first use)."""
-        known = self._known_key()
-        if known is not None:
-            return known
-        text = self.uplink.public_key()
-        key = parse_public_key(text)
-        self.queue.set_meta("trusted_key", text.strip())
-        log.warning(
-            "pinned the server's snapshot key %s on first use; pass --trust to set it", text
-        )
-        return key
-
     def pull_snapshot(self) -> Snapshot:
         """Fetch, verify and install the server's snapshot; :class:`SnapshotRefused` if bad.
 
-        Verified before it is saved: a refused snapshot never replaces the one in use.
+        Verified before it is saved: a refused snapshot never replaces the one in use. With no
+        known key the server's is fetched and pinned only once this snapshot verifies under it
+        (trust on first use), so an answer that does not verify pins nothing.
         """
         document = self.uplink.fetch_snapshot(
             self.config.collection, self.device, ttl_s=self.config.snapshot_ttl_s
         )
-        trusted = self._trusted_key()
+        known = self._known_key()
+        offered = self.uplink.public_key() if known is None else None
+        trusted = known or parse_public_key(str(offered))
         snapshot = verify_snapshot(
-            document, trusted, min_sequence=self._min_sequence(), collection=self.config.collection
+            document,
+            trusted,
+            min_sequence=self._min_sequence(),
+            collection=self.config.collection,
         )
+        if offered is not None:
+            self.queue.set_meta("trusted_key", offered.strip())
+            log.warning(
+                "pinned the server's snapshot key %s on first use; pass --trust to set it",
+                offered,
+            )
         self._save_snapshot(document)
         self.queue.set_meta("snapshot_sequence", str(snapshot.sequence))
         self._offline = OfflineGallery(snapshot)
