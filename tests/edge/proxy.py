@@ -1,4 +1,6 @@
-"""A TCP proxy for fault tests: down (nothing listening), or cutting connections mid-upload.
+"""A TCP proxy for fault tests: down (nothing listening), or cutting connections mid-upload;
+and :class:`Impostor`, an HTTP server that answers the edge endpoints with what an attacker
+chooses (put it behind the proxy, then point the proxy at the real server).
 
 Each accepted connection asks ``plan(n)`` (n = 0, 1, 2, …) what to do with it:
 
@@ -11,10 +13,12 @@ Each accepted connection asks ``plan(n)`` (n = 0, 1, 2, …) what to do with it:
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable
 from contextlib import suppress
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
 def free_port() -> int:
@@ -118,3 +122,36 @@ class Proxy:
                 sock.shutdown(socket.SHUT_RDWR)
             with suppress(OSError):
                 sock.close()
+
+
+class Impostor:
+    """Answers ``GET /v1/edge/public-key`` with ``key`` and ``GET /v1/edge/snapshot`` with
+    ``snapshot``, as a machine in the middle would; counts the requests it answered."""
+
+    def __init__(self, key: str, snapshot: bytes) -> None:
+        impostor = self
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                impostor.requests += 1
+                if self.path.startswith("/v1/edge/public-key"):
+                    body = json.dumps({"key": key}).encode()
+                else:
+                    body = snapshot
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

@@ -3,7 +3,8 @@
 - the server is down while events are produced → all delivered once it is up;
 - a TCP proxy cuts connections in the middle of uploads → nothing lost, nothing duplicated;
 - the agent is killed with SIGKILL and restarted → the queue is intact, delivery resumes;
-- a tampered or expired snapshot is refused;
+- a tampered or expired snapshot is refused (and an expired one deleted);
+- an impostor's first answer (its own key, a garbage or foreign document) pins nothing;
 - a person deleted on the server stops being identified on the device after the next pull.
 
 The store is seeded (collection, consented persons, templates, a device key) before the server
@@ -33,7 +34,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.edge.conftest import COLLECTION, Person
-from tests.edge.proxy import Proxy
+from tests.edge.proxy import Impostor, Proxy
 from tests.server.conftest import Server, start_server, stop_server
 from visage.cli import app
 from visage.edge.agent import SNAPSHOT_FILE, Agent, AgentConfig
@@ -46,7 +47,7 @@ from visage.gallery import EmbeddingItem, Gallery
 from visage.gallery.store import database_url, open_engine
 from visage.pipeline import Pipeline
 from visage.server.keys_store import KeyStore
-from visage.signing import parse_public_key
+from visage.signing import generate_signing_key, parse_public_key, public_key_text
 
 FAST = Backoff(base=0.05, cap=0.5)
 Enrollment = dict[str, list[np.ndarray]]
@@ -287,8 +288,49 @@ def test_tampered_or_expired_snapshot_refused(
     with pytest.raises(SnapshotRefused, match="expired"):
         verify_snapshot(document, trusted)
     with Agent(_config(tmp_path / "agent"), None, uplink) as agent:
-        assert agent.snapshot is None  # the saved one has expired: not used
+        assert agent.snapshot is None  # the saved one has expired: not used ...
+    assert not (tmp_path / "agent" / SNAPSHOT_FILE).exists()  # ... and is deleted
     uplink.close()
+
+
+@pytest.mark.parametrize("answer", ["garbage", "the server's own document"])
+def test_trust_on_first_use_pins_only_a_key_a_snapshot_verified_under(
+    running: tuple[Server, Seeded], tmp_path: Path, answer: str
+) -> None:
+    """A machine in the middle answers the device's first pull with its own key and a document
+    that does not verify under it; once the link reaches the real server, the pull succeeds
+    and pins the server's key (before the fix, the impostor's key was pinned and every later
+    legitimate pull was refused as "bad signature")."""
+    server, seeded = running
+    direct = HttpUplink(server.url, seeded.device_key)
+    genuine = direct.fetch_snapshot(COLLECTION, DeviceInfo("dev-direct", "test"))
+    server_key = direct.public_key()
+    direct.close()
+    impostor = Impostor(
+        public_key_text(generate_signing_key().public_key()),
+        b'{"payload": "garbage"}' if answer == "garbage" else genuine,
+    )
+    proxy = Proxy(impostor.port)
+    proxy.start()
+    fresh = httpx.HTTPTransport(limits=httpx.Limits(max_keepalive_connections=0))
+    uplink = HttpUplink(proxy.url, seeded.device_key, transport=fresh)  # a connection per call
+    state = tmp_path / "agent"
+    try:
+        with Agent(_config(state), None, uplink) as agent:
+            refused = "not a signed snapshot" if answer == "garbage" else "bad signature"
+            with pytest.raises(SnapshotRefused, match=refused):
+                agent.pull_snapshot()
+            assert agent.queue.get_meta("trusted_key") is None  # nothing pinned
+        assert impostor.requests == 2 and not (state / SNAPSHOT_FILE).exists()
+        proxy.target = _port(server)  # the link reaches the real server again
+        with Agent(_config(state), None, uplink) as agent:
+            snapshot = agent.pull_snapshot()
+            assert agent.queue.get_meta("trusted_key") == server_key
+        assert snapshot.collection == COLLECTION and len(snapshot.persons) == len(seeded.persons)
+    finally:
+        proxy.stop()
+        impostor.stop()
+        uplink.close()
 
 
 def own_collection(server: Server, enrollment: Enrollment) -> tuple[str, dict[str, str], str]:

@@ -1,4 +1,4 @@
-"""``visage video FILE`` and ``visage edge run | pull | status | keygen``: shells over
+"""``visage video FILE`` and ``visage edge run | pull | status | purge | keygen``: shells over
 :mod:`visage.edge` (tracking, the agent, snapshots); every rule lives there."""
 
 from __future__ import annotations
@@ -262,6 +262,26 @@ def edge_run(
     device_id: Annotated[
         str | None, typer.Option("--device-id", help="Default: made once and kept in --state.")
     ] = None,
+    queue_strangers: Annotated[
+        float | None,
+        typer.Option(
+            "--queue-strangers",
+            min=1,
+            metavar="SECONDS",
+            help="Also queue tracks the snapshot matches to nobody, each deleted SECONDS after "
+            "it was queued if not delivered by then. Off by default: a stranger's embedding is "
+            "not kept on the device.",
+        ),
+    ] = None,
+    keep_dead: Annotated[
+        float,
+        typer.Option(
+            "--keep-dead",
+            min=0,
+            metavar="DAYS",
+            help="Keep events the server refused this long for inspection, then delete them.",
+        ),
+    ] = 7.0,
     json_out: JsonOpt = False,
 ) -> None:
     """Run the agent: track and identify on this device, queue durably, upload in the background.
@@ -270,7 +290,7 @@ def edge_run(
     """
     from ..api import pipeline as get_pipeline
     from ..edge.agent import Agent, AgentConfig
-    from ..edge.queue import FullPolicy, QueueLimits
+    from ..edge.queue import DAY, FullPolicy, QueueLimits
     from ..edge.sync import HttpUplink
     from ..edge.video import VideoSource
 
@@ -280,11 +300,15 @@ def edge_run(
         state_dir=_state(state),
         send_crops=send_crops,
         queue=QueueLimits(
-            max_events=max_events, max_bytes=int(max_mb * 1024 * 1024), policy=FullPolicy(when_full)
+            max_events=max_events,
+            max_bytes=int(max_mb * 1024 * 1024),
+            policy=FullPolicy(when_full),
+            dead_retention_s=keep_dead * DAY,
         ),
         snapshot_refresh_s=refresh,
         trust=_trust_text(trust),
         drain_s=drain,
+        queue_strangers_s=queue_strangers,
     )
     stop = threading.Event()
 
@@ -312,6 +336,8 @@ def _print_report(report: AgentReport, sent: int, json_out: bool) -> None:
         "faces": report.faces,
         "tracks": report.tracks,
         "identified_on_device": report.identified,
+        "strangers": report.strangers,
+        "strangers_queued": report.strangers_kept,
         "embeddings": report.embeddings,
         "seconds": round(report.seconds, 2),
         "delivered": report.sync.delivered,
@@ -401,6 +427,33 @@ def edge_status(state: StateOpt = DEFAULT_STATE, json_out: JsonOpt = False) -> N
     for name, value in doc.items():
         table.add_row(name, str(len(value)) if name == "dead" else str(value))
     console.print(table)
+
+
+@edge_app.command("purge")
+def edge_purge(state: StateOpt = DEFAULT_STATE, json_out: JsonOpt = False) -> None:
+    """Delete the events the server refused (dead), queued strangers past their expiry, and the
+    saved snapshot if it has expired."""
+    from ..edge.agent import QUEUE_FILE, SNAPSHOT_FILE
+    from ..edge.queue import EventQueue
+    from ..edge.snapshot import delete_if_expired
+
+    folder = _state(state)
+    if not (folder / QUEUE_FILE).exists():
+        raise InputError(f"no edge agent state in {folder} (no {QUEUE_FILE})")
+    with EventQueue(folder / QUEUE_FILE) as queue:
+        expired = queue.expire()
+        doc = {
+            "expired": expired.expired,
+            "dead": expired.dead + queue.purge_dead(),
+            "snapshot_deleted": delete_if_expired(folder / SNAPSHOT_FILE),
+        }
+    if json_out:
+        emit_json(doc)
+    else:
+        console.print(
+            f"deleted {doc['expired']} expired and {doc['dead']} dead events"
+            + ("; the expired snapshot" if doc["snapshot_deleted"] else "")
+        )
 
 
 @edge_app.command("keygen")

@@ -18,6 +18,14 @@ set, and then only the best aligned face chip of each track.
   snapshot the event carries no decision and the server identifies it.
 - **Bounded.** One frame in memory at a time, at most ``max_tracks`` open tracks with a few
   chips each, a queue capped on disk with a stated full policy (:mod:`visage.edge.queue`).
+- **Keeps little.** A track the snapshot matches to nobody (a stranger) is not queued unless
+  the operator set ``queue_strangers_s``, and then its event is deleted after that long if it
+  was not delivered; events the server refused are kept ``dead_retention_s``; a saved snapshot
+  found expired is deleted; the folder and its files are owner-only (0700, 0600). The device
+  id is checked by the server's rule before anything is queued.
+- **Pinned only once verified.** Trust on first use pins the server's key only after a
+  snapshot has verified under it, so a first answer of garbage with an impostor's key pins
+  nothing.
 """
 
 from __future__ import annotations
@@ -41,11 +49,19 @@ from PIL import Image as PILImage
 
 from .. import __version__
 from ..errors import VisageError
+from ..gallery.store import open_private
 from ..pipeline import Pipeline
 from ..signing import parse_public_key
-from .events import DeviceDecision, DeviceInfo, EdgeEvent
+from .events import DeviceDecision, DeviceInfo, EdgeEvent, check_device_id
+from .files import private_file
 from .queue import EventQueue, QueueLimits, QueueStats
-from .snapshot import OfflineGallery, Snapshot, SnapshotRefused, verify_snapshot
+from .snapshot import (
+    OfflineGallery,
+    Snapshot,
+    SnapshotRefused,
+    delete_if_expired,
+    verify_snapshot,
+)
 from .sync import Backoff, Syncer, SyncReport, Uplink
 from .timeline import TimelineEntry, VideoProcessor
 from .tracker import TrackerConfig
@@ -62,8 +78,10 @@ class AgentConfig:
     """How an agent runs. ``state_dir`` holds its queue, device id, pinned key and snapshot.
 
     ``trust``: the server's snapshot key (``ed25519:…``); ``None`` pins the server's key on
-    first use. ``drain_s``: after a finite source ends, how long to keep uploading before
-    exiting (what is left stays queued for the next run).
+    first use (once a snapshot verifies under it). ``drain_s``: after a finite source ends, how
+    long to keep uploading before exiting (what is left stays queued for the next run).
+    ``queue_strangers_s``: ``None`` (default), a track the snapshot matches to nobody is not
+    queued; seconds, it is queued and deleted that long after if not delivered by then.
     """
 
     collection: str
@@ -77,17 +95,25 @@ class AgentConfig:
     snapshot_ttl_s: int | None = None
     trust: str | None = None
     drain_s: float = 30.0
+    queue_strangers_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.queue_strangers_s is not None and not self.queue_strangers_s > 0:
+            raise ValueError("queue_strangers_s must be positive (or None: strangers not queued)")
 
 
 @dataclass(frozen=True)
 class AgentReport:
     """One run: frames processed, faces detected, tracks reported (``identified`` on the
-    device), embeddings computed, processing seconds, and where delivery stands."""
+    device; ``strangers`` matched to nobody by the snapshot, of which ``strangers_kept``
+    queued), embeddings computed, processing seconds, and where delivery stands."""
 
     frames: int
     faces: int
     tracks: int
     identified: int
+    strangers: int
+    strangers_kept: int
     embeddings: int
     seconds: float
     sync: SyncReport
@@ -108,9 +134,16 @@ class Agent:
         self.config = config
         self.pipeline = pipeline
         self.uplink = uplink
-        config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.queue = EventQueue(config.state_dir / QUEUE_FILE, config.queue)
-        self.device = DeviceInfo(self._device_id(device_id), __version__)
+        if device_id is not None:
+            check_device_id(device_id)  # before the queue: a refused id leaves no folder behind
+        self.queue = EventQueue(config.state_dir / QUEUE_FILE, config.queue)  # makes the folder
+        try:
+            self.device = DeviceInfo(self._device_id(device_id), __version__)
+        except VisageError:
+            self.queue.close()
+            raise
+        self._snapshot_path = config.state_dir / SNAPSHOT_FILE
+        self._snapshot_lock = threading.Lock()
         self.syncer = Syncer(
             self.queue,
             uplink,
@@ -132,9 +165,10 @@ class Agent:
         self.close()
 
     def _device_id(self, given: str | None) -> str:
-        """The id given, else the one stored with the queue, else a new one (stored)."""
+        """The id given, else the one stored with the queue, else a new one (stored); checked
+        by the server's rule, so that no event is queued under an id the server refuses."""
         stored = self.queue.get_meta("device_id")
-        chosen = given or stored or f"dev-{uuid.uuid4().hex[:16]}"
+        chosen = check_device_id(given or stored or f"dev-{uuid.uuid4().hex[:16]}")
         if chosen != stored:
             self.queue.set_meta("device_id", chosen)
         return chosen
@@ -156,38 +190,32 @@ class Agent:
             return key
         return parse_public_key(pinned) if pinned is not None else None
 
-    def _trusted_key(self) -> Ed25519PublicKey:
-        """The known key, else the server's, pinned now (trust on first use)."""
-        known = self._known_key()
-        if known is not None:
-            return known
-        text = self.uplink.public_key()
-        key = parse_public_key(text)
-        self.queue.set_meta("trusted_key", text.strip())
-        log.warning(
-            "pinned the server's snapshot key %s on first use; pass --trust to set it", text
-        )
-        return key
-
     def pull_snapshot(self) -> Snapshot:
         """Fetch, verify and install the server's snapshot; :class:`SnapshotRefused` if bad.
 
-        Verified before it is saved: a refused snapshot never replaces the one in use.
+        Verified before it is saved: a refused snapshot never replaces the one in use. With no
+        known key the server's is fetched and pinned only once this snapshot verifies under it
+        (trust on first use), so an answer that does not verify pins nothing.
         """
         document = self.uplink.fetch_snapshot(
             self.config.collection, self.device, ttl_s=self.config.snapshot_ttl_s
         )
-        trusted = self._trusted_key()
+        known = self._known_key()
+        offered = self.uplink.public_key() if known is None else None
+        trusted = known or parse_public_key(str(offered))
         snapshot = verify_snapshot(
-            document, trusted, min_sequence=self._min_sequence(), collection=self.config.collection
+            document,
+            trusted,
+            min_sequence=self._min_sequence(),
+            collection=self.config.collection,
         )
-        target = self.config.state_dir / SNAPSHOT_FILE
-        tmp = target.with_name(target.name + ".tmp")
-        with open(tmp, "wb") as fh:
-            fh.write(document)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        if offered is not None:
+            self.queue.set_meta("trusted_key", offered.strip())
+            log.warning(
+                "pinned the server's snapshot key %s on first use; pass --trust to set it",
+                offered,
+            )
+        self._save_snapshot(document)
         self.queue.set_meta("snapshot_sequence", str(snapshot.sequence))
         self._offline = OfflineGallery(snapshot)
         self._refreshed_at = time.monotonic()
@@ -204,9 +232,28 @@ class Agent:
     def _min_sequence(self) -> int:
         return int(self.queue.get_meta("snapshot_sequence") or 0)
 
+    def _save_snapshot(self, document: bytes) -> None:
+        """Write ``document`` as the saved snapshot: owner-only, fsynced, renamed into place."""
+        tmp = self._snapshot_path.with_name(SNAPSHOT_FILE + ".tmp")
+        with self._snapshot_lock:
+            with open_private(tmp) as fh:
+                fh.write(document)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self._snapshot_path)
+
+    def _delete_if_expired(self) -> None:
+        """Delete the saved snapshot (names, templates) once it has expired."""
+        with self._snapshot_lock:
+            if delete_if_expired(self._snapshot_path):
+                log.warning("deleted the expired offline snapshot %s", self._snapshot_path)
+
     def _load_snapshot(self) -> OfflineGallery | None:
-        """The saved snapshot when it still verifies (signature, expiry, sequence), else None."""
-        path = self.config.state_dir / SNAPSHOT_FILE
+        """The saved snapshot when it still verifies (signature, expiry, sequence), else None;
+        an expired one is deleted."""
+        path = self._snapshot_path
+        private_file(path)
+        self._delete_if_expired()
         trusted = self._known_key()
         if trusted is None or not path.exists():
             return None
@@ -245,6 +292,7 @@ class Agent:
         except SnapshotRefused as exc:
             log.warning("offline identification stopped: %s", exc)
             self._offline = None
+            self._delete_if_expired()
             return None
         nearest = identity.candidates[0] if identity.candidates else None
         best = identity.best
@@ -255,8 +303,13 @@ class Agent:
             snapshot=offline.snapshot.sequence,
         )
 
-    def record(self, entry: TimelineEntry, started: datetime) -> EdgeEvent:
-        """Turn a closed track into an event and commit it to the queue (before any upload)."""
+    def record(self, entry: TimelineEntry, started: datetime) -> tuple[EdgeEvent, bool]:
+        """Turn a closed track into an event and commit it to the queue (before any upload);
+        returns the event and whether it was queued.
+
+        A stranger's event (the snapshot matched nobody) is queued only when the operator set
+        ``queue_strangers_s``, and then expires after that long.
+        """
         track = entry.track
         if self.pipeline is None:
             raise ValueError("an agent that records tracks needs a pipeline")
@@ -273,8 +326,12 @@ class Agent:
             decision=self.decide(track.embedding),
             crop_jpeg=_jpeg(track.best.chip) if self.config.send_crops else None,
         )
-        self.queue.put(event.key, event.to_bytes())
-        return event
+        keep_for = self.config.queue_strangers_s
+        if event.stranger and keep_for is None:
+            return event, False
+        expires_at = time.time() + keep_for if event.stranger and keep_for is not None else None
+        self.queue.put(event.key, event.to_bytes(), expires_at=expires_at)
+        return event, True
 
     # ------------------------------------------------------------------ running
 
@@ -296,16 +353,18 @@ class Agent:
         )
         sync_thread.start()
         processor = None
-        tracks = identified = 0
+        tracks = identified = strangers = kept = 0
         try:
             if frames is not None:
                 if self.pipeline is None:
                     raise ValueError("an agent that processes frames needs a pipeline")
                 processor = VideoProcessor(self.pipeline, tracker=self.config.tracker)
                 for entry in processor.run(_until(frames, stop)):
-                    event = self.record(entry, started_wall)
+                    event, queued = self.record(entry, started_wall)
                     tracks += 1
-                    identified += event.decision is not None and not event.decision.unknown
+                    identified += event.decision is not None and not event.stranger
+                    strangers += event.stranger
+                    kept += event.stranger and queued
                     wake.set()
             deadline = time.monotonic() + self.config.drain_s
             while self.queue.stats().pending and time.monotonic() < deadline and not stop.is_set():
@@ -320,6 +379,8 @@ class Agent:
             faces=processor.faces if processor else 0,
             tracks=tracks,
             identified=identified,
+            strangers=strangers,
+            strangers_kept=kept,
             embeddings=processor.embeddings if processor else 0,
             seconds=time.perf_counter() - started,
             sync=self.syncer.report(),

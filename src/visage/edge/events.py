@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,14 +27,34 @@ from ..imageio import decode
 
 MAX_CROP_BYTES = 64 * 1024
 JPEG_MAGIC = b"\xff\xd8\xff"
+DEVICE_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
+"""What a device id may be, on the device and on the server (``/v1/edge/…`` validates with it)."""
+
+
+def check_device_id(value: str) -> str:
+    """``value`` when it is a valid device id; :class:`InputError` saying the rule otherwise.
+
+    An agent checks its id before it queues anything: the server refuses every event from an
+    invalid id, so an agent that did not check would queue events that can only die.
+    """
+    if not re.fullmatch(DEVICE_ID_PATTERN, value):
+        raise InputError(
+            f"invalid device id {value!r}: 1-100 letters, digits, '.', '_', ':' or '-', "
+            "starting with a letter or digit"
+        )
+    return value
 
 
 @dataclass(frozen=True)
 class DeviceInfo:
-    """Who is sending: the device's stable id and its agent version."""
+    """Who is sending: the device's stable id (checked by :func:`check_device_id`) and its
+    agent version."""
 
     id: str
     agent_version: str
+
+    def __post_init__(self) -> None:
+        check_device_id(self.id)
 
 
 @dataclass(frozen=True)
@@ -65,6 +86,11 @@ class EdgeEvent:
     embedding: npt.NDArray[np.float32]
     decision: DeviceDecision | None = None
     crop_jpeg: bytes | None = None
+
+    @property
+    def stranger(self) -> bool:
+        """The device's snapshot matched this track to nobody (no snapshot: not known)."""
+        return self.decision is not None and self.decision.unknown
 
     @property
     def embedding_sha256(self) -> str:

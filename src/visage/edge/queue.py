@@ -17,7 +17,15 @@ by incremental vacuum as events leave). Past either cap the policy decides:
   stored; the agent logs and counts it. For deployments where the first events matter most.
 
 Events the server refused outright (malformed, say) are kept aside as ``dead`` with the reason,
-never retried, and count towards the caps until :meth:`EventQueue.purge_dead`.
+never retried, and count towards the caps until :meth:`EventQueue.purge_dead` (``visage edge
+purge``) or until they have been dead for ``dead_retention_s`` (7 days by default).
+
+**Expiry.** An event may be put with an expiry time (the agent does this for strangers when the
+operator opted in to queueing them); past it the event is never uploaded and
+:meth:`EventQueue.expire` deletes it. Deleted rows are overwritten (``secure_delete``) and the
+write-ahead log is truncated after an expiry or a purge, so the embedding is gone from the files,
+not only from the table. The file, its ``-wal`` and ``-shm`` and its folder are owner-only
+(:mod:`visage.edge.files`).
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
@@ -34,6 +42,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from ..errors import StorageError
+from .files import private_file, private_folder
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +56,28 @@ CREATE TABLE IF NOT EXISTS event (
     size INTEGER NOT NULL,
     created_at REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    dead_reason TEXT
+    dead_reason TEXT,
+    expires_at REAL,
+    dead_at REAL
 );
 CREATE INDEX IF NOT EXISTS event_pending ON event (dead_reason, seq);
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+_ADDED_COLUMNS = ("expires_at REAL", "dead_at REAL")
+"""Columns a queue made before expiry and dead-event retention lacks (added on open)."""
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS event_expiry ON event (expires_at) WHERE expires_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS event_dead ON event (dead_at) WHERE dead_at IS NOT NULL;
+"""
+_DUE = (
+    "(expires_at IS NOT NULL AND expires_at <= :now) "
+    "OR (dead_reason IS NOT NULL AND COALESCE(dead_at, created_at) <= :now - :retention)"
+)
+"""Events :meth:`EventQueue.expire` deletes: past their expiry, or dead for longer than the
+retention (a dead event from before ``dead_at`` was recorded counts from its creation)."""
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+"""Events that may still be uploaded."""
+DAY = 24 * 3600.0
 
 
 class FullPolicy(StrEnum):
@@ -72,10 +98,22 @@ class QueueLimits:
     max_events: int = 100_000
     max_bytes: int = 256 * MiB
     policy: FullPolicy = FullPolicy.DROP_OLDEST
+    dead_retention_s: float = 7 * DAY
+    """How long an event the server refused is kept for an operator to look at."""
 
     def __post_init__(self) -> None:
         if self.max_events < 1 or self.max_bytes < 1:
             raise ValueError("queue caps must be positive")
+        if not self.dead_retention_s >= 0:
+            raise ValueError("dead_retention_s must be zero or more")
+
+
+@dataclass(frozen=True)
+class Purged:
+    """What :meth:`EventQueue.expire` or a purge deleted: events past their expiry, dead ones."""
+
+    expired: int
+    dead: int
 
 
 @dataclass(frozen=True)
@@ -111,15 +149,33 @@ class EventQueue:
         self.limits = limits or QueueLimits()
         self._lock = threading.Lock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_folder(self.path.parent)
+            private_file(self.path, create=True)  # SQLite gives -wal and -shm the file's mode
+            self._tighten_sidecars()
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA auto_vacuum = INCREMENTAL")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = FULL")
+            self._db.execute("PRAGMA secure_delete = ON")
             self._db.execute("PRAGMA busy_timeout = 30000")
             self._db.executescript(_SCHEMA)
+            self._add_columns()
+            self._db.executescript(_INDEXES)
+            self._tighten_sidecars()
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open the edge queue {self.path}: {exc}") from exc
+
+    def _tighten_sidecars(self) -> None:
+        """``-wal`` and ``-shm`` left by an older agent with looser modes become 0600."""
+        for suffix in ("-wal", "-shm"):
+            private_file(self.path.with_name(self.path.name + suffix))
+
+    def _add_columns(self) -> None:
+        """Bring a queue made by an older agent to the current columns."""
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(event)")}
+        for column in _ADDED_COLUMNS:
+            if column.split()[0] not in have:
+                self._db.execute(f"ALTER TABLE event ADD COLUMN {column}")
 
     def close(self) -> None:
         with self._lock:
@@ -146,7 +202,7 @@ class EventQueue:
             except sqlite3.Error as exc:
                 raise StorageError(f"edge queue {self.path}: {exc}") from exc
 
-    def _read(self, sql: str, args: Sequence[object] = ()) -> list[Any]:
+    def _read(self, sql: str, args: Sequence[object] | Mapping[str, object] = ()) -> list[Any]:
         with self._lock:
             try:
                 return self._db.execute(sql, args).fetchall()
@@ -161,10 +217,12 @@ class EventQueue:
             (name, str(by), by),
         )
 
-    def put(self, key: str, payload: bytes) -> bool:
+    def put(self, key: str, payload: bytes, *, expires_at: float | None = None) -> bool:
         """Store an event durably; ``False`` when its key is already queued (nothing changes).
 
-        Applies the full policy first: drops the oldest events, or raises :class:`QueueFull`.
+        ``expires_at`` (a ``time.time()`` value): past it the event is not uploaded and is
+        deleted. Applies the full policy first: drops the oldest events, or raises
+        :class:`QueueFull`.
         """
         size = len(payload)
         if size > self.limits.max_bytes:
@@ -193,8 +251,9 @@ class EventQueue:
                         dropped,
                     )
                 db.execute(
-                    "INSERT INTO event (key, payload, size, created_at) VALUES (?, ?, ?, ?)",
-                    (key, payload, size, time.time()),
+                    "INSERT INTO event (key, payload, size, created_at, expires_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (key, payload, size, time.time(), expires_at),
                 )
         if refused:
             raise QueueFull(
@@ -222,8 +281,8 @@ class EventQueue:
         """The oldest pending events, at most ``limit`` and about ``max_bytes`` (at least one)."""
         rows = self._read(
             "SELECT seq, key, payload, created_at, attempts FROM event "
-            "WHERE dead_reason IS NULL ORDER BY seq LIMIT ?",
-            (limit,),
+            f"WHERE dead_reason IS NULL AND {_LIVE} ORDER BY seq LIMIT ?",
+            (time.time(), limit),
         )
         out: list[QueuedEvent] = []
         total = 0
@@ -257,7 +316,10 @@ class EventQueue:
     def bury(self, key: str, reason: str) -> None:
         """Set an event aside as dead: the server refused it and retrying cannot help."""
         with self._write() as db:
-            db.execute("UPDATE event SET dead_reason = ? WHERE key = ?", (reason[:500], key))
+            db.execute(
+                "UPDATE event SET dead_reason = ?, dead_at = ? WHERE key = ?",
+                (reason[:500], time.time(), key),
+            )
         log.error("edge event %s refused by the server and kept aside: %s", key, reason)
 
     def dead(self) -> list[tuple[str, str]]:
@@ -270,7 +332,45 @@ class EventQueue:
     def purge_dead(self) -> int:
         """Delete the dead events (after an operator has looked at them)."""
         with self._write() as db:
-            return db.execute("DELETE FROM event WHERE dead_reason IS NOT NULL").rowcount
+            removed = int(db.execute("DELETE FROM event WHERE dead_reason IS NOT NULL").rowcount)
+        self._erase_freed(removed)
+        return removed
+
+    def expire(self, *, now: float | None = None) -> Purged:
+        """Delete events past their expiry and dead events past ``dead_retention_s``.
+
+        Cheap when nothing is due (one indexed read, no write); the syncer runs it before each
+        upload batch, ``visage edge purge`` on demand.
+        """
+        args = {
+            "now": time.time() if now is None else now,
+            "retention": self.limits.dead_retention_s,
+        }
+        if not self._read(f"SELECT 1 FROM event WHERE {_DUE} LIMIT 1", args):
+            return Purged(0, 0)
+        with self._write() as db:
+            ((expired, due),) = db.execute(
+                "SELECT COALESCE(SUM(expires_at IS NOT NULL AND expires_at <= :now), 0), "
+                f"COUNT(*) FROM event WHERE {_DUE}",
+                args,
+            ).fetchall()
+            db.execute(f"DELETE FROM event WHERE {_DUE}", args)
+        purged = Purged(expired=int(expired), dead=int(due) - int(expired))
+        self._erase_freed(purged.expired + purged.dead)
+        log.info("edge queue: %d expired and %d dead events deleted", purged.expired, purged.dead)
+        return purged
+
+    def _erase_freed(self, removed: int) -> None:
+        """After deleting events: give pages back and truncate the write-ahead log, so the
+        deleted payloads (overwritten in the database by ``secure_delete``) leave every file."""
+        if not removed:
+            return
+        with self._lock:
+            try:
+                self._db.execute("PRAGMA incremental_vacuum")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:
+                raise StorageError(f"edge queue {self.path}: {exc}") from exc
 
     def stats(self) -> QueueStats:
         """The queue's counts now."""

@@ -12,6 +12,9 @@ a key it trusts *before* reading anything else, then refuses it when:
   bring deleted persons back);
 - it is for another collection, format or version.
 
+A saved snapshot found expired is deleted from disk (:func:`delete_if_expired`): names and
+templates are not kept on a device past the time the server allowed.
+
 ``sequence`` grows whenever the content changes (a person deleted, consent revoked or
 re-granted, a template added), so "deleted persons vanish at the next sync" is checkable.
 A person whose consent expires while a snapshot is in use stops matching at that moment.
@@ -28,6 +31,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -232,6 +236,33 @@ def verify_snapshot(
     if collection is not None and snapshot.collection != collection:
         raise SnapshotRefused(f"for collection {snapshot.collection!r}, not {collection!r}")
     return snapshot
+
+
+def stated_expiry(document: bytes) -> datetime | None:
+    """The ``expires_at`` a document states, read *without* checking its signature (``None``
+    when it cannot be read): enough to decide to delete it, never to use it."""
+    try:
+        payload = json.loads(base64.b64decode(json.loads(document)["payload"], validate=True))
+        return _require_time(payload["expires_at"])
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        return None
+
+
+def delete_if_expired(path: Path, *, now: datetime | None = None) -> bool:
+    """Delete the snapshot file at ``path`` when the expiry it states has passed; ``True`` if so.
+
+    Deleting needs no trust in the file (whoever could forge it could delete it), so the
+    signature is not checked; a file whose expiry cannot be read is left for the caller.
+    """
+    try:
+        document = path.read_bytes()
+    except FileNotFoundError:
+        return False
+    expiry = stated_expiry(document)
+    if expiry is None or expiry > (now or datetime.now(UTC)):
+        return False
+    path.unlink(missing_ok=True)
+    return True
 
 
 class OfflineGallery:

@@ -324,9 +324,12 @@ class Syncer:
     def sync_once(self) -> int:
         """Upload the oldest batch; returns how many events it held (0: the queue is empty).
 
+        Events past their expiry and dead ones past their retention are deleted first.
+
         Raises :class:`UplinkUnavailable` / :class:`UplinkDenied` when the upload failed (the
         events stay queued, their attempt counted).
         """
+        self.queue.expire()
         batch = self.queue.batch(limit=self.batch_size, max_bytes=self.batch_bytes)
         if not batch:
             return 0

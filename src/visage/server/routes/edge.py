@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ...edge.events import DeviceInfo
+from ...edge.events import DEVICE_ID_PATTERN, DeviceInfo
 from ...edge.hub import MAX_TTL_S, DeviceRecord, EdgeHub, QueueReport
 from ..auth import Requires
 from ..deps import AdminKey, JsonOnly, ServicesDep
@@ -25,7 +25,6 @@ DeviceKey = Annotated[ApiKey, Depends(Requires(Scope.DEVICE))]
 MAX_EVENTS = 500
 MAX_DIM = 4096
 _KEY = r"^[A-Za-z0-9_-]{1,64}$"
-_DEVICE = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,99}$"
 Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
 Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
 
@@ -57,7 +56,7 @@ CollectionQuery = Annotated[
 
 
 class DeviceIn(_In):
-    id: str = Field(pattern=_DEVICE, description="The device's own stable id")
+    id: str = Field(pattern=DEVICE_ID_PATTERN, description="The device's own stable id")
     agent_version: str = Field(min_length=1, max_length=50)
 
 
@@ -76,7 +75,7 @@ class DecisionIn(_In):
 
 class EventIn(_In):
     key: str = Field(pattern=_KEY, description="Idempotency key: the same event is stored once")
-    device: str = Field(pattern=_DEVICE)
+    device: str = Field(pattern=DEVICE_ID_PATTERN)
     track: Int32
     first_seen: UtcTime
     last_seen: UtcTime
@@ -189,7 +188,7 @@ def get_edge_snapshot(
     key: DeviceKey,
     collection: CollectionQuery,
     hub: HubDep,
-    device: Annotated[str, Query(pattern=_DEVICE)],
+    device: Annotated[str, Query(pattern=DEVICE_ID_PATTERN)],
     agent_version: Annotated[str, Query(min_length=1, max_length=50)] = "unknown",
     ttl_s: Annotated[
         int | None, Query(ge=1, le=MAX_TTL_S, description="Lifetime asked for")
