@@ -1,42 +1,37 @@
-"""The HTTP service under sustained load: identify by embedding and by photo, 100k gallery.
+"""The HTTP service under sustained load, driven by ``wrk``: identify by embedding and by photo.
 
-    .venv/bin/python benchmarks/service.py [--size 100000] [--clients 16] [--duration 60]
-        [--index exact] [--photos 40]
+    .venv/bin/python benchmarks/service.py [--size 100000] [--connections 1,16,64]
+        [--duration 60] [--index exact,auto] [--workers 2] [--photos 40]
 
 Builds a gallery of ``--size`` synthetic unit vectors (1000 consented persons, enrolled with
-``Gallery.enroll_many``) in a temporary SQLite file, starts ``visage serve`` on it in its own
-process (loopback, a free port, rate limit off), and drives it from this process with
-``--clients`` concurrent HTTP clients for ``--duration`` seconds per scenario:
+``Gallery.enroll_many``) in a temporary SQLite file, starts ``visage serve --workers N`` on it
+(loopback, a free port, rate limit off) and loads it with ``wrk`` (Debian's package, installed
+with apt-get when missing; one thread per core, ``benchmarks/wrk_identify.lua`` sends the
+bodies) for ``--duration`` seconds per run:
 
 - *embedding*: ``POST /v1/collections/bench/identify`` with one JSON embedding, a noisy copy of
   a random gallery template (a genuine probe, distance ~0.3), k=5;
-- *photo*: the same route with a raw JPEG from ``people/`` (every face is embedded and
-  identified; the server runs one pipeline call at a time).
+- *photo*: the same route with a raw JPEG from ``people/`` (every face embedded and identified).
 
-Each scenario runs first with one client (a quarter of ``--duration``: latency without
-queueing), then with ``--clients`` (throughput; latency then includes waiting in line).
-
-Every request carries a purpose and writes its audit event, as in production. Reported per
-run: requests/s, client-side latency p50/p99, the server's own mean time per request (from its
-``/metrics``: no client or transport, but with the wait for a request thread), and errors
-(anything but a 200, or a transport error; must be 0). The baseline, measured first in this
-process on the same store, is ``Gallery.identify`` called directly (no HTTP, one at a time):
-one client's p50 over its p50 is what the service adds; many clients' requests/s over its
-serial calls/s is how much of the gallery's own speed the service delivers. Client and server
-share the machine's cores, so requests/s is a floor for a server with a machine of its own.
+Every request carries a purpose and its audit event is committed before the answer, as in
+production. Reported per run: requests/s, latency p50/p99/p99.9 (wrk's), errors (non-2xx,
+timeouts at 10 s, socket errors; must be 0), and the CPU seconds the server's processes and
+the client used. The baseline, measured first in this process on the same store, is
+``Gallery.identify`` called directly, one at a time. Client and server share the cores.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
+import resource
+import shutil
 import socket
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -121,14 +116,15 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(db: Path, index: str, log: Path) -> Server:
-    """``visage serve`` on ``db`` in its own process; returns once it is ready."""
+def start_server(db: Path, index: str, workers: int, log: Path) -> Server:
+    """``visage serve --workers N`` on ``db`` in its own process; returns once it answers."""
     port = free_port()
     env = {
         **os.environ,
         "VISAGE_DB": str(db),
         "VISAGE_PORT": str(port),
         "VISAGE_INDEX": index,
+        "VISAGE_WORKERS": str(workers),
         "VISAGE_RATE_LIMIT": "0",
         "VISAGE_LOG_LEVEL": "warning",
     }
@@ -140,7 +136,7 @@ def start_server(db: Path, index: str, log: Path) -> Server:
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"server exited:\n{log.read_text()[-3000:]}")
@@ -151,108 +147,87 @@ def start_server(db: Path, index: str, log: Path) -> Server:
             pass
         time.sleep(0.25)
     process.kill()
-    raise SystemExit("server not ready after 120 s")
+    raise SystemExit("server not ready after 180 s")
+
+
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by ``pid`` and its live descendants."""
+    total, tick = 0.0, os.sysconf("SC_CLK_TCK")
+    todo = [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+            for task in Path(f"/proc/{current}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def wrk_binary() -> str:
+    """``wrk``, installed from Debian's package when missing."""
+    found = shutil.which("wrk")
+    if found is None:
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=True, capture_output=True)
+        found = shutil.which("wrk")
+    if found is None:
+        raise SystemExit("wrk is not installed and apt-get could not install it")
+    return found
 
 
 @dataclass(frozen=True)
-class Probe:
-    """One request's body: JSON embeddings, or a raw JPEG."""
-
-    json: dict[str, object] | None = None
-    photo: bytes | None = None
-
-
-@dataclass
-class Result:
-    requests: int
+class Run:
+    scenario: str
+    connections: int
+    rps: float
+    p50: float
+    p99: float
+    p999: float
     errors: int
-    seconds: float
-    latencies_ms: list[float]
-    first_error: str | None
-    server_mean_ms: float = float("nan")
+    server_cpu: float
+    client_cpu: float
+
+    def line(self) -> str:
+        return (f"| {self.scenario} | {self.connections} | {self.rps:.1f} | {self.p50:.1f} | "
+                f"{self.p99:.1f} | {self.p999:.1f} | {self.errors} | {self.server_cpu:.0f} s | "
+                f"{self.client_cpu:.0f} s |")  # fmt: skip
 
 
-async def load(
-    url: str, token: str, clients: int, duration: float, probe: Callable[[int], Probe]
-) -> Result:
-    """``clients`` concurrent loops sending ``probe(i)`` until ``duration`` has passed."""
-    latencies: list[float] = []
-    errors = 0
-    first_error: str | None = None
-    counter = 0
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(
-        base_url=url, timeout=120, limits=limits, headers={"Authorization": f"Bearer {token}"}
-    ) as client:
-        stop = time.perf_counter() + duration
-
-        async def worker() -> None:
-            nonlocal errors, first_error, counter
-            while time.perf_counter() < stop:
-                counter += 1
-                start = time.perf_counter()
-                try:
-                    body = probe(counter)
-                    response = await client.post(
-                        "/v1/collections/bench/identify",
-                        params=PARAMS,
-                        json=body.json,
-                        content=body.photo,
-                        headers={"content-type": "image/jpeg"} if body.photo else None,
-                    )
-                    ok = response.status_code == 200
-                    why = None if ok else f"{response.status_code} {response.text[:200]}"
-                except httpx.HTTPError as exc:
-                    ok, why = False, repr(exc)
-                latencies.append((time.perf_counter() - start) * 1000)
-                if not ok:
-                    errors += 1
-                    first_error = first_error or why
-
-        began = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(clients)))
-        seconds = time.perf_counter() - began
-    return Result(len(latencies), errors, seconds, latencies, first_error)
+def load(server: Server, token: str, bodies: Path, kind: str, connections: int, seconds: float,
+         scenario: str) -> Run:  # fmt: skip
+    """One wrk run against the identify route; CPU of the server's processes and of wrk."""
+    threads = max(1, min(connections, os.cpu_count() or 1))
+    url = f"{server.url}/v1/collections/bench/identify?purpose=benchmark&k=5"
+    command = [wrk_binary(), f"-t{threads}", f"-c{connections}", f"-d{seconds:.0f}s",
+               "--timeout", "10s", "-H", f"Authorization: Bearer {token}",
+               "-s", str(Path(__file__).with_name("wrk_identify.lua")), url, "--", str(bodies),
+               kind]  # fmt: skip
+    server_before = process_tree_cpu(server.process.pid)
+    client_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    client_after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    server_cpu = process_tree_cpu(server.process.pid) - server_before
+    stats = json.loads(done.stdout.strip().splitlines()[-1])
+    errors = sum(stats[k] for k in ("connect", "read", "write", "status", "timeout"))
+    client_cpu = (client_after.ru_utime + client_after.ru_stime
+                  - client_before.ru_utime - client_before.ru_stime)  # fmt: skip
+    return Run(scenario, connections, stats["requests"] / stats["seconds"], stats["p50"],
+               stats["p99"], stats["p999"], errors, server_cpu, client_cpu)  # fmt: skip
 
 
-def server_time(url: str) -> tuple[float, float]:
-    """The identify route's server-side latency so far, from ``/metrics``: (seconds, requests)."""
-    total = count = 0.0
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if 'route="/v1/collections/{collection}/identify"' not in line:
-            continue
-        value = float(line.rsplit(" ", 1)[1])
-        if line.startswith("visage_http_request_duration_seconds_sum"):
-            total += value
-        elif line.startswith("visage_http_request_duration_seconds_count"):
-            count += value
-    return total, count
-
-
-def run(
-    url: str, token: str, clients: int, seconds: float, probe: Callable[[int], Probe]
-) -> Result:
-    """One load run, with the server's own mean time per request (it excludes the client)."""
-    before = server_time(url)
-    result = asyncio.run(load(url, token, clients, seconds, probe))
-    after = server_time(url)
-    served = after[1] - before[1]
-    result.server_mean_ms = (after[0] - before[0]) / served * 1000 if served else float("nan")
-    return result
-
-
-def report(name: str, clients: int, result: Result) -> float:
-    """Print one line for a run; returns its p50 in ms."""
-    p50, p99 = pct(result.latencies_ms, 50), pct(result.latencies_ms, 99)
-    print(
-        f"{name:<10} {clients:3d} clients  {result.requests / result.seconds:7.1f} req/s   "
-        f"p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   server mean {result.server_mean_ms:7.1f} ms   "
-        f"requests {result.requests:6d}   errors {result.errors}",
-        flush=True,
-    )
-    if result.first_error:
-        print(f"  first error: {result.first_error}")
-    return p50
+def write_bodies(folder: Path, name: str, payloads: list[bytes]) -> Path:
+    """One file per body and a list of them, for the wrk script."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, payload in enumerate(payloads):
+        path = folder / f"{name}-{i}"
+        path.write_bytes(payload)
+        paths.append(str(path))
+    listing = folder / f"{name}.list"
+    listing.write_text("\n".join(paths) + "\n")
+    return listing
 
 
 def main() -> None:
@@ -260,9 +235,11 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", type=int, default=100_000)
-    parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds per scenario")
-    parser.add_argument("--index", default="exact")
+    parser.add_argument("--connections", default="1,16,64")
+    parser.add_argument("--photo-connections", default="16")
+    parser.add_argument("--duration", type=float, default=60.0, help="seconds per run")
+    parser.add_argument("--index", default="exact,auto", help="comma-separated index settings")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--photos", type=int, default=40, help="people/ photos used as probes")
     parser.add_argument(
         "--faces", default=os.environ.get("VISAGE_FACES") or str(REPO.parent / "shared" / "faces")
@@ -275,53 +252,50 @@ def main() -> None:
     ]
     if not photos:
         raise SystemExit(f"no photos under {args.faces}/people: set VISAGE_FACES")
+    flags = sorted(
+        {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
+         for f in line.split(":")[1].split() if f.startswith(("avx", "fma"))}
+    )  # fmt: skip
+    print(f"CPU flags: {' '.join(flags)}; {os.cpu_count()} cores; wrk {wrk_binary()}")
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         vectors = build_gallery(db, args.size, rng)
-        probes = genuine(rng, vectors, 4096)
-        base = baseline(db, args.index, probes[:300])
-        base_p50 = pct(base, 50)
-        print(
-            f"baseline   Gallery.identify in-process: p50 {base_p50:.2f} ms, "
-            f"p99 {pct(base, 99):.2f} ms",
-            flush=True,
-        )
+        probes = genuine(rng, vectors, 2000)
+        embedding_list = write_bodies(
+            Path(tmp) / "bodies", "embedding",
+            [json.dumps({"embeddings": [p.tolist()]}).encode() for p in probes],
+        )  # fmt: skip
+        photo_list = write_bodies(Path(tmp) / "bodies", "photo", photos)
         token = (
             KeyStore(open_engine(database_url(db)))
             .create("benchmark", scopes=["identify"], collections=["bench"])
             .token
         )
-        server = start_server(db, args.index, Path(tmp) / "server.log")
-        try:
-
-            def by_embedding(i: int) -> Probe:
-                return Probe(json={"embeddings": [probes[i % len(probes)].tolist()]})
-
-            def by_photo(i: int) -> Probe:
-                return Probe(photo=photos[i % len(photos)])
-
-            asyncio.run(load(server.url, token, 2, 3.0, by_embedding))  # warm-up
-            print(
-                f"\ngallery {args.size:,}, index {args.index}, {args.duration:.0f} s per run "
-                f"(one client: {args.duration / 4:.0f} s), load average before: "
-                f"{os.getloadavg()[0]:.1f}"
-            )
-            for name, probe in (("embedding", by_embedding), ("photo", by_photo)):
-                alone = run(server.url, token, 1, args.duration / 4, probe)
-                alone_p50 = report(name, 1, alone)
-                loaded = run(server.url, token, args.clients, args.duration, probe)
-                report(name, args.clients, loaded)
-                if name == "embedding":
-                    serial_share = loaded.requests / loaded.seconds * base_p50 / 1000
-                    print(
-                        f"  vs Gallery.identify in-process: one client's p50 is "
-                        f"{alone_p50 / base_p50:.2f}x its p50; "
-                        f"{args.clients} clients get {serial_share:.2f}x its serial throughput"
-                    )
-            print(f"load average after: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-        finally:
-            server.process.terminate()
-            server.process.wait(timeout=30)
+        for index in args.index.split(","):
+            base = baseline(db, index, probes[:300])
+            print(f"\nindex {index}: baseline Gallery.identify in-process, one at a time: "
+                  f"p50 {pct(base, 50):.2f} ms, p99 {pct(base, 99):.2f} ms = "
+                  f"{1000 / pct(base, 50):.0f} calls/s", flush=True)  # fmt: skip
+            server = start_server(db, index, args.workers, Path(tmp) / "server.log")
+            try:
+                load(server, token, embedding_list, "application/json", 4, 3, "warm-up")
+                print(f"workers {args.workers}, {args.duration:.0f} s per run, load average "
+                      f"before {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+                print(
+                    "| probe | connections | req/s | p50 ms | p99 ms | p99.9 ms | errors | "
+                    "server CPU | client CPU |\n|---|---|---|---|---|---|---|---|---|"
+                )
+                runs = [("embedding", embedding_list, "application/json", c)
+                        for c in args.connections.split(",")]  # fmt: skip
+                runs += [("photo", photo_list, "image/jpeg", c)
+                         for c in args.photo_connections.split(",")]  # fmt: skip
+                for scenario, bodies, kind, conns in runs:
+                    run = load(server, token, bodies, kind, int(conns), args.duration, scenario)
+                    print(run.line(), flush=True)
+                print(f"load average after: {os.getloadavg()[0]:.1f}", flush=True)
+            finally:
+                server.process.terminate()
+                server.process.wait(timeout=60)
 
 
 if __name__ == "__main__":
