@@ -332,9 +332,8 @@ def _sqlite_pragmas(engine: Engine) -> None:
         if engine.url.database not in (None, "", ":memory:"):
             cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = FULL")
-        cursor.execute(
-            "PRAGMA secure_delete = ON"
-        )  # deleted templates are zeroed, not left in free pages
+        # deleted templates are zeroed, not left in free pages
+        cursor.execute("PRAGMA secure_delete = ON")
         cursor.close()
 
     @event.listens_for(engine, "begin")
