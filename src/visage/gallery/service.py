@@ -127,6 +127,7 @@ from .store import (
     open_engine,
     open_private,
     private_dir,
+    private_temporary,
     sqlite_path,
     store_failure,
     utcnow,
@@ -1616,7 +1617,6 @@ class Gallery:
         (embeddings base64 little-endian float32). Written to a temporary file and renamed.
         """
         dest = Path(path)
-        tmp = dest.with_name(dest.name + ".tmp")
         digest = hashlib.sha256()
         with self._lock, self._transaction() as (session, state):
             coll = self._collection(session, collection)
@@ -1624,7 +1624,7 @@ class Gallery:
                 select(PersonRow).where(PersonRow.collection_id == coll.id).order_by(PersonRow.id)
             ).all()
             n_templates = 0
-            with open_private(tmp) as fh:
+            with private_temporary(dest) as (tmp, fh):
 
                 def write(record: dict[str, Any]) -> None:
                     line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
