@@ -247,3 +247,10 @@ def test_export_never_writes_through_a_planted_link(names_db: Path, tmp_path: Pa
     assert header["collection"] == "demo" and header["persons"] == 3
     assert stat.S_IMODE(out.stat().st_mode) == 0o600 and not out.is_symlink()
     assert sorted(p.name for p in shared.iterdir()) == ["out.jsonl", "out.jsonl.tmp"]
+
+
+def test_export_into_a_missing_folder_is_one_error_line(names_db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "missing" / "out.jsonl"
+    done = visage("export", "-c", "demo", "-o", out, "--db", names_db)
+    assert done.returncode == 1
+    assert done.stderr.strip() == f"error: cannot write {out}: No such file or directory"

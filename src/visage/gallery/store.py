@@ -49,7 +49,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
-from ..errors import NotFound, StorageError
+from ..errors import InputError, NotFound, StorageError
 from . import anchor
 
 DEFAULT_DB = Path("~/.local/share/visage/visage.db")
@@ -87,10 +87,14 @@ def private_temporary(dest: Path) -> Iterator[tuple[Path, IO[bytes]]]:
 
     Its name is random and it is opened ``O_CREAT | O_EXCL | O_NOFOLLOW``: whatever already
     lies in a shared folder (a link planted at ``dest.tmp``) is never written through.
+    :class:`InputError` when the folder cannot take it (missing, not writable).
     """
     path = dest.with_name(f"{dest.name}.{secrets.token_hex(8)}.tmp")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(path, flags, PRIVATE_FILE)
+    try:
+        fd = os.open(path, flags, PRIVATE_FILE)
+    except OSError as exc:
+        raise InputError(f"cannot write {dest}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             yield path, fh
