@@ -21,6 +21,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .names import printable
+
+
+def _shown(source: str | Path | None) -> str | None:
+    """The image's name as messages (and the audit) carry it: :func:`visage.names.printable`."""
+    return None if source is None else printable(source)
+
 
 class VisageError(Exception):
     """Base of every operational error Visage raises on purpose.
@@ -40,7 +47,7 @@ class InvalidImage(InputError):
 
     def __init__(self, reason: str, *, source: str | Path | None = None) -> None:
         self.reason = reason
-        self.source = str(source) if source is not None else None
+        self.source = _shown(source)
         where = f"{self.source}: " if self.source else ""
         super().__init__(f"{where}invalid image: {reason}")
 
@@ -51,7 +58,7 @@ class ImageTooLarge(InputError):
     def __init__(self, pixels: int, limit: int, *, source: str | Path | None = None) -> None:
         self.pixels = pixels
         self.limit = limit
-        self.source = str(source) if source is not None else None
+        self.source = _shown(source)
         where = f"{self.source}: " if self.source else ""
         super().__init__(
             f"{where}image too large: {pixels:,} pixels exceeds the limit of {limit:,}"
@@ -64,7 +71,7 @@ class ExtremeAspect(InputError):
 
     def __init__(self, width: int, height: int, limit: float, *, source: str | Path | None = None) -> None:
         self.width, self.height, self.limit = width, height, limit
-        where = f"{source}: " if source is not None else ""
+        where = f"{_shown(source)}: " if source is not None else ""
         super().__init__(
             f"{where}image is {width:,}x{height:,}: its sides differ by more than {limit:g} to 1"
         )

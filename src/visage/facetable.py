@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
@@ -17,7 +17,6 @@ import pyarrow.parquet as pq
 
 from .pipeline import ImageResult
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 CHECKPOINT_EVERY = 64  # images per part file
 
 SCHEMA = pa.schema(
@@ -36,17 +35,6 @@ SCHEMA = pa.schema(
         ("error", pa.string()),
     ]
 )
-
-
-def collect_images(inputs: Sequence[Path]) -> list[Path]:
-    """Files given directly, plus image files found recursively in directories, sorted."""
-    found: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            found.extend(sorted(p for p in item.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
-        else:
-            found.append(item)
-    return found
 
 
 def _rows(result: ImageResult) -> list[dict[str, object]]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
+import stat
 import warnings
 from pathlib import Path
 
@@ -20,9 +22,14 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ExtremeAspect, ImageTooLarge, InvalidImage
 from .models.base import Image as ImageArray
+from .names import printable
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """40 MP: above any phone camera, far below what would exhaust memory (~120 MB as RGB)."""
+
+MAX_FILE_BYTES = 4 * DEFAULT_MAX_PIXELS + (1 << 20)
+"""161 MB: an uncompressed 32-bit image at the pixel limit plus 1 MiB of headers and metadata,
+the largest file an honest photo can be; a path over it is refused before it is read."""
 
 MAX_ASPECT = 20.0
 """Longest side over shortest, at most: wider than any phone panorama (~10:1)."""
@@ -32,21 +39,45 @@ Source = str | Path | bytes | bytearray | memoryview
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
-def read_bytes(src: Source) -> tuple[bytes, str | None]:
-    """The raw bytes of ``src`` and a printable name for messages (``None`` for bytes)."""
+def read_bytes(src: Source, *, max_bytes: int | None = None) -> tuple[bytes, str | None]:
+    """The raw bytes of ``src`` and a printable name for messages (``None`` for bytes).
+
+    A path is read only when it is a regular file of at most ``max_bytes`` (default
+    :data:`MAX_FILE_BYTES`), checked on the opened file before a byte is read: a symlink to
+    ``/dev/zero`` or a FIFO is refused at once instead of read until memory runs out. The name
+    is :func:`visage.names.printable` (a name that is not UTF-8 comes back escaped).
+    """
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src), None
     if isinstance(src, (str, Path)):
         path = Path(src)
         try:
-            return path.read_bytes(), str(path)
+            return _read_regular(path, MAX_FILE_BYTES if max_bytes is None else max_bytes), printable(path)
         except FileNotFoundError:
             raise InvalidImage("no such file", source=path) from None
-        except IsADirectoryError:
-            raise InvalidImage("is a directory, not an image file", source=path) from None
         except OSError as exc:
             raise InvalidImage(f"cannot read: {exc.strerror or exc}", source=path) from None
     raise TypeError(f"expected a path or bytes, got {type(src).__name__}")
+
+
+def _read_regular(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path``; :class:`InvalidImage` for anything else or for a
+    file over ``max_bytes`` (its size checked before reading, and again while reading, in case
+    it grows). ``O_NONBLOCK``: opening a FIFO must not wait for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise InvalidImage("is a directory, not an image file", source=path)
+        if not stat.S_ISREG(info.st_mode):
+            raise InvalidImage("not a regular file (a device, pipe or socket)", source=path)
+        if info.st_size > max_bytes:
+            raise InvalidImage(f"{info.st_size:,} bytes, over the limit of {max_bytes:,}",
+                               source=path)
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise InvalidImage(f"grew past the limit of {max_bytes:,} bytes while read", source=path)
+    return data
 
 
 def source_hash(data: bytes) -> str:

@@ -24,6 +24,7 @@ from .errors import AmbiguousFace, InputError, NoFace, VisageError
 from .imageio import DEFAULT_MAX_PIXELS, Source, decode, read_bytes, shrink, source_hash
 from .models import make_detector, make_embedder, make_landmarker
 from .models.base import Box, Detection, Embedder, Image, clip_box
+from .names import utf8_text
 from .quality import DEFAULT_POLICY, Quality, QualityPolicy, assess
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,10 @@ def pick_face(faces: Sequence[Face], face: FacePick, width: int, height: int, na
 
 @dataclass(frozen=True)
 class ImageResult:
-    """The outcome for one source in a batch: its faces, or the error that stopped it."""
+    """The outcome for one source in a batch: its faces, or the error that stopped it.
+
+    ``source`` is the path as :func:`visage.names.utf8_text` (a name that is not UTF-8
+    escaped), so the result can be stored and printed."""
 
     source: str
     faces: tuple[Face, ...] = ()
@@ -257,13 +261,13 @@ class Pipeline:
         results: dict[str, ImageResult] = {}
         for src in sources:
             try:
-                data, _ = read_bytes(src)
-                image = decode(data, max_pixels=self.config.max_pixels, source=src)
+                data, name = read_bytes(src)
+                image = decode(data, max_pixels=self.config.max_pixels, source=name)
                 faces, chips = self._faces(image, self._detections(image))
                 size = (int(image.shape[1]), int(image.shape[0]))
                 pending.append((src, source_hash(data), faces, chips, size))
             except VisageError as exc:
-                results[src] = ImageResult(source=src, error=str(exc))
+                results[src] = ImageResult(source=utf8_text(src), error=str(exc))
         all_chips = [c for _, _, _, chips, _ in pending for c in chips]
         vectors = self.embed_chips(np.stack(all_chips)) if all_chips else np.empty((0, 128), np.float32)
         at = 0
@@ -272,7 +276,8 @@ class Pipeline:
                 replace(f, embedding=vectors[at + i], model_id=self.model_id) for i, f in enumerate(faces)
             )
             at += len(faces)
-            results[src] = ImageResult(source=src, faces=embedded, sha256=digest, size=size)
+            results[src] = ImageResult(source=utf8_text(src), faces=embedded, sha256=digest,
+                                       size=size)
         return [results[s] for s in sources]
 
     def embed_many(

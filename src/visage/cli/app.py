@@ -9,6 +9,7 @@ import typer
 from typer.core import TyperGroup
 
 from ..errors import VisageError
+from ..names import utf8_text
 
 
 class _VisageGroup(TyperGroup):
@@ -28,7 +29,7 @@ class _VisageGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except VisageError as exc:
-            typer.echo(f"error: {exc}", err=True)
+            typer.echo(f"error: {utf8_text(str(exc))}", err=True)
             raise typer.Exit(1) from None
 
 

@@ -13,9 +13,9 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from rich.table import Table
 
 from ..errors import InputError
+from ..names import printable
 from .app import app
 from .options import DetectorOpt, JsonOpt, console, emit_json, err_console
 from .options import table as new_table
@@ -189,7 +189,7 @@ def video(
 
 
 def _print_timeline(timeline: Timeline) -> None:
-    table = Table("track", "from s", "to s", "detections", "best frame", "quality", "who")
+    table = new_table("track", "from s", "to s", "detections", "best frame", "quality", "who")
     for entry in sorted(timeline.entries, key=lambda e: e.track.id):
         t = entry.track
         who = "-"
@@ -351,7 +351,8 @@ def _print_report(report: AgentReport, sent: int, json_out: bool) -> None:
     if json_out:
         emit_json(doc)
     else:
-        err_console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc.items()))
+        err_console.print(", ".join(f"{k.replace('_', ' ')} {v}" for k, v in doc.items()),
+                          markup=False)
 
 
 @edge_app.command("pull")
@@ -391,8 +392,10 @@ def edge_pull(
         emit_json(doc)
     else:
         console.print(
-            f"snapshot {snap.sequence} of {snap.collection!r}: {len(snap.persons)} persons, "
-            f"{snap.templates} templates, valid until {snap.expires_at:%Y-%m-%d %H:%M} UTC"
+            f"snapshot {snap.sequence} of {printable(snap.collection)!r}: "
+            f"{len(snap.persons)} persons, {snap.templates} templates, valid until "
+            f"{snap.expires_at:%Y-%m-%d %H:%M} UTC",
+            markup=False,
         )
 
 
@@ -476,5 +479,7 @@ def edge_keygen(
     key = load_signing_key(path, create=True)
     console.print(public_key_text(key.public_key()), soft_wrap=True)
     err_console.print(
-        f"serve with VISAGE_EDGE_SIGNING_KEY={path}; give devices the key above with --trust"
+        f"serve with VISAGE_EDGE_SIGNING_KEY={printable(path)}; give devices the key above "
+        "with --trust",
+        markup=False,
     )

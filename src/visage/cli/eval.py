@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from rich.table import Table
 
 from ..errors import InputError, ModelError
 from .app import app
-from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json
+from .options import DetectorOpt, JsonOpt, PlainTable, UpsampleOpt, console, emit_json
+from .options import table as new_table
 from .progress import progress_bar
 
 if TYPE_CHECKING:  # the eval code (numpy, matplotlib) is imported where used: a fast --help
@@ -128,10 +128,10 @@ def _acquisition_line(acquired: Acquired, model_id: str) -> str:
     )
 
 
-def _points_table(points: Iterable[metrics.OperatingPoint], fmr: str, fnmr: str) -> Table:
+def _points_table(points: Iterable[metrics.OperatingPoint], fmr: str, fnmr: str) -> PlainTable:
     from ..eval.report import operating_point_cells, operating_point_headers
 
-    table = Table(*operating_point_headers(fmr, fnmr))
+    table = new_table(*operating_point_headers(fmr, fnmr))
     for point in points:
         table.add_row(*operating_point_cells(point))
     return table
@@ -161,7 +161,7 @@ def _print_verification(result: VerificationResult) -> None:
     if result.calibration is not None:
         _print_calibration(result.calibration, "FMR", "FNMR")
     if result.groups:
-        table = Table("group", "genuine", "impostor", "FMR", "FNMR", "FMR / overall")
+        table = new_table("group", "genuine", "impostor", "FMR", "FNMR", "FMR / overall")
         for g in result.groups:
             r = g.rates
             table.add_row(
@@ -191,7 +191,7 @@ def _print_identification(result: IdentificationResult) -> None:
     if result.calibration is not None:
         _print_calibration(result.calibration, "FPIR", "FNIR")
     if result.groups:
-        table = Table("group", "mated", "non-mated", "rank-1", "FNIR", "FPIR")
+        table = new_table("group", "mated", "non-mated", "rank-1", "FNIR", "FPIR")
         for g in result.groups:
             table.add_row(
                 g.group,

@@ -19,8 +19,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..errors import InputError, NotFound, StorageError, VisageError
+from ..names import is_utf8, printable
 from .app import app
-from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json, err_console, read_from
+from .options import (
+    DetectorOpt,
+    FollowOpt,
+    JsonOpt,
+    UpsampleOpt,
+    console,
+    emit_json,
+    err_console,
+    read_from,
+)
 from .options import table as new_table
 from .progress import progress_bar
 
@@ -122,6 +132,7 @@ def enroll(
         "--target-fpir", help="For a new collection: the share of strangers identify may name "
         "as someone, at whatever size it grows to (default 0.01).")] = 0.01,
     face: FaceOpt = None,
+    follow_symlinks: FollowOpt = False,
     db: DbOpt = None,
     actor: ActorOpt = None,
     purpose: PurposeOpt = None,
@@ -130,7 +141,9 @@ def enroll(
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll every person folder in DIRECTORY (the folder name is the external id) from the
-    photos directly inside it; anything else is reported as skipped, with why.
+    photos directly inside it; anything else is reported as skipped, with why. A symbolic link
+    leading out of DIRECTORY is skipped unless --follow-symlinks; only regular files are read,
+    each of at most 161 MB.
 
     New persons get a consent record with the basis given here; persons already enrolled keep
     theirs (one whose consent was revoked is refused, not re-consented). Photos failing the
@@ -140,11 +153,14 @@ def enroll(
     from ..pipeline import parse_face_pick
 
     if not directory.is_dir():
-        raise InputError(f"{directory}: not a directory")
-    photos, skipped = _person_photos(directory)
+        raise InputError(f"{printable(directory)}: not a directory")
+    try:
+        photos, skipped = _person_photos(directory, follow_symlinks)
+    except OSError as exc:
+        raise InputError(f"{printable(directory)}: cannot be read: {exc.strerror or exc}") from None
     folders = sorted({folder for folder, _ in photos})
     if not folders:
-        raise InputError(f"{directory}: no person sub-folders with photos")
+        raise InputError(f"{printable(directory)}: no person sub-folders with photos")
     pick = parse_face_pick(face)
     until = _when(expires)
     ConsentBasis.parse(basis)  # refuse a bad basis before any person is created
@@ -167,12 +183,12 @@ def enroll(
             for folder, photo in photos:
                 try:
                     result = g.enroll(collection, ids[folder], photo, face=pick, purpose=purpose)
-                    rows.append({"photo": str(photo), "person": folder.name,
+                    rows.append({"photo": printable(photo), "person": folder.name,
                                  "template": result.template_id,
                                  "status": "enrolled" if result.created else "duplicate"})
                 except VisageError as exc:
-                    rows.append({"photo": str(photo), "person": folder.name,
-                                 "status": "refused", "reason": str(exc)})
+                    rows.append({"photo": printable(photo), "person": folder.name,
+                                 "status": "refused", "reason": printable(str(exc))})
                 advance()
         persons = g.collection(collection).persons
     counts = {s: sum(r["status"] == s for r in rows) for s in ("enrolled", "duplicate", "refused")}
@@ -190,33 +206,47 @@ def enroll(
                f"{collection!r} ({new} new)")
 
 
-def _person_photos(directory: Path) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
+def _person_photos(
+    directory: Path, follow_symlinks: bool
+) -> tuple[list[tuple[Path, Path]], list[dict[str, str]]]:
     """``(person folder, photo)`` for the photos directly inside each sub-folder of
     ``directory``, and what is skipped with why: photos beside the person folders, folders
-    inside a person folder, and sub-folders holding no photo (not made persons)."""
-    from ..facetable import IMAGE_SUFFIXES
+    inside a person folder, sub-folders holding no photo or whose name is not UTF-8 (not made
+    persons), and what :class:`visage.walk.PhotoRoot` refuses (links out of ``directory``,
+    files that are not regular)."""
+    from ..walk import PhotoRoot, skip
 
-    def is_photo(path: Path) -> bool:
-        return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
-
+    root = PhotoRoot(directory, follow_symlinks=follow_symlinks)
     photos: list[tuple[Path, Path]] = []
     skipped: list[dict[str, str]] = []
-    for entry in sorted(directory.iterdir()):
-        if is_photo(entry):
-            skipped.append({"path": str(entry), "reason": "a photo beside the person folders, "
-                            "not in one: move it into its person's folder"})
-        if not entry.is_dir():
+    for entry in root.entries(directory):
+        if entry.kind == "refused":
+            skipped.append(entry.skipped())
+        if entry.kind == "photo":
+            skipped.append(skip(entry.path, "a photo beside the person folders, not in one: "
+                                "move it into its person's folder"))
+        if entry.kind != "folder":
             continue
-        inside = sorted(entry.iterdir())
-        mine = [p for p in inside if is_photo(p)]
-        photos.extend((entry, p) for p in mine)
+        folder = entry.path
+        if not is_utf8(folder.name):
+            skipped.append(skip(folder, "the folder's name is not UTF-8 text: not made a person "
+                                "(the name is the person's external id); rename it"))
+            continue
+        try:
+            inside = root.entries(folder)
+        except OSError as exc:
+            skipped.append(skip(folder, f"cannot be read: {exc.strerror or exc}"))
+            continue
+        mine = [e.path for e in inside if e.kind == "photo"]
+        photos.extend((folder, p) for p in mine)
         if not mine:
-            skipped.append({"path": str(entry), "reason": "no photo directly inside: not made "
-                            "a person (one folder per person, its photos directly inside)"})
+            skipped.append(skip(folder, "no photo directly inside: not made a person (one "
+                                "folder per person, its photos directly inside)"))
+        skipped.extend(e.skipped() for e in inside if e.kind == "refused")
         skipped.extend(
-            {"path": str(p), "reason": f"a folder inside person folder {entry.name!r}: its "
-             "photos are not enrolled (one folder per person, its photos directly inside)"}
-            for p in inside if p.is_dir()
+            skip(e.path, f"a folder inside person folder {folder.name!r}: its photos are not "
+                 "enrolled (one folder per person, its photos directly inside)")
+            for e in inside if e.kind == "folder"
         )
     return photos, skipped
 
@@ -244,7 +274,7 @@ def identify(
 
     def answer(photo: Path, found: Any, box: Any) -> dict[str, Any]:
         return {
-            "photo": str(photo),
+            "photo": printable(photo),
             "box": None if box is None else list(box),
             "unknown": found.unknown,
             "threshold": found.threshold,
@@ -270,7 +300,7 @@ def identify(
                     found = g.identify(collection, photo, k=k, face=pick, purpose=purpose)
                     results.append(answer(photo, found, None))
             except InputError as exc:
-                results.append({"photo": str(photo), "error": str(exc)})
+                results.append({"photo": printable(photo), "error": str(exc)})
                 if not json_out:
                     typer.echo(f"error: {exc}", err=True)
             advance()
@@ -330,7 +360,7 @@ def persons_show(
         emit_json(record)
         return
     for key in ("id", "display_name", "external_id", "templates", "consent_valid", "created_at"):
-        typer.echo(f"{key}: {record[key]}")
+        typer.echo(f"{key}: {printable(str(record[key]))}")
     table = new_table("consent", "basis", "granted by", "granted", "expires", "revoked", "status")
     for c in record["consents"]:
         table.add_row(str(c["id"]), c["basis"], c["granted_by"], c["granted_at"],
@@ -354,13 +384,14 @@ def persons_delete(
     with _open(db, actor) as g:
         info = g.person(collection, person)
         if not yes:
-            typer.confirm(f"delete {info.display_name} ({info.id}) and {info.templates} "
+            typer.confirm(f"delete {printable(info.display_name)} ({info.id}) and {info.templates} "
                           "templates?", abort=True)
         removed = g.delete_person(collection, info.id, purpose=purpose)
     if json_out:
         emit_json({"person": info.id, "templates_removed": removed})
     else:
-        typer.echo(f"deleted {info.display_name} ({info.id}): {removed} templates removed")
+        typer.echo(f"deleted {printable(info.display_name)} ({info.id}): {removed} templates "
+                   "removed")
 
 
 @consent_app.command("grant")
@@ -490,7 +521,7 @@ def export_collection(
         emit_json({"collection": s.collection, "path": str(s.path), "persons": s.persons,
                    "templates": s.templates, "sha256": s.sha256})
     else:
-        typer.echo(f"exported {s.persons} persons, {s.templates} templates to {s.path} "
+        typer.echo(f"exported {s.persons} persons, {s.templates} templates to {printable(s.path)} "
                    f"(sha256 {s.sha256})")
 
 
@@ -512,4 +543,4 @@ def import_collection(
                    "sha256": s.sha256})
     else:
         typer.echo(f"imported {s.persons} persons, {s.templates} templates into "
-                   f"{s.collection!r}")
+                   f"{printable(s.collection)!r}")

@@ -8,10 +8,13 @@ from collections.abc import Collection
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.style import StyleType
 from rich.table import Column, Table
+from rich.text import Text
 
 from ..models import DETECTORS
+from ..names import printable
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 
@@ -34,15 +37,36 @@ UpsampleOpt = Annotated[
     int, typer.Option("--upsample", min=0, max=4, help="Upsample the image N times to find small faces.")
 ]
 
+FollowOpt = Annotated[
+    bool,
+    typer.Option("--follow-symlinks", help="Follow symbolic links that lead out of the folder "
+                 "given (by default they are reported and skipped)."),
+]
+
 console = Console()
 err_console = Console(stderr=True)
 
 
-def table(*headers: str, whole: Collection[str] = ()) -> Table:
-    """A table that never cuts a value on a narrow terminal: the ``whole`` columns (ids, to be
-    copied into the next command) are never broken, every other column wraps instead of
-    ending in an ellipsis."""
-    return Table(*(
+class PlainTable(Table):
+    """A Rich table whose string cells are plain text (:func:`visage.names.printable`): a stored
+    name such as ``Mallory [/]`` or ``[link=…]`` is shown as it is, never read as Rich markup,
+    and a control character in it cannot drive the terminal (a line break stays one: inside a
+    cell it can only start a line of that cell)."""
+
+    def add_row(
+        self, *renderables: RenderableType | None, style: StyleType | None = None,
+        end_section: bool = False,
+    ) -> None:
+        cells = (Text("\n".join(map(printable, c.split("\n")))) if isinstance(c, str) else c
+                 for c in renderables)
+        super().add_row(*cells, style=style, end_section=end_section)
+
+
+def table(*headers: str, whole: Collection[str] = ()) -> PlainTable:
+    """The table every command prints (a :class:`PlainTable`), never cutting a value on a
+    narrow terminal: the ``whole`` columns (ids, to be copied into the next command) are never
+    broken, every other column wraps instead of ending in an ellipsis."""
+    return PlainTable(*(
         Column(h, no_wrap=True) if h in whole else Column(h, overflow="fold") for h in headers
     ))
 

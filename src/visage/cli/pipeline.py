@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from .. import __version__
 from ..errors import InvalidImage, VisageError
+from ..names import printable, utf8_text
 from .app import app
-from .options import DetectorOpt, JsonOpt, UpsampleOpt, console, emit_json
+from .options import DetectorOpt, FollowOpt, JsonOpt, UpsampleOpt, console, emit_json
+from .options import table as new_table
 from .progress import progress_bar
 
 if TYPE_CHECKING:  # the pipeline is imported where used, so `visage --help` stays fast
@@ -59,16 +60,15 @@ def detect(
     for path in paths:
         try:
             faces = pipe.detect(pipe.load(path))
-            results.append({"source": str(path), "faces": [face_record(f) for f in faces]})
+            results.append({"source": utf8_text(path), "faces": [face_record(f) for f in faces]})
         except VisageError as exc:
             failed += 1
-            results.append({"source": str(path), "error": str(exc)})
+            results.append({"source": utf8_text(path), "error": str(exc)})
             typer.echo(f"error: {exc}", err=True)
     if json_out:
         emit_json(results)
     else:
-        table = Table("#", "box (l,t,r,b)", "score", "quality", "reasons")
-        table.add_column("source", overflow="fold")
+        table = new_table("#", "box (l,t,r,b)", "score", "quality", "reasons", "source")
         for r in results:
             for i, f in enumerate(r.get("faces", [])):
                 b = f["box"]
@@ -90,18 +90,17 @@ def embed(
     upsample: UpsampleOpt = 1,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     tta: Annotated[bool, typer.Option(help="Average with the mirrored chip.")] = False,
+    follow_symlinks: FollowOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Embed every face of many photos into a Parquet table; re-running resumes where it stopped."""
     from ..api import pipeline as get_pipeline
-    from ..facetable import FaceTable, collect_images
+    from ..facetable import FaceTable
 
-    images = collect_images(inputs)
-    if not images:
-        raise InvalidImage("no image files found in the given paths")
+    images = _photos(inputs, follow_symlinks)
     pipe = get_pipeline(detector, upsample, tta)
     table = FaceTable(out)
-    todo = [p for p in images if str(p) not in table.done]
+    todo = [p for p in images if utf8_text(p) not in table.done]
     failures: list[str] = []
     with progress_bar("embedding", total=len(todo), enabled=not json_out) as advance:
         def step(result: Any) -> None:
@@ -125,10 +124,24 @@ def embed(
     else:
         console.print(
             f"{summary['processed']} processed, {summary['already_done']} already done, "
-            f"{summary['failed']} failed; {summary['faces']} faces in {out}"
+            f"{summary['failed']} failed; {summary['faces']} faces in {printable(out)}",
+            markup=False, highlight=False,
         )
     if failures:
         raise typer.Exit(1)
+
+
+def _photos(inputs: list[Path], follow_symlinks: bool) -> list[Path]:
+    """The photos in ``inputs`` (:func:`visage.walk.photo_files`), what was left out reported on
+    stderr as ``skipped: path: why`` (with --json too: stdout stays one document)."""
+    from ..walk import photo_files
+
+    images, skipped = photo_files(inputs, follow_symlinks=follow_symlinks)
+    for item in skipped:
+        typer.echo(f"skipped: {item['path']}: {item['reason']}", err=True)
+    if not images:
+        raise InvalidImage("no image files found in the given paths")
+    return images
 
 
 @app.command()
@@ -190,18 +203,16 @@ def group_photos(
     detector: DetectorOpt = "hog",
     upsample: UpsampleOpt = 1,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+    follow_symlinks: FollowOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Group every face of many photos by person, with no gallery and nothing stored; the edge
     threshold follows the number of faces so large sets do not merge people."""
     from ..api import group
     from ..api import pipeline as get_pipeline
-    from ..facetable import collect_images
     from ..grouping import edge_threshold
 
-    images = collect_images(inputs)
-    if not images:
-        raise InvalidImage("no image files found in the given paths")
+    images = _photos(inputs, follow_symlinks)
     pipe = get_pipeline(detector, upsample)
     faces: list[tuple[str, Face]] = []
     failed: list[str] = []
@@ -234,7 +245,8 @@ def group_photos(
         for number, members in enumerate(groups, 1):
             console.print(f"group {number} ({len(members)} faces):", markup=False)
             for m in members:
-                console.print(f"  {m['photo']}  {tuple(m['box'])}", markup=False, highlight=False)
+                console.print(f"  {printable(m['photo'])}  {tuple(m['box'])}", markup=False,
+                              highlight=False)
         console.print(f"{len(groups)} groups, {len(messy)} faces like no other, "
                       f"{len(faces)} faces ({doc['rule']})", markup=False)
     if failed:

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from ..names import printable
 from .app import app
 from .options import JsonOpt, console, emit_json, err_console, read_from
 from .options import table as new_table
@@ -229,4 +230,4 @@ def keys_revoke(
 ) -> None:
     """Revoke a key; the server refuses it from the next request on."""
     key = _keys(config, db).revoke(key_id, actor="visage keys")
-    err_console.print(f"Revoked {key.id} ({key.name}).", soft_wrap=True)
+    err_console.print(f"Revoked {key.id} ({printable(key.name)}).", soft_wrap=True, markup=False)

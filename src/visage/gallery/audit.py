@@ -28,6 +28,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..errors import StorageError, VisageError
+from ..names import utf8_text
 from ..signing import key_id
 from .anchor import CheckpointReader, note_head
 from .store import AuditRow, StateRow, utcnow
@@ -101,6 +102,19 @@ class ChainReport:
         return line + f"; anchored at event {self.anchored_seq} (signed {self.anchored_at}{after})"
 
 
+def storable(value: Any) -> Any:
+    """``value`` with every string in it as :func:`visage.names.utf8_text`: a refusal naming a
+    file whose name is not UTF-8 is hashed and stored (escaped), not lost to a
+    ``UnicodeEncodeError`` that would leave it unaudited and stop the batch."""
+    if isinstance(value, str):
+        return utf8_text(value)
+    if isinstance(value, Mapping):
+        return {storable(k): storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(v) for v in value]
+    return value
+
+
 def event_hash(row: AuditRow) -> str:
     """The hash an event should carry, from its stored fields."""
     fields = {
@@ -136,12 +150,12 @@ def append(
     row = AuditRow(
         seq=state.audit_seq + 1,
         at=utcnow().isoformat(timespec="microseconds"),
-        actor=actor,
+        actor=storable(actor),
         action=action,
-        collection=collection,
-        purpose=purpose,
+        collection=storable(collection),
+        purpose=storable(purpose),
         input_hash=input_hash,
-        summary=canonical_json(dict(summary)),
+        summary=canonical_json(storable(dict(summary))),
         prev_hash=state.audit_head,
     )
     row.hash = event_hash(row)

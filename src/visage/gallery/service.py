@@ -139,6 +139,7 @@ from .store import (
     open_engine,
     open_private,
     private_dir,
+    private_temporary,
     snapshot_reader,
     sqlite_path,
     store_failure,
@@ -1888,44 +1889,43 @@ class Gallery:
         (embeddings base64 little-endian float32). Written to a temporary file and renamed.
         """
         dest = Path(path)
-        tmp = dest.with_name(dest.name + ".tmp")
         digest = hashlib.sha256()
         n_templates = 0
+        with self._reading() as session, private_temporary(dest) as (tmp, fh):
+            coll = self._collection(session, collection)
+            total = int(
+                session.scalar(
+                    select(func.count())
+                    .select_from(PersonRow)
+                    .where(PersonRow.collection_id == coll.id)
+                )
+                or 0
+            )
+
+            def write(record: dict[str, Any]) -> None:
+                line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+                digest.update(line)
+                fh.write(line)
+
+            write(
+                {
+                    "format": EXPORT_FORMAT,
+                    "version": EXPORT_VERSION,
+                    "collection": coll.name,
+                    "model_id": coll.model_id,
+                    "dim": coll.dim,
+                    "persons": total,
+                    "exported_at": utcnow().isoformat(),
+                }
+            )
+            for done, record in enumerate(self._export_records(session, coll.id), 1):
+                n_templates += len(record["templates"])
+                write(record)
+                if progress is not None:
+                    progress(done, total)
+            fh.flush()
+            os.fsync(fh.fileno())
         try:
-            with self._reading() as session, open_private(tmp) as fh:
-                coll = self._collection(session, collection)
-                total = int(
-                    session.scalar(
-                        select(func.count())
-                        .select_from(PersonRow)
-                        .where(PersonRow.collection_id == coll.id)
-                    )
-                    or 0
-                )
-
-                def write(record: dict[str, Any]) -> None:
-                    line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
-                    digest.update(line)
-                    fh.write(line)
-
-                write(
-                    {
-                        "format": EXPORT_FORMAT,
-                        "version": EXPORT_VERSION,
-                        "collection": coll.name,
-                        "model_id": coll.model_id,
-                        "dim": coll.dim,
-                        "persons": total,
-                        "exported_at": utcnow().isoformat(),
-                    }
-                )
-                for done, record in enumerate(self._export_records(session, coll.id), 1):
-                    n_templates += len(record["templates"])
-                    write(record)
-                    if progress is not None:
-                        progress(done, total)
-                fh.flush()
-                os.fsync(fh.fileno())
             with self._lock, self._transaction() as (session, state):
                 self._audit(
                     session,
@@ -1940,7 +1940,7 @@ class Gallery:
                     path=str(dest),
                 )
         except BaseException:
-            tmp.unlink(missing_ok=True)  # an export not written whole and audited is not handed out
+            tmp.unlink(missing_ok=True)  # an export not audited is not handed out
             raise
         os.replace(tmp, dest)
         return TransferSummary(collection, dest, total, n_templates, digest.hexdigest())

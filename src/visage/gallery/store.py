@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -49,7 +52,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
-from ..errors import NotFound, StorageError
+from ..errors import InputError, NotFound, StorageError
 from . import anchor
 
 DEFAULT_DB = Path("~/.local/share/visage/visage.db")
@@ -77,6 +80,29 @@ def open_private(path: Path) -> IO[bytes]:
         return os.fdopen(fd, "wb")
     except BaseException:
         os.close(fd)
+        raise
+
+
+@contextmanager
+def private_temporary(dest: Path) -> Iterator[tuple[Path, IO[bytes]]]:
+    """A new owner-only file beside ``dest`` (the same folder, so it can be renamed over
+    ``dest``), yielded with its path and open for writing; removed if the block fails.
+
+    Its name is random and it is opened ``O_CREAT | O_EXCL | O_NOFOLLOW``: whatever already
+    lies in a shared folder (a link planted at ``dest.tmp``) is never written through.
+    :class:`InputError` when the folder cannot take it (missing, not writable).
+    """
+    path = dest.with_name(f"{dest.name}.{secrets.token_hex(8)}.tmp")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, PRIVATE_FILE)
+    except OSError as exc:
+        raise InputError(f"cannot write {dest}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            yield path, fh
+    except BaseException:
+        path.unlink(missing_ok=True)
         raise
 
 
