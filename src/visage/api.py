@@ -83,7 +83,7 @@ def compare(
     vb, model_b = _vector(b, other_face)
     if model_a != model_b:
         raise ValueError(f"cannot compare embeddings of different models: {model_a} vs {model_b}")
-    cal = calibration or default_calibration(model_a.split("+")[0])
+    cal = calibration or default_calibration(model_a)
     return decide(distance(va, vb), cal)
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .errors import InputError, ModelError
+from .models.base import model_family
 
 Vector = npt.NDArray[np.float32]
 
@@ -127,12 +128,12 @@ def load_calibration(path: str | Path) -> Calibration:
 
 @lru_cache(maxsize=8)
 def default_calibration(model_id: str) -> Calibration:
-    """The calibration shipped with Visage for ``model_id`` (see docs/accuracy.md)."""
+    """The calibration shipped with Visage for ``model_id``'s family (see docs/accuracy.md)."""
     text = resources.files("visage").joinpath("data/calibration.json").read_text("utf-8")
     records = {r["model_id"]: r for r in json.loads(text)}
-    if model_id not in records:
+    if model_family(model_id) not in records:
         raise ModelError(f"no shipped calibration for model {model_id!r}; run `visage calibrate`")
-    return Calibration(**records[model_id])
+    return Calibration(**records[model_family(model_id)])
 
 
 @dataclass(frozen=True)
@@ -268,8 +269,8 @@ def open_set_threshold(
 
 @lru_cache(maxsize=8)
 def default_open_set(model_id: str) -> OpenSetCalibration | None:
-    """The open-set calibration shipped for ``model_id`` (data/open_set.json), if any."""
+    """The open-set calibration shipped for ``model_id``'s family (data/open_set.json), if any."""
     text = resources.files("visage").joinpath("data/open_set.json").read_text("utf-8")
     records = {r["model_id"]: r for r in json.loads(text)}
-    record = records.get(model_id)
+    record = records.get(model_family(model_id))
     return None if record is None else OpenSetCalibration.from_dict(record)

@@ -102,9 +102,9 @@ def edge_threshold(n: int, model_id: str, *, stray: float = EDGE_STRAY) -> OpenS
     ``stray`` chance of an edge to another person among the other ``n - 1`` (the open-set rule
     with the set as the gallery); a model with no open-set table keeps its 1:1 threshold."""
     others = max(n - 1, 1)
-    table = default_open_set(model_id.split("+")[0])
+    table = default_open_set(model_id)
     if table is None:
-        cal = default_calibration(model_id.split("+")[0])
+        cal = default_calibration(model_id)
         return OpenSetPoint(stray, others, others, cal.threshold, False, "fixed")
     return open_set_threshold(table, stray, others, others)
 

@@ -535,7 +535,7 @@ def import_collection(
     purpose: PurposeOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Import an exported collection into a new collection (one transaction)."""
+    """Import an exported collection into a new collection, streamed; it appears whole or not at all."""
     with _open(db, actor) as g, _progress("importing", not json_out) as progress:
         s = g.import_collection(path, name=name, purpose=purpose, progress=progress)
     if json_out:

@@ -103,7 +103,7 @@ class VideoProcessor:
         threshold = (
             identifier.threshold
             if identifier is not None
-            else default_calibration(pipeline.model_id.split("+")[0]).threshold
+            else default_calibration(pipeline.model_id).threshold
         )
         self.tracker = Tracker(
             pipeline.embed_chips, tracker or TrackerConfig(), relink_distance=threshold

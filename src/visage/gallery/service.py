@@ -58,9 +58,10 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
-from typing import Any, Concatenate, Literal, ParamSpec, Self, TypeAlias, TypeVar, cast
+from typing import Any, BinaryIO, Concatenate, Literal, ParamSpec, Self, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -101,6 +102,7 @@ from ..errors import (
     VisageError,
 )
 from ..imageio import Source, decode, read_bytes, source_hash
+from ..models.base import EMBEDDING_DIMS, embedding_dim
 from ..pipeline import Face, FacePick, Pipeline, pick_face
 from ..signing import load_signing_key, parse_public_key, public_key_text
 from . import anchor, audit
@@ -158,6 +160,20 @@ needs efSearch > 256 for 0.99 there and 12 minutes to build)."""
 
 EXPORT_FORMAT = "visage-collection"
 EXPORT_VERSION = 1
+EXPORT_LINE_MAX = 64 << 20
+"""Longest line (one person's record) an import reads: 64 MiB, some 90,000 templates of 128-d."""
+
+IMPORT_BATCH = 500
+"""Persons an import writes a transaction: bounds its memory and how long another writer (an
+identify's audit event) waits on it, about 0.1 s (docs/performance-service.md)."""
+
+STAGING = "~import-"
+"""Name prefix of a collection while it is imported: no valid name starts with ``~``, so no
+lookup, listing or search reaches it before the import's last transaction renames it."""
+
+STAGING_STALE_S = 600
+"""A staged collection with no batch for this long was left by a crashed import: the next
+import erases it."""
 
 Probe: TypeAlias = Face | npt.NDArray[np.float32] | Source
 """What decisions accept: a :class:`Face` with its embedding, an embedding, or a photo."""
@@ -511,7 +527,7 @@ class Gallery:
         """The calibration decisions use for ``model_id`` (given at construction, else shipped)."""
         if model_id in self._calibrations:
             return self._calibrations[model_id]
-        return default_calibration(model_id.split("+")[0])
+        return default_calibration(model_id)
 
     def _get_pipeline(self) -> Pipeline:
         if self._pipeline is None:
@@ -588,20 +604,7 @@ class Gallery:
         rows = session.scalars(
             select(ConsentRow).where(ConsentRow.person_id == person.id).order_by(ConsentRow.id)
         ).all()
-        statuses = [_consent_status(r, now) for r in rows]
-        if "valid" in statuses:
-            return
-        if not rows:
-            why = "no consent record"
-        else:
-            last, status = rows[-1], statuses[-1]
-            when = {"revoked": last.revoked_at, "expired": last.expires_at}.get(status)
-            moment = when or last.granted_at
-            verb = {"revoked": "revoked", "expired": "expired"}.get(status, "starts")
-            why = f"consent {verb} at {moment:%Y-%m-%d %H:%M} UTC"
-        raise ConsentError(
-            f"person {person.id} ({person.display_name}) has no valid consent: {why}"
-        )
+        _refuse_without_consent(person, rows, now)
 
     # ------------------------------------------------------------------ collections
 
@@ -664,7 +667,11 @@ class Gallery:
     def collections(self) -> list[CollectionInfo]:
         """Every collection, by name."""
         with self._reading() as session:
-            rows = session.scalars(select(CollectionRow).order_by(CollectionRow.name)).all()
+            rows = session.scalars(
+                select(CollectionRow)
+                .where(~CollectionRow.name.startswith(STAGING))
+                .order_by(CollectionRow.name)
+            ).all()
             return [self._collection_info(session, r) for r in rows]
 
     def collection(self, name: str) -> CollectionInfo:
@@ -1712,7 +1719,7 @@ class Gallery:
     ) -> OpenSetPoint:
         """The identify threshold holding ``target_fpir`` for a gallery of this size: the one
         rule for the gallery's identify and for an edge snapshot's offline decisions."""
-        open_set = default_open_set(model_id.split("+")[0])
+        open_set = default_open_set(model_id)
         if open_set is None:
             cal = self.calibration(model_id)
             return OpenSetPoint(target_fpir, persons, templates, cal.threshold, False, "fixed")
@@ -2030,27 +2037,30 @@ class Gallery:
         actor: str | None = None,
         progress: Progress | None = None,
     ) -> TransferSummary:
-        """Load an export into a new collection (``name`` or the exported one), in one transaction.
+        """Load an export into a new collection (``name`` or the exported one), streamed.
 
         Every rule enrollment applies holds here, by the same functions: a person with templates
         needs a valid consent record now, names pass :func:`person_text`, consent records pass
         the grant checks, every embedding passes :func:`visage.decision.unit_embedding` (and is
-        stored normalised). The first record that fails refuses the whole file, naming its line;
-        nothing is written and the refusal is audited (``collection.import.refused``).
+        stored normalised); the header must name a known model at its embedding size. The file
+        is read line by line and written :data:`IMPORT_BATCH` persons a transaction into a
+        staging collection that no name reaches (:data:`STAGING`), renamed to its name in the
+        last transaction with the audit event: memory stays bounded whatever the file's size,
+        other writers wait at most one batch, and nobody sees a half-imported collection. The
+        first record that fails refuses the whole file, naming its line: what was staged is
+        erased (WAL included) and the refusal audited (``collection.import.refused``).
         Person ids are kept unless already taken in this store (importing a copy beside the
         original), in which case new ids are drawn and counted in ``rekeyed``.
-        :class:`Conflict` when the collection exists.
+        :class:`Conflict` when the collection exists. ``progress(bytes read, file size)``.
         """
         source = Path(path)
-        try:
-            raw = source.read_bytes()
-        except OSError as exc:
-            raise InputError(f"cannot read {source}: {exc.strerror or exc}") from None
         target = name
         try:
-            header, records = self._read_export(source, raw)
-            target = collection_name(name or str(header["collection"]))
-            summary = self._import(source, raw, header, records, target, purpose, actor, progress)
+            with _ExportReader.open(source) as reader:
+                lines = reader.records()
+                header = self._export_header(source, next(lines, (1, None))[1])
+                target = collection_name(name or str(header["collection"]))
+                summary = self._import(reader, lines, header, target, purpose, actor, progress)
         except (InputError, ConsentError, Conflict) as exc:
             self.record_refusal(
                 "collection.import",
@@ -2058,33 +2068,15 @@ class Gallery:
                 exc,
                 purpose=purpose,
                 actor=actor,
-                sha256=_sha256(raw),
+                sha256=_file_sha256(source),
                 path=str(source),
             )
             raise
         return summary
 
-    @staticmethod
-    def _read_export(source: Path, raw: bytes) -> tuple[dict[str, Any], list[tuple[int, Any]]]:
-        """The header and ``(line number, record)`` pairs of an export; :class:`InputError`
-        naming the line that is not JSON or a header that is not an export's."""
-        try:
-            lines = raw.decode("utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise InputError(f"{source}: not UTF-8 text (byte {exc.start})") from None
-        records: list[tuple[int, Any]] = []
-        header: Any = {}
-        for number, line in enumerate(lines, 1):
-            if number > 1 and not line.strip():
-                continue
-            try:
-                value = json.loads(line, parse_constant=_no_constant)
-            except (json.JSONDecodeError, ValueError) as exc:
-                raise InputError(f"{source} line {number}: not JSON ({exc})") from None
-            if number == 1:
-                header = value
-            else:
-                records.append((number, value))
+    def _export_header(self, source: Path, header: Any) -> dict[str, Any]:
+        """The export's first line, checked: our format and version, a collection name, and a
+        model this gallery knows at that model's embedding size."""
         if (
             not isinstance(header, dict)
             or header.get("format") != EXPORT_FORMAT
@@ -2096,81 +2088,173 @@ class Gallery:
                 raise InputError(
                     f"{source} line 1: the header's {key!r} is missing or not a {kind.__name__}"
                 )
-        if not 1 <= header["dim"] <= 4096:
-            raise InputError(f"{source} line 1: dim {header['dim']} is not 1 to 4096")
-        return header, records
+        model, dim = header["model_id"], header["dim"]
+        known = embedding_dim(model)
+        if known is None and model not in self._calibrations:
+            raise InputError(
+                f"{source} line 1: unknown model {model!r} (this gallery knows "
+                f"{', '.join(sorted(EMBEDDING_DIMS))})"
+            )
+        if dim != (known or dim) or not 1 <= dim <= 4096:
+            raise InputError(
+                f"{source} line 1: dim {dim} is not model {model!r}'s embedding size"
+                + (f" ({known})" if known else " (1 to 4096)")
+            )
+        return header
 
     def _import(
         self,
-        source: Path,
-        raw: bytes,
+        reader: _ExportReader,
+        lines: Iterator[tuple[int, Any]],
         header: dict[str, Any],
-        records: list[tuple[int, Any]],
         target: str,
         purpose: str | None,
         actor: str | None,
         progress: Progress | None,
     ) -> TransferSummary:
-        n_templates = rekeyed = 0
-        now = utcnow()
-        with self._lock, self._transaction() as (session, state):
+        """Stage the records in batches, then publish the collection with its audit event."""
+        source = reader.source
+        with self._lock, self._transaction() as (session, _):
+            stale = self._drop_stale_staging(session)
             if session.scalar(select(CollectionRow.id).where(CollectionRow.name == target)):
                 raise Conflict(f"collection {target!r} already exists")
-            coll = CollectionRow(
-                name=target,
+            staged = CollectionRow(
+                name=f"{STAGING}{uuid.uuid4().hex}",
                 model_id=header["model_id"],
                 dim=header["dim"],
                 keep_images=False,
-                version=state.audit_seq + 1,
-                created_at=now,
+                version=0,
+                created_at=utcnow(),
             )
-            session.add(coll)
+            session.add(staged)
             session.flush()
+            coll_id = staged.id
+        if stale:
+            self._journal.erase()
+        counts = _ImportCounts()
+        try:
             seen: set[str] = set()
-            for done, (number, record) in enumerate(records, 1):
-                try:
-                    templates, new_id = self._import_person(session, coll, record, seen, now)
-                except ConsentError as exc:
-                    raise ConsentError(f"{source} line {number}: {exc}") from None
-                except InputError as exc:
-                    raise InputError(f"{source} line {number}: {exc}") from None
-                n_templates += templates
-                rekeyed += new_id
-                if progress is not None:
-                    progress(done, len(records))
-            self._audit(
-                session,
-                state,
-                "collection.import",
-                actor=actor,
-                collection=target,
-                purpose=purpose,
-                persons=len(records),
-                templates=n_templates,
-                sha256=_sha256(raw),
-                source_collection=header["collection"],
-                rekeyed=rekeyed,
-            )
+            batch: list[tuple[int, Any]] = []
+            for number, record in lines:
+                batch.append((number, record))
+                if len(batch) == IMPORT_BATCH:
+                    self._import_batch(source, staged, batch, seen, counts)
+                    if progress is not None:
+                        progress(reader.read, reader.size)
+                    batch = []
+            self._import_batch(source, staged, batch, seen, counts)
+            with self._lock, self._transaction() as (session, state):
+                if session.scalar(select(CollectionRow.id).where(CollectionRow.name == target)):
+                    raise Conflict(f"collection {target!r} already exists")
+                coll = session.get_one(CollectionRow, coll_id)
+                coll.name, coll.created_at = target, utcnow()
+                coll.version = state.audit_seq + 1  # see CollectionRow.version
+                self._audit(
+                    session,
+                    state,
+                    "collection.import",
+                    actor=actor,
+                    collection=target,
+                    purpose=purpose,
+                    persons=counts.persons,
+                    templates=counts.templates,
+                    sha256=reader.digest.hexdigest(),
+                    source_collection=header["collection"],
+                    rekeyed=counts.rekeyed,
+                )
+        except BaseException:
+            self._drop_staged(coll_id)
+            raise
         return TransferSummary(
             target,
             source,
-            len(records),
-            n_templates,
-            _sha256(raw),
+            counts.persons,
+            counts.templates,
+            reader.digest.hexdigest(),
             renamed_from=str(header["collection"]) if target != header["collection"] else None,
-            rekeyed=rekeyed,
+            rekeyed=counts.rekeyed,
         )
+
+    def _import_batch(
+        self,
+        source: Path,
+        coll: CollectionRow,
+        batch: Sequence[tuple[int, Any]],
+        seen: set[str],
+        counts: _ImportCounts,
+    ) -> None:
+        """Check and insert one batch of exported persons in one transaction; a person id
+        already taken in the store (or earlier in the file) is redrawn."""
+        if not batch:
+            return
+        now = utcnow()
+        people = []
+        for number, record in batch:  # checked before the transaction: it holds writers up
+            try:
+                people.append(self._import_person(coll, record, seen, now))
+            except ConsentError as exc:
+                raise ConsentError(f"{source} line {number}: {exc}") from None
+            except InputError as exc:
+                raise InputError(f"{source} line {number}: {exc}") from None
+        with self._lock, self._transaction() as (session, _):
+            session.get_one(CollectionRow, coll.id).created_at = now  # the staging heartbeat
+            wanted = [person.id for person, _, _ in people]
+            taken = set(session.scalars(select(PersonRow.id).where(PersonRow.id.in_(wanted))))
+            for person, consents, templates in people:
+                if person.id in taken:
+                    person.id = uuid.uuid4().hex
+                    counts.rekeyed += 1
+                taken.add(person.id)
+                for consent in consents:
+                    consent.person_id = person.id
+                for template in templates:
+                    template.person_id = person.id
+                counts.persons += 1
+                counts.templates += len(templates)
+            session.add_all([person for person, _, _ in people])
+            session.flush()  # no ORM relationships, so the person rows must exist first
+            session.add_all(
+                [row for _, consents, templates in people for row in (*consents, *templates)]
+            )
+
+    @classmethod
+    def _drop_stale_staging(cls, session: Session) -> bool:
+        """Erase collections a crashed import left staged (no batch for
+        :data:`STAGING_STALE_S`); nobody could reach them, and their templates must not stay."""
+        cutoff = utcnow() - timedelta(seconds=STAGING_STALE_S)
+        stale = session.scalars(
+            select(CollectionRow.id).where(
+                CollectionRow.name.startswith(STAGING), CollectionRow.created_at < cutoff
+            )
+        ).all()
+        for coll_id in stale:
+            cls._erase_rows(session, coll_id)
+        return bool(stale)
+
+    def _drop_staged(self, coll_id: int) -> None:
+        """Erase a refused import's staged rows, then the WAL pages that held them."""
+        with self._lock, self._transaction() as (session, _):
+            self._erase_rows(session, coll_id)
+        self._journal.erase()
+
+    @staticmethod
+    def _erase_rows(session: Session, coll_id: int) -> None:
+        """Delete a collection's templates, consent records, persons and row (secure delete)."""
+        persons = select(PersonRow.id).where(PersonRow.collection_id == coll_id)
+        session.execute(delete(TemplateRow).where(TemplateRow.collection_id == coll_id))
+        session.execute(delete(ConsentRow).where(ConsentRow.person_id.in_(persons)))
+        session.execute(delete(PersonRow).where(PersonRow.collection_id == coll_id))
+        session.execute(delete(CollectionRow).where(CollectionRow.id == coll_id))
 
     def _import_person(
         self,
-        session: Session,
         coll: CollectionRow,
         record: Any,
         seen: set[str],
         now: datetime,
-    ) -> tuple[int, bool]:
-        """Insert one exported person through enrollment's checks; returns (templates added,
-        whether the id was redrawn). ``seen`` collects the file's external ids so far."""
+    ) -> tuple[PersonRow, list[ConsentRow], list[TemplateRow]]:
+        """One exported person checked by enrollment's rules, as unsaved rows (the caller
+        settles the person id). ``seen`` collects the file's external ids so far."""
 
         def when(label: str, value: Any) -> datetime | None:
             if value is None:
@@ -2204,9 +2288,6 @@ class Gallery:
             consents, templates = record["consents"], record["templates"]
             if not isinstance(consents, list) or not isinstance(templates, list):
                 raise InputError("consents and templates must be lists")
-            rekeyed = session.get(PersonRow, person_id) is not None
-            if rekeyed:
-                person_id = uuid.uuid4().hex
             row = PersonRow(
                 id=person_id,
                 collection_id=coll.id,
@@ -2215,8 +2296,7 @@ class Gallery:
                 meta=p["metadata"] or {},
                 created_at=when("created_at", p["created_at"]) or now,
             )
-            session.add(row)
-            session.flush()  # no ORM relationships, so the person row must exist first
+            consent_rows = []
             for c in consents:
                 basis, granted_at, expires_at = _consent_fields(
                     c["basis"],
@@ -2224,7 +2304,7 @@ class Gallery:
                     when("granted_at", c["granted_at"]),
                     when("expires_at", c["expires_at"]),
                 )
-                session.add(
+                consent_rows.append(
                     ConsentRow(
                         person_id=person_id,
                         basis=basis,
@@ -2237,10 +2317,10 @@ class Gallery:
                         revoke_reason=text("revoke_reason", c["revoke_reason"]),
                     )
                 )
-            session.flush()
             if templates:
-                self._require_consent(session, row, now)
+                _refuse_without_consent(row, consent_rows, now)
             digests: set[str] = set()
+            template_rows = []
             for t in templates:
                 if t["model_id"] != coll.model_id:
                     raise InputError(
@@ -2257,7 +2337,7 @@ class Gallery:
                 if digest in digests:
                     raise InputError(f"two templates of {p['id']} share source_sha256 {digest}")
                 digests.add(digest)
-                session.add(
+                template_rows.append(
                     TemplateRow(
                         person_id=person_id,
                         collection_id=coll.id,
@@ -2268,12 +2348,89 @@ class Gallery:
                         created_at=when("created_at", t["created_at"]) or now,
                     )
                 )
-            session.flush()
         except KeyError as exc:
             raise InputError(f"malformed person record: no field {exc}") from None
         except (TypeError, ValueError) as exc:
             raise InputError(f"malformed person record ({exc})") from None
-        return len(templates), rekeyed
+        return row, consent_rows, template_rows
+
+
+@dataclass
+class _ImportCounts:
+    """What an import has staged so far."""
+
+    persons: int = 0
+    templates: int = 0
+    rekeyed: int = 0
+
+
+class _ExportReader:
+    """An export file read one line at a time (each at most :data:`EXPORT_LINE_MAX` bytes),
+    hashing as it goes; :class:`InputError` naming the line that is not UTF-8 JSON."""
+
+    def __init__(self, source: Path, handle: BinaryIO) -> None:
+        self.source, self._handle = source, handle
+        self.size = os.fstat(handle.fileno()).st_size
+        self.read = 0
+        self.digest = hashlib.sha256()
+
+    @classmethod
+    @contextmanager
+    def open(cls, source: Path) -> Iterator[_ExportReader]:
+        try:
+            handle = open(source, "rb")  # noqa: SIM115 - closed when the caller is done
+        except OSError as exc:
+            raise InputError(f"cannot read {source}: {exc.strerror or exc}") from None
+        with handle:
+            yield cls(source, handle)
+
+    def records(self) -> Iterator[tuple[int, Any]]:
+        """``(line number, JSON value)`` for each non-blank line; the first is the header."""
+        source = self.source
+        for number, line in enumerate(
+            iter(partial(self._handle.readline, EXPORT_LINE_MAX + 1), b""), 1
+        ):
+            self.digest.update(line)
+            self.read += len(line)
+            if len(line) > EXPORT_LINE_MAX:
+                raise InputError(f"{source} line {number}: longer than {EXPORT_LINE_MAX} bytes")
+            if number > 1 and not line.strip():
+                continue
+            try:
+                value = json.loads(line.decode("utf-8"), parse_constant=_no_constant)
+            except UnicodeDecodeError as exc:
+                raise InputError(
+                    f"{source} line {number}: not UTF-8 text (byte {exc.start})"
+                ) from None
+            except (json.JSONDecodeError, ValueError) as exc:
+                raise InputError(f"{source} line {number}: not JSON ({exc})") from None
+            yield number, value
+
+
+def _file_sha256(source: Path) -> str:
+    """The sha256 of a whole file, read in blocks; ``""`` when it cannot be read."""
+    try:
+        with open(source, "rb") as handle:
+            return hashlib.file_digest(handle, "sha256").hexdigest()
+    except OSError:
+        return ""
+
+
+def _refuse_without_consent(person: PersonRow, rows: Sequence[ConsentRow], now: datetime) -> None:
+    """Raise :class:`ConsentError` saying why ``person`` has no valid consent at ``now`` among
+    ``rows`` (its consent records, oldest first)."""
+    statuses = [_consent_status(r, now) for r in rows]
+    if "valid" in statuses:
+        return
+    if not rows:
+        why = "no consent record"
+    else:
+        last, status = rows[-1], statuses[-1]
+        when = {"revoked": last.revoked_at, "expired": last.expires_at}.get(status)
+        moment = when or last.granted_at
+        verb = {"revoked": "revoked", "expired": "expired"}.get(status, "starts")
+        why = f"consent {verb} at {moment:%Y-%m-%d %H:%M} UTC"
+    raise ConsentError(f"person {person.id} ({person.display_name}) has no valid consent: {why}")
 
 
 def _no_constant(name: str) -> Any:

@@ -16,6 +16,20 @@ import numpy.typing as npt
 Image = npt.NDArray[np.uint8]
 Box = tuple[int, int, int, int]
 
+EMBEDDING_DIMS = {"dlib_resnet_v1": 128}
+"""The embedding size of each model family Visage ships weights for."""
+
+
+def model_family(model_id: str) -> str:
+    """The weights a model id names, without its variant (``dlib_resnet_v1+tta`` → ``dlib_resnet_v1``):
+    calibrations and embedding sizes belong to the family."""
+    return model_id.split("+")[0]
+
+
+def embedding_dim(model_id: str) -> int | None:
+    """The embedding size of ``model_id``'s family, ``None`` for a model Visage does not ship."""
+    return EMBEDDING_DIMS.get(model_family(model_id))
+
 
 def clip_box(rect: Box, shape: tuple[int, ...]) -> Box:
     """Clip ``(left, top, right, bottom)`` to an image of ``shape`` (h, w, ...)."""
