@@ -1,9 +1,12 @@
-"""``visage serve`` on a real PostgreSQL server (the throw-away cluster of the gallery tests):
-the start-up output never shows the database password (issue 18, item 7)."""
+"""``visage serve`` and the gallery on a real PostgreSQL server (the throw-away cluster of the
+gallery tests): the start-up output never shows the database password (issue 18, item 7); the
+service runs as a role with only the grants docs/gallery.md documents, the schema changed only
+by the owner with ``visage migrate`` (item 14)."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,10 +21,15 @@ import pytest
 from sqlalchemy.engine import make_url
 
 from tests.gallery.conftest import pg_server  # noqa: F401  (the PostgreSQL cluster)
+from tests.gallery.synthetic import CALIBRATION, MODEL, consented_person, near, unit_vectors
+from visage.errors import StorageError
+from visage.gallery import EmbeddingItem, Gallery
+from visage.gallery.store import open_engine
 
 from .conftest import free_port
 
 PASSWORD = "s3cretpw"
+DOCS = Path(__file__).parents[2] / "docs" / "gallery.md"
 
 
 @dataclass(frozen=True)
@@ -129,3 +137,130 @@ def test_serve_never_shows_the_database_password(
     )  # fmt: skip
     assert closed.returncode == 1 and "visage:***@127.0.0.1" in closed.stderr, closed.stderr
     assert PASSWORD not in closed.stdout + closed.stderr and "Traceback" not in closed.stderr
+
+
+@pytest.fixture
+def service_role(cluster: Cluster, owned_db: tuple[str, str]) -> Iterator[str]:
+    """A login role with no rights of its own (dropped afterwards, with what it was granted)."""
+    role = f"app_{uuid.uuid4().hex[:12]}"
+    cluster.run(f"CREATE ROLE {role} LOGIN PASSWORD '{PASSWORD}'")
+    yield role
+    cluster.run(f"DROP OWNED BY {role}", database=owned_db[1])
+    cluster.run(f"DROP ROLE {role}")
+
+
+def documented_grants(role: str, database: str) -> list[str]:
+    """The SQL block of docs/gallery.md's "PostgreSQL roles", for ``role`` on ``database``."""
+    section = DOCS.read_text(encoding="utf-8").split("## PostgreSQL roles", 1)[1]
+    block = re.search(r"```sql\n(.*?)```", section, re.DOTALL)
+    assert block is not None, "docs/gallery.md lost its grants"
+    sql = (
+        block.group(1)
+        .replace("visage_app", role)
+        .replace("DATABASE visage ", f'DATABASE "{database}" ')
+    )
+    return [line for line in sql.splitlines() if line.strip()]
+
+
+def grant_documented(cluster: Cluster, role: str, database: str) -> None:
+    cluster.run(*documented_grants(role, database), database=database)
+
+
+def refused(url: str, statement: str) -> str | None:
+    """The SQLSTATE PostgreSQL answered ``statement`` with as the URL's role (None: it ran)."""
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    try:
+        with psycopg.connect(conninfo, autocommit=True) as conn:
+            conn.execute(statement)  # type: ignore[arg-type]
+    except psycopg.Error as exc:
+        return exc.sqlstate
+    return None
+
+
+def test_the_service_runs_with_only_the_documented_grants(
+    cluster: Cluster, owned_db: tuple[str, str], service_role: str, tmp_path: Path
+) -> None:
+    owner, database = owned_db
+    first = visage("migrate", "--db", cluster.url(owner, database))
+    assert first.returncode == 0, first.stderr
+    assert "migrated from an empty database to" in first.stdout and PASSWORD not in first.stdout
+    again = visage("migrate", "--db", cluster.url(owner, database), "--json")
+    assert again.returncode == 0 and '"applied": []' in again.stdout, again.stdout  # idempotent
+
+    app = cluster.url(service_role, database)
+    grant_documented(cluster, service_role, database)
+    assert refused(app, "CREATE TABLE intruder (x int)") == "42501"  # no DDL rights at all
+
+    with Gallery(app, calibrations=[CALIBRATION], actor="svc") as g:
+        g.create_collection("people", model_id=MODEL)
+        vectors = unit_vectors(3, seed=1)
+        ids = [consented_person(g, name) for name in ("Ada", "Bo", "Cy")]
+        g.enroll_many("people", [EmbeddingItem(p, v) for p, v in zip(ids, vectors, strict=True)])
+        found = g.identify("people", near(vectors[1], 0.02, seed=2))
+        assert found.best is not None and found.best.person_id == ids[1]
+        assert g.revoke_consent("people", ids[2], reason="asked") == 1
+        assert g.delete_person("people", ids[0], purpose="erasure request") == 1
+        assert g.identify("people", vectors[0]).unknown
+        assert g.verify_audit().ok
+        g.create_collection("gone", model_id=MODEL)
+        g.enroll_many("gone", [EmbeddingItem(consented_person(g, "Di", "gone"), vectors[0])])
+        g.delete_collection("gone")
+        report = g.verify_audit()
+        assert report.ok, report.describe()
+
+    made = visage("keys", "create", "--db", app, "--scopes", "admin")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    base, process, log = serve(app, tmp_path)
+    try:
+        assert httpx.get(f"{base}/readyz", timeout=10).json()["status"] == "ready"
+        auth = {"Authorization": f"Bearer {token}"}
+        created = httpx.post(f"{base}/v1/collections", json={"name": "web"}, headers=auth)
+        assert created.status_code == 201, created.text
+        listed = httpx.get(f"{base}/v1/collections", headers=auth, timeout=10)
+        assert listed.status_code == 200 and "web" in listed.text, listed.text
+    finally:
+        stop(process)
+    assert "Traceback" not in log.read_text(errors="replace")
+
+    # the audit chain is append-only for this role: PostgreSQL itself refuses to edit it
+    assert refused(app, "SELECT count(*) FROM audit_event") is None
+    assert refused(app, "UPDATE audit_event SET summary = '{}' WHERE seq = 1") == "42501"
+    assert refused(app, "DELETE FROM audit_event WHERE seq = 1") == "42501"
+    assert refused(app, "UPDATE alembic_version SET version_num = 'x'") == "42501"
+    with Gallery(app, calibrations=[CALIBRATION], actor="svc") as g:
+        assert g.verify_audit().ok
+
+
+def test_a_store_behind_the_code_names_visage_migrate(
+    cluster: Cluster, owned_db: tuple[str, str], service_role: str
+) -> None:
+    owner, database = owned_db
+    assert visage("migrate", "--db", cluster.url(owner, database)).returncode == 0
+    cluster.run(  # back to the previous version's schema, as its owner would have left it
+        "ALTER TABLE collection DROP COLUMN target_fpir",
+        "UPDATE alembic_version SET version_num = '0004_edge_purge'",
+        database=database,
+    )
+    grant_documented(cluster, service_role, database)
+    app = cluster.url(service_role, database)
+
+    with pytest.raises(StorageError) as info:
+        open_engine(app)
+    message = str(info.value)
+    assert "visage migrate" in message and "0004_edge_purge" in message, message
+    assert (
+        "must be owner of table collection" in message
+        and PASSWORD not in message
+        and "\n" not in message
+    )
+    cli = visage("keys", "list", "--db", app)
+    assert cli.returncode == 1 and "visage migrate" in cli.stderr, cli.stderr
+    assert "Traceback" not in cli.stderr and len(cli.stderr.strip().splitlines()) == 1
+
+    done = visage("migrate", "--db", cluster.url(owner, database))
+    assert done.returncode == 0, done.stderr
+    assert "migrated from 0004_edge_purge to 0005_target_fpir" in done.stdout, done.stdout
+    with Gallery(app, calibrations=[CALIBRATION], actor="svc") as g:  # now current: it opens
+        g.create_collection("people", model_id=MODEL)
+        assert g.verify_audit().ok
