@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import struct
+import subprocess
+import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile
 
 from visage.compat import face_recognition as compat
-from visage.errors import InvalidImage
+from visage.errors import ImageTooLarge, InputError, InvalidImage
 
 fr = pytest.importorskip("face_recognition", reason="face_recognition is a test-only dependency")
 
@@ -84,3 +89,78 @@ def test_bad_file_and_bad_options(tmp_path: Path) -> None:
         compat.face_locations(img, model="mtcnn")
     with pytest.raises(ValueError, match="large"):
         compat.face_landmarks(img, model="huge")
+
+
+def solid_png(width: int, height: int) -> bytes:
+    """A complete, valid PNG of ``width x height`` black grey pixels, compressed row by row:
+    ~1 KB per megapixel on disk, a byte per pixel decoded (three as RGB)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + body))
+        return struct.pack(">I", len(body)) + kind + body + crc
+
+    packer, row = zlib.compressobj(9), b"\x00" * (width + 1)  # filter byte 0, then the pixels
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+PEAK_RSS = """
+import resource, sys, time
+from visage.compat import face_recognition as compat
+before, start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter()
+try:
+    compat.load_image_file(sys.argv[1])
+    outcome = "loaded"
+except Exception as exc:
+    outcome = f"{type(exc).__name__} {exc}"
+extra_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024
+print(time.perf_counter() - start, extra_mb, outcome)
+"""
+"""Prints the seconds ``load_image_file(argv[1])`` took, the MB it added to the peak RSS of a
+fresh process, and what came of it."""
+
+
+def test_a_100_mp_png_is_refused_fast_from_its_header(tmp_path: Path) -> None:
+    """face_recognition's load_image_file decodes it: ~1.1 GB for a ~100 KB file."""
+    path = tmp_path / "100mp.png"
+    path.write_bytes(solid_png(10_000, 10_000))
+    assert path.stat().st_size < 200_000
+    with pytest.warns(Image.DecompressionBombWarning), Image.open(path) as im:
+        assert im.size == (10_000, 10_000)  # a real 100 MP image, which Pillow only warns of
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS, str(path)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    seconds, extra_mb, outcome = done.stdout.split(" ", 2)
+    assert outcome.startswith("ImageTooLarge ") and "100mp.png" in outcome, done.stdout
+    assert "40,000,000" in outcome and float(seconds) < 1.0 and int(extra_mb) < 200, done.stdout
+
+
+def test_a_210_mp_png_is_our_error_not_pillows(tmp_path: Path) -> None:
+    path = tmp_path / "210mp.png"
+    path.write_bytes(solid_png(14_500, 14_500))
+    with pytest.raises(Image.DecompressionBombError):
+        fr.load_image_file(path)  # what the original lets out
+    with pytest.raises(ImageTooLarge, match="210,250,000 pixels") as info:
+        compat.load_image_file(path)
+    assert isinstance(info.value, InputError) and info.value.source and "210mp.png" in info.value.source
+
+
+def test_a_truncated_jpeg_is_refused_after_import_face_recognition(
+    people_photos: list[Path], tmp_path: Path
+) -> None:
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # face_recognition's import set it
+    whole = people_photos[0].read_bytes()
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole[: len(whole) // 2])
+    assert fr.load_image_file(cut).shape == compat.load_image_file(people_photos[0]).shape
+    with pytest.raises(InvalidImage, match="cut.jpg.*truncated"):
+        compat.load_image_file(cut)
+    with pytest.raises(InvalidImage, match="truncated"), open(cut, "rb") as fh:
+        compat.load_image_file(fh)  # a file object too
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is True  # face_recognition's setting is left as it was

@@ -15,7 +15,10 @@ import os
 import re
 import stat
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -39,25 +42,47 @@ Source = str | Path | bytes | bytearray | memoryview
 _HIGH_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
 
 
-def read_bytes(src: Source, *, max_bytes: int | None = None) -> tuple[bytes, str | None]:
+def read_bytes(
+    src: Source | BinaryIO, *, max_bytes: int | None = None
+) -> tuple[bytes, str | None]:
     """The raw bytes of ``src`` and a printable name for messages (``None`` for bytes).
 
     A path is read only when it is a regular file of at most ``max_bytes`` (default
     :data:`MAX_FILE_BYTES`), checked on the opened file before a byte is read: a symlink to
-    ``/dev/zero`` or a FIFO is refused at once instead of read until memory runs out. The name
+    ``/dev/zero`` or a FIFO is refused at once instead of read until memory runs out. An open
+    binary file is read up to one byte past ``max_bytes``, refused if it has more. The name
     is :func:`visage.names.printable` (a name that is not UTF-8 comes back escaped).
     """
+    limit = MAX_FILE_BYTES if max_bytes is None else max_bytes
     if isinstance(src, (bytes, bytearray, memoryview)):
         return bytes(src), None
     if isinstance(src, (str, Path)):
         path = Path(src)
         try:
-            return _read_regular(path, MAX_FILE_BYTES if max_bytes is None else max_bytes), printable(path)
+            return _read_regular(path, limit), printable(path)
         except FileNotFoundError:
             raise InvalidImage("no such file", source=path) from None
         except OSError as exc:
             raise InvalidImage(f"cannot read: {exc.strerror or exc}", source=path) from None
-    raise TypeError(f"expected a path or bytes, got {type(src).__name__}")
+    if hasattr(src, "read"):
+        name = getattr(src, "name", None)
+        shown = printable(name) if isinstance(name, (str, bytes)) else None
+        try:
+            return _read_at_most(src, limit, shown), shown
+        except OSError as exc:
+            raise InvalidImage(f"cannot read: {exc.strerror or exc}", source=shown) from None
+    raise TypeError(f"expected a path, bytes or a binary file, got {type(src).__name__}")
+
+
+def _read_at_most(fh: BinaryIO, max_bytes: int, source: str | Path | None) -> bytes:
+    """What ``fh`` holds, read up to one byte past ``max_bytes``; :class:`InvalidImage` when it
+    holds more (a file that grew, a stream with no end)."""
+    data = fh.read(max_bytes + 1)
+    if not isinstance(data, bytes):
+        raise TypeError(f"expected a binary file, got one that reads {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise InvalidImage(f"more than the limit of {max_bytes:,} bytes", source=source)
+    return data
 
 
 def _read_regular(path: Path, max_bytes: int) -> bytes:
@@ -74,10 +99,7 @@ def _read_regular(path: Path, max_bytes: int) -> bytes:
         if info.st_size > max_bytes:
             raise InvalidImage(f"{info.st_size:,} bytes, over the limit of {max_bytes:,}",
                                source=path)
-        data = fh.read(max_bytes + 1)
-    if len(data) > max_bytes:
-        raise InvalidImage(f"grew past the limit of {max_bytes:,} bytes while read", source=path)
-    return data
+        return _read_at_most(fh, max_bytes, path)
 
 
 def source_hash(data: bytes) -> str:
@@ -98,6 +120,21 @@ def load_image(src: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageArr
 
 def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | None = None) -> ImageArray:
     """Decode encoded image bytes; see :func:`load_image`."""
+    with strict_image(data, max_pixels=max_pixels, source=source) as im:
+        return _to_rgb(ImageOps.exif_transpose(im) or im)
+
+
+@contextmanager
+def strict_image(
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | None = None
+) -> Iterator[Image.Image]:
+    """Pillow's image of ``data``, its first frame decoded, for the block to convert.
+
+    The header is checked before any pixel is decoded (``max_pixels``, :data:`MAX_ASPECT`);
+    the pixels are loaded strictly, so truncated data is an error whatever Pillow's global
+    switch says; a failure inside the block (decoding, orientation, conversion) is an
+    :class:`InvalidImage` too. Raises as :func:`load_image` does.
+    """
     if not data:
         raise InvalidImage("empty file", source=source)
     with warnings.catch_warnings():
@@ -127,8 +164,7 @@ def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | N
         try:
             im.seek(0)  # first frame of animated GIF/WebP/TIFF
             im.load()
-            im = ImageOps.exif_transpose(im) or im
-            return _to_rgb(im)
+            yield im
         except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
             raise InvalidImage(f"corrupt or truncated data: {exc}", source=source) from None
         finally:

@@ -364,7 +364,12 @@ def edge_pull(
     trust: TrustOpt = None,
     ttl: Annotated[
         int | None,
-        typer.Option("--ttl", min=1, help="Lifetime to ask for, seconds (default: the server's)."),
+        typer.Option(
+            "--ttl",
+            min=1,
+            help="Lifetime to ask for, and the longest this device uses the snapshot after "
+            "receiving it, seconds (default: the server's, used at most 24 h).",
+        ),
     ] = None,
     json_out: JsonOpt = False,
 ) -> None:

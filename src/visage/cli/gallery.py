@@ -493,6 +493,27 @@ def audit_public_key(db: DbOpt = None) -> None:
         typer.echo(g.anchor_public_key())
 
 
+@app.command("migrate")
+def migrate(db: DbOpt = None, json_out: JsonOpt = False) -> None:
+    """Bring the store's schema to this version's and exit; run once per upgrade as the role that
+    owns the database, so the service's role needs no CREATE or ALTER rights (docs/gallery.md,
+    "PostgreSQL roles"). Nothing is applied to a current store."""
+    from ..gallery.store import database_url, default_url, migrate_store, shown_url
+
+    url = database_url(db) if db else default_url()
+    done = migrate_store(url)
+    if json_out:
+        emit_json({"store": shown_url(url), "before": done.before, "head": done.head,
+                   "applied": list(done.applied)})
+    elif done.applied:
+        console.print(f"{shown_url(url)}: migrated from {done.before or 'an empty database'} to "
+                      f"{done.head} (applied {', '.join(done.applied)})",
+                      markup=False, highlight=False, soft_wrap=True)
+    else:
+        console.print(f"{shown_url(url)}: the schema is current ({done.head}); nothing applied",
+                      markup=False, highlight=False, soft_wrap=True)
+
+
 @contextmanager
 def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None]]:
     """A ``progress(done, total)`` callback drawing a bar on a terminal, for export/import."""

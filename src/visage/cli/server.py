@@ -123,7 +123,7 @@ def serve(
     """Run the HTTP service. Settings: flag > $VISAGE_* > config file > default; docs at /docs."""
     import uvicorn
 
-    from ..gallery.store import open_engine
+    from ..gallery.store import open_engine, shown_url
     from ..server.app import create_app
     from ..server.settings import load_settings
 
@@ -145,9 +145,11 @@ def serve(
     )
     _announce_keys(settings, bootstrap_key)
     err_console.print(
-        f"Visage on http://{settings.host}:{settings.port} (docs at /docs), store {settings.db}, "
-        f"index {settings.index}",
+        f"Visage on http://{settings.host}:{settings.port} (docs at /docs), "
+        f"store {shown_url(settings.db_url)}, index {settings.index}",
         soft_wrap=True,
+        markup=False,
+        highlight=False,
     )
     served: Any
     if settings.workers > 1:  # each worker process builds the app from the same settings

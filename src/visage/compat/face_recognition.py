@@ -8,7 +8,10 @@ Same signatures, return types and conventions as face_recognition 1.3: boxes are
 ``(top, right, bottom, left)`` clipped to the image, encodings are raw dlib-scale 128-d float64
 arrays (not L2-normalised), ``tolerance=0.6`` is the usual threshold (lower is stricter). These
 distances are ~1.42x Visage's own (docs/pipeline.md, "Distances", maps one to the other).
-Unlike the original, bad files raise :class:`visage.errors.InvalidImage` with the file name.
+Unlike the original, :func:`load_image_file` decodes as :func:`visage.load_image` does: bad
+files raise :class:`visage.errors.InvalidImage` with the file name, truncated ones too (also
+after ``import face_recognition``, which makes Pillow fill them with grey), and images over
+40 MP :class:`visage.errors.ImageTooLarge`, from the header, before any pixel is decoded.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .. import align as _align
-from ..imageio import Source, read_bytes
+from ..imageio import DEFAULT_MAX_PIXELS, Source, read_bytes, strict_image
 from ..models import make_detector, make_embedder
 from ..models.base import Box, Detection, Image
 from ..models.dlib_runtime import DlibLandmarker
@@ -70,22 +73,15 @@ def load_image_file(file: Source | Any, mode: str = "RGB") -> Image:
     """Load an image file (path, bytes or file object) as a numpy array in ``mode`` ('RGB' or 'L').
 
     Like the original, EXIF orientation is *not* applied (use :func:`visage.load_image` for that).
+    Decoded by :func:`visage.imageio.strict_image`: over :data:`~visage.imageio.DEFAULT_MAX_PIXELS`
+    (40 MP) is :class:`~visage.errors.ImageTooLarge` from the header, truncated or corrupt
+    data :class:`~visage.errors.InvalidImage`, both :class:`~visage.errors.InputError`.
     """
-    import io
-
-    from PIL import Image as PILImage
-
-    from ..errors import InvalidImage
-
-    if hasattr(file, "read"):
-        data, name = file.read(), getattr(file, "name", None)
-    else:
-        data, name = read_bytes(file)
-    try:
-        with PILImage.open(io.BytesIO(data)) as im:
-            return np.array(im.convert(mode) if mode else im)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise InvalidImage(f"cannot decode: {exc}", source=name) from None
+    data, name = read_bytes(file)
+    with strict_image(data, max_pixels=DEFAULT_MAX_PIXELS, source=name) as im:
+        decoded = im
+    # converted outside the block: a mode Pillow cannot make stays the caller's ValueError
+    return np.array(decoded.convert(mode) if mode else decoded)
 
 
 def _raw_locations(img: Image, upsample: int, model: str) -> list[Detection]:

@@ -15,7 +15,10 @@ set, and then only the best aligned face chip of each track.
   every ``snapshot_refresh_s``) the device decides who each track is with no link. The
   snapshot is verified with the server's key — given with ``trust`` or pinned on first use —
   before every use, so a tampered, replayed or expired one is never used; without a usable
-  snapshot the event carries no decision and the server identifies it.
+  snapshot the event carries no decision and the server identifies it. The device uses a
+  snapshot at most ``snapshot_ttl_s`` after it received it, whatever the document says, and
+  refuses another gallery under the sequence it already holds
+  (:func:`~visage.edge.snapshot.admit`).
 - **Bounded.** One frame in memory at a time, at most ``max_tracks`` open tracks with a few
   chips each, a queue capped on disk with a stated full policy (:mod:`visage.edge.queue`).
 - **Keeps little.** A track the snapshot matches to nobody (a stranger) is not queued unless
@@ -56,9 +59,12 @@ from .events import DeviceDecision, DeviceInfo, EdgeEvent, check_device_id
 from .files import private_file
 from .queue import EventQueue, QueueLimits, QueueStats
 from .snapshot import (
+    DEFAULT_TTL_S,
+    HeldSnapshot,
     OfflineGallery,
     Snapshot,
     SnapshotRefused,
+    admit,
     delete_if_expired,
     verify_snapshot,
 )
@@ -71,6 +77,8 @@ log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "snapshot.json"
 QUEUE_FILE = "queue.db"
+HELD_META = "snapshot_held"
+"""Queue meta key of the :class:`~visage.edge.snapshot.HeldSnapshot` record (JSON)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,9 @@ class AgentConfig:
     long to keep uploading before exiting (what is left stays queued for the next run).
     ``queue_strangers_s``: ``None`` (default), a track the snapshot matches to nobody is not
     queued; seconds, it is queued and deleted that long after if not delivered by then.
+    ``snapshot_ttl_s``: the snapshot lifetime asked of the server and the longest the agent
+    uses one after receiving it, whatever the document says (``None``: the server's default,
+    used at most :data:`~visage.edge.snapshot.DEFAULT_TTL_S`, 24 h).
     """
 
     collection: str
@@ -100,6 +111,13 @@ class AgentConfig:
     def __post_init__(self) -> None:
         if self.queue_strangers_s is not None and not self.queue_strangers_s > 0:
             raise ValueError("queue_strangers_s must be positive (or None: strangers not queued)")
+        if self.snapshot_ttl_s is not None and not self.snapshot_ttl_s > 0:
+            raise ValueError("snapshot_ttl_s must be positive (or None: the server's default)")
+
+    @property
+    def snapshot_life_s(self) -> int:
+        """The longest the agent uses a snapshot after receiving it."""
+        return self.snapshot_ttl_s if self.snapshot_ttl_s is not None else DEFAULT_TTL_S
 
 
 @dataclass(frozen=True)
@@ -193,9 +211,10 @@ class Agent:
     def pull_snapshot(self) -> Snapshot:
         """Fetch, verify and install the server's snapshot; :class:`SnapshotRefused` if bad.
 
-        Verified before it is saved: a refused snapshot never replaces the one in use. With no
-        known key the server's is fetched and pinned only once this snapshot verifies under it
-        (trust on first use), so an answer that does not verify pins nothing.
+        Verified and admitted (:func:`~visage.edge.snapshot.admit`: the agent's own lifetime,
+        one gallery per sequence) before it is saved: a refused snapshot never replaces the one
+        in use. With no known key the server's is fetched and pinned only once this snapshot
+        verifies under it (trust on first use), so an answer that does not verify pins nothing.
         """
         document = self.uplink.fetch_snapshot(
             self.config.collection, self.device, ttl_s=self.config.snapshot_ttl_s
@@ -203,12 +222,7 @@ class Agent:
         known = self._known_key()
         offered = self.uplink.public_key() if known is None else None
         trusted = known or parse_public_key(str(offered))
-        snapshot = verify_snapshot(
-            document,
-            trusted,
-            min_sequence=self._min_sequence(),
-            collection=self.config.collection,
-        )
+        snapshot, held = self._admit(document, trusted)
         if offered is not None:
             self.queue.set_meta("trusted_key", offered.strip())
             log.warning(
@@ -216,7 +230,9 @@ class Agent:
                 offered,
             )
         self._save_snapshot(document)
-        self.queue.set_meta("snapshot_sequence", str(snapshot.sequence))
+        self.queue.set_meta(
+            "snapshot_sequence", str(snapshot.sequence), **{HELD_META: held.to_json()}
+        )
         self._offline = OfflineGallery(snapshot)
         self._refreshed_at = time.monotonic()
         log.info(
@@ -232,6 +248,20 @@ class Agent:
     def _min_sequence(self) -> int:
         return int(self.queue.get_meta("snapshot_sequence") or 0)
 
+    def _held(self) -> HeldSnapshot | None:
+        text = self.queue.get_meta(HELD_META)
+        return HeldSnapshot.from_json(text) if text is not None else None
+
+    def _admit(self, document: bytes, trusted: Ed25519PublicKey) -> tuple[Snapshot, HeldSnapshot]:
+        """The snapshot in ``document`` as this agent may use it, and the record to keep."""
+        snapshot = verify_snapshot(
+            document,
+            trusted,
+            min_sequence=self._min_sequence(),
+            collection=self.config.collection,
+        )
+        return admit(snapshot, self._held(), life_s=self.config.snapshot_life_s)
+
     def _save_snapshot(self, document: bytes) -> None:
         """Write ``document`` as the saved snapshot: owner-only, fsynced, renamed into place."""
         tmp = self._snapshot_path.with_name(SNAPSHOT_FILE + ".tmp")
@@ -243,29 +273,30 @@ class Agent:
             os.replace(tmp, self._snapshot_path)
 
     def _delete_if_expired(self) -> None:
-        """Delete the saved snapshot (names, templates) once it has expired."""
+        """Delete the saved snapshot (names, templates) once it has expired, by its document
+        or by the agent's own lifetime."""
+        held = self._held()
+        own = held.expires_at(self.config.snapshot_life_s) if held is not None else None
         with self._snapshot_lock:
-            if delete_if_expired(self._snapshot_path):
+            if delete_if_expired(self._snapshot_path, not_after=own):
                 log.warning("deleted the expired offline snapshot %s", self._snapshot_path)
 
     def _load_snapshot(self) -> OfflineGallery | None:
-        """The saved snapshot when it still verifies (signature, expiry, sequence), else None;
-        an expired one is deleted."""
+        """The saved snapshot when it still verifies and is admitted (signature, expiry by the
+        document and by the agent's lifetime since it was received, sequence), else None; an
+        expired one is deleted. One saved with no record of its receipt (by an agent before
+        that record) is not used: the next pull replaces it."""
         path = self._snapshot_path
         private_file(path)
         self._delete_if_expired()
         trusted = self._known_key()
         if trusted is None or not path.exists():
             return None
+        if self._held() is None:
+            log.warning("saved snapshot not used: no record of when it was received")
+            return None
         try:
-            return OfflineGallery(
-                verify_snapshot(
-                    path.read_bytes(),
-                    trusted,
-                    min_sequence=self._min_sequence(),
-                    collection=self.config.collection,
-                )
-            )
+            return OfflineGallery(self._admit(path.read_bytes(), trusted)[0])
         except SnapshotRefused as exc:
             log.warning("saved snapshot not used: %s", exc)
             return None

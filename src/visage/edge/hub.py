@@ -65,10 +65,9 @@ from ..gallery.store import (
 )
 from ..signing import load_signing_key, public_key_text
 from .events import DeviceInfo, EdgeEvent, Receipt
-from .snapshot import Snapshot, SnapshotPerson, sign_snapshot
+from .snapshot import DEFAULT_TTL_S, Snapshot, SnapshotPerson, sign_snapshot
 
 SIGNING_KEY_ENV = "VISAGE_EDGE_SIGNING_KEY"
-DEFAULT_TTL_S = 24 * 3600
 MAX_TTL_S = 30 * 24 * 3600
 """The longest lifetime a request may name; the hub's ``max_ttl_s`` policy caps what it grants."""
 SNAPSHOT_ATTEMPTS = 5

@@ -398,10 +398,11 @@ class EventQueue:
         rows = self._read("SELECT value FROM meta WHERE name = ?", (name,))
         return str(rows[0][0]) if rows else None
 
-    def set_meta(self, name: str, value: str) -> None:
+    def set_meta(self, name: str, value: str, **more: str) -> None:
+        """Keep ``name = value`` (and each of ``more``) beside the queue, in one transaction."""
         with self._write() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO meta (name, value) VALUES (?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-                (name, value),
+                [(name, value), *more.items()],
             )

@@ -12,6 +12,13 @@ a key it trusts *before* reading anything else, then refuses it when:
   bring deleted persons back);
 - it is for another collection, format or version.
 
+The server picks ``expires_at``; the device does not take its word alone (:func:`admit`): it
+uses a snapshot at most its own configured lifetime after it first received that document,
+so a device set to 600 s stops identifying 600 s after a pull even if the document says 30
+days. A snapshot with the *same* sequence as the one in use but other content is refused (one
+sequence names one gallery; the same content again, a re-pull, is accepted and, if newer,
+restarts the device's clock).
+
 A saved snapshot found expired is deleted from disk (:func:`delete_if_expired`): names and
 templates are not kept on a device past the time the server allowed.
 
@@ -29,8 +36,8 @@ import base64
 import binascii
 import hashlib
 import json
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +53,9 @@ from .identity import Identity, Match
 
 SNAPSHOT_FORMAT = "visage-edge-snapshot"
 SNAPSHOT_VERSION = 1
+DEFAULT_TTL_S = 24 * 3600
+"""A snapshot's lifetime when nobody names one: what the server grants by default and the
+longest a device with no configured lifetime uses a snapshot."""
 
 
 class SnapshotRefused(InputError):
@@ -248,8 +258,85 @@ def stated_expiry(document: bytes) -> datetime | None:
         return None
 
 
-def delete_if_expired(path: Path, *, now: datetime | None = None) -> bool:
-    """Delete the snapshot file at ``path`` when the expiry it states has passed; ``True`` if so.
+@dataclass(frozen=True)
+class HeldSnapshot:
+    """What a device records of the snapshot it uses, to judge the next one: its ``sequence``,
+    :meth:`Snapshot.content_sha256`, the server's ``issued_at`` and when the device first
+    received that document (``received_at``, the device's clock)."""
+
+    sequence: int
+    content_sha256: str
+    issued_at: datetime
+    received_at: datetime
+
+    def expires_at(self, life_s: int) -> datetime:
+        """The end of the device's own allowance for this document."""
+        return self.received_at + timedelta(seconds=life_s)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "sequence": self.sequence,
+                "content_sha256": self.content_sha256,
+                "issued_at": _iso(self.issued_at),
+                "received_at": _iso(self.received_at),
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> HeldSnapshot | None:
+        """The record in ``text``; ``None`` when it cannot be read (the snapshot is not used)."""
+        try:
+            doc = json.loads(text)
+            return cls(
+                int(doc["sequence"]),
+                str(doc["content_sha256"]),
+                _require_time(doc["issued_at"]),
+                _require_time(doc["received_at"]),
+            )
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+def admit(
+    snapshot: Snapshot, held: HeldSnapshot | None, *, life_s: int, now: datetime | None = None
+) -> tuple[Snapshot, HeldSnapshot]:
+    """The verified ``snapshot`` as the device uses it, and the record to keep of it.
+
+    Its expiry becomes ``min(expires_at, received_at + life_s)``: the device's own lifetime
+    bounds what the requester (or whoever obtained a long-lived document) chose. ``received_at``
+    is now, unless ``held`` is the same sequence and content issued no earlier (the document in
+    use, read back from disk or replayed): then the device's clock keeps running from the first
+    receipt, so replaying a document never extends its life. :class:`SnapshotRefused` when
+    ``held`` has the same sequence and other content, or the capped expiry has passed.
+    """
+    when = now or datetime.now(UTC)
+    digest = snapshot.content_sha256()
+    received = when
+    if held is not None and held.sequence == snapshot.sequence:
+        if held.content_sha256 != digest:
+            raise SnapshotRefused(
+                f"sequence {snapshot.sequence} is already in use with other content "
+                "(one sequence names one gallery)"
+            )
+        if snapshot.issued_at <= held.issued_at:
+            received = held.received_at
+    record = HeldSnapshot(snapshot.sequence, digest, snapshot.issued_at, received)
+    capped = replace(snapshot, expires_at=min(snapshot.expires_at, record.expires_at(life_s)))
+    if capped.expires_at <= when:
+        raise SnapshotRefused(
+            f"expired at {capped.expires_at.isoformat()} (this device uses a snapshot at most "
+            f"{life_s} s after receiving it)"
+        )
+    return capped, record
+
+
+def delete_if_expired(
+    path: Path, *, now: datetime | None = None, not_after: datetime | None = None
+) -> bool:
+    """Delete the snapshot file at ``path`` when the expiry it states, or the device's own
+    limit ``not_after``, has passed; ``True`` if so.
 
     Deleting needs no trust in the file (whoever could forge it could delete it), so the
     signature is not checked; a file whose expiry cannot be read is left for the caller.
@@ -259,7 +346,11 @@ def delete_if_expired(path: Path, *, now: datetime | None = None) -> bool:
     except FileNotFoundError:
         return False
     expiry = stated_expiry(document)
-    if expiry is None or expiry > (now or datetime.now(UTC)):
+    if expiry is None:
+        return False
+    if not_after is not None:
+        expiry = min(expiry, not_after)
+    if expiry > (now or datetime.now(UTC)):
         return False
     path.unlink(missing_ok=True)
     return True

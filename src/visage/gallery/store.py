@@ -1,4 +1,9 @@
-"""The gallery's store: SQLAlchemy 2 typed models, the engine, and migrations run on open.
+"""The gallery's store: SQLAlchemy 2 typed models, the engine, and migrations.
+
+Opening a store whose schema is at the newest revision only reads ``alembic_version``, so a
+service role without DDL rights can open it; a store that is behind is migrated on open when
+the role may, else opening fails naming ``visage migrate`` (:func:`migrate_store`), which the
+database's owner runs once per upgrade (docs/gallery.md, "PostgreSQL roles").
 
 The store is the source of truth; the vector index is rebuilt from it whenever they disagree.
 A SQLite file is the default (embedded, zero set-up); PostgreSQL is used by URL
@@ -21,6 +26,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -47,8 +53,8 @@ from sqlalchemy import (
     event,
     select,
 )
-from sqlalchemy.engine import Dialect, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL, Dialect, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from sqlalchemy.pool import StaticPool
 
@@ -119,7 +125,7 @@ def database_url(target: str | Path) -> str:
     return f"sqlite:///{Path(text).expanduser().resolve()}"
 
 
-def shown_url(url: str) -> str:
+def shown_url(url: str | URL) -> str:
     """``url`` as it may be shown to a user: the password hidden."""
     return make_url(url).render_as_string(hide_password=True)
 
@@ -489,14 +495,60 @@ def _migrations_config(engine: Engine) -> Config:
     return cfg
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest Alembic revision (a no-op when it is current)."""
+@dataclass(frozen=True)
+class Migration:
+    """What :func:`migrate` found and did: the revision ``before`` (``None``: an empty
+    database), the ``head`` it brought the schema to, and the revisions ``applied``, oldest
+    first (none when the schema was current)."""
+
+    before: str | None
+    head: str
+    applied: tuple[str, ...]
+
+
+def migrate(engine: Engine) -> Migration:
+    """Bring the schema to the newest Alembic revision.
+
+    When it is current this only reads ``alembic_version`` (no DDL, no write), so a role with
+    no rights on the schema may open the store. When it is behind and the upgrade fails (the
+    role may not ``CREATE``/``ALTER``, most often) :class:`StorageError` says so and names
+    ``visage migrate``; the upgrade is one transaction on PostgreSQL, so nothing half-applied
+    is left.
+    """
     cfg = _migrations_config(engine)
-    head = ScriptDirectory.from_config(cfg).get_current_head()
+    script = ScriptDirectory.from_config(cfg)
+    head = script.get_current_head()
+    if head is None:
+        raise StorageError("no schema revisions are installed with Visage")
     with engine.connect() as conn:
         current = MigrationContext.configure(conn).get_current_revision()
-    if current != head:
+    if current == head:
+        return Migration(current, head, ())
+    pending = tuple(r.revision for r in script.iterate_revisions(head, current))[::-1]
+    try:
         command.upgrade(cfg, "head")
+    except DBAPIError as exc:
+        why = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else type(exc).__name__
+        raise StorageError(
+            f"the schema of {shown_url(engine.url)} is at revision {current or 'none'} and this "
+            f"Visage needs {head}, but it could not be migrated ({why}); run `visage migrate "
+            "--db URL` once as the role that owns the database"
+        ) from exc
+    log.info("migrated %s from %s to %s", shown_url(engine.url), current or "nothing", head)
+    return Migration(current, head, pending)
+
+
+def migrate_store(url: str) -> Migration:
+    """Bring the store at ``url`` to the newest schema and say what was done (``visage
+    migrate``): run once per upgrade by the database's owner, so the service's own role needs
+    no DDL rights. Idempotent: on a current store it applies nothing."""
+    engine = _engine(url, create=True)
+    try:
+        return migrate(engine)
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot migrate gallery store {shown_url(url)}: {exc}") from exc
+    finally:
+        engine.dispose()
 
 
 def _create_private(path: Path) -> None:
@@ -509,15 +561,8 @@ def _create_private(path: Path) -> None:
         pass
 
 
-def open_engine(url: str, *, anchors: str | Path | None = None, create: bool = True) -> Engine:
-    """An engine for ``url`` with the schema migrated; a new SQLite file and its folder are
-    created owner-only (0600, 0700). With ``create`` false a missing SQLite file is
-    :class:`NotFound` instead: a read-only command never leaves an empty store behind.
-
-    Every transaction on it that appends audit events is checkpointed to the anchor file
-    (``anchors``, else :func:`visage.gallery.anchor.anchor_file`'s default), when there is one.
-    Raises :class:`StorageError` when the database cannot be reached or migrated.
-    """
+def _engine(url: str, *, create: bool) -> Engine:
+    """An engine for ``url``, schema unchecked; see :func:`open_engine` for ``create``."""
     path = sqlite_path(url)
     if not create and path is not None and not path.exists():
         raise NotFound(
@@ -525,21 +570,37 @@ def open_engine(url: str, *, anchors: str | Path | None = None, create: bool = T
             "name the store with --db or VISAGE_DB)"
         )
     try:
-        if make_url(url).get_backend_name() == "sqlite":
-            if path is not None:
-                _create_private(path)
-                engine = create_engine(url)
-            else:
-                engine = create_engine(
-                    url, poolclass=StaticPool, connect_args={"check_same_thread": False}
-                )
-            _sqlite_pragmas(engine)
+        if make_url(url).get_backend_name() != "sqlite":
+            return create_engine(url, pool_pre_ping=True)
+        if path is not None:
+            _create_private(path)
+            engine = create_engine(url)
         else:
-            engine = create_engine(url, pool_pre_ping=True)
+            engine = create_engine(
+                url, poolclass=StaticPool, connect_args={"check_same_thread": False}
+            )
+        _sqlite_pragmas(engine)
+        return engine
+    except (SQLAlchemyError, OSError) as exc:
+        raise StorageError(f"cannot open gallery store {shown_url(url)}: {exc}") from exc
+
+
+def open_engine(url: str, *, anchors: str | Path | None = None, create: bool = True) -> Engine:
+    """An engine for ``url`` with the schema migrated; a new SQLite file and its folder are
+    created owner-only (0600, 0700). With ``create`` false a missing SQLite file is
+    :class:`NotFound` instead: a read-only command never leaves an empty store behind.
+
+    Every transaction on it that appends audit events is checkpointed to the anchor file
+    (``anchors``, else :func:`visage.gallery.anchor.anchor_file`'s default), when there is one.
+    Raises :class:`StorageError` when the database cannot be reached or migrated (a schema
+    behind the code, opened by a role that may not change it, names ``visage migrate``).
+    """
+    engine = _engine(url, create=create)
+    try:
         migrate(engine)
     except (SQLAlchemyError, OSError) as exc:
         raise StorageError(f"cannot open gallery store {shown_url(url)}: {exc}") from exc
-    anchors_path = anchor.anchor_file(path, anchors)
+    anchors_path = anchor.anchor_file(sqlite_path(url), anchors)
     if anchors_path is not None:
         anchor.attach(engine, anchor.AuditAnchor.open(anchors_path))
     return engine
