@@ -219,3 +219,23 @@ def test_help_text_is_wrapped_to_the_terminal_not_to_the_docstring() -> None:
         for paragraph in paragraphs:
             lines = paragraph.splitlines()
             assert all(len(line) > 60 for line in lines[:-1]), (command, paragraph)
+
+
+def test_help_names_kinds_of_values_not_python_types() -> None:
+    """Issue 13 item 11: option help showed ``<bool>`` beside every flag and ``<str>`` beside
+    every text option. Flags now show nothing, values a kind (TEXT, PATH, INTEGER), arguments
+    the name their command's text uses."""
+    import os
+    import subprocess
+    import sys
+
+    for command, wanted in (([], []), (["enroll"], ["TEXT", "NUMBER", "DIRECTORY"]),
+                            (["audit", "show"], ["INTEGER"]), (["export"], ["PATH", "TEXT"])):
+        done = subprocess.run([sys.executable, "-m", "visage", *command, "--help"],
+                              capture_output=True, text=True, check=True, timeout=60,
+                              env={**os.environ, "COLUMNS": "120"})
+        assert "--help" in done.stdout, done.stdout
+        for python_type in ("<bool>", "<str>", "<int>", "<float>"):
+            assert python_type not in done.stdout, (command, done.stdout)
+        for kind in wanted:
+            assert kind in done.stdout, (command, kind, done.stdout)

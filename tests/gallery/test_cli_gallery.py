@@ -135,6 +135,27 @@ def test_audit_verify_names_the_tampered_row(enrolled: str) -> None:
     ]
 
 
+def test_audit_show_filters_by_collection_and_action(enrolled: str, tmp_path: Path) -> None:
+    """Issue 13 item 16: the CLI had no collection or action filter, the API had both."""
+    code, _, err = run("enroll", str(tmp_path / "enroll"), "--basis",
+                       "consent", "--granted-by", "tests", "-c", "other", "--face", "center",
+                       "--db", enrolled, "--json")  # fmt: skip
+    assert code == 0, err
+    code, out, _ = run("audit", "show", "-n", "500", "--db", enrolled, "--json")
+    everything = json.loads(out)
+    assert {e["collection"] for e in everything} >= {"demo", "other"}  # the positive control
+    code, out, _ = run("audit", "show", "-n", "500", "-c", "other", "--db", enrolled, "--json")
+    other = json.loads(out)
+    assert other and {e["collection"] for e in other} == {"other"}
+    assert len(other) < len(everything)
+    code, out, _ = run("audit", "show", "--action", "enroll", "-c", "demo", "--db",
+                       enrolled, "--json")  # fmt: skip
+    enrolls = json.loads(out)
+    assert len(enrolls) == 6 and {(e["action"], e["collection"]) for e in enrolls} == {
+        ("enroll", "demo")
+    }
+
+
 def test_export_import(enrolled: str, tmp_path: Path) -> None:
     dump = tmp_path / "demo.jsonl"
     code, out, _ = run("export", "-c", "demo", "--out", str(dump), "--db", enrolled, "--json")

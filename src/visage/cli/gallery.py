@@ -437,12 +437,17 @@ def consent_revoke(
 @audit_app.command("show")
 def audit_show(
     limit: Annotated[int, typer.Option("--limit", "-n", min=1, help="Newest N events.")] = 20,
+    collection: Annotated[str | None, typer.Option(
+        "--collection", "-c", help="Only this collection's events.")] = None,
+    action: Annotated[str | None, typer.Option(
+        help="Only this action's events (e.g. enroll, identify, person.delete, enroll.refused).")] = None,
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """The newest audit events."""
+    """The newest audit events (of one collection or action), oldest first, as the API's
+    ``GET /v1/audit?collection=…&action=…`` filters them."""
     with _open(db, None, read=True) as g:
-        events = g.last_audit_events(limit)
+        events = g.last_audit_events(limit, collection=collection, action=action)
     if json_out:
         emit_json([e.__dict__ for e in events])
         return
