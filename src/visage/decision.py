@@ -99,12 +99,23 @@ class Calibration:
     n_impostor: int
     target_fmr: float | None = None
 
+    @property
+    def ref(self) -> str:
+        """A short name for this record, ``model@created``: what answers carry, so the full
+        provenance (:meth:`provenance`, ``GET /v1/calibrations/{model}``) is one request away
+        instead of 200 characters in every response."""
+        return f"{self.model_id}@{self.created}"
+
     def describe(self) -> str:
-        """One line for users: the value and its provenance."""
+        """One short line for answers: the value, its goal and the record's :attr:`ref`."""
         goal = f"FMR {self.target_fmr:g}" if self.target_fmr is not None else self.method
+        return f"{self.threshold:.4f} ({goal}; calibration {self.ref})"
+
+    def provenance(self) -> str:
+        """The whole story, for reports and the calibration route: data and pair counts."""
         return (
-            f"{self.threshold:.4f} ({goal}; {self.source}; "
-            f"{self.n_genuine} genuine / {self.n_impostor} impostor pairs)"
+            f"{self.describe()}: {self.source}; "
+            f"{self.n_genuine} genuine / {self.n_impostor} impostor pairs"
         )
 
     def to_json(self) -> str:

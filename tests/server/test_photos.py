@@ -165,6 +165,15 @@ def test_verify_and_find_similar(
         )
         assert pair.status_code == 200, pair.text
         assert not pair.json()["same"] and pair.json()["distance"] > pair.json()["threshold"]
+        # Issue 13 item 11: the provenance is one request away, not 200 characters per answer.
+        source = pair.json()["threshold_source"]
+        assert len(source) < 80 and "calibration dlib_resnet_v1@" in source, source
+        ref = source.split("calibration ")[1].rstrip(")")
+        record = client.get("/v1/calibrations/dlib_resnet_v1")
+        assert record.status_code == 200, record.text
+        assert record.json()["ref"] == ref and record.json()["threshold"] == pair.json()["threshold"]
+        assert record.json()["n_impostor"] > 10_000 and "LFW" in record.json()["source"]
+        problem(client.get("/v1/calibrations/mystery-v9"), 404)
         similar = client.post(
             f"/v1/collections/{collection}/find-similar",
             params={"purpose": "review", "k": 3},

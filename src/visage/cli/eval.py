@@ -143,7 +143,7 @@ def _print_calibration(check: CalibrationCheck, fmr: str, fnmr: str) -> None:
     rates = f"{fmr} {format_rate(check.fmr)}, {fnmr} {format_rate(check.fnmr)}"
     if check.accuracy is not None:
         rates += f", accuracy {format_rate(check.accuracy)}"
-    console.print(f"calibration {check.calibration.describe()}: {rates} on this data", markup=False)
+    console.print(f"calibration {check.calibration.provenance()}: {rates} on this data", markup=False)
 
 
 def _print_verification(result: VerificationResult) -> None:
@@ -394,5 +394,5 @@ def calibrate_command(
     if json_out:
         emit_json({"out": str(out), "calibration": asdict(record)})
     else:
-        console.print(f"threshold {record.describe()}", markup=False)
+        console.print(f"threshold {record.provenance()}", markup=False)
         console.print(f"wrote {out}", markup=False)

@@ -149,6 +149,21 @@ class EmbeddingIn(_In):
 # ---------------------------------------------------------------- decisions
 
 
+class CalibrationOut(_Out):
+    """A calibration record in full: what the ``calibration model@created`` in an answer's
+    ``threshold_source`` refers to."""
+
+    ref: str
+    model_id: str
+    threshold: float
+    method: str
+    target_fmr: float | None
+    source: str
+    created: str
+    n_genuine: int
+    n_impostor: int
+
+
 class VerifyOut(BaseModel):
     """A 1:1 answer: the distance, the decision, and the calibrated threshold it used."""
 

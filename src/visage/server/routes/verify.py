@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from ...api import compare
-from ...errors import InputError
+from ...errors import InputError, ModelError, NotFound
 from ...imageio import source_hash
 from ...pipeline import Face, FacePick, pick_face
 from ..bodies import PAIR_BODY, Upload
@@ -27,7 +27,7 @@ from ..deps import (
 from ..probes import face_limit_audited
 from ..problems import problem_responses
 from ..runtime import ServicePipeline
-from ..schemas import BoxOut, VerifyOut
+from ..schemas import BoxOut, CalibrationOut, VerifyOut
 
 router = APIRouter(prefix="/v1", tags=["decisions"], responses=problem_responses())
 
@@ -102,3 +102,15 @@ def verify(
         template_id=found.template_id,
         audit_seq=found.audit_seq,
     )
+
+
+@router.get(
+    "/calibrations/{model_id}", response_model=CalibrationOut, responses=problem_responses([404])
+)
+def calibration(_key: IdentifyKey, gallery: GalleryDep, model_id: str) -> CalibrationOut:
+    """The calibration record decisions use for ``model_id`` (e.g. ``dlib_resnet_v1``): the
+    data it was measured on and how many pairs back it. 404 for a model with none."""
+    try:
+        return CalibrationOut.model_validate(gallery.calibration(model_id))
+    except ModelError:
+        raise NotFound(f"no calibration for model {model_id!r}") from None
