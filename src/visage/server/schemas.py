@@ -58,9 +58,19 @@ class _Out(BaseModel):
 
 
 class _In(BaseModel):
-    """Request bodies: unknown fields are refused, not ignored."""
+    """Request bodies: unknown fields are refused, not ignored. Each carries an example in
+    the OpenAPI document (``/docs``), valid as it stands (``tests/server/test_examples.py``)."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+EXAMPLE_VECTOR = [round(1 / 128**0.5, 6)] * 128
+"""A unit vector of dlib's 128 dimensions, for examples only (it is nobody's face)."""
+
+
+def _example(**body: Any) -> ConfigDict:
+    """A request body's configuration with ``body`` as its OpenAPI example."""
+    return ConfigDict(json_schema_extra={"examples": [body]})
 
 
 # ---------------------------------------------------------------- faces
@@ -136,11 +146,15 @@ class DetectOut(BaseModel):
 class EmbeddingsIn(_In):
     """Probes given as embeddings (L2-normalised on arrival), e.g. from an edge device."""
 
+    model_config = _example(embeddings=[EXAMPLE_VECTOR])
+
     embeddings: list[Vector] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class EmbeddingIn(_In):
     """One template given as an embedding, with the quality it was measured at, if known."""
+
+    model_config = _example(embedding=EXAMPLE_VECTOR, quality=0.91)
 
     embedding: Vector
     quality: Quality | None = None
@@ -315,6 +329,8 @@ class CollectionCreate(_In):
     """A new collection; ``keep_images`` stores each enrolled photo beside its template;
     ``target_fpir``: the share of strangers identify may name as someone, at any size."""
 
+    model_config = _example(name="staff", target_fpir=0.01)
+
     name: CollectionName
     keep_images: StrictBool = False
     target_fpir: float = Field(0.01, ge=FPIR_RANGE[0], le=FPIR_RANGE[1], allow_inf_nan=False)
@@ -345,6 +361,10 @@ class CollectionList(BaseModel):
 class PersonCreate(_In):
     """A new person; ``external_id`` is your own id for them, unique in the collection."""
 
+    model_config = _example(
+        display_name="Ada Lovelace", external_id="emp-1815", metadata={"team": "analytics"}
+    )
+
     display_name: Name
     external_id: Name | None = None
     metadata: dict[str, Any] = {}
@@ -353,6 +373,8 @@ class PersonCreate(_In):
 class PersonUpdate(_In):
     """What to change of a person; fields left out stay as they are (metadata is replaced)."""
 
+    model_config = _example(display_name="Ada King")
+
     display_name: Name | None = None
     external_id: Name | None = None
     metadata: dict[str, Any] | None = None
@@ -360,6 +382,13 @@ class PersonUpdate(_In):
 
 class ConsentCreate(_In):
     """A consent record (or another lawful basis); ``expires_at`` after ``granted_at``."""
+
+    model_config = _example(
+        basis="consent",
+        granted_by="Ada Lovelace",
+        purpose="door access",
+        expires_at="2027-12-31T00:00:00Z",
+    )
 
     basis: ConsentBasis
     granted_by: Name
@@ -370,6 +399,8 @@ class ConsentCreate(_In):
 
 class RevokeIn(_In):
     """Why consent is revoked (kept in the record and the audit log)."""
+
+    model_config = _example(reason="asked to be removed")
 
     reason: Annotated[str, Field(max_length=2000)] | None = None
 
@@ -464,6 +495,10 @@ class BulkItemIn(_In):
 
 class BulkIn(_In):
     """Many templates by embedding, enrolled in one transaction (all or none)."""
+
+    model_config = _example(
+        items=[{"person": "emp-1815", "embedding": [-x for x in EXAMPLE_VECTOR], "quality": 0.8}]
+    )
 
     items: list[BulkItemIn] = Field(min_length=1, max_length=MAX_BATCH)
 
