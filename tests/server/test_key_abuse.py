@@ -7,6 +7,8 @@ someone holding no key) did to get more than the key allows.
 - Keys expire (401 with a detail saying so), and the CLI sets and shows the expiry.
 - A device key names its devices: it may not post or pull as another device id (403), and an
   event's idempotency key is the device's own, so no device can suppress another's events.
+- Reads of personal data (person list, person, audit log) are audit events with the caller's
+  key, and the chain still verifies.
 
 Every test that floods bad keys does it from a loopback address of its own (127.0.0.x), so its
 failures count against that address only.
@@ -212,3 +214,43 @@ def test_a_device_cannot_suppress_anothers_event_by_reusing_its_key(
         devices = admin.get("/v1/edge/devices").json()["items"]
     counts = {d["device_id"]: d["events"] for d in devices if d["collection"] == collection}
     assert counts == {"cam-a": 1, "cam-b": 1}
+
+
+# ---------------------------------------------------------------- item 13: audited reads
+
+
+def test_reads_of_personal_data_are_audited_with_the_callers_key(
+    server: Server, collection: str
+) -> None:
+    enroller = server.key(["enroll"], [collection])
+    key_id = enroller.split(".")[0]
+    with server.client(server.admin) as admin:
+        made = admin.post(
+            f"/v1/collections/{collection}/persons",
+            json={"display_name": "Ada Lovelace", "external_id": "emp-1"},
+        )
+        assert made.status_code == 201, made.text
+        person = made.json()["id"]
+        start = head_seq(admin)
+    with server.client(enroller) as client:
+        listed = client.get(f"/v1/collections/{collection}/persons", params={"purpose": "review"})
+        assert [p["id"] for p in listed.json()["items"]] == [person]  # the control: it reads
+        assert client.get(f"/v1/collections/{collection}/persons/emp-1").status_code == 200
+        assert client.get(f"/v1/collections/{collection}/persons/{person}/consents").is_success
+        assert client.get(f"/v1/collections/{collection}/persons/{person}/faces").is_success
+    with server.client(server.admin) as admin:
+        reads = events_since(admin, start, collection=collection)
+        chain = admin.get("/v1/audit/verify").json()
+        after_read = events_since(admin, start, collection=collection)
+    assert [(e["action"], e["actor"]) for e in reads] == [
+        ("person.list", key_id), ("person.read", key_id), ("person.read", key_id),
+        ("person.read", key_id),
+    ]  # fmt: skip
+    assert reads[0]["purpose"] == "review" and reads[0]["summary"]["persons"] == [person]
+    assert [e["summary"]["part"] for e in reads[1:]] == ["record", "consents", "faces"]
+    assert all(e["summary"]["person"] == person for e in reads[1:])
+    assert "Ada" not in json.dumps(reads) and "emp-1" not in json.dumps(reads)  # ids, not names
+    audit_read = after_read[-1]  # the admin's own read of the log is an event too
+    assert (audit_read["action"], audit_read["actor"]) == ("audit.read", server.admin.split(".")[0])
+    assert audit_read["summary"]["events"] == len(reads)
+    assert chain["ok"] is True and chain["broken_seq"] is None, chain
