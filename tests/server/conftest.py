@@ -56,15 +56,19 @@ class Server:
         collections: Sequence[str] = ("*",),
         *,
         rate: float | None = None,
+        devices: Sequence[str] | None = None,
     ) -> str:
         """A fresh key's token."""
         return self.keys.create(
-            "test", scopes=scopes, collections=collections, rate_limit=rate
+            "test", scopes=scopes, collections=collections, rate_limit=rate, devices=devices
         ).token
 
-    def client(self, token: str | None = None) -> httpx.Client:
+    def client(self, token: str | None = None, *, address: str | None = None) -> httpx.Client:
+        """A client; ``address``: the loopback address it connects from (127.0.0.2, …), so a
+        test's failed authentications count against a client address of its own."""
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=120.0)
+        transport = httpx.HTTPTransport(local_address=address) if address else None
+        return httpx.Client(base_url=self.url, headers=headers, timeout=120.0, transport=transport)
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
@@ -120,8 +124,11 @@ def _start_once(folder: Path, settings: dict[str, str]) -> Server:
             if httpx.get(f"{server.url}/readyz", timeout=2.0).status_code == 200:
                 server.admin = server.admin or server.key(["admin"])
                 # Whoever answers must hold our store (not a process that took the port).
-                mine = httpx.get(f"{server.url}/v1/collections", timeout=2.0,
-                                 headers={"Authorization": f"Bearer {server.admin}"})
+                mine = httpx.get(
+                    f"{server.url}/v1/collections",
+                    timeout=2.0,
+                    headers={"Authorization": f"Bearer {server.admin}"},
+                )
                 if mine.status_code == 200 and process.poll() is None:
                     return server
         except httpx.TransportError:

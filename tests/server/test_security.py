@@ -100,8 +100,9 @@ def test_a_key_for_another_collection_is_refused(
 def test_no_key_or_a_bad_key_is_unauthorized(
     server: Server, collection: str, method: str, path: str, scope: str | None
 ) -> None:
+    address = f"127.0.1.{ROUTES.index((method, path, scope)) + 1}"  # failures of its own
     for token in (None, "not-a-key", "vk_000000000000.AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"):
-        with server.client(token) as client:
+        with server.client(token, address=address) as client:
             response = call(client, method, path, collection)
         problem(response, 401)
         assert response.headers["www-authenticate"].startswith("Bearer")

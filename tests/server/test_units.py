@@ -15,9 +15,9 @@ from visage.errors import InputError, NotFound
 from visage.gallery import Gallery
 from visage.gallery.store import database_url, open_engine, utcnow
 from visage.grouping import group
-from visage.server.auth import RateLimiter
+from visage.server.auth import FailureLimit, RateLimiter
 from visage.server.keys_store import ApiKey, KeyStore, Scope
-from visage.server.problems import RateLimited
+from visage.server.problems import RateLimited, Unauthorized
 from visage.server.settings import load_settings
 
 
@@ -64,10 +64,13 @@ def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
     key = store.authenticate(new.token)
     assert key is not None and key.allows(Scope.IDENTIFY) and not key.allows(Scope.ENROLL)
     assert key.sees("lobby") and not key.sees("vault")
-    assert store.authenticate(new.token[:-1] + ("A" if new.token[-1] != "A" else "B")) is None
-    assert store.authenticate("garbage") is None
+    for wrong in (new.token[:-1] + ("A" if new.token[-1] != "A" else "B"), "garbage"):
+        with pytest.raises(Unauthorized, match="unknown, malformed or revoked"):
+            store.authenticate(wrong)
     store.revoke(new.key.id, actor="test")
-    assert store.authenticate(new.token) is None and store.active_count() == 0
+    with pytest.raises(Unauthorized, match="unknown, malformed or revoked"):
+        store.authenticate(new.token)
+    assert store.active_count() == 0
     with pytest.raises(NotFound):
         store.revoke("vk_000000000000")
     with pytest.raises(InputError, match="scope"):
@@ -96,6 +99,32 @@ def test_rate_limiter_refills_over_time() -> None:
     now[0] = 0.5
     limiter.spend(key)
     limiter.spend(replace(key, rate_limit=0.0))  # a key's own rate of 0: unlimited
+
+
+def test_a_keys_own_rate_is_its_burst_and_failures_are_limited_per_client() -> None:
+    now = [0.0]
+    key = ApiKey(
+        id="vk_2", name="t", scopes=frozenset({Scope.IDENTIFY}), collections=None,
+        rate_limit=2.0, created_at=utcnow(), revoked_at=None,
+    )  # fmt: skip
+    limiter = RateLimiter(rate=50.0, burst=100, clock=lambda: now[0])
+    limiter.spend(key)
+    limiter.spend(key)
+    with pytest.raises(RateLimited):  # not the server's burst of 100
+        limiter.spend(key)
+
+    failures = FailureLimit(3, clock=lambda: now[0])
+    assert failures.admit("10.0.0.1", "good")  # the control: a good token is looked up
+    failures.served("10.0.0.1", "good", spent=True)
+    for _ in range(3):
+        assert failures.admit("10.0.0.1", "guess")
+    with pytest.raises(RateLimited, match="from 10.0.0.1") as refused:
+        failures.admit("10.0.0.1", "guess")
+    assert refused.value.retry_after == pytest.approx(20.0)  # 3 a minute: one every 20 s
+    assert failures.admit("10.0.0.1", "good") is False  # served before: still looked up
+    assert failures.admit("10.0.0.2", "guess")  # another address
+    now[0] = 20.0
+    assert failures.admit("10.0.0.1", "other")
 
 
 def test_grouping_separates_people_and_leaves_strangers_messy() -> None:

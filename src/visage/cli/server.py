@@ -58,7 +58,9 @@ def _key_record(key: ApiKey) -> dict[str, Any]:
         "scopes": sorted(s.value for s in key.scopes),
         "collections": ["*"] if key.collections is None else sorted(key.collections),
         "rate_limit": key.rate_limit,
+        "devices": None if key.devices is None else sorted(key.devices),
         "created_at": key.created_at.isoformat(),
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "revoked_at": key.revoked_at.isoformat() if key.revoked_at else None,
     }
 
@@ -178,19 +180,35 @@ def keys_create(
     ] = "*",
     name: Annotated[str, typer.Option(help="A label for people reading the key list.")] = "api key",
     rate: Annotated[
-        float | None, typer.Option(help="This key's requests per second (default: the server's).")
+        float | None,
+        typer.Option(help="This key's requests per second, and its burst (default: the server's)."),
+    ] = None,
+    expires_in: Annotated[
+        str | None, typer.Option(help="Refuse the key after this long: 12h, 30d, 8w.")
+    ] = None,
+    expires: Annotated[
+        str | None, typer.Option(help="Refuse the key from this date (UTC) or ISO time.")
+    ] = None,
+    device: Annotated[
+        list[str] | None,
+        typer.Option(help="An edge device id the key speaks for (repeat for more; default any)."),
     ] = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Create a key; its secret is printed once and only its hash is stored."""
+    from ..server.keys_store import parse_expiry
+
+    expires_at = parse_expiry(expires_in, expires)
     store = _keys(config, db)
     new = store.create(
         name,
         scopes=scopes.split(","),
         collections=collections.split(","),
         rate_limit=rate,
+        expires_at=expires_at,
+        devices=device,
         actor="visage keys",
     )
     if json_out:
@@ -208,8 +226,9 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None, json_out: JsonOpt = Fa
         emit_json([_key_record(k) for k in keys])
         return
     table = new_table(
-        "id", "name", "scopes", "collections", "rate", "created", "revoked", whole={"id"}
-    )
+        "id", "name", "scopes", "collections", "devices", "rate", "created", "expires",
+        "revoked", whole={"id"},
+    )  # fmt: skip
     for key in keys:
         r = _key_record(key)
         table.add_row(
@@ -217,8 +236,10 @@ def keys_list(config: ConfigOpt = None, db: DbOpt = None, json_out: JsonOpt = Fa
             r["name"],
             ",".join(r["scopes"]),
             ",".join(r["collections"]),
+            "any" if r["devices"] is None else ",".join(r["devices"]),
             "" if r["rate_limit"] is None else f"{r['rate_limit']:g}/s",
             r["created_at"][:19],
+            (r["expires_at"] or "never")[:19],
             (r["revoked_at"] or "")[:19],
         )
     console.print(table)

@@ -2,8 +2,10 @@
 
 Rules, in one place (the HTTP routes in :mod:`visage.server.routes.edge` only translate):
 
-- **Exactly once.** An event is stored once per (API key, idempotency key): a retry of an
-  event already stored is answered ``duplicate`` with the stored outcome and changes nothing.
+- **Exactly once.** An event is stored once per (API key, device, idempotency key): a retry
+  of an event already stored is answered ``duplicate`` with the stored outcome and changes
+  nothing, and no device can pre-empt another's key (even when they share an API key). Which
+  device ids a key may speak for is the key's (see :meth:`ApiKey.speaks_for`).
   A batch's events, their audit events and the device's last-seen row are written in one
   transaction, after the store's writer lock (the audit chain's state row), so a connection
   cut at any point leaves either all of a batch or none of it.
@@ -212,7 +214,7 @@ class EdgeHub:
         for doc in events:
             parsed.append(self._check(doc, device, info.dim, info.model_id))
         fresh = [e for e in parsed if isinstance(e, EdgeEvent)]
-        known = self._stored(key_id, [e.key for e in fresh])
+        known = self._stored(key_id, device.id, [e.key for e in fresh])
         unseen = {e.key: e for e in reversed(fresh) if e.key not in known}  # first of each key
         purpose = f"edge device {device.id}"
         server_side = {
@@ -278,14 +280,12 @@ class EdgeHub:
             return Receipt(key, "rejected", reason=str(exc))
         return event
 
-    def _stored(self, key_id: str, keys: Sequence[str]) -> set[str]:
+    def _stored(self, key_id: str, device_id: str, keys: Sequence[str]) -> set[str]:
         if not keys:
             return set()
         with self._reading() as session:
             found = session.scalars(
-                select(EdgeEventRow.event_key).where(
-                    EdgeEventRow.key_id == key_id, EdgeEventRow.event_key.in_(list(keys))
-                )
+                select(EdgeEventRow.event_key).where(*_same_event(key_id, device_id, keys))
             )
             return set(found)
 
@@ -314,9 +314,7 @@ class EdgeHub:
             named = {f.person_id for f in server_side.values() if f.person_id is not None}
             consented = Gallery.consented_ids(session, collection, named, now)
             rows = session.scalars(
-                select(EdgeEventRow).where(
-                    EdgeEventRow.key_id == key_id, EdgeEventRow.event_key.in_(keys)
-                )
+                select(EdgeEventRow).where(*_same_event(key_id, device.id, keys))
             )
             existing = {row.event_key: row for row in rows} if keys else {}
             for event in events:
@@ -561,6 +559,15 @@ class EdgeHub:
                 .where(EdgeEventRow.collection == collection)
             )
             return int(count or 0)
+
+
+def _same_event(key_id: str, device_id: str, keys: Sequence[str]) -> tuple[Any, ...]:
+    """The idempotency rule in SQL: an event is the same when key, device and event key are."""
+    return (
+        EdgeEventRow.key_id == key_id,
+        EdgeEventRow.device_id == device_id,
+        EdgeEventRow.event_key.in_(list(keys)),
+    )
 
 
 def _collection(session: Session, name: str) -> CollectionRow:

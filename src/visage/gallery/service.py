@@ -31,6 +31,11 @@ Rules, in one place:
   the same transaction as the change. Probes are never stored, only their hash. A refused
   biometric call (no consent, no face, several or too many faces, poor quality) writes an
   ``<action>.refused`` event too: who, what, for whom and why, never the probe.
+- **Reads of personal data are accountable too.** A read made for a ``reader`` (the server
+  passes the caller's key) — a person list, a person, their consents or faces, the audit log —
+  writes ``person.list``, ``person.read`` or ``audit.read`` (ids and counts, never names),
+  group-committed like a search's event and durable before the data is returned; a read that
+  cannot be audited returns nothing. Reads without a reader are the gallery's own lookups.
 
 Crash safety: the store is the source of truth. The in-memory index of a collection is updated
 only after the store's transaction commits, and is known to match the store at the collection's
@@ -499,6 +504,23 @@ class Gallery:
             input_hash=input_hash, summary=summary,
         )  # fmt: skip
 
+    def _audit_read(
+        self,
+        action: str,
+        *,
+        reader: str | None,
+        collection: str | None,
+        purpose: str | None,
+        **summary: Any,
+    ) -> None:
+        """The audit event of a read of personal data made for ``reader`` (none: not audited),
+        group-committed with searches' events; returns once it is durable."""
+        if reader is not None:
+            self._searches.append(
+                actor=reader, action=action, collection=collection, purpose=purpose,
+                input_hash=None, summary=summary,
+            )  # fmt: skip
+
     def _audit(
         self,
         session: Session,
@@ -758,14 +780,37 @@ class Gallery:
             )
             return self._person_info(session, coll, row)
 
-    def person(self, collection: str, ref: str) -> PersonInfo:
-        """A person by id or external id; :class:`NotFound` when absent."""
+    def person(
+        self,
+        collection: str,
+        ref: str,
+        *,
+        reader: str | None = None,
+        purpose: str | None = None,
+        part: str = "record",
+    ) -> PersonInfo:
+        """A person by id or external id; :class:`NotFound` when absent. Audited as
+        ``person.read`` of ``part`` (``record``, ``consents``) when read for a ``reader``."""
         with self._reading() as session:
             coll = self._collection(session, collection)
-            return self._person_info(session, coll, self._person(session, coll, ref))
+            info = self._person_info(session, coll, self._person(session, coll, ref))
+        self._audit_read(
+            "person.read", reader=reader, collection=collection, purpose=purpose,
+            person=info.id, part=part,
+        )  # fmt: skip
+        return info
 
-    def persons(self, collection: str, *, offset: int = 0, limit: int = 100) -> list[PersonInfo]:
-        """Persons of a collection in creation order, one page."""
+    def persons(
+        self,
+        collection: str,
+        *,
+        offset: int = 0,
+        limit: int = 100,
+        reader: str | None = None,
+        purpose: str | None = None,
+    ) -> list[PersonInfo]:
+        """Persons of a collection in creation order, one page. Audited as ``person.list``
+        (the page asked for and the ids returned) when read for a ``reader``."""
         with self._reading() as session:
             coll = self._collection(session, collection)
             rows = session.scalars(
@@ -775,7 +820,12 @@ class Gallery:
                 .offset(offset)
                 .limit(limit)
             ).all()
-            return [self._person_info(session, coll, r) for r in rows]
+            found = [self._person_info(session, coll, r) for r in rows]
+        self._audit_read(
+            "person.list", reader=reader, collection=collection, purpose=purpose,
+            offset=offset, limit=limit, persons=[p.id for p in found],
+        )  # fmt: skip
+        return found
 
     def update_person(
         self,
@@ -991,8 +1041,16 @@ class Gallery:
             self._erased(coll_id, version, removed)
             return len(removed)
 
-    def templates(self, collection: str, person: str) -> list[TemplateInfo]:
-        """A person's templates, oldest first (their embeddings stay in the store)."""
+    def templates(
+        self,
+        collection: str,
+        person: str,
+        *,
+        reader: str | None = None,
+        purpose: str | None = None,
+    ) -> list[TemplateInfo]:
+        """A person's templates, oldest first (their embeddings stay in the store). Audited as
+        ``person.read`` of ``faces`` when read for a ``reader``."""
         with self._reading() as session:
             coll = self._collection(session, collection)
             row = self._person(session, coll, person)
@@ -1008,7 +1066,12 @@ class Gallery:
                 .where(TemplateRow.person_id == row.id)
                 .order_by(TemplateRow.id)
             ).all()
-            return [TemplateInfo(t[0], row.id, t[1], t[2], t[3], bool(t[4]), t[5]) for t in found]
+            person_id = row.id
+        self._audit_read(
+            "person.read", reader=reader, collection=collection, purpose=purpose,
+            person=person_id, part="faces", templates=len(found),
+        )  # fmt: skip
+        return [TemplateInfo(t[0], person_id, t[1], t[2], t[3], bool(t[4]), t[5]) for t in found]
 
     def delete_template(
         self,
@@ -1819,10 +1882,14 @@ class Gallery:
         before: int | None = None,
         limit: int = 100,
         newest_first: bool = False,
+        reader: str | None = None,
+        purpose: str | None = None,
     ) -> list[audit.AuditEvent]:
-        """Audit events with ``after < seq < before``, oldest first or newest first."""
+        """Audit events with ``after < seq < before``, oldest first or newest first. Audited as
+        ``audit.read`` (the query and the seqs returned) when read for a ``reader``; that event
+        comes after the ones it read."""
         with self._reading() as session:
-            return audit.events(
+            found = audit.events(
                 session,
                 collection=collection,
                 action=action,
@@ -1831,6 +1898,13 @@ class Gallery:
                 limit=limit,
                 newest_first=newest_first,
             )
+        self._audit_read(
+            "audit.read", reader=reader, collection=collection, purpose=purpose,
+            query={"action": action, "after": after, "before": before, "limit": limit,
+                   "order": "newest" if newest_first else "oldest"},
+            events=len(found), seqs=[found[0].seq, found[-1].seq] if found else None,
+        )  # fmt: skip
+        return found
 
     def last_audit_events(
         self, limit: int = 20, *, collection: str | None = None, action: str | None = None

@@ -308,7 +308,10 @@ class EdgeEventRow(Base):
     consent revocation or the collection (:class:`~visage.gallery.Gallery`)."""
 
     __tablename__ = "edge_event"
-    __table_args__ = (UniqueConstraint("key_id", "event_key"),)
+    # Idempotent per device: a device sharing a key cannot pre-empt another's event key (0006).
+    __table_args__ = (
+        UniqueConstraint("key_id", "device_id", "event_key", name="uq_edge_event_device_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     key_id: Mapped[str] = mapped_column(String(32))

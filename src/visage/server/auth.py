@@ -4,7 +4,9 @@ Routes never check keys themselves: they depend on :class:`Requires` (through th
 :mod:`visage.server.deps`), which authenticates the ``Authorization: Bearer <key>`` header,
 spends one token of the key's rate, then checks the scope and — when the route names one in
 its path or query — the collection. The order gives the clearest answer: 401 before 429
-before 403.
+before 403. One 429 comes first: a client address that has spent its
+:class:`FailureLimit` (failed authentications a minute) is refused before its token is even
+looked up, so guessing keys is slow; tokens already served to that address still are.
 
 Refusals are accounted for before they are answered, in one handler (:func:`install`):
 
@@ -18,6 +20,7 @@ Refusals are accounted for before they are answered, in one handler (:func:`inst
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -48,10 +51,28 @@ bearer = HTTPBearer(
 )
 
 
+class _Bucket:
+    """A token bucket: ``rate`` tokens a second, at most ``capacity`` at once (starts full)."""
+
+    def __init__(self, capacity: float, now: float) -> None:
+        self.tokens = capacity
+        self.last = now
+
+    def take(self, rate: float, capacity: float, now: float) -> float:
+        """Take one token; 0.0 when taken, else the seconds until one is there."""
+        self.tokens = min(capacity, self.tokens + (now - self.last) * rate)
+        self.last = now
+        if self.tokens < 1.0:
+            return (1.0 - self.tokens) / rate
+        self.tokens -= 1.0
+        return 0.0
+
+
 class RateLimiter:
     """A token bucket per key: ``rate`` requests per second on average, ``burst`` at once.
 
-    A key's own rate (set at creation) overrides the default; a rate of 0 means unlimited.
+    A key's own rate (set at creation) overrides the default and is its burst too (a key of
+    2/s makes at most 2 requests at once, not the server's 100); a rate of 0 means unlimited.
     In memory and per process: it bounds how fast one key can drive this server, it is not a
     quota.
     """
@@ -62,7 +83,7 @@ class RateLimiter:
         self.rate = rate
         self.burst = burst
         self._clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
+        self._buckets: dict[str, _Bucket] = {}
         self._lock = threading.Lock()
 
     def spend(self, key: ApiKey) -> None:
@@ -70,15 +91,92 @@ class RateLimiter:
         rate = self.rate if key.rate_limit is None else key.rate_limit
         if rate <= 0:
             return
-        capacity = float(max(self.burst, 1))
+        capacity = float(max(self.burst if key.rate_limit is None else rate, 1.0))
         with self._lock:
             now = self._clock()
-            tokens, last = self._buckets.get(key.id, (capacity, now))
-            tokens = min(capacity, tokens + (now - last) * rate)
-            if tokens < 1.0:
-                self._buckets[key.id] = (tokens, now)
-                raise RateLimited(key.id, (1.0 - tokens) / rate)
-            self._buckets[key.id] = (tokens - 1.0, now)
+            bucket = self._buckets.setdefault(key.id, _Bucket(capacity, now))
+            wait = bucket.take(rate, capacity, now)
+        if wait:
+            raise RateLimited(f"rate limit of key {key.id} exceeded", wait)
+
+
+class _Client:
+    """One client address's failed-authentication bucket and the tokens served to it."""
+
+    def __init__(self, capacity: float, now: float) -> None:
+        self.bucket = _Bucket(capacity, now)
+        self.served: dict[str, None] = {}  # sha256 of tokens, oldest first
+
+
+class FailureLimit:
+    """Failed authentications per client address: ``per_minute`` at once, then that many a
+    minute; 0 turns it off.
+
+    A token is checked in two steps: :meth:`admit` before the key is looked up spends one
+    failure in advance (or refuses with :class:`RateLimited`), :meth:`served` gives it back
+    once the key proved good. So an address that keeps guessing is refused without a lookup,
+    while a token that has already been served to the address (its last
+    :data:`SERVED_PER_CLIENT`) skips the limit: a client behind the same address as a guesser
+    keeps working. The address is the TCP peer's (the server trusts no forwarded header).
+    In memory and per process; at most :data:`MAX_CLIENTS` addresses are tracked, the ones
+    with no failures to remember dropped first.
+    """
+
+    SERVED_PER_CLIENT = 32
+    MAX_CLIENTS = 10_000
+
+    def __init__(self, per_minute: int, *, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self._clock = clock
+        self._clients: dict[str, _Client] = {}
+        self._lock = threading.Lock()
+
+    def admit(self, client: str, token: str) -> bool:
+        """Whether the lookup of ``token`` spent one of ``client``'s failures (to give back on
+        success); :class:`RateLimited` when they are spent."""
+        if self.rate <= 0:
+            return False
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+        with self._lock:
+            now = self._clock()
+            entry = self._clients.get(client)
+            if entry is None:
+                self._make_room(now)
+                entry = self._clients[client] = _Client(self.capacity, now)
+            if digest in entry.served:
+                return False
+            wait = entry.bucket.take(self.rate, self.capacity, now)
+        if wait:
+            raise RateLimited(f"too many failed authentications from {client}", wait)
+        return True
+
+    def served(self, client: str, token: str, *, spent: bool) -> None:
+        """``token`` proved good for ``client``: remember it, and give back what ``admit`` took."""
+        if self.rate <= 0:
+            return
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+        with self._lock:
+            entry = self._clients.get(client)
+            if entry is None:
+                return
+            if spent:
+                entry.bucket.tokens = min(self.capacity, entry.bucket.tokens + 1.0)
+            entry.served.pop(digest, None)
+            entry.served[digest] = None
+            while len(entry.served) > self.SERVED_PER_CLIENT:
+                entry.served.pop(next(iter(entry.served)))
+
+    def _make_room(self, now: float) -> None:
+        """Below :data:`MAX_CLIENTS`: drop addresses whose bucket has refilled, then the oldest."""
+        if len(self._clients) < self.MAX_CLIENTS:
+            return
+        for name, entry in list(self._clients.items()):
+            refilled = entry.bucket.tokens + (now - entry.bucket.last) * self.rate
+            if refilled >= self.capacity:
+                del self._clients[name]
+        while len(self._clients) >= self.MAX_CLIENTS:
+            del self._clients[next(iter(self._clients))]
 
 
 class SecurityLog:
@@ -166,14 +264,19 @@ def authenticate(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> ApiKey:
-    """The caller's live key, after spending one request of its rate."""
+    """The caller's live key, after spending one request of its rate; a token that fails counts
+    against the client address's :class:`FailureLimit`, checked before the lookup."""
     if credentials is None:
         raise Unauthorized("send an API key as 'Authorization: Bearer <key>' (visage keys create)")
-    keys: KeyStore = request.app.state.services.keys
-    key = keys.authenticate(credentials.credentials)
-    if key is None:
-        raise Unauthorized("unknown, malformed or revoked API key")
-    limiter: RateLimiter = request.app.state.services.limiter
+    services = request.app.state.services
+    client = request.client.host if request.client else "?"
+    token = credentials.credentials
+    failures: FailureLimit = services.failures
+    spent = failures.admit(client, token)
+    keys: KeyStore = services.keys
+    key = keys.authenticate(token)
+    failures.served(client, token, spent=spent)
+    limiter: RateLimiter = services.limiter
     limiter.spend(key)
     return key
 
@@ -185,6 +288,12 @@ def ensure_sees(key: ApiKey, collection: str | None) -> None:
             raise Forbidden(f"key {key.id} is limited to some collections; name one", key_id=key.id)
     elif not key.sees(collection):
         raise Forbidden(f"key {key.id} may not use collection {collection!r}", key_id=key.id)
+
+
+def ensure_speaks_for(key: ApiKey, device_id: str) -> None:
+    """:class:`Forbidden` unless ``key`` may act as the edge device ``device_id``."""
+    if not key.speaks_for(device_id):
+        raise Forbidden(f"key {key.id} may not act as device {device_id!r}", key_id=key.id)
 
 
 class Requires:

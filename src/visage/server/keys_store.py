@@ -6,7 +6,10 @@ is public and is what the audit log records as the actor; the secret is 32 rando
 token is checked by looking its id up and comparing hashes in constant time.
 
 A key carries scopes (``identify``, ``enroll``, ``admin``; admin implies the other two) and
-the collections it may touch (``*`` for all). Creating and revoking keys writes audit events.
+the collections it may touch (``*`` for all). It may expire (``expires_at``: refused with 401
+from then on) and name the edge devices it speaks for (``devices``: the edge routes refuse any
+other device id with 403; ``None`` speaks for any, as keys made before revision ``0006`` do).
+Creating and revoking keys writes audit events.
 
 The table's model is declared on the gallery's declarative ``Base`` so one schema (and one
 Alembic history) covers the whole store; revision ``0002_api_key`` creates it.
@@ -21,21 +24,28 @@ import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
 from sqlalchemy import JSON, Engine, Float, String, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
+from ..edge.events import check_device_id
 from ..errors import InputError, NotFound
 from ..gallery.records import collection_name
 from ..gallery.store import Base, UTCDateTime, snapshot_reader, store_failure, utcnow
 from .events import record_event, transaction
+from .problems import Unauthorized
 
 ALL_COLLECTIONS = "*"
+UNKNOWN_KEY = "unknown, malformed or revoked API key"
 KEY_ID_PREFIX = "vk_"
 _TOKEN = re.compile(r"^(vk_[0-9a-f]{12})\.([A-Za-z0-9_-]{20,100})$")
+_DURATION = re.compile(r"^([1-9][0-9]{0,5})([hdw])$")
+_UNITS = {"h": timedelta(hours=1), "d": timedelta(days=1), "w": timedelta(weeks=1)}
+MAX_LIFETIME = timedelta(days=3660)
+"""The longest expiry a key may be given (about ten years): beyond it, create no expiry."""
 
 
 class Scope(StrEnum):
@@ -61,11 +71,14 @@ class ApiKeyRow(Base):
     rate_limit: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    devices: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 @dataclass(frozen=True)
 class ApiKey:
-    """A key as the server sees it (never its secret). ``collections`` ``None`` means all."""
+    """A key as the server sees it (never its secret). ``collections`` ``None`` means all,
+    ``devices`` ``None`` any device id, ``expires_at`` ``None`` never."""
 
     id: str
     name: str
@@ -74,6 +87,8 @@ class ApiKey:
     rate_limit: float | None
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None = None
+    devices: frozenset[str] | None = None
 
     def allows(self, scope: Scope) -> bool:
         """True when the key holds ``scope`` (admin holds every scope)."""
@@ -82,6 +97,14 @@ class ApiKey:
     def sees(self, collection: str) -> bool:
         """True when the key may touch ``collection``."""
         return self.collections is None or collection in self.collections
+
+    def speaks_for(self, device_id: str) -> bool:
+        """True when the key may post events and pull snapshots as ``device_id``."""
+        return self.devices is None or device_id in self.devices
+
+    def expired(self, now: datetime) -> bool:
+        """True from ``expires_at`` on."""
+        return self.expires_at is not None and now >= self.expires_at
 
     @classmethod
     def from_row(cls, row: ApiKeyRow) -> ApiKey:
@@ -93,6 +116,8 @@ class ApiKey:
             rate_limit=row.rate_limit,
             created_at=row.created_at,
             revoked_at=row.revoked_at,
+            expires_at=row.expires_at,
+            devices=None if row.devices is None else frozenset(row.devices),
         )
 
 
@@ -122,6 +147,41 @@ def parse_scopes(values: Iterable[str]) -> frozenset[Scope]:
     return frozenset(found)
 
 
+def parse_expiry(
+    expires_in: str | None = None, expires: str | None = None, *, now: datetime | None = None
+) -> datetime | None:
+    """When a key made now should expire: ``expires_in`` a duration (``12h``, ``30d``, ``8w``)
+    or ``expires`` an ISO date (midnight UTC) or time (UTC unless it names a zone); ``None``
+    for neither. :class:`InputError` for both, a malformed value, or a moment not in the next
+    :data:`MAX_LIFETIME`."""
+    now = now or utcnow()
+    if expires_in is not None and expires is not None:
+        raise InputError("give --expires-in or --expires, not both")
+    if expires_in is not None:
+        found = _DURATION.match(expires_in.strip())
+        if found is None:
+            raise InputError(f"invalid duration {expires_in!r}: a number and h, d or w (30d)")
+        at = now + int(found.group(1)) * _UNITS[found.group(2)]
+    elif expires is not None:
+        at = _moment(expires.strip())
+    else:
+        return None
+    if not now < at <= now + MAX_LIFETIME:
+        raise InputError(f"a key's expiry must be after now and within {MAX_LIFETIME.days} days")
+    return at
+
+
+def _moment(text: str) -> datetime:
+    """An ISO date (midnight UTC) or date and time (UTC unless it names a zone)."""
+    try:
+        if len(text) == 10:
+            return datetime.combine(date.fromisoformat(text), datetime.min.time(), tzinfo=UTC)
+        at = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"invalid expiry {text!r}: a date (2027-01-01) or ISO time") from None
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
 class KeyStore:
     """Create, list, revoke and check API keys in the gallery's database (an open engine)."""
 
@@ -137,9 +197,12 @@ class KeyStore:
         scopes: Iterable[str],
         collections: Iterable[str] = (ALL_COLLECTIONS,),
         rate_limit: float | None = None,
+        expires_at: datetime | None = None,
+        devices: Iterable[str] | None = None,
         actor: str = "local",
     ) -> NewKey:
-        """A new key; the returned token is the only copy of its secret."""
+        """A new key; the returned token is the only copy of its secret. ``devices``: the edge
+        device ids it speaks for (``None``: any); ``expires_at``: refused from then on."""
         scope_set = parse_scopes(scopes)
         names = sorted({c.strip() for c in collections if c.strip()})
         if not names:
@@ -151,6 +214,11 @@ class KeyStore:
             raise InputError("a key name is 1 to 200 characters")
         if rate_limit is not None and rate_limit < 0:
             raise InputError("a rate limit is 0 (unlimited) or more requests per second")
+        if expires_at is not None and expires_at <= utcnow():
+            raise InputError("a key's expiry must be in the future")
+        device_ids = None if devices is None else sorted({check_device_id(d) for d in devices})
+        if device_ids == []:
+            raise InputError("a key bound to devices names at least one device id")
         key_id = KEY_ID_PREFIX + secrets.token_hex(6)
         token = f"{key_id}.{secrets.token_urlsafe(32)}"
         row = ApiKeyRow(
@@ -162,6 +230,8 @@ class KeyStore:
             rate_limit=rate_limit,
             created_at=utcnow(),
             revoked_at=None,
+            expires_at=expires_at,
+            devices=device_ids,
         )
         with transaction(self._sessions, "API key store") as session:
             record_event(
@@ -173,6 +243,8 @@ class KeyStore:
                 scopes=row.scopes,
                 collections=row.collections,
                 rate_limit=rate_limit,
+                expires_at=expires_at.isoformat() if expires_at else None,
+                devices=device_ids,
             )
             session.add(row)
             return NewKey(ApiKey.from_row(row), token)
@@ -202,18 +274,27 @@ class KeyStore:
             )
             return int(count or 0)
 
-    def authenticate(self, token: str) -> ApiKey | None:
-        """The live key a token belongs to, or ``None`` (malformed, unknown, wrong or revoked)."""
+    def authenticate(self, token: str, *, now: datetime | None = None) -> ApiKey:
+        """The live key a token belongs to; :class:`Unauthorized` for a malformed, unknown,
+        wrong or revoked token (one message for all: it tells a guesser nothing) and for an
+        expired key (said only to the holder of its secret)."""
         found = _TOKEN.match(token)
         if found is None:
-            return None
+            raise Unauthorized(UNKNOWN_KEY)
         with self._read() as session:
             row = session.get(ApiKeyRow, found.group(1))
             if row is None or row.revoked_at is not None:
-                return None
+                raise Unauthorized(UNKNOWN_KEY)
             if not hmac.compare_digest(row.token_sha256, _hash(token)):
-                return None
-            return ApiKey.from_row(row)
+                raise Unauthorized(UNKNOWN_KEY)
+            key = ApiKey.from_row(row)
+        if key.expired(now or utcnow()):
+            assert key.expires_at is not None
+            raise Unauthorized(
+                f"API key {key.id} expired at {key.expires_at.isoformat()}; "
+                "create a new one (visage keys create)"
+            )
+        return key
 
     @contextmanager
     def _read(self) -> Iterator[Session]:

@@ -11,9 +11,10 @@ test suite and the fuzzer treat that as a bug.
     │   ├── BodyTooLarge          413  the request body is over the limit
     │   ├── UnsupportedMediaType  415  a content type the route does not take
     │   └── TooManyFaces          422  a photo holds more faces than the limit (visage.errors)
-    ├── Unauthorized              401  no key, or an unknown or revoked one
+    ├── Unauthorized              401  no key, or an unknown, revoked or expired one
     ├── Forbidden                 403  the key lacks the scope or the collection
-    ├── RateLimited               429  the key's rate is spent; ``Retry-After`` says how long
+    ├── RateLimited               429  the key's rate, or the client's failed authentications,
+    │                                  is spent; ``Retry-After`` says how long
     └── NotReady                  503  the service is starting or its store is unreachable
 """
 
@@ -87,11 +88,12 @@ class Forbidden(VisageError):
 
 
 class RateLimited(VisageError):
-    """The key has spent its request rate; ``retry_after`` is in seconds."""
+    """A rate is spent (``what``: a key's requests, or a client's failed authentications);
+    ``retry_after`` is in seconds."""
 
-    def __init__(self, key_id: str, retry_after: float) -> None:
+    def __init__(self, what: str, retry_after: float) -> None:
         self.retry_after = retry_after
-        super().__init__(f"rate limit of key {key_id} exceeded; retry in {retry_after:.2f} s")
+        super().__init__(f"{what}; retry in {retry_after:.2f} s")
 
 
 class NotReady(VisageError):
@@ -300,14 +302,14 @@ _HEADERS = {
 }
 _DESCRIPTIONS = {
     400: "Not a readable image, or a malformed request",
-    401: "Missing, unknown or revoked API key",
+    401: "Missing, unknown, revoked or expired API key",
     403: "The key lacks the scope or the collection",
     404: "Unknown collection, person, face or route",
     409: "Conflicts with what is stored (a name taken, no valid consent)",
     413: "Request body or image over the limit",
     415: "Unsupported content type",
     422: "Valid syntax but unusable input (validation, no face, poor quality)",
-    429: "Rate limit exceeded",
+    429: "Rate limit exceeded (the key's, or the client's failed authentications)",
     503: "Store or models unavailable",
 }
 AUTHED = (400, 401, 403, 404, 409, 413, 415, 422, 429, 503)

@@ -1,4 +1,4 @@
-"""What the app holds while it runs — gallery, key store, event log, pipeline, rate limiter —
+"""What the app holds while it runs — gallery, key store, event log, pipeline, rate limiters —
 opened in the lifespan, never at import, and closed when the server stops."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 
 from ..gallery import Gallery
-from .auth import RateLimiter, SecurityLog
+from .auth import FailureLimit, RateLimiter, SecurityLog
 from .events import EventLog
 from .keys_store import KeyStore
 from .metrics import Metrics
@@ -32,6 +32,7 @@ class Services:
     limiter: RateLimiter
     metrics: Metrics
     security: SecurityLog
+    failures: FailureLimit
 
     def close(self) -> None:
         """Save index snapshots and release the database connections."""
@@ -67,4 +68,5 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
         metrics=metrics,
         security=SecurityLog(),
+        failures=FailureLimit(settings.auth_failures_per_minute),
     )

@@ -102,7 +102,18 @@ class Settings(BaseSettings):
         50.0, ge=0, description="Requests per second per API key (0: unlimited); keys may override."
     )
     rate_burst: int = Field(
-        100, ge=1, description="Requests a key may make at once before the rate applies."
+        100,
+        ge=1,
+        description="Requests a key without a rate of its own may make at once before the rate "
+        "applies (a key's own rate is its burst too).",
+    )
+    auth_failures_per_minute: int = Field(
+        20,
+        ge=0,
+        le=100_000,
+        description="Failed authentications a client address may make at once, and then per "
+        "minute, before its requests are refused with 429 ahead of any key lookup (tokens "
+        "already served to the address still are); 0: unlimited.",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 
 from ..auth import ensure_sees
-from ..deps import AdminKey, GalleryDep
+from ..deps import AdminKey, GalleryDep, Purpose
 from ..problems import problem_responses
 from ..schemas import AuditEventOut, AuditList, ChainOut
 
@@ -29,13 +29,21 @@ def list_audit_events(
         Literal["oldest", "newest"],
         Query(description="`newest`: the newest events first (page on with `before`)"),
     ] = "oldest",
+    purpose: Purpose = None,
 ) -> AuditList:
     """Audit events between ``after`` and ``before``, oldest first or newest first; a key
-    limited to some collections names one."""
+    limited to some collections names one. The read is audited (``audit.read``, after the
+    events it returns)."""
     ensure_sees(key, collection)
     events = gallery.audit_events(
-        collection=collection, action=action, after=after, before=before, limit=limit,
+        collection=collection,
+        action=action,
+        after=after,
+        before=before,
+        limit=limit,
         newest_first=order == "newest",
+        reader=key.id,
+        purpose=purpose,
     )
     return AuditList(items=[AuditEventOut.model_validate(e) for e in events])
 

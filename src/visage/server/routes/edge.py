@@ -12,7 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ...edge.events import DEVICE_ID_PATTERN, DeviceInfo
 from ...edge.hub import MAX_TTL_S, DeviceRecord, EdgeHub, QueueReport
-from ..auth import Requires
+from ..auth import Requires, ensure_speaks_for
 from ..deps import AdminKey, JsonOnly, ServicesDep
 from ..keys_store import ApiKey, Scope
 from ..problems import problem_responses
@@ -74,7 +74,9 @@ class DecisionIn(_In):
 
 
 class EventIn(_In):
-    key: str = Field(pattern=_KEY, description="Idempotency key: the same event is stored once")
+    key: str = Field(
+        pattern=_KEY, description="Idempotency key: the same event of a device is stored once"
+    )
     device: str = Field(pattern=DEVICE_ID_PATTERN)
     track: Int32
     first_seen: UtcTime
@@ -161,8 +163,9 @@ def post_edge_events(
     Every event is scored by the server (a device's claim verified, the others identified, both
     audited) and stored with the server's figures; a device decision is also audited as
     ``edge.identify``, flagged ``mismatch`` when it disagrees. A malformed event is
-    ``rejected`` alone.
+    ``rejected`` alone. A key bound to devices may post only as one of them (403).
     """
+    ensure_speaks_for(key, body.device.id)
     events: list[dict[str, Any]] = [e.model_dump(mode="json") for e in body.events]
     receipts = hub.ingest(
         key_id=key.id,
@@ -195,7 +198,9 @@ def get_edge_snapshot(
     ] = None,
 ) -> Response:
     """The collection's consented templates (no images), signed with the server's Ed25519 key;
-    ``sequence`` grows with every change, and devices refuse it once expired."""
+    ``sequence`` grows with every change, and devices refuse it once expired. A key bound to
+    devices pulls only for one of them (403)."""
+    ensure_speaks_for(key, device)
     document = hub.snapshot(
         key_id=key.id, collection=collection, device=DeviceInfo(device, agent_version), ttl_s=ttl_s
     )

@@ -71,12 +71,16 @@ def enroll_face(
 
 @router.get("/persons/{person}/faces", response_model=TemplateList)
 def list_faces(
-    key: EnrollKey, collection: CollectionPath, person: PersonPath, gallery: GalleryDep
+    key: EnrollKey,
+    collection: CollectionPath,
+    person: PersonPath,
+    gallery: GalleryDep,
+    purpose: Purpose = None,
 ) -> TemplateList:
-    """The person's enrolled faces (templates), oldest first, without their embeddings."""
-    return TemplateList(
-        items=[TemplateOut.model_validate(t) for t in gallery.templates(collection, person)]
-    )
+    """The person's enrolled faces (templates), oldest first, without their embeddings
+    (audited: ``person.read``)."""
+    found = gallery.templates(collection, person, reader=key.id, purpose=purpose)
+    return TemplateList(items=[TemplateOut.model_validate(t) for t in found])
 
 
 @router.delete("/persons/{person}/faces/{template_id}", response_model=RemovedOut)

@@ -32,9 +32,12 @@ def list_persons(
     gallery: GalleryDep,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    purpose: Purpose = None,
 ) -> PersonList:
-    """One page of the collection's persons, in creation order."""
-    persons = gallery.persons(collection, offset=offset, limit=limit)
+    """One page of the collection's persons, in creation order (audited: ``person.list``)."""
+    persons = gallery.persons(
+        collection, offset=offset, limit=limit, reader=key.id, purpose=purpose
+    )
     return PersonList(
         items=[PersonOut.model_validate(p) for p in persons], offset=offset, limit=limit
     )
@@ -58,10 +61,17 @@ def create_person(
 
 @router.get("/{person}", response_model=PersonOut)
 def get_person(
-    key: EnrollKey, collection: CollectionPath, person: PersonPath, gallery: GalleryDep
+    key: EnrollKey,
+    collection: CollectionPath,
+    person: PersonPath,
+    gallery: GalleryDep,
+    purpose: Purpose = None,
 ) -> PersonOut:
-    """A person by id or external id, with their template count and consent history."""
-    return PersonOut.model_validate(gallery.person(collection, person))
+    """A person by id or external id, with their template count and consent history (audited:
+    ``person.read``)."""
+    return PersonOut.model_validate(
+        gallery.person(collection, person, reader=key.id, purpose=purpose)
+    )
 
 
 @router.patch("/{person}", response_model=PersonOut, dependencies=[JsonOnly])
@@ -94,10 +104,15 @@ def delete_person(
 
 @router.get("/{person}/consents", response_model=ConsentList)
 def list_consents(
-    key: EnrollKey, collection: CollectionPath, person: PersonPath, gallery: GalleryDep
+    key: EnrollKey,
+    collection: CollectionPath,
+    person: PersonPath,
+    gallery: GalleryDep,
+    purpose: Purpose = None,
 ) -> ConsentList:
-    """The person's consent records, oldest first, each with its status now."""
-    info = gallery.person(collection, person)
+    """The person's consent records, oldest first, each with its status now (audited:
+    ``person.read``)."""
+    info = gallery.person(collection, person, reader=key.id, purpose=purpose, part="consents")
     return ConsentList(items=[ConsentOut.model_validate(c) for c in info.consents])
 
 
