@@ -238,8 +238,12 @@ def test_a_store_behind_the_code_names_visage_migrate(
     owner, database = owned_db
     assert visage("migrate", "--db", cluster.url(owner, database)).returncode == 0
     cluster.run(  # back to the previous version's schema, as its owner would have left it
-        "ALTER TABLE collection DROP COLUMN target_fpir",
-        "UPDATE alembic_version SET version_num = '0004_edge_purge'",
+        "ALTER TABLE api_key DROP COLUMN expires_at",
+        "ALTER TABLE api_key DROP COLUMN devices",
+        "ALTER TABLE edge_event DROP CONSTRAINT uq_edge_event_device_key",
+        "ALTER TABLE edge_event ADD CONSTRAINT edge_event_key_id_event_key_key"
+        " UNIQUE (key_id, event_key)",
+        "UPDATE alembic_version SET version_num = '0005_target_fpir'",
         database=database,
     )
     grant_documented(cluster, service_role, database)
@@ -248,9 +252,9 @@ def test_a_store_behind_the_code_names_visage_migrate(
     with pytest.raises(StorageError) as info:
         open_engine(app)
     message = str(info.value)
-    assert "visage migrate" in message and "0004_edge_purge" in message, message
+    assert "visage migrate" in message and "0005_target_fpir" in message, message
     assert (
-        "must be owner of table collection" in message
+        "must be owner of table api_key" in message
         and PASSWORD not in message
         and "\n" not in message
     )
@@ -260,7 +264,7 @@ def test_a_store_behind_the_code_names_visage_migrate(
 
     done = visage("migrate", "--db", cluster.url(owner, database))
     assert done.returncode == 0, done.stderr
-    assert "migrated from 0004_edge_purge to 0005_target_fpir" in done.stdout, done.stdout
+    assert "migrated from 0005_target_fpir to 0006_key_expiry_devices" in done.stdout, done.stdout
     with Gallery(app, calibrations=[CALIBRATION], actor="svc") as g:  # now current: it opens
         g.create_collection("people", model_id=MODEL)
         assert g.verify_audit().ok
