@@ -1,6 +1,6 @@
 """Every JSON request body in the OpenAPI document has an example, and each works as it stands
 (issue 13 item 13): posted in order to a real server, from creating a collection to revoking
-consent, every one is accepted."""
+consent and an edge device's report, every one is accepted."""
 
 from __future__ import annotations
 
@@ -60,3 +60,8 @@ def test_every_json_body_has_an_example_that_works(server: Server) -> None:
         ).json()
     # After the revoke the person is gone from search: the examples also tell a true story.
     assert found["faces"][0]["unknown"] and found["faces"][0]["candidates"] == [], found
+    edge = _example(doc, doc["paths"]["/v1/edge/events"]["post"])
+    with server.client(server.key(["device"], [collection], devices=["door-1"])) as device:
+        sent = device.post("/v1/edge/events", params={"collection": collection}, json=edge)
+    assert sent.status_code == 200, sent.text
+    assert [r["status"] for r in sent.json()["receipts"]] == ["stored"], sent.text

@@ -6,6 +6,8 @@ wire format is declared here once and the routes only pick which record to send.
 
 from __future__ import annotations
 
+import base64
+import struct
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -67,8 +69,11 @@ class _In(BaseModel):
 EXAMPLE_VECTOR = [round(1 / 128**0.5, 6)] * 128
 """A unit vector of dlib's 128 dimensions, for examples only (it is nobody's face)."""
 
+EXAMPLE_BASE64 = base64.b64encode(struct.pack("<128f", *EXAMPLE_VECTOR)).decode("ascii")
+""":data:`EXAMPLE_VECTOR` as an edge device sends it (base64 of little-endian float32)."""
 
-def _example(**body: Any) -> ConfigDict:
+
+def example_config(**body: Any) -> ConfigDict:
     """A request body's configuration with ``body`` as its OpenAPI example."""
     return ConfigDict(json_schema_extra={"examples": [body]})
 
@@ -146,7 +151,7 @@ class DetectOut(BaseModel):
 class EmbeddingsIn(_In):
     """Probes given as embeddings (L2-normalised on arrival), e.g. from an edge device."""
 
-    model_config = _example(embeddings=[EXAMPLE_VECTOR])
+    model_config = example_config(embeddings=[EXAMPLE_VECTOR])
 
     embeddings: list[Vector] = Field(min_length=1, max_length=MAX_BATCH)
 
@@ -154,7 +159,7 @@ class EmbeddingsIn(_In):
 class EmbeddingIn(_In):
     """One template given as an embedding, with the quality it was measured at, if known."""
 
-    model_config = _example(embedding=EXAMPLE_VECTOR, quality=0.91)
+    model_config = example_config(embedding=EXAMPLE_VECTOR, quality=0.91)
 
     embedding: Vector
     quality: Quality | None = None
@@ -329,7 +334,7 @@ class CollectionCreate(_In):
     """A new collection; ``keep_images`` stores each enrolled photo beside its template;
     ``target_fpir``: the share of strangers identify may name as someone, at any size."""
 
-    model_config = _example(name="staff", target_fpir=0.01)
+    model_config = example_config(name="staff", target_fpir=0.01)
 
     name: CollectionName
     keep_images: StrictBool = False
@@ -361,7 +366,7 @@ class CollectionList(BaseModel):
 class PersonCreate(_In):
     """A new person; ``external_id`` is your own id for them, unique in the collection."""
 
-    model_config = _example(
+    model_config = example_config(
         display_name="Ada Lovelace", external_id="emp-1815", metadata={"team": "analytics"}
     )
 
@@ -373,7 +378,7 @@ class PersonCreate(_In):
 class PersonUpdate(_In):
     """What to change of a person; fields left out stay as they are (metadata is replaced)."""
 
-    model_config = _example(display_name="Ada King")
+    model_config = example_config(display_name="Ada King")
 
     display_name: Name | None = None
     external_id: Name | None = None
@@ -383,7 +388,7 @@ class PersonUpdate(_In):
 class ConsentCreate(_In):
     """A consent record (or another lawful basis); ``expires_at`` after ``granted_at``."""
 
-    model_config = _example(
+    model_config = example_config(
         basis="consent",
         granted_by="Ada Lovelace",
         purpose="door access",
@@ -400,7 +405,7 @@ class ConsentCreate(_In):
 class RevokeIn(_In):
     """Why consent is revoked (kept in the record and the audit log)."""
 
-    model_config = _example(reason="asked to be removed")
+    model_config = example_config(reason="asked to be removed")
 
     reason: Annotated[str, Field(max_length=2000)] | None = None
 
@@ -496,7 +501,7 @@ class BulkItemIn(_In):
 class BulkIn(_In):
     """Many templates by embedding, enrolled in one transaction (all or none)."""
 
-    model_config = _example(
+    model_config = example_config(
         items=[{"person": "emp-1815", "embedding": [-x for x in EXAMPLE_VECTOR], "quality": 0.8}]
     )
 

@@ -16,6 +16,7 @@ from ..auth import Requires, ensure_speaks_for
 from ..deps import AdminKey, JsonOnly, ServicesDep
 from ..keys_store import ApiKey, Scope
 from ..problems import problem_responses
+from ..schemas import EXAMPLE_BASE64, example_config
 
 router = APIRouter(prefix="/v1/edge", tags=["edge"], responses=problem_responses())
 
@@ -100,6 +101,25 @@ class EventIn(_In):
 
 
 class EventsIn(_In):
+    model_config = example_config(
+        device={"id": "door-1", "agent_version": "0.1.0"},
+        queue={"pending": 1, "dead": 0, "dropped": 0},
+        events=[
+            {
+                "key": "door-1-000001",
+                "device": "door-1",
+                "track": 1,
+                "first_seen": "2026-12-01T08:00:00Z",
+                "last_seen": "2026-12-01T08:00:04Z",
+                "detections": 40,
+                "quality": 0.9,
+                "model_id": "dlib_resnet_v1",
+                "embedding": EXAMPLE_BASE64,
+                "decision": None,
+            }
+        ],
+    )
+
     device: DeviceIn
     queue: QueueIn | None = None
     events: list[EventIn] = Field(max_length=MAX_EVENTS)
