@@ -16,6 +16,7 @@ ROUTES: list[tuple[str, str, str | None]] = [
     ("POST", "/v1/collections/{c}/identify?purpose=test", "identify"),
     ("POST", "/v1/collections/{c}/find-similar?purpose=test", "identify"),
     ("POST", "/v1/group", "identify"),
+    ("GET", "/v1/calibrations/dlib_resnet_v1", "identify"),
     ("GET", "/v1/collections", None),
     ("POST", "/v1/collections", "admin"),
     ("GET", "/v1/collections/{c}", None),
@@ -65,7 +66,8 @@ def test_the_table_covers_every_route(server: Server) -> None:
             p.split("?")[0]
             .replace("{c}", "{collection}")
             .replace("p1", "{person}")
-            .replace("/faces/1", "/faces/{template_id}"),
+            .replace("/faces/1", "/faces/{template_id}")
+            .replace("dlib_resnet_v1", "{model_id}"),
         )
         for m, p, _ in ROUTES
     }

@@ -59,8 +59,6 @@ from ..gallery.store import (
     EdgeDeviceRow,
     EdgeEventRow,
     EdgeSnapshotRow,
-    StateRow,
-    lock_state,
     sqlite_path,
     store_failure,
     utcnow,
@@ -185,18 +183,6 @@ class EdgeHub:
         except SQLAlchemyError as exc:
             raise store_failure("edge store", exc) from exc
 
-    @contextmanager
-    def _writing(self) -> Iterator[tuple[Session, StateRow]]:
-        """A write transaction holding the store's writer lock (the audit chain's state row),
-        taken first as every gallery writer does. :class:`IntegrityError` passes through."""
-        try:
-            with self._sessions.begin() as session:
-                yield session, lock_state(session)
-        except IntegrityError:
-            raise
-        except SQLAlchemyError as exc:
-            raise store_failure("edge store", exc) from exc
-
     # ------------------------------------------------------------------ events
 
     def ingest(
@@ -309,7 +295,8 @@ class EdgeHub:
         out: list[Receipt] = []
         now = utcnow()
         keys = [e.key for e in events]
-        with self._writing() as (session, state):
+        with audit.write(self._sessions, "edge store") as w:
+            session = w.session
             coll = _collection(session, collection)
             named = {f.person_id for f in server_side.values() if f.person_id is not None}
             consented = Gallery.consented_ids(session, collection, named, now)
@@ -328,7 +315,7 @@ class EdgeHub:
                     figures = _Figures(None, None, figures.audit_seq)  # deleted meanwhile
                 crop = event.crop_jpeg if coll.keep_images and figures.person_id else None
                 seq, by = self._outcome(
-                    session, state, key_id, collection, event, figures, purpose, crop is not None
+                    w, key_id, collection, event, figures, purpose, crop is not None
                 )
                 session.add(
                     EdgeEventRow(
@@ -349,8 +336,7 @@ class EdgeHub:
 
     @staticmethod
     def _outcome(
-        session: Session,
-        state: StateRow,
+        w: audit.Write,
         key_id: str,
         collection: str,
         event: EdgeEvent,
@@ -370,33 +356,29 @@ class EdgeHub:
             and figures.distance is not None
             and abs(claim.distance - figures.distance) > DISTANCE_TOLERANCE
         )
-        row = audit.append(
-            session,
-            state,
+        seq = w.record(
+            "edge.identify",
             actor=key_id,
-            action="edge.identify",
             collection=collection,
             purpose=purpose,
             input_hash=event.embedding_sha256,
-            summary={
-                "device": event.device_id,
-                "event": event.key,
-                "track": event.track,
-                "person": figures.person_id,
-                "unknown": figures.person_id is None,
-                "distance": None if figures.distance is None else round(figures.distance, 6),
-                "server_audit": figures.audit_seq,
-                "mismatch": mismatch,
-                "device_person": claim.person_id,
-                "device_distance": claim.distance,
-                "device_threshold": claim.threshold,
-                "snapshot": claim.snapshot,
-                "crop": crop,
-                "first_seen": event.first_seen.isoformat(),
-                "last_seen": event.last_seen.isoformat(),
-            },
+            device=event.device_id,
+            event=event.key,
+            track=event.track,
+            person=figures.person_id,
+            unknown=figures.person_id is None,
+            distance=None if figures.distance is None else round(figures.distance, 6),
+            server_audit=figures.audit_seq,
+            mismatch=mismatch,
+            device_person=claim.person_id,
+            device_distance=claim.distance,
+            device_threshold=claim.threshold,
+            snapshot=claim.snapshot,
+            crop=crop,
+            first_seen=event.first_seen.isoformat(),
+            last_seen=event.last_seen.isoformat(),
         )
-        return row.seq, "device" if agrees else "server"
+        return seq, "device" if agrees else "server"
 
     @staticmethod
     def _touch(
@@ -522,7 +504,8 @@ class EdgeHub:
         module's rules); ``None`` when the collection moved past ``version`` (the content was
         read from) before the writers' lock was taken, so stale content never gets a newer
         sequence; :class:`NotFound` if the collection was deleted meanwhile."""
-        with self._writing() as (session, state):
+        with audit.write(self._sessions, "edge store") as w:
+            session, state = w.session, w.state
             if _collection(session, collection).version != version:
                 return None
             latest = session.scalar(

@@ -17,7 +17,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
@@ -25,13 +25,14 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..errors import StorageError, VisageError
 from ..names import utf8_text
 from ..signing import key_id
 from .anchor import CheckpointReader, note_head
-from .store import AuditRow, StateRow, utcnow
+from .store import AuditRow, StateRow, lock_state, store_failure, utcnow
 
 GENESIS = "0" * 64
 
@@ -164,6 +165,45 @@ def append(
     state.audit_head = row.hash
     note_head(session, row.seq, row.hash)
     return row
+
+
+@dataclass(frozen=True)
+class Write:
+    """A write transaction that holds the writers' lock, and the one way to add its events."""
+
+    session: Session
+    state: StateRow
+
+    def record(
+        self,
+        action: str,
+        *,
+        actor: str,
+        collection: str | None = None,
+        purpose: str | None = None,
+        input_hash: str | None = None,
+        **summary: Any,
+    ) -> int:
+        """Append one event to the chain in this transaction; returns its ``seq``."""
+        return append(
+            self.session, self.state, actor=actor, action=action, collection=collection,
+            purpose=purpose, input_hash=input_hash, summary=summary,
+        ).seq  # fmt: skip
+
+
+@contextmanager
+def write(sessions: sessionmaker[Session], what: str) -> Iterator[Write]:
+    """The store's one audited write path (gallery, edge hub, key store, server events): a
+    transaction that takes the writers' lock — the state row — first, so every writer queues
+    in one order and none deadlocks. :class:`IntegrityError` passes through for the caller to
+    name the conflict; other database errors become :class:`StorageError` naming ``what``."""
+    try:
+        with sessions() as session, session.begin():
+            yield Write(session, lock_state(session))
+    except IntegrityError:
+        raise
+    except SQLAlchemyError as exc:
+        raise store_failure(what, exc) from exc
 
 
 @dataclass

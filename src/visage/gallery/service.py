@@ -142,7 +142,6 @@ from .store import (
     TemplateRow,
     database_url,
     default_url,
-    lock_state,
     open_engine,
     open_private,
     private_dir,
@@ -451,15 +450,13 @@ class Gallery:
 
     @contextmanager
     def _transaction(self) -> Iterator[tuple[Session, StateRow]]:
-        """A write transaction that has locked the state row first (see ``store``)."""
+        """:func:`audit.write`, a store's conflict as :class:`Conflict`."""
         try:
-            with self._sessions() as session, session.begin():
-                yield session, lock_state(session)
+            with audit.write(self._sessions, "gallery store") as w:
+                yield w.session, w.state
         except IntegrityError as exc:
             log.warning("the gallery store refused a write: %s", exc)
             raise Conflict("the store refused a conflicting write") from exc
-        except SQLAlchemyError as exc:
-            raise store_failure("gallery store", exc) from exc
 
     @contextmanager
     def _reading(self) -> Iterator[Session]:

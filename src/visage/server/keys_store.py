@@ -33,9 +33,9 @@ from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 
 from ..edge.events import check_device_id
 from ..errors import InputError, NotFound
+from ..gallery import audit
 from ..gallery.records import collection_name
 from ..gallery.store import Base, UTCDateTime, snapshot_reader, store_failure, utcnow
-from .events import record_event, transaction
 from .problems import Unauthorized
 
 ALL_COLLECTIONS = "*"
@@ -233,9 +233,8 @@ class KeyStore:
             expires_at=expires_at,
             devices=device_ids,
         )
-        with transaction(self._sessions, "API key store") as session:
-            record_event(
-                session,
+        with audit.write(self._sessions, "API key store") as w:
+            w.record(
                 "key.create",
                 actor=actor,
                 key=key_id,
@@ -246,14 +245,14 @@ class KeyStore:
                 expires_at=expires_at.isoformat() if expires_at else None,
                 devices=device_ids,
             )
-            session.add(row)
+            w.session.add(row)
             return NewKey(ApiKey.from_row(row), token)
 
     def revoke(self, key_id: str, *, actor: str = "local") -> ApiKey:
         """Revoke a key at once; :class:`NotFound` for an unknown id."""
-        with transaction(self._sessions, "API key store") as session:
-            record_event(session, "key.revoke", actor=actor, key=key_id)
-            row = session.get(ApiKeyRow, key_id)
+        with audit.write(self._sessions, "API key store") as w:
+            w.record("key.revoke", actor=actor, key=key_id)
+            row = w.session.get(ApiKeyRow, key_id)
             if row is None:
                 raise NotFound(f"no API key {key_id!r}")
             if row.revoked_at is None:
