@@ -1,4 +1,4 @@
-"""The gallery's store: SQLAlchemy 2 typed models, the engine, and migrations.
+"""The store: SQLAlchemy 2 typed models of every table (gallery, API keys, edge), the engine, and migrations.
 
 Opening a store whose schema is at the newest revision only reads ``alembic_version``, so a
 service role without DDL rights can open it; a store that is behind is migrated on open when
@@ -345,6 +345,24 @@ class EdgeSnapshotRow(Base):
     sequence: Mapped[int] = mapped_column(Integer)
     content_sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKeyRow(Base):
+    """One API key of the server (:mod:`visage.server.keys_store`): its public id, the hash of
+    its token, and what it may do."""
+
+    __tablename__ = "api_key"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    token_sha256: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    collections: Mapped[list[str]] = mapped_column(JSON)
+    rate_limit: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    devices: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 BUSY_TIMEOUT_S = 30

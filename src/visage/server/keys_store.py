@@ -27,15 +27,15 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import JSON, Engine, Float, String, func, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 from ..edge.events import check_device_id
 from ..errors import InputError, NotFound
 from ..gallery import audit
 from ..gallery.records import collection_name
-from ..gallery.store import Base, UTCDateTime, snapshot_reader, store_failure, utcnow
+from ..gallery.store import ApiKeyRow, snapshot_reader, store_failure, utcnow
 from .problems import Unauthorized
 
 ALL_COLLECTIONS = "*"
@@ -56,23 +56,6 @@ class Scope(StrEnum):
     ENROLL = "enroll"
     ADMIN = "admin"
     DEVICE = "device"
-
-
-class ApiKeyRow(Base):
-    """One API key: its public id, the hash of its token, and what it may do."""
-
-    __tablename__ = "api_key"
-
-    id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    name: Mapped[str] = mapped_column(String(200))
-    token_sha256: Mapped[str] = mapped_column(String(64))
-    scopes: Mapped[list[str]] = mapped_column(JSON)
-    collections: Mapped[list[str]] = mapped_column(JSON)
-    rate_limit: Mapped[float | None] = mapped_column(Float)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
-    devices: Mapped[list[str] | None] = mapped_column(JSON)
 
 
 @dataclass(frozen=True)

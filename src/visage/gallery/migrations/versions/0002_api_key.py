@@ -3,9 +3,7 @@
 Revision ID: 0002_api_key
 Revises: 0001
 
-The model lives in :mod:`visage.server.keys_store` on the gallery's ``Base``; importing it here
-registers the table on ``Base.metadata`` whenever the migrations are loaded, so ``env.py`` and
-the schema-versus-models test compare against the complete schema.
+The model, ``ApiKeyRow``, lives in :mod:`visage.gallery.store` with every other table.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import visage.server.keys_store  # noqa: F401  (registers ApiKeyRow on Base.metadata)
 from visage.gallery.store import UTCDateTime
 
 revision = "0002_api_key"
