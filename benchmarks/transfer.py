@@ -35,15 +35,15 @@ sys.path.insert(0, str(ROOT / "tests" / "gallery"))
 from synthetic import peak_kib, unit_vectors, visage_peak_command, visage_peak_kib, write_export
 
 from visage.edge.events import DeviceInfo
-from visage.edge.hub import EdgeHub
 from visage.gallery import Gallery
+from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key
 
 SNAPSHOTS = """
 import sys
 from pathlib import Path
 from visage.edge.events import DeviceInfo
-from visage.edge.hub import EdgeHub
+from visage.server.hub import EdgeHub
 from visage.gallery import Gallery
 from visage.signing import generate_signing_key
 with Gallery(sys.argv[1]) as g:

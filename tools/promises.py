@@ -191,7 +191,7 @@ BREAKS = (
         "device-figures-trusted",
         "A device cannot forge a sighting: the server stores its own person and distance.",
         "docs/gallery.md",
-        "src/visage/edge/hub.py",
+        "src/visage/server/hub.py",
         "person_id=figures.person_id, distance=figures.distance, decided_by=by,",
         "person_id=event.decision.person_id if event.decision else figures.person_id,\n"
         "                        distance=event.decision.distance if event.decision else "

@@ -17,13 +17,13 @@ from PIL import Image
 from tests.edge.conftest import COLLECTION, Person
 from visage.edge.agent import Agent, AgentConfig
 from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent, Receipt
-from visage.edge.hub import EdgeHub
 from visage.edge.queue import EventQueue, QueueStats
 from visage.edge.sync import Backoff, MemoryUplink, Syncer, UplinkRejected
 from visage.edge.video import VideoSource
 from visage.gallery import Gallery
 from visage.gallery.store import open_engine
 from visage.pipeline import Pipeline
+from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key
 
 DEVICE = DeviceInfo("dev-test", "0.1.0")

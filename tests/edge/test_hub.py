@@ -14,10 +14,10 @@ import pytest
 from tests.gallery.conftest import db_url, gallery, pg_server  # noqa: F401  (store fixtures)
 from tests.gallery.synthetic import MODEL, consented_person, near, unit_vectors
 from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent
-from visage.edge.hub import EdgeHub
 from visage.edge.snapshot import verify_snapshot
 from visage.gallery import EmbeddingItem, Gallery
 from visage.gallery.store import open_engine
+from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key
 
 DEVICE = DeviceInfo("dev-1", "0.1.0")

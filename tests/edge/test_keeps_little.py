@@ -20,7 +20,6 @@ import pytest
 from tests.edge.conftest import COLLECTION, Person
 from visage.edge.agent import QUEUE_FILE, SNAPSHOT_FILE, Agent, AgentConfig
 from visage.edge.events import DeviceInfo
-from visage.edge.hub import EdgeHub
 from visage.edge.queue import EventQueue, QueueLimits
 from visage.edge.sync import Backoff, MemoryUplink
 from visage.edge.video import VideoSource
@@ -28,6 +27,7 @@ from visage.errors import InputError
 from visage.gallery import Gallery
 from visage.gallery.store import open_engine
 from visage.pipeline import Pipeline
+from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key
 
 DEVICE = DeviceInfo("dev-test", "0.1.0")

@@ -15,7 +15,6 @@ import pytest
 from tests.edge.conftest import COLLECTION
 from visage.decision import default_calibration, normalize
 from visage.edge.events import DeviceInfo
-from visage.edge.hub import EdgeHub
 from visage.edge.snapshot import (
     OfflineGallery,
     Snapshot,
@@ -26,6 +25,7 @@ from visage.edge.snapshot import (
 )
 from visage.gallery import Gallery
 from visage.gallery.store import open_engine
+from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key, load_signing_key, parse_public_key, public_key_text
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)

@@ -21,11 +21,11 @@ import pytest
 from tests.edge.conftest import COLLECTION
 from visage.edge.agent import SNAPSHOT_FILE, Agent, AgentConfig
 from visage.edge.events import DeviceInfo
-from visage.edge.hub import MAX_TTL_S, EdgeHub
 from visage.edge.snapshot import SnapshotPerson, SnapshotRefused, sign_snapshot, verify_snapshot
 from visage.edge.sync import Backoff, MemoryUplink
 from visage.gallery import Gallery
 from visage.gallery.store import open_engine
+from visage.server.hub import MAX_TTL_S, EdgeHub
 from visage.signing import generate_signing_key
 
 DEVICE = DeviceInfo("dev-life", "0.1.0")

@@ -15,10 +15,10 @@ import pytest
 from tests.gallery.conftest import db_url, gallery, pg_server  # noqa: F401  (store fixtures)
 from tests.gallery.forensics import holders, stored_embeddings
 from tests.gallery.synthetic import CALIBRATION, near
-from visage.edge.hub import EdgeHub
 from visage.edge.snapshot import verify_snapshot
 from visage.gallery import ConsentedTemplates, Gallery
 from visage.gallery.store import open_engine, sqlite_path
+from visage.server.hub import EdgeHub
 
 from .test_hub import DEVICE, KEY, _people
 

@@ -9,5 +9,4 @@ events.py    what a device reports per track (no image by default)
 queue.py     the agent's durable SQLite outbox with size caps
 sync.py      uplinks (HTTP, in-memory) and the upload loop with backoff
 agent.py     the agent tying them together
-hub.py       the server's side: devices, exactly-once events, signed snapshots
 """

@@ -1,5 +1,5 @@
 """``/v1/edge/…``: edge devices post events and pull signed offline snapshots (``device`` scope);
-admins list the devices. Every rule lives in :class:`visage.edge.hub.EdgeHub`."""
+admins list the devices. Every rule lives in :class:`visage.server.hub.EdgeHub`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ...edge.events import DEVICE_ID_PATTERN, DeviceInfo
-from ...edge.hub import MAX_TTL_S, DeviceRecord, EdgeHub, QueueReport
 from ..auth import Requires, ensure_speaks_for
 from ..deps import AdminKey, JsonOnly, ServicesDep
+from ..hub import MAX_TTL_S, DeviceRecord, EdgeHub, QueueReport
 from ..keys_store import ApiKey, Scope
 from ..problems import problem_responses
 from ..schemas import EXAMPLE_BASE64, example_config

@@ -3,9 +3,7 @@
 Revision ID: 0003_edge
 Revises: 0002_api_key
 
-The models live in :mod:`visage.edge.hub` on the gallery's ``Base``; importing it here
-registers them on ``Base.metadata`` whenever the migrations are loaded (as ``0002`` does for
-the API keys), so the schema-versus-models test sees the complete schema.
+The models live in :mod:`visage.gallery.store` with every other table.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-import visage.edge.hub  # noqa: F401  (registers the edge tables on Base.metadata)
 from visage.gallery.store import UTCDateTime
 
 revision = "0003_edge"

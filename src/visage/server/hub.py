@@ -52,6 +52,8 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from ..edge.events import DeviceInfo, EdgeEvent, Receipt
+from ..edge.snapshot import DEFAULT_TTL_S, Snapshot, SnapshotPerson, sign_snapshot
 from ..errors import ConsentError, InputError, NotFound, StorageError
 from ..gallery import ConsentedTemplates, Gallery, PersonInfo, audit
 from ..gallery.store import (
@@ -64,8 +66,6 @@ from ..gallery.store import (
     utcnow,
 )
 from ..signing import load_signing_key, public_key_text
-from .events import DeviceInfo, EdgeEvent, Receipt
-from .snapshot import DEFAULT_TTL_S, Snapshot, SnapshotPerson, sign_snapshot
 
 SIGNING_KEY_ENV = "VISAGE_EDGE_SIGNING_KEY"
 MAX_TTL_S = 30 * 24 * 3600
