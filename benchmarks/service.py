@@ -38,6 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import numpy.typing as npt
+from machine import cpu_line
 
 from visage.api import pipeline as default_pipeline
 from visage.decision import normalize
@@ -252,11 +253,7 @@ def main() -> None:
     ]
     if not photos:
         raise SystemExit(f"no photos under {args.faces}/people: set VISAGE_FACES")
-    flags = sorted(
-        {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-         for f in line.split(":")[1].split() if f.startswith(("avx", "fma"))}
-    )  # fmt: skip
-    print(f"CPU flags: {' '.join(flags)}; {os.cpu_count()} cores; wrk {wrk_binary()}")
+    print(f"{cpu_line()}; wrk {wrk_binary()}")
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.db"
         vectors = build_gallery(db, args.size, rng)

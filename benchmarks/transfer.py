@@ -20,7 +20,6 @@ On SQLite (a temporary file) unless ``--db`` names an empty database. Prints the
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_line
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "gallery"))
@@ -86,11 +86,7 @@ def main() -> None:
     parser.add_argument("--db", help="an empty database URL (default: a temporary SQLite file)")
     parser.add_argument("--probes", type=int, default=300)
     args = parser.parse_args()
-    flags = sorted(
-        {f for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")
-         for f in line.split(":")[1].split() if f.startswith(("avx", "fma"))}
-    )  # fmt: skip
-    print(f"CPU flags: {' '.join(flags)}; {os.cpu_count()} cores")
+    print(cpu_line())
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         db = args.db or f"sqlite:///{folder / 'bench.db'}"
