@@ -177,13 +177,14 @@ def extend(
     no group may join one. Pass the edge threshold for the new total
     (``edge_threshold(len(known) + len(new), model)``), so the precision rule holds at the size
     the set has grown to; existing groups were formed at their own size's threshold and are not
-    revisited. On the shared photos, grouping half of 300 faces and extending with the other
-    half scores within 0.02 BCubed F of grouping all at once
-    (tests/test_grouping.py::test_extending_a_grouping_matches_grouping_everything). Cost: a
-    range search of the free faces against all faces; the grouped ones are never searched.
+    revisited. That costs 0.01-0.06 BCubed F against grouping everything at once on the shared
+    photos, almost all precision: the first grouping, with fewer faces per person, merged more
+    (docs/accuracy.md, tests/test_grouping.py). Cost: a range search of the free faces against
+    all faces; the grouped ones are never searched.
     """
     old = normalize(np.asarray(known, dtype=np.float32))
-    vecs = np.concatenate([old, normalize(np.asarray(new, dtype=np.float32)).reshape(-1, old.shape[1])])
+    fresh = normalize(np.asarray(new, dtype=np.float32)).reshape(-1, old.shape[1])
+    vecs = np.concatenate([old, fresh])
     labels = np.arange(len(vecs), dtype=np.int64) + len(grouping.groups)
     for number, members in enumerate(grouping.groups):
         labels[members] = number
