@@ -5,7 +5,10 @@
 Embeds every photo of ``calibration/``, ``people/`` and ``distractors/`` once (the cache is
 shared with benchmarks/open_set.py), drops repeated photos (73 distractors are also in
 calibration/strangers), and groups the whole set and the people/ + distractors/ part with
-Chinese whispers at each rule, printing BCubed precision, recall and F, and the time.
+Chinese whispers at each rule, printing BCubed precision, recall and F, and the time. Then the
+incremental rows: the first half grouped alone, the second half added with
+:func:`visage.grouping.extend` (the time is the extend step's), for halves in path order and
+for interleaved halves (every other face, so each person's faces arrive in both).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from open_set import embed_all, identity
 
 from visage.decision import normalize
 from visage.eval.metrics import bcubed
-from visage.grouping import EDGE_STRAY, edge_threshold, group
+from visage.grouping import EDGE_STRAY, edge_threshold, extend, group
 
 
 def synthetic(n: int) -> None:
@@ -79,6 +82,23 @@ def main() -> None:
             took = time.perf_counter() - start
             print(f"| {label} | {len(sub)} | {len(set(who))} | {rule} | {cut:.4f} | {p:.3f} | "
                   f"{r:.3f} | {f:.3f} | {took:.1f} |")  # fmt: skip
+        for split, first in (("halves in turn", np.arange(len(sub)) < len(sub) // 2),
+                             ("interleaved halves", np.arange(len(sub)) % 2 == 0)):  # fmt: skip
+            incremental(label, sub, who, first, split)
+
+
+def incremental(label: str, sub: np.ndarray, who: list[str], first: np.ndarray, split: str) -> None:
+    """One row: the ``first`` rows grouped alone, then the others added by :func:`extend`."""
+    cut = edge_threshold(len(sub), "dlib_resnet_v1").threshold
+    start_cut = edge_threshold(int(first.sum()), "dlib_resnet_v1").threshold
+    before = group(sub[first], start_cut)
+    start = time.perf_counter()
+    grown = extend(sub[first], before, sub[~first], cut)
+    took = time.perf_counter() - start
+    order = [who[i] for i in np.flatnonzero(first)] + [who[i] for i in np.flatnonzero(~first)]
+    score = bcubed(grown.labels(), order)
+    print(f"| {label} | {len(sub)} | {len(set(who))} | size-aware, incremental ({split}) | "
+          f"{cut:.4f} | {score.precision:.3f} | {score.recall:.3f} | {score.f:.3f} | {took:.1f} |")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from .decision import Calibration, Comparison, decide, default_calibration, dist
 from .grouping import Grouping, edge_threshold
 from .grouping import group as _group
 from .imageio import Source, load_image
-from .models.base import Image
+from .models.base import Image, embedding_dim
 from .pipeline import Face, FacePick, Pipeline, pick_face
 
 __all__ = ["compare", "detect", "embed", "face_in", "group", "load_image", "pipeline"]
@@ -87,6 +87,17 @@ def compare(
     return decide(distance(va, vb), cal)
 
 
+def embeddings(faces: Sequence[Face], model_id: str) -> npt.NDArray[np.float32]:
+    """The faces' embeddings as rows ``(n, d)``; ``(0, d)`` of ``model_id``'s size for none.
+    :class:`ValueError` for a Face without its embedding."""
+    rows = [f.embedding for f in faces]
+    if any(r is None for r in rows):
+        raise ValueError("every Face needs its embedding: get them from visage.embed()")
+    if not rows:
+        return np.empty((0, embedding_dim(model_id) or 128), np.float32)
+    return np.stack([r for r in rows if r is not None]).astype(np.float32)
+
+
 def group(
     faces: Sequence[Face] | npt.NDArray[np.float32], *, threshold: float | None = None
 ) -> Grouping:
@@ -98,11 +109,8 @@ def group(
     if isinstance(faces, np.ndarray):
         vectors, model_id = np.asarray(faces, dtype=np.float32), pipeline().model_id
     else:
-        rows = [f.embedding for f in faces]
-        if any(r is None for r in rows):
-            raise ValueError("every Face needs its embedding: get them from visage.embed()")
-        vectors = np.stack([r for r in rows if r is not None]) if rows else np.empty((0, 128), np.float32)
         model_id = next((f.model_id for f in faces if f.model_id), pipeline().model_id)
+        vectors = embeddings(faces, model_id)
     if vectors.ndim != 2:
         raise ValueError(f"group needs (n, d) embeddings, not shape {vectors.shape}")
     cut = threshold if threshold is not None else edge_threshold(len(vectors), model_id).threshold

@@ -10,7 +10,7 @@ import getpass
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -36,6 +36,7 @@ from .progress import progress_bar
 
 if TYPE_CHECKING:  # the gallery is imported where used, so `visage --help` stays fast
     from ..gallery import Gallery, PersonInfo
+    from ..groupfile import Box
 
 DbOpt = Annotated[
     str | None,
@@ -120,11 +121,24 @@ def _consent_status(p: PersonInfo) -> str:
 
 @app.command()
 def enroll(
-    directory: Annotated[Path, typer.Argument(help="One sub-folder of photos per person.")],
     basis: Annotated[str, typer.Option("--basis", help="Lawful basis: consent, contract, "
                                        "legal-obligation, vital-interests, public-task, "
                                        "legitimate-interests.")],
     granted_by: Annotated[str, typer.Option("--granted-by", help="Who gave or recorded consent.")],
+    directory: Annotated[Path | None, typer.Argument(
+        help="One sub-folder of photos per person (or --from-group).")] = None,
+    from_group: Annotated[Path | None, typer.Option(
+        "--from-group", help="Instead of DIRECTORY: a file from visage group --json or --state; "
+        "the faces of --group become one person.")] = None,
+    group: Annotated[int | None, typer.Option(
+        "--group", help="With --from-group: the group's number, as visage group prints it "
+        "(1 = the largest).")] = None,
+    external_id: Annotated[str | None, typer.Option(
+        "--external-id", help="With --from-group: the person's external id (an enrolled person "
+        "keeps their consent record).")] = None,
+    person_name: Annotated[str | None, typer.Option(
+        "--person-name", help="With --from-group: the new person's display name (default: the "
+        "external id).")] = None,
     collection: CollectionOpt = "default",
     expires: Annotated[str | None, typer.Option("--expires", help="Consent end (ISO date).")] = None,
     consent_purpose: Annotated[str | None, typer.Option("--consent-purpose")] = None,
@@ -145,6 +159,11 @@ def enroll(
     leading out of DIRECTORY is skipped unless --follow-symlinks; only regular files are read,
     each of at most 161 MB.
 
+    Or enroll one group of a grouping (--from-group FILE --group N --external-id ID): each of
+    its photos is read again and the face whose box overlaps the stored one (IoU at least 0.5)
+    is enrolled; a photo where none does is refused with the reason. A bad group number, a
+    missing photo or a file visage group did not write stops before anything is enrolled.
+
     New persons get a consent record with the basis given here; persons already enrolled keep
     theirs (one whose consent was revoked is refused, not re-consented). Photos failing the
     quality gate or holding several faces (without --face) are refused with the reason.
@@ -152,15 +171,17 @@ def enroll(
     from ..gallery import ConsentBasis
     from ..pipeline import parse_face_pick
 
-    if not directory.is_dir():
-        raise InputError(f"{printable(directory)}: not a directory")
-    try:
-        photos, skipped = _person_photos(directory, follow_symlinks)
-    except OSError as exc:
-        raise InputError(f"{printable(directory)}: cannot be read: {exc.strerror or exc}") from None
-    folders = sorted({folder for folder, _ in photos})
-    if not folders:
-        raise InputError(f"{printable(directory)}: no person sub-folders with photos")
+    if (directory is None) == (from_group is None):
+        raise InputError("give a DIRECTORY of person folders or --from-group FILE (one of them)")
+    skipped: list[dict[str, str]]
+    if from_group is not None:
+        if face is not None:
+            raise InputError("--face does not apply to --from-group: the group names each face "
+                             "by its box")
+        plan, skipped = _group_plan(from_group, group, external_id, person_name), []
+    else:
+        assert directory is not None
+        plan, skipped = _folder_plan(directory, follow_symlinks)
     pick = parse_face_pick(face)
     until = _when(expires)
     ConsentBasis.parse(basis)  # refuse a bad basis before any person is created
@@ -168,26 +189,43 @@ def enroll(
     new = 0
     with _open(db, actor, pipeline_args=(detector, upsample)) as g:
         g.create_collection(collection, target_fpir=target_fpir, exist_ok=True)
-        ids: dict[Path, str] = {}
-        for folder in folders:
+        ids: dict[str, str] = {}
+
+        def face_at_box(person: str, photo: Path, box: Box) -> int:
+            """Which face of ``photo`` is the one a grouping stored at ``box``
+            (:func:`visage.groupfile.face_at`, found by the gallery's own pipeline); a photo
+            where none is, is refused and the refusal audited as ``enroll.refused``, as the
+            gallery's own refusals are."""
+            from ..api import pipeline as get_pipeline
+            from ..groupfile import face_at
+
+            pipe = get_pipeline(detector, upsample)
             try:
-                ids[folder] = g.person(collection, folder.name).id
+                return face_at(pipe.detect(pipe.load(photo)), box, str(photo))
+            except VisageError as exc:
+                g.record_refusal("enroll", collection, exc, purpose=purpose, actor=None,
+                                 person=person)
+                raise
+
+        for key, name in plan.persons.items():
+            try:
+                ids[key] = g.person(collection, key).id
             except NotFound:
-                person = g.add_person(collection, folder.name.replace("_", " "),
-                                      external_id=folder.name)
+                person = g.add_person(collection, name, external_id=key)
                 g.grant_consent(collection, person.id, basis=basis, granted_by=granted_by,
                                 purpose=consent_purpose, expires_at=until)
-                ids[folder] = person.id
+                ids[key] = person.id
                 new += 1
-        with progress_bar("enrolling", total=len(photos), enabled=not json_out) as advance:
-            for folder, photo in photos:
+        with progress_bar("enrolling", total=len(plan.photos), enabled=not json_out) as advance:
+            for key, photo, box in plan.photos:
                 try:
-                    result = g.enroll(collection, ids[folder], photo, face=pick, purpose=purpose)
-                    rows.append({"photo": printable(photo), "person": folder.name,
+                    chosen = pick if box is None else face_at_box(ids[key], photo, box)
+                    result = g.enroll(collection, ids[key], photo, face=chosen, purpose=purpose)
+                    rows.append({"photo": printable(photo), "person": key,
                                  "template": result.template_id,
                                  "status": "enrolled" if result.created else "duplicate"})
                 except VisageError as exc:
-                    rows.append({"photo": printable(photo), "person": folder.name,
+                    rows.append({"photo": printable(photo), "person": key,
                                  "status": "refused", "reason": printable(str(exc))})
                 advance()
         persons = g.collection(collection).persons
@@ -204,6 +242,48 @@ def enroll(
     typer.echo(f"{counts['enrolled']} enrolled, {counts['duplicate']} already enrolled, "
                f"{counts['refused']} refused, {len(skipped)} skipped; {persons} persons in "
                f"{collection!r} ({new} new)")
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What enroll will do: ``persons`` (external id → display name for a new person) and
+    ``photos`` as ``(external id, photo, stored box or None)``."""
+
+    persons: dict[str, str]
+    photos: list[tuple[str, Path, Box | None]]
+
+
+def _folder_plan(directory: Path, follow_symlinks: bool) -> tuple[_Plan, list[dict[str, str]]]:
+    """One person per sub-folder of ``directory`` (:func:`_person_photos`), and what is skipped."""
+    if not directory.is_dir():
+        raise InputError(f"{printable(directory)}: not a directory")
+    try:
+        photos, skipped = _person_photos(directory, follow_symlinks)
+    except OSError as exc:
+        raise InputError(f"{printable(directory)}: cannot be read: {exc.strerror or exc}") from None
+    folders = sorted({folder for folder, _ in photos})
+    if not folders:
+        raise InputError(f"{printable(directory)}: no person sub-folders with photos")
+    persons = {f.name: f.name.replace("_", " ") for f in folders}
+    return _Plan(persons, [(folder.name, photo, None) for folder, photo in photos]), skipped
+
+
+def _group_plan(
+    path: Path, number: int | None, external_id: str | None, person_name: str | None
+) -> _Plan:
+    """Group ``number`` of the grouping at ``path`` as one person; every photo must still be a
+    file (else :class:`InputError`, before anything is enrolled)."""
+    from ..groupfile import read
+
+    if number is None or external_id is None:
+        raise InputError("--from-group needs --group N and --external-id ID")
+    members = read(path).group(number)
+    for photo, _ in members:
+        if not Path(photo).is_file():
+            raise InputError(f"{printable(photo)}: no such photo (group {number} of "
+                             f"{printable(path)}); nothing enrolled")
+    photos: list[tuple[str, Path, Box | None]] = [(external_id, Path(p), b) for p, b in members]
+    return _Plan({external_id: person_name or external_id}, photos)
 
 
 def _person_photos(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from .. import __version__
-from ..errors import InvalidImage, VisageError
+from ..errors import InputError, InvalidImage, VisageError
 from ..names import printable, utf8_text
 from .app import app
 from .options import DetectorOpt, FollowOpt, JsonOpt, UpsampleOpt, console, emit_json
@@ -17,6 +18,7 @@ from .options import table as new_table
 from .progress import progress_bar
 
 if TYPE_CHECKING:  # the pipeline is imported where used, so `visage --help` stays fast
+    from ..groupfile import Box, GroupedFaces
     from ..pipeline import Face
 
 
@@ -200,57 +202,101 @@ def _face_recognition_distance(a: Path, fa: Face, b: Path, fb: Face) -> float:
 @app.command("group")
 def group_photos(
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders (searched recursively).")],
+    onto: Annotated[Path | None, typer.Option(
+        "--onto", help="A state file (from --state): the new photos join its grouping, whose "
+        "groups keep every face; the file is rewritten with them unless --state names another. "
+        "Photos already in it are not added twice.")] = None,
+    state: Annotated[Path | None, typer.Option(
+        "--state", help="Also save the grouping with each face's embedding, for --onto and "
+        "enroll --from-group. Embeddings are biometric data: the file is your own, written "
+        "owner-only (0600); delete it when done.")] = None,
+    sheet: Annotated[Path | None, typer.Option(
+        "--sheet", help="Also write a self-contained HTML contact sheet (a thumbnail per face, "
+        "a section per group), owner-only.")] = None,
     detector: DetectorOpt = "hog",
     upsample: UpsampleOpt = 1,
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     follow_symlinks: FollowOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Group every face of many photos by person, with no gallery and nothing stored; the edge
-    threshold follows the number of faces so large sets do not merge people."""
-    from ..api import group
+    """Group every face of many photos by person, with no gallery; the edge threshold follows
+    the number of faces so large sets do not merge people. Nothing is stored unless --state,
+    --onto or --sheet names a file."""
+    from .. import contact_sheet, groupfile
     from ..api import pipeline as get_pipeline
-    from ..grouping import edge_threshold
 
+    prior = _prior_grouping(onto) if onto else None
     images = _photos(inputs, follow_symlinks)
+    if prior is not None:
+        images = [p for p in images if os.path.abspath(p) not in set(prior.photos)]
     pipe = get_pipeline(detector, upsample)
-    faces: list[tuple[str, Face]] = []
+    if onto is not None and prior is not None and prior.model_id != pipe.model_id:
+        raise InputError(f"{printable(onto)}: grouped with {prior.model_id}, not {pipe.model_id}")
+    faces: list[Face] = []
+    named: list[tuple[str, Box]] = []
     failed: list[str] = []
     with progress_bar("embedding", total=len(images), enabled=not json_out) as advance:
         for result in pipe.embed_many(images, workers=workers, progress=lambda _: advance()):
             if result.error:
                 failed.append(result.error)
                 typer.echo(f"skipped: {result.error}", err=True)
-            faces += [(result.source, f) for f in result.faces]
-    found = group([f for _, f in faces])
-    point = edge_threshold(len(faces), pipe.model_id)
-
-    def member(row: int) -> dict[str, Any]:
-        source, face = faces[row]
-        return {"photo": source, "box": list(face.box)}
-
-    groups = [[member(r) for r in g] for g in found.groups]
-    messy = [member(r) for r in found.messy]
-    doc: dict[str, Any] = {
-        "faces": len(faces),
-        "threshold": point.threshold,
-        "rule": f"edge {point.describe()}",
-        "groups": groups,
-        "messy": messy,
-        "failed": failed,
-    }
+            faces += result.faces
+            named += [(os.path.abspath(result.source), f.box) for f in result.faces]
+    grouped = _grouped(prior, faces, named, failed, pipe.model_id)
+    if state or onto:
+        groupfile.save(state or onto, grouped)  # type: ignore[arg-type]
+    if sheet:
+        contact_sheet.write(sheet, grouped)
+    doc = grouped.document()
     if json_out:
         emit_json(doc)
     else:
-        for number, members in enumerate(groups, 1):
+        for number, members in enumerate(doc["groups"], 1):
             console.print(f"group {number} ({len(members)} faces):", markup=False)
             for m in members:
                 console.print(f"  {printable(m['photo'])}  {tuple(m['box'])}", markup=False,
                               highlight=False)
-        console.print(f"{len(groups)} groups, {len(messy)} faces like no other, "
-                      f"{len(faces)} faces ({doc['rule']})", markup=False)
+        console.print(f"{len(doc['groups'])} groups, {len(doc['messy'])} faces like no other, "
+                      f"{doc['faces']} faces ({doc['rule']}; {doc['expected']})", markup=False)
     if failed:
         raise typer.Exit(1)
+
+
+def _grouped(
+    prior: GroupedFaces | None,
+    faces: list[Face],
+    named: list[tuple[str, Box]],
+    failed: list[str],
+    model_id: str,
+) -> GroupedFaces:
+    """``faces`` grouped at the edge threshold for the total, or joined onto ``prior``'s groups
+    (:func:`visage.grouping.extend`) when there is one."""
+    import numpy as np
+
+    from ..api import embeddings
+    from ..groupfile import GroupedFaces
+    from ..grouping import edge_threshold, extend, group
+
+    new = embeddings(faces, model_id)
+    if prior is None or prior.vectors is None:
+        point = edge_threshold(len(faces), model_id)
+        return GroupedFaces.of(named, new, group(new, point.threshold), model_id, point, failed)
+    point = edge_threshold(len(prior.photos) + len(faces), model_id)
+    found = extend(prior.vectors, prior.grouping, new, point.threshold)
+    everyone = list(zip(prior.photos, prior.boxes)) + named
+    return GroupedFaces.of(everyone, np.concatenate([prior.vectors, new]), found, model_id, point,
+                           prior.failed + failed)  # fmt: skip
+
+
+def _prior_grouping(path: Path) -> GroupedFaces:
+    """The state file ``--onto`` names; one holding no embeddings (``--json`` output) is refused."""
+    from ..groupfile import read
+
+    prior = read(path)
+    if prior.vectors is None and prior.photos:
+        raise InputError(f"{printable(path)}: holds no embeddings; write it with visage group "
+                         "--state, not --json")
+    return prior
 
 
 @app.command()
