@@ -181,6 +181,15 @@ BREAKS = (
         ("tests/server/test_edge_consent.py::test_a_forged_sighting_is_rescored_and_flagged",),
     ),
     Break(
+        "edge-idempotency-ignored",
+        "An edge event is stored once: an upload retried after a lost answer comes back duplicate.",
+        "docs/gallery.md, src/visage/edge/sync.py",
+        "src/visage/edge/hub.py",
+        "                if event.key in existing or event.key in receipts:",
+        "                if event.key in receipts:",
+        ("tests/edge/test_agent.py::test_offline_identification_delivered_exactly_once",),
+    ),
+    Break(
         "audit-unanchored",
         "The audit log's tail cannot be cut unseen: checkpoints are signed outside the database.",
         "docs/gallery.md",
