@@ -3,6 +3,11 @@
 One server serves the module's tests; each test works in collections of its own (tenants are
 isolated by collection), so no test sees another's data. Keys are created straight in the
 store, as ``visage keys create`` does, and the server picks them up on the next request.
+
+The store is a SQLite file. A module where the store matters (the audit chain, refusals,
+fuzzing, concurrent writers) sets ``STORES = ("sqlite", "postgresql")``: its tests then run
+once against a server on each, the PostgreSQL one on a fresh database of ``pg_server``. Only
+those modules pay for the second server (about a minute in all; docs/promises.md).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from visage.gallery.store import database_url, open_engine
+from tests.conftest import pg_database
+from visage.gallery.store import database_url, open_engine, sqlite_path
 from visage.server.keys_store import KeyStore
+from visage.signing import load_signing_key
 
 START_TIMEOUT_S = 90.0
 BIND_TRIES = 3
@@ -38,16 +45,24 @@ class Server:
     """A running ``visage serve``: its URL, store, an admin token, and ways to get more keys."""
 
     url: str
-    db: Path
+    store: str
     log: Path
     process: subprocess.Popen[bytes]
+    anchors: Path | None = None
     admin: str = ""
     _keys: KeyStore | None = field(default=None, repr=False)
 
     @property
+    def db(self) -> Path:
+        """The SQLite file of the store, for tests that read the file itself."""
+        path = sqlite_path(self.store)
+        assert path is not None, f"this test reads a SQLite file; the store is {self.store}"
+        return path
+
+    @property
     def keys(self) -> KeyStore:
         if self._keys is None:
-            self._keys = KeyStore(open_engine(database_url(self.db)))
+            self._keys = KeyStore(open_engine(self.store, anchors=self.anchors))
         return self._keys
 
     def key(
@@ -74,8 +89,12 @@ class _PortTaken(Exception):
     """Another process bound the port between :func:`free_port` and the server's bind."""
 
 
-def start_server(folder: Path, **settings: str) -> Server:
+def start_server(folder: Path, *, store: str | None = None, **settings: str) -> Server:
     """Start ``python -m visage serve`` with ``VISAGE_*`` settings and wait until it is ready.
+
+    ``store``: the store's SQLAlchemy URL (default: ``folder/gallery.db``); for another store
+    the audit anchors and the edge signing key, which SQLite keeps beside its file, are put in
+    ``folder`` (as an operator sets them, the key made as ``visage edge keygen`` makes it).
 
     :func:`free_port` lets the port go before the server binds it, so another process may take
     it: the server then exits ("address already in use") and is started on a new port, up to
@@ -83,19 +102,31 @@ def start_server(folder: Path, **settings: str) -> Server:
     """
     for _ in range(BIND_TRIES - 1):
         try:
-            return _start_once(folder, settings)
+            return _start_once(folder, store, settings)
         except _PortTaken:
             continue
-    return _start_once(folder, settings)
+    return _start_once(folder, store, settings)
 
 
-def _start_once(folder: Path, settings: dict[str, str]) -> Server:
+def _start_once(folder: Path, store: str | None, settings: dict[str, str]) -> Server:
     folder.mkdir(parents=True, exist_ok=True)
-    db = folder / "gallery.db"
+    url = store or database_url(folder / "gallery.db")
+    anchors = None if store is None else folder / "store.audit-anchors"
+    signing = folder / "edge-signing-key.pem"
+    if store is not None:
+        load_signing_key(signing, create=True)  # what `visage edge keygen` writes
     port = free_port()
     env = {
         **os.environ,
-        "VISAGE_DB": str(db),
+        "VISAGE_DB": url,
+        **(
+            {
+                "VISAGE_AUDIT_ANCHORS": str(anchors),
+                "VISAGE_EDGE_SIGNING_KEY": str(signing),
+            }
+            if anchors
+            else {}
+        ),
         "VISAGE_HOST": "127.0.0.1",
         "VISAGE_PORT": str(port),
         "VISAGE_LOG_LEVEL": "warning",
@@ -109,7 +140,9 @@ def _start_once(folder: Path, settings: dict[str, str]) -> Server:
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    server = Server(url=f"http://127.0.0.1:{port}", db=db, log=log, process=process)
+    server = Server(
+        url=f"http://127.0.0.1:{port}", store=url, log=log, process=process, anchors=anchors
+    )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -120,8 +153,11 @@ def _start_once(folder: Path, settings: dict[str, str]) -> Server:
             if httpx.get(f"{server.url}/readyz", timeout=2.0).status_code == 200:
                 server.admin = server.admin or server.key(["admin"])
                 # Whoever answers must hold our store (not a process that took the port).
-                mine = httpx.get(f"{server.url}/v1/collections", timeout=2.0,
-                                 headers={"Authorization": f"Bearer {server.admin}"})
+                mine = httpx.get(
+                    f"{server.url}/v1/collections",
+                    timeout=2.0,
+                    headers={"Authorization": f"Bearer {server.admin}"},
+                )
                 if mine.status_code == 200 and process.poll() is None:
                     return server
         except httpx.TransportError:
@@ -140,9 +176,27 @@ def stop_server(server: Server) -> None:
         server.process.wait()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a module declaring ``STORES`` once per store kind it names."""
+    stores = getattr(metafunc.module, "STORES", None)
+    if stores and "store" in metafunc.fixturenames:
+        metafunc.parametrize("store", stores, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("server"))
+def store(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The module's store URL: ``None`` (SQLite in the server's folder) or a fresh PostgreSQL
+    database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    with pg_database(request.getfixturevalue("pg_server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, store: str | None) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("server"), store=store)
     yield running
     stop_server(running)
     errors = [line for line in running.log_tail(100_000).splitlines() if "Traceback" in line]

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path
 
 from ...errors import InputError, VisageError
 from ...gallery import EmbeddingItem
+from ...gallery.store import MAX_INTEGER
 from ..bodies import BULK_BODY, TEMPLATE_BODY, Upload
 from ..deps import (
     BulkBody,
@@ -84,7 +85,7 @@ def delete_face(
     key: EnrollKey,
     collection: CollectionPath,
     person: PersonPath,
-    template_id: Annotated[int, Path(ge=1, le=2**62, description="The template's id")],
+    template_id: Annotated[int, Path(ge=1, le=MAX_INTEGER, description="The template's id")],
     gallery: GalleryDep,
     purpose: Purpose = None,
 ) -> RemovedOut:
