@@ -190,6 +190,15 @@ BREAKS = (
         ("tests/edge/test_agent.py::test_offline_identification_delivered_exactly_once",),
     ),
     Break(
+        "audit-writers-unlocked",
+        "Writers in several server processes on one store queue on one lock: one linear chain.",
+        "docs/gallery.md, docs/server.md",
+        "src/visage/gallery/store.py",
+        "select(StateRow).where(StateRow.id == 1).with_for_update()",
+        "select(StateRow).where(StateRow.id == 1)",
+        ("tests/server/test_workers.py::test_writers_on_two_servers_sharing_one_store_keep_one_chain",),
+    ),
+    Break(
         "audit-unanchored",
         "The audit log's tail cannot be cut unseen: checkpoints are signed outside the database.",
         "docs/gallery.md",

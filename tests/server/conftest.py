@@ -49,6 +49,9 @@ class Server:
     log: Path
     process: subprocess.Popen[bytes]
     anchors: Path | None = None
+    """The audit anchors file when set (else SQLite's default beside the file)."""
+    signing_key: Path | None = None
+    """The edge signing key file when set (else SQLite's default beside the file)."""
     admin: str = ""
     _keys: KeyStore | None = field(default=None, repr=False)
 
@@ -92,41 +95,47 @@ class _PortTaken(Exception):
 def start_server(folder: Path, *, store: str | None = None, **settings: str) -> Server:
     """Start ``python -m visage serve`` with ``VISAGE_*`` settings and wait until it is ready.
 
-    ``store``: the store's SQLAlchemy URL (default: ``folder/gallery.db``); for another store
-    the audit anchors and the edge signing key, which SQLite keeps beside its file, are put in
-    ``folder`` (as an operator sets them, the key made as ``visage edge keygen`` makes it).
+    ``store``: the store's SQLAlchemy URL (default: ``folder/gallery.db``). A store that is not
+    a SQLite file has no folder for the audit anchors and the edge signing key SQLite keeps
+    beside it: unless ``settings`` name them, they go in ``folder`` (as an operator sets them,
+    the key made as ``visage edge keygen`` makes it).
 
     :func:`free_port` lets the port go before the server binds it, so another process may take
     it: the server then exits ("address already in use") and is started on a new port, up to
     :data:`BIND_TRIES` times.
     """
+    url = store or database_url(folder / "gallery.db")
+    if sqlite_path(url) is None:
+        settings = {
+            "audit_anchors": str(folder / "store.audit-anchors"),
+            "edge_signing_key": str(folder / "edge-signing-key.pem"),
+            **settings,
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        load_signing_key(settings["edge_signing_key"], create=True)
     for _ in range(BIND_TRIES - 1):
         try:
-            return _start_once(folder, store, settings)
+            return _start_once(folder, url, settings)
         except _PortTaken:
             continue
-    return _start_once(folder, store, settings)
+    return _start_once(folder, url, settings)
 
 
-def _start_once(folder: Path, store: str | None, settings: dict[str, str]) -> Server:
+def start_beside(other: Server, folder: Path, **settings: str) -> Server:
+    """Another server process on ``other``'s store, audit anchors and edge signing key: two
+    deployments (or hosts) sharing one database."""
+    shared = {"audit_anchors": str(other.anchors)} if other.anchors else {}
+    if other.signing_key:
+        shared["edge_signing_key"] = str(other.signing_key)
+    return start_server(folder, store=other.store, **shared, **settings)
+
+
+def _start_once(folder: Path, url: str, settings: dict[str, str]) -> Server:
     folder.mkdir(parents=True, exist_ok=True)
-    url = store or database_url(folder / "gallery.db")
-    anchors = None if store is None else folder / "store.audit-anchors"
-    signing = folder / "edge-signing-key.pem"
-    if store is not None:
-        load_signing_key(signing, create=True)  # what `visage edge keygen` writes
     port = free_port()
     env = {
         **os.environ,
         "VISAGE_DB": url,
-        **(
-            {
-                "VISAGE_AUDIT_ANCHORS": str(anchors),
-                "VISAGE_EDGE_SIGNING_KEY": str(signing),
-            }
-            if anchors
-            else {}
-        ),
         "VISAGE_HOST": "127.0.0.1",
         "VISAGE_PORT": str(port),
         "VISAGE_LOG_LEVEL": "warning",
@@ -140,8 +149,14 @@ def _start_once(folder: Path, store: str | None, settings: dict[str, str]) -> Se
             stdout=out,
             stderr=subprocess.STDOUT,
         )
+    named = {k: Path(settings[k]) for k in ("audit_anchors", "edge_signing_key") if k in settings}
     server = Server(
-        url=f"http://127.0.0.1:{port}", store=url, log=log, process=process, anchors=anchors
+        url=f"http://127.0.0.1:{port}",
+        store=url,
+        log=log,
+        process=process,
+        anchors=named.get("audit_anchors"),
+        signing_key=named.get("edge_signing_key"),
     )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
