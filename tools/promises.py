@@ -199,6 +199,25 @@ BREAKS = (
         ("tests/server/test_workers.py::test_writers_on_two_servers_sharing_one_store_keep_one_chain",),
     ),
     Break(
+        "search-never-refetches",
+        "A search returns k persons even when the index's first candidates are filtered out.",
+        "docs/gallery.md, src/visage/gallery/service.py",
+        "src/visage/gallery/service.py",
+        "            fetch = min(total, fetch * 4)",
+        "            return scored[:k]",
+        ("tests/gallery/test_service.py::"
+         "test_search_asks_the_index_for_more_when_its_first_candidates_are_filtered_out",),
+    ),
+    Break(
+        "auto-index-never-switches",
+        'index="auto" is exact below 50,000 templates and IVF from 50,000.',
+        "docs/gallery.md, src/visage/gallery/service.py",
+        "src/visage/gallery/service.py",
+        "        return AUTO_FAISS_SPEC if count >= AUTO_FAISS_AT else \"exact\"",
+        "        return AUTO_FAISS_SPEC if count > AUTO_FAISS_AT else \"exact\"",
+        ("tests/gallery/test_index.py::test_auto_is_exact_below_50000_templates_and_ivf_from_there",),
+    ),
+    Break(
         "audit-unanchored",
         "The audit log's tail cannot be cut unseen: checkpoints are signed outside the database.",
         "docs/gallery.md",
