@@ -92,13 +92,16 @@ class _PortTaken(Exception):
     """Another process bound the port between :func:`free_port` and the server's bind."""
 
 
-def start_server(folder: Path, *, store: str | None = None, **settings: str) -> Server:
+def start_server(
+    folder: Path, *, store: str | None = None, bootstrap: bool = False, **settings: str
+) -> Server:
     """Start ``python -m visage serve`` with ``VISAGE_*`` settings and wait until it is ready.
 
     ``store``: the store's SQLAlchemy URL (default: ``folder/gallery.db``). A store that is not
     a SQLite file has no folder for the audit anchors and the edge signing key SQLite keeps
     beside it: unless ``settings`` name them, they go in ``folder`` (as an operator sets them,
-    the key made as ``visage edge keygen`` makes it).
+    the key made as ``visage edge keygen`` makes it). ``bootstrap``: let ``visage serve`` create
+    and print its first admin key (into :attr:`Server.log`).
 
     :func:`free_port` lets the port go before the server binds it, so another process may take
     it: the server then exits ("address already in use") and is started on a new port, up to
@@ -112,13 +115,14 @@ def start_server(folder: Path, *, store: str | None = None, **settings: str) -> 
             **settings,
         }
         folder.mkdir(parents=True, exist_ok=True)
-        load_signing_key(settings["edge_signing_key"], create=True)
+        if settings["edge_signing_key"]:  # "" leaves it unset, as an operator may forget to
+            load_signing_key(settings["edge_signing_key"], create=True)
     for _ in range(BIND_TRIES - 1):
         try:
-            return _start_once(folder, url, settings)
+            return _start_once(folder, url, bootstrap, settings)
         except _PortTaken:
             continue
-    return _start_once(folder, url, settings)
+    return _start_once(folder, url, bootstrap, settings)
 
 
 def start_beside(other: Server, folder: Path, **settings: str) -> Server:
@@ -130,7 +134,7 @@ def start_beside(other: Server, folder: Path, **settings: str) -> Server:
     return start_server(folder, store=other.store, **shared, **settings)
 
 
-def _start_once(folder: Path, url: str, settings: dict[str, str]) -> Server:
+def _start_once(folder: Path, url: str, bootstrap: bool, settings: dict[str, str]) -> Server:
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     env = {
@@ -144,12 +148,18 @@ def _start_once(folder: Path, url: str, settings: dict[str, str]) -> Server:
     log = folder / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "visage", "serve", "--no-bootstrap-key"],
+            [
+                sys.executable,
+                "-m",
+                "visage",
+                "serve",
+                *([] if bootstrap else ["--no-bootstrap-key"]),
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    named = {k: Path(settings[k]) for k in ("audit_anchors", "edge_signing_key") if k in settings}
+    named = {k: Path(settings[k]) for k in ("audit_anchors", "edge_signing_key") if settings.get(k)}
     server = Server(
         url=f"http://127.0.0.1:{port}",
         store=url,

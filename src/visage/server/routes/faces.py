@@ -21,9 +21,11 @@ from ..deps import (
     MetricsDep,
     PersonPath,
     Purpose,
+    SettingsDep,
     TemplateBody,
     face_pick,
 )
+from ..probes import check_batch
 from ..problems import Problem, problem_body, problem_responses
 from ..schemas import (
     BulkIn,
@@ -101,6 +103,7 @@ def enroll_bulk(
     body: BulkBody,
     gallery: GalleryDep,
     metrics: MetricsDep,
+    settings: SettingsDep,
     face: FaceQuery = None,
     purpose: Purpose = None,
 ) -> BulkOut:
@@ -108,6 +111,7 @@ def enroll_bulk(
     gets its own result or problem and the batch goes on. Embeddings sent as JSON items are
     enrolled in one transaction instead: all of them, or none and one problem."""
     if isinstance(body, BulkIn):
+        check_batch(len(body.items), settings.max_batch)  # multipart: checked while parsing
         return _enroll_embeddings(key.id, collection, body, gallery, metrics, purpose)
     if not body.photos:
         raise InputError("send photos in the multipart field 'photos'")
