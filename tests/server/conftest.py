@@ -7,7 +7,7 @@ store, as ``visage keys create`` does, and the server picks them up on the next 
 The store is a SQLite file. A module where the store matters (the audit chain, refusals,
 fuzzing, concurrent writers) sets ``STORES = ("sqlite", "postgresql")``: its tests then run
 once against a server on each, the PostgreSQL one on a fresh database of ``pg_server``. Only
-those modules pay for the second server (about a minute in all; docs/promises.md).
+those modules pay for the second server (docs/server.md, "Tests", says how long).
 """
 
 from __future__ import annotations
