@@ -3,14 +3,29 @@
 Photo tests skip with a message naming VISAGE_FACES when the photos are absent, and fail instead
 under ``VISAGE_REQUIRE_FACES=1`` (``make test`` sets it: CI is never green by skipping).
 Embedding the whole set costs about a minute on 2 cores, so it is done once per session.
+
+``pg_server`` is a throw-away PostgreSQL cluster started once per session (``initdb`` +
+``pg_ctl`` as the unprivileged ``postgres`` user when the tests run as root) on a free loopback
+port, shared by the gallery and server tests; :func:`pg_database` makes a fresh database on it.
+When no server binaries exist the PostgreSQL half is skipped with a message saying how to get
+them.
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from visage.pipeline import Face, ImageResult, Pipeline, nearest_centre
@@ -78,3 +93,76 @@ def two_face_photo(larger: Path, smaller: Path, out: Path) -> Path:
     canvas.paste(Image.open(smaller).convert("RGB").resize((200, 200)), (300, 25))
     canvas.save(out, quality=92)
     return out
+
+
+def _pg_bin() -> Path | None:
+    """The newest PostgreSQL bin directory holding initdb and pg_ctl."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
+    found = shutil.which("initdb")
+    if found:
+        candidates.append(str(Path(found).resolve().parent))
+    for folder in candidates:
+        if (Path(folder) / "initdb").exists() and (Path(folder) / "pg_ctl").exists():
+            return Path(folder)
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[str]:
+    """A running throw-away PostgreSQL cluster; yields its server URL (no database part)."""
+    bindir = _pg_bin()
+    if bindir is None:
+        pytest.skip(
+            "PostgreSQL tests skipped: no initdb/pg_ctl in /usr/lib/postgresql/*/bin or on PATH "
+            "(install Debian's postgresql package; `make setup` does)"
+        )
+    root = Path(tempfile.mkdtemp(prefix="visage-pg-"))
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # postgres refuses to run as root
+        shutil.chown(root, user="postgres", group="postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    root.chmod(0o700)
+    data, port = root / "data", _free_port()
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+         "--no-sync", "-E", "UTF8"],
+        check=True, capture_output=True,
+    )
+    options = (
+        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off "
+        "-c synchronous_commit=off -c full_page_writes=off"
+    )
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "log"), "-w",
+         "-o", options, "start"],
+        check=True, capture_output=True,
+    )
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}"
+    finally:
+        subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            check=False, capture_output=True,
+        )
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextmanager
+def pg_database(server: str) -> Iterator[str]:
+    """A new, empty database on ``server`` (``pg_server``'s URL), dropped afterwards; yields
+    its SQLAlchemy URL."""
+    admin = server.replace("postgresql+psycopg://", "postgresql://") + "/postgres"
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{server}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,5 +1,6 @@
-"""The agent with an in-memory uplink and the hub on a local store: offline decisions, durable
-delivery exactly once, outages, crops only when enabled, bad events set aside, backoff."""
+"""The agent and the hub on a local store: offline decisions, durable delivery exactly once
+(through the hub's own ingest, so a retried upload really reaches the deduplication in the
+store), outages, crops only when enabled, bad events set aside, backoff."""
 
 from __future__ import annotations
 
@@ -7,21 +8,25 @@ import io
 import json
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tests.edge.conftest import COLLECTION, Person
 from visage.edge.agent import Agent, AgentConfig
 from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent, Receipt
 from visage.edge.queue import EventQueue, QueueStats
-from visage.edge.sync import Backoff, MemoryUplink, Syncer, UplinkRejected
+from visage.edge.sync import Backoff, MemoryUplink, Syncer, UplinkRejected, UplinkUnavailable
 from visage.edge.video import VideoSource
+from visage.errors import StorageError
 from visage.gallery import Gallery
-from visage.gallery.store import open_engine
+from visage.gallery.store import EdgeEventRow, open_engine
 from visage.pipeline import Pipeline
 from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key
@@ -42,6 +47,44 @@ def _uplink(hub: EdgeHub) -> MemoryUplink:
     )
 
 
+@dataclass
+class _HubUplink:
+    """The hub itself behind the uplink, as ``POST /v1/edge/events`` calls it: deduplication is
+    the hub's, by idempotency key, in the store. The first ``lose_answers`` uploads are stored
+    and then their answer is lost (the connection dropped after the commit), so the device
+    sends the same events again; a store failure is what the server answers 503."""
+
+    hub: EdgeHub
+    lose_answers: int = 0
+    uploads: int = 0
+
+    def post_events(
+        self, collection: str, device: DeviceInfo, events: Sequence[bytes], queue: QueueStats
+    ) -> list[Receipt]:
+        self.uploads += 1
+        docs = [json.loads(e) for e in events]
+        try:
+            receipts = self.hub.ingest(
+                key_id="vk_test", collection=collection, device=device, events=docs
+            )
+        except StorageError as exc:
+            raise UplinkUnavailable(f"503: {exc}") from None
+        if self.lose_answers > 0:
+            self.lose_answers -= 1
+            raise UplinkUnavailable("the answer was lost after the hub stored the events")
+        return receipts
+
+    def fetch_snapshot(
+        self, collection: str, device: DeviceInfo, *, ttl_s: int | None = None
+    ) -> bytes:
+        return self.hub.snapshot(
+            key_id="vk_test", collection=collection, device=device, ttl_s=ttl_s
+        )
+
+    def public_key(self) -> str:
+        return self.hub.public_key()
+
+
 def _config(tmp_path: Path, *, drain_s: float = 5.0, send_crops: bool = False) -> AgentConfig:
     return AgentConfig(
         COLLECTION, tmp_path / "state", backoff=FAST, drain_s=drain_s, send_crops=send_crops
@@ -56,20 +99,34 @@ def test_offline_identification_delivered_exactly_once(
     two_people_video: Path,
     walkers: tuple[Person, Person],
 ) -> None:
-    uplink = _uplink(hub)
-    uplink.fail_after_store = 1  # the first upload is stored, then the connection "drops"
-    with Agent(_config(tmp_path), edge_pipeline, uplink) as agent:
+    """Every upload's answer is lost twice after the hub stored it; the device sends the same
+    events again and the hub answers ``duplicate``: two tracks, two stored events, each
+    audited once as an edge decision."""
+    uplink = _HubUplink(hub, lose_answers=2)
+    with Agent(_config(tmp_path, drain_s=20.0), edge_pipeline, uplink) as agent:
         assert agent.snapshot is None
         report = agent.run(VideoSource(two_people_video, every=2))
         assert agent.snapshot is not None and agent.snapshot.collection == COLLECTION
     assert report.tracks == 2 and report.identified == 2
-    assert report.queue.pending == 0 and report.sync.delivered >= 2
-    events = sorted(uplink.stored.values(), key=lambda e: e.first_seen)
-    assert len(events) == 2
-    for event, person in zip(events, walkers):
-        assert event.decision is not None and event.decision.person_id is not None
-        assert local_gallery.person(COLLECTION, event.decision.person_id).external_id == person.name
-        assert event.crop_jpeg is None  # no image leaves the device by default
+    assert report.queue.pending == 0 and uplink.lose_answers == 0  # both answers were lost ...
+    assert report.sync.failed == 2 and report.sync.duplicates >= 1  # ... and the events resent
+    assert hub.events_stored(COLLECTION) == 2
+    audited = [
+        e.summary["event"]
+        for e in local_gallery.audit_events(collection=COLLECTION, limit=1000)
+        if e.action == "edge.identify"
+    ]
+    assert len(audited) == len(set(audited)) == 2
+    (device,) = hub.devices()
+    assert device.events == 2
+    engine = open_engine(local_gallery.url)
+    with Session(engine) as session:  # the stored rows, not the receipts
+        rows = session.scalars(select(EdgeEventRow).order_by(EdgeEventRow.first_seen)).all()
+    engine.dispose()
+    for row, person in zip(rows, walkers, strict=True):
+        assert row.person_id is not None and row.decided_by == "device"
+        assert local_gallery.person(COLLECTION, row.person_id).external_id == person.name
+        assert row.crop is None  # no image leaves the device by default
 
 
 def test_outage_then_recovery(

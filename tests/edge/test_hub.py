@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.gallery.conftest import db_url, gallery, pg_server  # noqa: F401  (store fixtures)
+from tests.gallery.conftest import db_url, gallery  # noqa: F401  (store fixtures)
 from tests.gallery.synthetic import MODEL, consented_person, near, unit_vectors
 from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent
 from visage.edge.snapshot import verify_snapshot

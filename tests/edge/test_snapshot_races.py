@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.gallery.conftest import db_url, gallery, pg_server  # noqa: F401  (store fixtures)
+from tests.gallery.conftest import db_url, gallery  # noqa: F401  (store fixtures)
 from tests.gallery.forensics import holders, stored_embeddings
 from tests.gallery.synthetic import CALIBRATION, near
 from visage.edge.snapshot import verify_snapshot

@@ -4,6 +4,7 @@ CLI, on SQLite and PostgreSQL; identify stays right even when the store holds a 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import math
 import shutil
@@ -46,6 +47,18 @@ def refusals(db: str) -> list[dict[str, Any]]:
         )).all()
     engine.dispose()
     return [json.loads(r[0]) for r in rows]
+
+
+def audited(db: str, action: str) -> list[dict[str, Any]]:
+    """``action``'s audit events: collection, actor and decoded summary."""
+    engine = create_engine(db)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT collection, actor, summary FROM audit_event WHERE action = :a"),
+            {"a": action},
+        ).all()
+    engine.dispose()
+    return [{"collection": c, "actor": a, "summary": json.loads(s)} for c, a, s in rows]
 
 
 @pytest.fixture
@@ -138,6 +151,11 @@ def test_the_genuine_export_imports_and_finds_the_twin(
     code, out, err = run("import", str(dump), "-c", "imp", "--db", db, "--json")
     assert code == 0 and json.loads(out)["templates"] == 2, err
     assert refusals(db) == []
+    (imported,) = audited(db, "collection.import")  # the import itself is in the chain
+    assert imported["collection"] == "imp" and imported["actor"].startswith("cli")
+    summary = imported["summary"]
+    assert (summary["persons"], summary["templates"], summary["source_collection"]) == (2, 2, "demo")
+    assert summary["sha256"] == hashlib.sha256(dump.read_bytes()).hexdigest()
     probe = faces_dir / "people" / "Angelina_Jolie" / "Angelina_Jolie_0001.jpg"
     code, out, err = run("identify", str(probe), "-c", "imp", "--face", "center", "--db", db,
                          "--json")

@@ -1,4 +1,5 @@
-"""Vector indexes: exact and faiss agree, removal is final, snapshots round-trip."""
+"""Vector indexes: exact and faiss agree, removal is final, snapshots round-trip, and ``auto``
+switches from exact to IVF at 50,000 templates."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import numpy as np
 import pytest
 
 from visage.decision import distances
+from visage.gallery import EmbeddingItem, Gallery
 from visage.gallery.index import IndexSpec, load_index, make_index
+from visage.gallery.service import AUTO_FAISS_AT, AUTO_FAISS_SPEC
 
-from .synthetic import near, unit_vectors
+from .synthetic import CALIBRATION, MODEL, consented_person, near, unit_vectors
 
 SPECS = [
     "exact",
@@ -101,3 +104,26 @@ def test_removed_vectors_are_erased_before_compaction(spec: str, tmp_path: Path)
     snapshot = (tmp_path / "snap.npz").read_bytes()
     assert not any(v.tobytes() in snapshot for v in vectors[:10])
     assert load_index(tmp_path / "snap.npz").count() == 990
+
+
+def test_auto_is_exact_below_50000_templates_and_ivf_from_there(tmp_path: Path) -> None:
+    """``index="auto"`` (the default) picks by the collection's size when an index is built: at
+    49,999 templates the exact index, at 50,000 :data:`AUTO_FAISS_SPEC`, which still finds a
+    noisy copy's person. (Within a process a loaded index grows in place; the next process to
+    build one switches.)"""
+    db = tmp_path / "g.db"
+    vectors = unit_vectors(AUTO_FAISS_AT, seed=3)
+    with Gallery(db, index="auto", calibrations=[CALIBRATION]) as g:
+        g.create_collection("people", model_id=MODEL)
+        ids = [consented_person(g, f"P{i}") for i in range(100)]
+        items = [EmbeddingItem(ids[i % 100], v) for i, v in enumerate(vectors)]
+        g.enroll_many("people", items[:-1], batch_size=5000)
+    with Gallery(db, index="auto", calibrations=[CALIBRATION]) as g:
+        below = g.index("people")
+        assert (below.spec, below.count()) == ("exact", AUTO_FAISS_AT - 1)
+        g.enroll_many("people", items[-1:])
+    with Gallery(db, index="auto", calibrations=[CALIBRATION]) as g:
+        at = g.index("people")
+        assert (at.spec, at.count()) == (AUTO_FAISS_SPEC, AUTO_FAISS_AT)
+        found = g.identify("people", near(vectors[7], 0.02, seed=1), k=1)
+        assert found.best is not None and found.best.external_id == "p7"

@@ -199,6 +199,31 @@ def test_expired_consent_hides_person_from_every_search(gallery: Gallery) -> Non
         gallery.verify("people", ada, vecs[0])
 
 
+def test_search_asks_the_index_for_more_when_its_first_candidates_are_filtered_out(
+    gallery: Gallery,
+) -> None:
+    """The index's first ``max(4k, 32)`` candidates are all Ada's 40 templates: once collapsed
+    to one per person, or dropped when her consent has expired, fewer than ``k`` persons are
+    left, so the search asks again for 4x more and finds Bob, whose one template is farther."""
+    probe = unit_vectors(1, seed=21)[0]
+    ada = gallery.add_person("people", "Ada").id
+    expires = utcnow() + timedelta(seconds=CONSENT_WINDOW_S)
+    gallery.grant_consent("people", ada, basis="consent", granted_by="Ada", expires_at=expires)
+    bob, cy = consented_person(gallery, "Bob"), consented_person(gallery, "Cy")
+    nearer = [near(probe, 0.01, seed=100 + i) for i in range(40)]
+    gallery.enroll_many("people", [EmbeddingItem(ada, v) for v in nearer])
+    gallery.enroll("people", bob, near(probe, 0.03, seed=7))
+    gallery.enroll("people", cy, unit_vectors(1, seed=22)[0])
+    bob_distance = float(np.linalg.norm(near(probe, 0.03, seed=7) - probe))
+    assert bob_distance > max(float(np.linalg.norm(v - probe)) for v in nearer)  # the control
+    both = gallery.identify("people", probe, k=2)
+    assert [c.person_id for c in both.candidates] == [ada, bob]
+    assert utcnow() < expires, f"setup took over {CONSENT_WINDOW_S} s: the control is void"
+    time.sleep((expires - utcnow()).total_seconds() + 0.1)  # until just past Ada's expiry
+    after = gallery.identify("people", probe, k=1)
+    assert after.best is not None and after.best.person_id == bob
+
+
 def test_every_action_is_audited_and_probes_are_not_stored(gallery: Gallery, db_url: str) -> None:
     vecs = unit_vectors(2, seed=11)
     ada = consented_person(gallery, "Ada")

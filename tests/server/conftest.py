@@ -3,6 +3,11 @@
 One server serves the module's tests; each test works in collections of its own (tenants are
 isolated by collection), so no test sees another's data. Keys are created straight in the
 store, as ``visage keys create`` does, and the server picks them up on the next request.
+
+The store is a SQLite file. A module where the store matters (the audit chain, refusals,
+fuzzing, concurrent writers) sets ``STORES = ("sqlite", "postgresql")``: its tests then run
+once against a server on each, the PostgreSQL one on a fresh database of ``pg_server``. Only
+those modules pay for the second server (docs/server.md, "Tests", says how long).
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from visage.gallery.store import database_url, open_engine
+from tests.conftest import pg_database
+from visage.gallery.store import database_url, open_engine, sqlite_path
 from visage.server.keys_store import KeyStore
+from visage.signing import load_signing_key
 
 START_TIMEOUT_S = 90.0
 BIND_TRIES = 3
@@ -38,16 +45,27 @@ class Server:
     """A running ``visage serve``: its URL, store, an admin token, and ways to get more keys."""
 
     url: str
-    db: Path
+    store: str
     log: Path
     process: subprocess.Popen[bytes]
+    anchors: Path | None = None
+    """The audit anchors file when set (else SQLite's default beside the file)."""
+    signing_key: Path | None = None
+    """The edge signing key file when set (else SQLite's default beside the file)."""
     admin: str = ""
     _keys: KeyStore | None = field(default=None, repr=False)
 
     @property
+    def db(self) -> Path:
+        """The SQLite file of the store, for tests that read the file itself."""
+        path = sqlite_path(self.store)
+        assert path is not None, f"this test reads a SQLite file; the store is {self.store}"
+        return path
+
+    @property
     def keys(self) -> KeyStore:
         if self._keys is None:
-            self._keys = KeyStore(open_engine(database_url(self.db)))
+            self._keys = KeyStore(open_engine(self.store, anchors=self.anchors))
         return self._keys
 
     def key(
@@ -78,28 +96,54 @@ class _PortTaken(Exception):
     """Another process bound the port between :func:`free_port` and the server's bind."""
 
 
-def start_server(folder: Path, **settings: str) -> Server:
+def start_server(
+    folder: Path, *, store: str | None = None, bootstrap: bool = False, **settings: str
+) -> Server:
     """Start ``python -m visage serve`` with ``VISAGE_*`` settings and wait until it is ready.
+
+    ``store``: the store's SQLAlchemy URL (default: ``folder/gallery.db``). A store that is not
+    a SQLite file has no folder for the audit anchors and the edge signing key SQLite keeps
+    beside it: unless ``settings`` name them, they go in ``folder`` (as an operator sets them,
+    the key made as ``visage edge keygen`` makes it). ``bootstrap``: let ``visage serve`` create
+    and print its first admin key (into :attr:`Server.log`).
 
     :func:`free_port` lets the port go before the server binds it, so another process may take
     it: the server then exits ("address already in use") and is started on a new port, up to
     :data:`BIND_TRIES` times.
     """
+    url = store or database_url(folder / "gallery.db")
+    if sqlite_path(url) is None:
+        settings = {
+            "audit_anchors": str(folder / "store.audit-anchors"),
+            "edge_signing_key": str(folder / "edge-signing-key.pem"),
+            **settings,
+        }
+        folder.mkdir(parents=True, exist_ok=True)
+        if settings["edge_signing_key"]:  # "" leaves it unset, as an operator may forget to
+            load_signing_key(settings["edge_signing_key"], create=True)
     for _ in range(BIND_TRIES - 1):
         try:
-            return _start_once(folder, settings)
+            return _start_once(folder, url, bootstrap, settings)
         except _PortTaken:
             continue
-    return _start_once(folder, settings)
+    return _start_once(folder, url, bootstrap, settings)
 
 
-def _start_once(folder: Path, settings: dict[str, str]) -> Server:
+def start_beside(other: Server, folder: Path, **settings: str) -> Server:
+    """Another server process on ``other``'s store, audit anchors and edge signing key: two
+    deployments (or hosts) sharing one database."""
+    shared = {"audit_anchors": str(other.anchors)} if other.anchors else {}
+    if other.signing_key:
+        shared["edge_signing_key"] = str(other.signing_key)
+    return start_server(folder, store=other.store, **shared, **settings)
+
+
+def _start_once(folder: Path, url: str, bootstrap: bool, settings: dict[str, str]) -> Server:
     folder.mkdir(parents=True, exist_ok=True)
-    db = folder / "gallery.db"
     port = free_port()
     env = {
         **os.environ,
-        "VISAGE_DB": str(db),
+        "VISAGE_DB": url,
         "VISAGE_HOST": "127.0.0.1",
         "VISAGE_PORT": str(port),
         "VISAGE_LOG_LEVEL": "warning",
@@ -108,12 +152,26 @@ def _start_once(folder: Path, settings: dict[str, str]) -> Server:
     log = folder / "server.log"
     with open(log, "wb") as out:
         process = subprocess.Popen(
-            [sys.executable, "-m", "visage", "serve", "--no-bootstrap-key"],
+            [
+                sys.executable,
+                "-m",
+                "visage",
+                "serve",
+                *([] if bootstrap else ["--no-bootstrap-key"]),
+            ],
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
-    server = Server(url=f"http://127.0.0.1:{port}", db=db, log=log, process=process)
+    named = {k: Path(settings[k]) for k in ("audit_anchors", "edge_signing_key") if settings.get(k)}
+    server = Server(
+        url=f"http://127.0.0.1:{port}",
+        store=url,
+        log=log,
+        process=process,
+        anchors=named.get("audit_anchors"),
+        signing_key=named.get("edge_signing_key"),
+    )
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -147,9 +205,27 @@ def stop_server(server: Server) -> None:
         server.process.wait()
 
 
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a module declaring ``STORES`` once per store kind it names."""
+    stores = getattr(metafunc.module, "STORES", None)
+    if stores and "store" in metafunc.fixturenames:
+        metafunc.parametrize("store", stores, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("server"))
+def store(request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The module's store URL: ``None`` (SQLite in the server's folder) or a fresh PostgreSQL
+    database."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    with pg_database(request.getfixturevalue("pg_server")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, store: str | None) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("server"), store=store)
     yield running
     stop_server(running)
     errors = [line for line in running.log_tail(100_000).splitlines() if "Traceback" in line]

@@ -9,7 +9,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .conftest import Server
+from visage.gallery.store import MAX_INTEGER
+
+from .conftest import Server, problem
+
+STORES = ("sqlite", "postgresql")  # tests/server/conftest.py: once on each store
 
 
 def sha(data: bytes) -> str:
@@ -157,3 +161,20 @@ def test_audit_reads_newest_first_and_pages_back(server: Server, collection: str
         ).json()["items"]
         assert len(created) >= 4 and all(e["action"] == "person.create" for e in created)
         assert [e["seq"] for e in created] == sorted((e["seq"] for e in created), reverse=True)
+
+
+def test_seq_and_id_bounds_are_what_every_store_holds(server: Server, collection: str) -> None:
+    """The largest audit seq or template id a request may name is the largest a PostgreSQL
+    INTEGER holds: at the bound the store answers; above it the request is a 422, not a
+    ``DataError`` answered 503 (what the fuzzer found on PostgreSQL with ``before=2**62``)."""
+    with server.client(server.admin) as client:
+        person = client.post(
+            f"/v1/collections/{collection}/persons", json={"display_name": "Bound"}
+        ).json()["id"]
+        faces = f"/v1/collections/{collection}/persons/{person}/faces"
+        for name in ("after", "before"):
+            at_bound = client.get("/v1/audit", params={name: MAX_INTEGER})
+            assert at_bound.status_code == 200, at_bound.text
+            problem(client.get("/v1/audit", params={name: MAX_INTEGER + 1}), 422)
+        problem(client.delete(f"{faces}/{MAX_INTEGER}"), 404)  # no such template
+        problem(client.delete(f"{faces}/{MAX_INTEGER + 1}"), 422)

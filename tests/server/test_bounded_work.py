@@ -10,11 +10,16 @@ from __future__ import annotations
 import io
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
+import numpy as np
+import pytest
 from PIL import Image
 
-from .conftest import Server, problem
+from .conftest import Server, problem, start_server, stop_server
+from .test_exposure import unit
 
 BUDGET_S = 1.0
 """The stated cost of any photo on the project's 2-core machine."""
@@ -90,3 +95,84 @@ def test_another_clients_identify_is_not_stalled(
     assert [w[0] for w in waited] == [200, 200], waited
     # The victim waits for at most the big photo in progress, not for the attacker's queue.
     assert all(w[1] < alone + 2 * attack_alone for w in waited), (alone, attack_alone, waited)
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server taking one request at a time and at most three items per batch."""
+    running = start_server(
+        tmp_path_factory.mktemp("narrow"), threads="1", max_batch="3", rate_limit="0"
+    )
+    yield running
+    stop_server(running)
+
+
+def test_max_batch_bounds_every_batch_route(narrow: Server) -> None:
+    """``max_batch=3`` ("most photos or embeddings in one group or bulk request"): three items
+    are served, four refused naming the bound, for grouping and bulk enrollment, JSON (422;
+    bulk JSON enrollment took any number up to 1000 before) and multipart (400)."""
+    rng = np.random.default_rng(4)
+    vectors = [unit(rng) for _ in range(4)]
+    with narrow.client(narrow.admin) as client:
+        assert client.post("/v1/collections", json={"name": "batch"}).status_code == 201
+        person = client.post("/v1/collections/batch/persons", json={"display_name": "B"})
+        pid = person.json()["id"]
+        consent = {"basis": "consent", "granted_by": "B"}
+        assert client.post(f"/v1/collections/batch/persons/{pid}/consents", json=consent
+                           ).status_code == 201  # fmt: skip
+        calls = {
+            "group": lambda n: client.post(
+                "/v1/group", params={"purpose": "t"}, json={"embeddings": vectors[:n]}),
+            "bulk": lambda n: client.post(
+                "/v1/collections/batch/faces/bulk", params={"purpose": "t"},
+                json={"items": [{"person": pid, "embedding": v} for v in vectors[:n]]}),
+            "bulk photos": lambda n: client.post(
+                "/v1/collections/batch/faces/bulk",
+                files=[("photos", (f"{i}.png", png(Image.new("RGB", (64, 64))), "image/png"))
+                       for i in range(n)], data={"person": [pid] * n}),
+        }  # fmt: skip
+        for name, call in calls.items():
+            served = call(3)
+            assert served.status_code == 200, (name, served.text)
+            if name == "bulk photos":  # refused by the form parser, before a photo is read
+                refused = problem(call(4), 400)
+                assert "Maximum number of files is 3" in str(refused["detail"]), refused
+            else:
+                refused = problem(call(4), 422)
+                assert "4 items; at most 3 per request" in str(refused["detail"]), (name, refused)
+
+
+def test_requests_beyond_the_threads_wait_their_turn(
+    narrow: Server, people_photos: list[Path]
+) -> None:
+    """``threads=1``: while a slow photo is worked on, /healthz still answers at once (no
+    request thread), and the requests that came after it wait: none is answered before it,
+    all are answered. (Not in strict arrival order: a request takes several turns on the
+    threads, auth then handler, and a later one's turn can come between; seen 1, 2, 0, 3.)"""
+    flat = png(Image.new("RGB", (4000, 4000), (128, 128, 128)))
+    done: list[tuple[int, int]] = []
+
+    def ask(n: int) -> None:
+        status, _, _ = timed_post(narrow, narrow.admin, "/v1/detect",
+                                  people_photos[n].read_bytes(), "image/jpeg")  # fmt: skip
+        done.append((n, status))
+
+    def big() -> None:
+        done.append((-1, timed_post(narrow, narrow.admin, "/v1/detect", flat, "image/png")[0]))
+
+    slow = threading.Thread(target=big)
+    slow.start()
+    time.sleep(0.3)  # the big photo holds the only thread
+    start = time.perf_counter()
+    assert httpx.get(f"{narrow.url}/healthz", timeout=5).status_code == 200
+    health_s = time.perf_counter() - start
+    queued = []
+    for n in range(4):
+        queued.append(threading.Thread(target=ask, args=(n,)))
+        queued[-1].start()
+        time.sleep(0.1)  # a clear arrival order
+    for thread in [slow, *queued]:
+        thread.join()
+    assert [status for _, status in done] == [200] * 5
+    assert done[0][0] == -1 and sorted(n for n, _ in done[1:]) == [0, 1, 2, 3], done
+    assert health_s < 0.5, health_s

@@ -22,6 +22,7 @@ from tests.conftest import two_face_photo
 from .conftest import Server, problem
 from .test_refusals import JPEG, assert_refusal, events_since, head
 
+STORES = ("sqlite", "postgresql")  # tests/server/conftest.py: once on each store
 CLEAR = "Al_Sharpton/Al_Sharpton_0001"
 """Passes the quality gate; blurred (radius 2) it fails on sharpness alone (tests/test_quality.py)."""
 OTHER = "Angelina_Jolie/Angelina_Jolie_0002"

@@ -9,10 +9,13 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import numpy as np
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
+from tests.conftest import pg_database
 from visage.cli import app
 
 from .conftest import Server, problem, start_server, stop_server
@@ -184,3 +187,44 @@ def test_one_collection_name_rule_for_cli_http_and_keys(
             assert doc["type"] == "urn:visage:problem:validation-error"
             names = [c["name"] for c in client.get("/v1/collections").json()["items"]]
         assert bad not in names
+
+
+def test_every_503_names_what_is_unavailable(
+    tmp_path: Path, pg_server: str, people_photos: list[Path]
+) -> None:
+    """The server's 503s, each a one-line problem with its own type and no SQL: the store
+    gone (``not-ready`` from /readyz, ``storage-unavailable`` from a route, the key lookup
+    included), and an edge route on a store with no signing key configured."""
+    with pg_database(pg_server) as url:
+        unsigned = start_server(tmp_path / "unsigned", store=url, edge_signing_key="")
+        try:
+            device = unsigned.key(["device"], ["*"])
+            with unsigned.client(device) as client:
+                doc = problem(client.get("/v1/edge/public-key"), 503)
+            assert doc["type"] == "urn:visage:problem:storage-unavailable"
+            assert "VISAGE_EDGE_SIGNING_KEY" in str(doc["detail"])
+        finally:
+            stop_server(unsigned)
+    with pg_database(pg_server) as url:
+        server = start_server(tmp_path / "gone", store=url)
+        try:
+            with server.client(server.admin) as client:  # the control: all is well
+                assert httpx.get(f"{server.url}/readyz").status_code == 200
+                assert client.post("/v1/collections", json={"name": "c"}).status_code == 201
+            admin = url.replace("postgresql+psycopg://", "postgresql://").rsplit("/", 1)[0]
+            with psycopg.connect(admin + "/postgres", autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE "{url.rsplit("/", 1)[1]}" WITH (FORCE)')
+            ready = problem(httpx.get(f"{server.url}/readyz"), 503)
+            assert ready["type"] == "urn:visage:problem:not-ready", ready
+            with server.client(server.admin) as client:
+                for answer in (
+                    client.get("/v1/collections"),
+                    client.post("/v1/detect", content=people_photos[0].read_bytes(),
+                                headers={"content-type": "image/jpeg"}),
+                ):  # fmt: skip
+                    doc = problem(answer, 503)
+                    assert doc["type"] == "urn:visage:problem:storage-unavailable", doc
+                    assert not any(word in str(doc) for word in SQL_WORDS), doc
+            assert httpx.get(f"{server.url}/healthz").status_code == 200  # alive, not ready
+        finally:
+            stop_server(server)

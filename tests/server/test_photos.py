@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -318,3 +320,80 @@ def test_two_photo_verify_uses_the_picked_face_of_each(
     assert doc["other_box"]["right"] <= 250, doc
     wrong = verify({"face": "0", "other_face": "center"}).json()
     assert wrong["same"] is False and wrong["box"]["right"] <= 250, wrong
+
+
+def _person(client: httpx.Client, collection: str, name: str) -> str:
+    made = client.post(f"/v1/collections/{collection}/persons", json={"display_name": name})
+    assert made.status_code == 201, made.text
+    pid = str(made.json()["id"])
+    consent = {"basis": "consent", "granted_by": name}
+    granted = client.post(f"/v1/collections/{collection}/persons/{pid}/consents", json=consent)
+    assert granted.status_code == 201, granted.text
+    return pid
+
+
+def test_largest_and_numbered_face_picks_enroll_the_face_they_name(
+    server: Server, people: dict[str, list[Path]], tmp_path: Path
+) -> None:
+    """In a two-person photo (b's face the larger, a's the smaller), ``face=largest`` picks b's
+    and ``face=1`` a's, for verify and for enrollment: each person enrolled from the shared
+    photo is then found from another photo of their own."""
+    (_, a), (_, b) = list(people.items())[:2]
+    group = two_face_photo(b[0], a[0], tmp_path / "two.jpg").read_bytes()
+    jpeg = {"content-type": "image/jpeg"}
+    coll = f"picks-{uuid.uuid4().hex[:8]}"
+    with server.client(server.admin) as client:
+        assert client.post("/v1/collections", json={"name": coll}).status_code == 201
+        largest = client.post(
+            "/v1/verify",
+            params={"face": "largest", "other_face": "center", "purpose": "test"},
+            files={"photo": ("two.jpg", group, "image/jpeg"),
+                   "other_photo": ("b.jpg", b[1].read_bytes(), "image/jpeg")},
+        )  # fmt: skip
+        assert largest.status_code == 200, largest.text
+        assert largest.json()["same"] is True and largest.json()["box"]["right"] <= 250
+        ids = {}
+        for who, pick in (("a", "1"), ("b", "largest")):
+            ids[who] = _person(client, coll, who)
+            enrolled = client.post(
+                f"/v1/collections/{coll}/persons/{ids[who]}/faces",
+                params={"face": pick, "purpose": "test"}, content=group, headers=jpeg,
+            )  # fmt: skip
+            assert enrolled.status_code == 201, enrolled.text
+        for who, photos in (("a", a), ("b", b)):
+            found = client.post(
+                f"/v1/collections/{coll}/identify", params={"face": "center", "purpose": "test"},
+                content=photos[2].read_bytes(), headers=jpeg,
+            )  # fmt: skip
+            assert found.status_code == 200, found.text
+            best = found.json()["faces"][0]["candidates"][0]
+            assert best["person_id"] == ids[who] and best["same"], found.json()
+
+
+def test_enrollment_photos_are_kept_only_in_keep_images_collections(
+    server: Server, people: dict[str, list[Path]]
+) -> None:
+    """The same photo enrolled into a ``keep_images`` collection and a plain one: only the
+    first holds its bytes (``has_image``, and the exact bytes in the store); the plain one
+    holds the template alone."""
+    photo = next(iter(people.values()))[1].read_bytes()
+    held = {}
+    with server.client(server.admin) as client:
+        for keep in (True, False):
+            coll = f"keep-{keep}-{uuid.uuid4().hex[:6]}"
+            made = client.post("/v1/collections", json={"name": coll, "keep_images": keep})
+            assert made.status_code == 201 and made.json()["keep_images"] is keep, made.text
+            pid = _person(client, coll, "Kept")
+            faces = f"/v1/collections/{coll}/persons/{pid}/faces"
+            enrolled = client.post(
+                faces, params={"face": "center", "purpose": "test"}, content=photo,
+                headers={"content-type": "image/jpeg"},
+            )  # fmt: skip
+            assert enrolled.status_code == 201, enrolled.text
+            (listed,) = client.get(faces).json()["items"]
+            held[keep] = (listed["has_image"], enrolled.json()["template_id"])
+    assert held[True][0] is True and held[False][0] is False
+    with sqlite3.connect(server.db) as conn:
+        images = dict(conn.execute("SELECT id, image FROM template WHERE id IN (?, ?)",
+                                   (held[True][1], held[False][1])).fetchall())  # fmt: skip
+    assert images == {held[True][1]: photo, held[False][1]: None}

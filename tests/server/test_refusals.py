@@ -26,13 +26,14 @@ from visage.server.auth import SECURITY_LOG_BURST, SECURITY_LOG_RATE
 
 from .conftest import Server, problem, start_server, stop_server
 
+STORES = ("sqlite", "postgresql")  # tests/server/conftest.py: once on each store
 JPEG = {"content-type": "image/jpeg"}
 SUMMARY_KEYS = {"reason", "detail", "k", "person", "items", "persons", "method", "path"}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("refusals"), max_faces="2")
+def server(tmp_path_factory: pytest.TempPathFactory, store: str | None) -> Iterator[Server]:
+    running = start_server(tmp_path_factory.mktemp("refusals"), store=store, max_faces="2")
     yield running
     stop_server(running)
     assert "Traceback" not in running.log_tail(100_000), running.log_tail()

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
-from .conftest import Server, problem
+from .conftest import Server, problem, start_server, stop_server
 
 # method, path ({c}: the test's collection), the scope it needs (None: any key).
 ROUTES: list[tuple[str, str, str | None]] = [
@@ -162,3 +164,62 @@ def test_health_readiness_and_metrics_are_open(server: Server) -> None:
     assert 'route="/readyz"' in text
     with server.client(server.admin) as admin:
         assert "visage_gallery_templates" in admin.get("/metrics").text
+
+
+def _exhaust(client: httpx.Client) -> httpx.Response:
+    """Spend the key's bucket on allowed calls; the first 429."""
+    for _ in range(300):
+        response = client.get("/v1/collections")
+        if response.status_code == 429:
+            return response
+        assert response.status_code == 200, response.text
+    raise AssertionError("no 429 after 300 requests")
+
+
+def test_refusals_come_in_order_401_then_429_then_403(server: Server, collection: str) -> None:
+    """docs/server.md: 401 (no, unknown or revoked key), then 429 (the key's rate), then 403
+    (scope, then collection). With its bucket empty, the key's forbidden calls are 429 (a key
+    cannot probe its rights faster than its rate), a wrong secret for its id is still 401; once
+    the bucket refills, the same calls are 403 for the scope, then for the collection."""
+    token = server.key(["identify"], [collection], rate=0.5)
+    forbidden_scope = ("POST", f"/v1/collections/{collection}/persons")  # needs enroll
+    foreign = ("POST", "/v1/collections/elsewhere/identify?purpose=t")  # not its collection
+    with server.client(token) as client:
+        limited = _exhaust(client)
+        problem(limited, 429)
+        for method, path in (forbidden_scope, foreign):
+            problem(client.request(method, path, json={"display_name": "x"}), 429)
+    wrong = token.split(".")[0] + ".not-the-secret"
+    with server.client(wrong) as client:
+        problem(client.get("/v1/collections"), 401)
+    time.sleep(int(limited.headers["retry-after"]))
+    with server.client(token) as client:
+        scope = problem(client.request(*forbidden_scope, json={"display_name": "x"}), 403)
+        assert "enroll" in str(scope["detail"]), scope
+        time.sleep(2.0)  # the next token, at 0.5 per second
+        other = problem(client.request(*foreign, json={"embeddings": [[0.1] * 128]}), 403)
+        assert "elsewhere" in str(other["detail"]), other
+
+
+def test_the_first_start_creates_one_admin_key_and_shows_it_once(tmp_path: Path) -> None:
+    """``visage serve`` on a store without keys creates an admin key and prints it; the key
+    works for every collection; a restart with keys present prints none and creates none."""
+    first = start_server(tmp_path, bootstrap=True)
+    try:
+        printed = re.findall(r"vk_[0-9a-f]{12}\.[A-Za-z0-9_-]+", first.log_tail(100_000))
+        assert len(printed) == 1, first.log_tail()
+        with first.client(printed[0]) as client:
+            assert client.post("/v1/collections", json={"name": "boot"}).status_code == 201
+            assert client.get("/v1/audit/verify").json()["ok"]
+        names = sorted(k.name for k in first.keys.keys())  # noqa: SIM118 (a KeyStore)
+        assert names == ["bootstrap admin", "test"]  # its own and the fixture's
+    finally:
+        stop_server(first)
+    again = start_server(tmp_path, bootstrap=True)
+    try:
+        log = again.log_tail(100_000)
+        assert "API keys exist" in log and not re.findall(r"vk_[0-9a-f]{12}\.", log), log
+        names = sorted(k.name for k in again.keys.keys())  # noqa: SIM118 (a KeyStore)
+        assert names == ["bootstrap admin", "test", "test"]
+    finally:
+        stop_server(again)

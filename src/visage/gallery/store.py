@@ -69,6 +69,11 @@ PRIVATE_FILE = 0o600
 PRIVATE_DIR = 0o700
 """Mode of every folder the store creates (the database's folder, the index folder)."""
 
+MAX_INTEGER = 2**31 - 1
+"""The largest value an ``Integer`` column holds on every supported store (PostgreSQL's
+INTEGER is 32 bits; SQLite's is 64): the bound for audit seqs and row ids taken from a
+request, so a larger one is refused as input rather than failing in the database."""
+
 
 def private_dir(path: Path) -> None:
     """Create ``path`` and its missing parents owner-only (:data:`PRIVATE_DIR`); folders that

@@ -27,11 +27,13 @@ smaller at the end of each axis, as dlib does, so the graph pads explicitly.
 Conversion is deterministic (same source bytes, same :data:`CONVERTER_VERSION`: same output
 bytes) and cached by :func:`converted_model_path` under ``$VISAGE_CACHE`` or
 ``~/.cache/visage``, in a file named by the source's sha256 and the converter version, written
-atomically. Nothing is downloaded and nothing converted is shipped.
+atomically with its own sha256 beside it (checked before each use). Nothing is downloaded and
+nothing converted is shipped.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -465,14 +467,33 @@ def cache_name(kind: str) -> str:
 
 
 def converted_model_path(kind: str) -> Path:
-    """Path of the ONNX conversion of ``kind``, converting (about a second) on first use."""
+    """Path of the ONNX conversion of ``kind``, converting (about a second) on first use.
+
+    The cached file is used only while its bytes match the sha256 written beside it
+    (``<file>.sha256``) when it was converted: a cache corrupted on disk would otherwise load
+    and answer with wrong distances (one flipped byte in the embedder moved a genuine pair
+    from 0.34 to 0.07). A file that does not match, or has no digest, is converted again from
+    the shipped weights, whose own sha256 :func:`~.weights.model_path` checks.
+    """
     path = cache_dir() / cache_name(kind)
-    if path.is_file():
-        return path
+    digest = path.with_name(path.name + ".sha256")
+    if path.is_file() and digest.is_file():
+        if _sha256(path) == digest.read_text("ascii").strip():
+            return path
+        log.warning("cached ONNX model %s does not match its sha256: converting it again", path)
     log.info("converting dlib model %s to ONNX at %s", kind, path)
     data = convert(kind).SerializeToString(deterministic=True)
     write_atomic(path, data)
+    write_atomic(digest, hashlib.sha256(data).hexdigest().encode("ascii"))
     return path
+
+
+def _sha256(path: Path) -> str:
+    found = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            found.update(block)
+    return found.hexdigest()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

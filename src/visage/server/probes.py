@@ -100,6 +100,12 @@ class FaceBatch:
     items: int
 
 
+def check_batch(count: int, max_batch: int) -> None:
+    """Refuse a request of more than ``max_batch`` items (the ``max_batch`` setting)."""
+    if count > max_batch:
+        raise InputError(f"{count} items; at most {max_batch} per request")
+
+
 def read_batch(
     body: PhotoBatch | EmbeddingsIn, pipeline: ServicePipeline, *, max_batch: int
 ) -> FaceBatch:
@@ -108,8 +114,7 @@ def read_batch(
     count = len(body.photos) if isinstance(body, PhotoBatch) else len(body.embeddings)
     if count == 0:
         raise InputError("send photos in the multipart field 'photos', or embeddings as JSON")
-    if count > max_batch:
-        raise InputError(f"{count} items; at most {max_batch} per request")
+    check_batch(count, max_batch)
     tags: list[FaceTag] = []
     rows: list[npt.NDArray[np.float32]] = []
     failed: list[tuple[int, str | None, VisageError]] = []

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
+from ...gallery.store import MAX_INTEGER
 from ..auth import ensure_sees
 from ..deps import AdminKey, GalleryDep, Purpose
 from ..problems import problem_responses
@@ -20,9 +21,11 @@ def list_audit_events(
     gallery: GalleryDep,
     collection: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     action: Annotated[str | None, Query(min_length=1, max_length=60)] = None,
-    after: Annotated[int, Query(ge=0, le=2**62, description="Return events after this seq")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_INTEGER, description="Return events after this seq")
+    ] = 0,
     before: Annotated[
-        int | None, Query(ge=1, le=2**62, description="Return events before this seq")
+        int | None, Query(ge=1, le=MAX_INTEGER, description="Return events before this seq")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     order: Annotated[

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Path
 
 from ...errors import InputError, VisageError
 from ...gallery import EmbeddingItem
+from ...gallery.store import MAX_INTEGER
 from ..bodies import BULK_BODY, TEMPLATE_BODY, Upload
 from ..deps import (
     BulkBody,
@@ -20,9 +21,11 @@ from ..deps import (
     MetricsDep,
     PersonPath,
     Purpose,
+    SettingsDep,
     TemplateBody,
     face_pick,
 )
+from ..probes import check_batch
 from ..problems import Problem, problem_body, problem_responses
 from ..schemas import (
     BulkIn,
@@ -88,7 +91,7 @@ def delete_face(
     key: EnrollKey,
     collection: CollectionPath,
     person: PersonPath,
-    template_id: Annotated[int, Path(ge=1, le=2**62, description="The template's id")],
+    template_id: Annotated[int, Path(ge=1, le=MAX_INTEGER, description="The template's id")],
     gallery: GalleryDep,
     purpose: Purpose = None,
 ) -> RemovedOut:
@@ -104,6 +107,7 @@ def enroll_bulk(
     body: BulkBody,
     gallery: GalleryDep,
     metrics: MetricsDep,
+    settings: SettingsDep,
     face: FaceQuery = None,
     purpose: Purpose = None,
 ) -> BulkOut:
@@ -111,6 +115,7 @@ def enroll_bulk(
     gets its own result or problem and the batch goes on. Embeddings sent as JSON items are
     enrolled in one transaction instead: all of them, or none and one problem."""
     if isinstance(body, BulkIn):
+        check_batch(len(body.items), settings.max_batch)  # multipart: checked while parsing
         return _enroll_embeddings(key.id, collection, body, gallery, metrics, purpose)
     if not body.photos:
         raise InputError("send photos in the multipart field 'photos'")
