@@ -202,7 +202,7 @@ BREAKS = (
         "edge-idempotency-ignored",
         "An edge event is stored once: an upload retried after a lost answer comes back duplicate.",
         "docs/gallery.md, src/visage/edge/sync.py",
-        "src/visage/edge/hub.py",
+        "src/visage/server/hub.py",
         "                if event.key in existing or event.key in receipts:",
         "                if event.key in receipts:",
         ("tests/edge/test_agent.py::test_offline_identification_delivered_exactly_once",),
