@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from tests.edge.conftest import COLLECTION, Person
 from visage.edge.agent import Agent, AgentConfig
-from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent, Receipt
+from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent, EventWire, Receipt
 from visage.edge.queue import EventQueue, QueueStats
 from visage.edge.sync import Backoff, MemoryUplink, Syncer, UplinkRejected, UplinkUnavailable
 from visage.edge.video import VideoSource
@@ -62,7 +62,7 @@ class _HubUplink:
         self, collection: str, device: DeviceInfo, events: Sequence[bytes], queue: QueueStats
     ) -> list[Receipt]:
         self.uploads += 1
-        docs = [json.loads(e) for e in events]
+        docs = [EventWire.model_validate_json(e) for e in events]
         try:
             receipts = self.hub.ingest(
                 key_id="vk_test", collection=collection, device=device, events=docs
@@ -202,11 +202,11 @@ def test_hub_stores_once_audits_and_registers(
     undecided = _event("e2", 2, vectors[1])
     stale = _event("e4", 4, vectors[0], DeviceDecision("f" * 32, 0.2, 0.6, 1))  # gone from server
     docs = [
-        decided.to_json(),
-        undecided.to_json(),
-        {"key": "e3", "embedding": "!!"},
-        stale.to_json(),
-        decided.to_json(),
+        decided.to_wire(),
+        undecided.to_wire(),
+        decided.to_wire().model_copy(update={"key": "e3", "embedding": "!!"}),
+        stale.to_wire(),
+        decided.to_wire(),
     ]
     first = hub.ingest(key_id="vk_test", collection=COLLECTION, device=DEVICE, events=docs)
     assert [r.status for r in first] == ["stored", "stored", "rejected", "stored", "duplicate"]

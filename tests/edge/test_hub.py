@@ -13,7 +13,7 @@ import pytest
 
 from tests.gallery.conftest import db_url, gallery  # noqa: F401  (store fixtures)
 from tests.gallery.synthetic import MODEL, consented_person, near, unit_vectors
-from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent
+from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent, EventWire
 from visage.edge.snapshot import verify_snapshot
 from visage.gallery import EmbeddingItem, Gallery
 from visage.gallery.store import open_engine
@@ -38,9 +38,9 @@ def _people(g: Gallery, n: int = 3) -> tuple[list[str], np.ndarray]:
 
 def _event(
     key: str, vector: np.ndarray, decision: DeviceDecision | None = None
-) -> dict[str, object]:
+) -> EventWire:
     now = datetime.now(UTC)
-    return EdgeEvent(key, DEVICE.id, 1, now, now, 4, 0.8, MODEL, vector, decision).to_json()
+    return EdgeEvent(key, DEVICE.id, 1, now, now, 4, 0.8, MODEL, vector, decision).to_wire()
 
 
 def test_ingest_exactly_once_even_concurrently(hub: EdgeHub, gallery: Gallery) -> None:  # noqa: F811

@@ -20,7 +20,6 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.gallery.conftest import pg_server  # noqa: F401  (the PostgreSQL cluster)
 from tests.gallery.synthetic import CALIBRATION, MODEL, consented_person, near, unit_vectors
 from visage.errors import StorageError
 from visage.gallery import EmbeddingItem, Gallery
@@ -51,7 +50,7 @@ class Cluster:
 
 
 @pytest.fixture
-def cluster(pg_server: str) -> Cluster:  # noqa: F811
+def cluster(pg_server: str) -> Cluster:
     parsed = make_url(pg_server)
     admin = pg_server.replace("postgresql+psycopg://", "postgresql://")
     return Cluster(admin, str(parsed.host), int(parsed.port or 5432))

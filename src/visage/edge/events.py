@@ -15,11 +15,12 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from ..align import CHIP_SIZE
 from ..errors import InputError
@@ -71,6 +72,69 @@ class DeviceDecision:
         return self.person_id is None
 
 
+MAX_DIM = 4096
+"""Longest embedding an event may carry (the collection's ``dim`` decides what it must be)."""
+
+Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
+Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware times, normalised to UTC (a time that cannot be expressed in UTC is refused)."""
+    if value.tzinfo is None:
+        raise ValueError("a time zone is required")
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range") from None
+
+
+UtcTime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DecisionWire(_Wire):
+    """A device decision on the wire."""
+
+    person_id: str | None = Field(None, min_length=1, max_length=32)
+    distance: Finite | None = None
+    threshold: Finite
+    snapshot: Int32
+
+
+class EventWire(_Wire):
+    """An :class:`EdgeEvent` on the wire: what the agent queues and uploads and what
+    ``POST /v1/edge/events`` validates (one schema for both ends)."""
+
+    key: str = Field(
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Idempotency key: the same event of a device is stored once",
+    )
+    device: str = Field(pattern=DEVICE_ID_PATTERN)
+    track: Int32
+    first_seen: UtcTime
+    last_seen: UtcTime
+    detections: Int32
+    quality: float = Field(ge=0, le=1, allow_inf_nan=False)
+    model_id: str = Field(min_length=1, max_length=100)
+    embedding: str = Field(
+        min_length=1,
+        max_length=(4 * MAX_DIM * 4) // 3 + 4,
+        description="base64 of little-endian float32, L2-normalised",
+    )
+    decision: DecisionWire | None = None
+    crop_jpeg: str | None = Field(
+        None,
+        max_length=90_000,
+        description="base64 JPEG of the 150x150 face chip (sent only when the operator enabled "
+        "crops); kept only in a keep_images collection for an identified person with valid "
+        "consent",
+    )
+
+
 @dataclass(frozen=True)
 class EdgeEvent:
     """One closed track as reported by a device. ``embedding`` ``(dim,) float32`` L2-normalised."""
@@ -99,32 +163,36 @@ class EdgeEvent:
             np.ascontiguousarray(self.embedding, dtype="<f4").tobytes()
         ).hexdigest()
 
-    def to_json(self) -> dict[str, Any]:
+    def to_wire(self) -> EventWire:
+        """This event as it travels (quality to 4 places, distances to 6)."""
         d = self.decision
-        return {
-            "key": self.key,
-            "device": self.device_id,
-            "track": self.track,
-            "first_seen": self.first_seen.isoformat(),
-            "last_seen": self.last_seen.isoformat(),
-            "detections": self.detections,
-            "quality": round(self.quality, 4),
-            "model_id": self.model_id,
-            "embedding": base64.b64encode(
+        return EventWire(
+            key=self.key,
+            device=self.device_id,
+            track=self.track,
+            first_seen=self.first_seen,
+            last_seen=self.last_seen,
+            detections=self.detections,
+            quality=round(self.quality, 4),
+            model_id=self.model_id,
+            embedding=base64.b64encode(
                 np.ascontiguousarray(self.embedding, dtype="<f4").tobytes()
             ).decode("ascii"),
-            "decision": None
+            decision=None
             if d is None
-            else {
-                "person_id": d.person_id,
-                "distance": None if d.distance is None else round(d.distance, 6),
-                "threshold": d.threshold,
-                "snapshot": d.snapshot,
-            },
-            "crop_jpeg": None
+            else DecisionWire(
+                person_id=d.person_id,
+                distance=None if d.distance is None else round(d.distance, 6),
+                threshold=d.threshold,
+                snapshot=d.snapshot,
+            ),
+            crop_jpeg=None
             if self.crop_jpeg is None
             else base64.b64encode(self.crop_jpeg).decode("ascii"),
-        }
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return self.to_wire().model_dump(mode="json")
 
     def to_bytes(self) -> bytes:
         """The compact JSON queued and uploaded."""
@@ -132,45 +200,45 @@ class EdgeEvent:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any], *, dim: int) -> EdgeEvent:
-        """Parse an uploaded event; :class:`InputError` saying what is wrong."""
+        """Parse an event as the agent queued it; :class:`InputError` saying what is wrong."""
         try:
-            raw = base64.b64decode(doc["embedding"], validate=True)
-            if len(raw) != 4 * dim:
-                raise InputError(f"embedding has {len(raw) // 4} values; the collection uses {dim}")
-            vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-            if not np.all(np.isfinite(vector)) or abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
-                raise InputError("embedding is not an L2-normalised finite vector")
-            crop = doc.get("crop_jpeg")
-            crop_bytes = _chip_jpeg(base64.b64decode(crop, validate=True)) if crop else None
-            d = doc.get("decision")
-            first, last = (
-                datetime.fromisoformat(doc["first_seen"]),
-                datetime.fromisoformat(doc["last_seen"]),
-            )
-            if first.tzinfo is None or last.tzinfo is None:
-                raise InputError("times must carry a time zone")
-            return cls(
-                key=str(doc["key"]),
-                device_id=str(doc["device"]),
-                track=int(doc["track"]),
-                first_seen=first,
-                last_seen=last,
-                detections=int(doc["detections"]),
-                quality=float(doc["quality"]),
-                model_id=str(doc["model_id"]),
-                embedding=vector,
-                decision=None
-                if d is None
-                else DeviceDecision(
-                    person_id=d["person_id"],
-                    distance=None if d["distance"] is None else float(d["distance"]),
-                    threshold=float(d["threshold"]),
-                    snapshot=int(d["snapshot"]),
-                ),
-                crop_jpeg=crop_bytes,
-            )
-        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            wire = EventWire.model_validate(doc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise InputError(f"malformed edge event ({where}: {first['msg']})") from None
+        return cls.from_wire(wire, dim=dim)
+
+    @classmethod
+    def from_wire(cls, wire: EventWire, *, dim: int) -> EdgeEvent:
+        """The event a checked wire form carries, for a collection of ``dim``; :class:`InputError`
+        for an embedding of another size, not unit length, or a crop that is not a face chip."""
+        try:
+            raw = base64.b64decode(wire.embedding, validate=True)
+            crop = base64.b64decode(wire.crop_jpeg, validate=True) if wire.crop_jpeg else None
+        except (ValueError, binascii.Error) as exc:
             raise InputError(f"malformed edge event ({exc!s})") from None
+        if len(raw) != 4 * dim:
+            raise InputError(f"embedding has {len(raw) // 4} values; the collection uses {dim}")
+        vector = np.frombuffer(raw, dtype="<f4").astype(np.float32)
+        if not np.all(np.isfinite(vector)) or abs(float(np.linalg.norm(vector)) - 1.0) > 1e-3:
+            raise InputError("embedding is not an L2-normalised finite vector")
+        d = wire.decision
+        return cls(
+            key=wire.key,
+            device_id=wire.device,
+            track=wire.track,
+            first_seen=wire.first_seen,
+            last_seen=wire.last_seen,
+            detections=wire.detections,
+            quality=wire.quality,
+            model_id=wire.model_id,
+            embedding=vector,
+            decision=None
+            if d is None
+            else DeviceDecision(d.person_id, d.distance, d.threshold, d.snapshot),
+            crop_jpeg=_chip_jpeg(crop) if crop is not None else None,
+        )
 
 
 def _chip_jpeg(data: bytes) -> bytes:

@@ -52,7 +52,7 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from ..edge.events import DeviceInfo, EdgeEvent, Receipt
+from ..edge.events import DeviceInfo, EdgeEvent, EventWire, Receipt
 from ..edge.snapshot import DEFAULT_TTL_S, Snapshot, SnapshotPerson, sign_snapshot
 from ..errors import ConsentError, InputError, NotFound, StorageError
 from ..gallery import ConsentedTemplates, Gallery, PersonInfo, audit
@@ -191,7 +191,7 @@ class EdgeHub:
         key_id: str,
         collection: str,
         device: DeviceInfo,
-        events: Sequence[dict[str, Any]],
+        events: Sequence[EventWire],
         queue: QueueReport | None = None,
     ) -> list[Receipt]:
         """Store a batch of uploaded events exactly once each; one receipt per event, in order."""
@@ -249,11 +249,11 @@ class EdgeHub:
 
     @staticmethod
     def _check(
-        doc: dict[str, Any], device: DeviceInfo, dim: int, model_id: str
+        wire: EventWire, device: DeviceInfo, dim: int, model_id: str
     ) -> EdgeEvent | Receipt:
-        key = str(doc.get("key", ""))
+        key = wire.key
         try:
-            event = EdgeEvent.from_json(doc, dim=dim)
+            event = EdgeEvent.from_wire(wire, dim=dim)
             if event.device_id != device.id:
                 raise InputError(
                     f"event from device {event.device_id!r} in a batch of {device.id!r}"

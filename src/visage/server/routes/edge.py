@@ -4,13 +4,12 @@ admins list the devices. Every rule lives in :class:`visage.server.hub.EdgeHub`.
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
-from ...edge.events import DEVICE_ID_PATTERN, DeviceInfo
+from ...edge.events import DEVICE_ID_PATTERN, DeviceInfo, EventWire, Int32
 from ..auth import Requires, ensure_speaks_for
 from ..deps import AdminKey, JsonOnly, ServicesDep
 from ..hub import MAX_TTL_S, DeviceRecord, EdgeHub, QueueReport
@@ -24,25 +23,8 @@ DeviceKey = Annotated[ApiKey, Depends(Requires(Scope.DEVICE))]
 """A key with the ``device`` scope (or admin) that sees the collection named in the query."""
 
 MAX_EVENTS = 500
-MAX_DIM = 4096
-_KEY = r"^[A-Za-z0-9_-]{1,64}$"
-Int32 = Annotated[int, Field(ge=0, le=2**31 - 1)]
-Finite = Annotated[float, Field(allow_inf_nan=False, ge=-1e6, le=1e6)]
 
 _hub_lock = threading.Lock()
-
-
-def _utc(value: datetime) -> datetime:
-    """Aware times, normalised to UTC (a time that cannot be expressed in UTC is refused)."""
-    if value.tzinfo is None:
-        raise ValueError("a time zone is required")
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("time out of range") from None
-
-
-UtcTime = Annotated[datetime, AfterValidator(_utc)]
 
 
 class _In(BaseModel):
@@ -67,39 +49,6 @@ class QueueIn(_In):
     dropped: Int32
 
 
-class DecisionIn(_In):
-    person_id: str | None = Field(None, min_length=1, max_length=32)
-    distance: Finite | None = None
-    threshold: Finite
-    snapshot: Int32
-
-
-class EventIn(_In):
-    key: str = Field(
-        pattern=_KEY, description="Idempotency key: the same event of a device is stored once"
-    )
-    device: str = Field(pattern=DEVICE_ID_PATTERN)
-    track: Int32
-    first_seen: UtcTime
-    last_seen: UtcTime
-    detections: Int32
-    quality: float = Field(ge=0, le=1, allow_inf_nan=False)
-    model_id: str = Field(min_length=1, max_length=100)
-    embedding: str = Field(
-        min_length=1,
-        max_length=(4 * MAX_DIM * 4) // 3 + 4,
-        description="base64 of little-endian float32, L2-normalised",
-    )
-    decision: DecisionIn | None = None
-    crop_jpeg: str | None = Field(
-        None,
-        max_length=90_000,
-        description="base64 JPEG of the 150x150 face chip (sent only when the operator enabled "
-        "crops); kept only in a keep_images collection for an identified person with valid "
-        "consent",
-    )
-
-
 class EventsIn(_In):
     model_config = example_config(
         device={"id": "door-1", "agent_version": "0.1.0"},
@@ -122,7 +71,7 @@ class EventsIn(_In):
 
     device: DeviceIn
     queue: QueueIn | None = None
-    events: list[EventIn] = Field(max_length=MAX_EVENTS)
+    events: list[EventWire] = Field(max_length=MAX_EVENTS)
 
 
 class ReceiptOut(BaseModel):
@@ -186,12 +135,11 @@ def post_edge_events(
     ``rejected`` alone. A key bound to devices may post only as one of them (403).
     """
     ensure_speaks_for(key, body.device.id)
-    events: list[dict[str, Any]] = [e.model_dump(mode="json") for e in body.events]
     receipts = hub.ingest(
         key_id=key.id,
         collection=collection,
         device=DeviceInfo(body.device.id, body.device.agent_version),
-        events=events,
+        events=body.events,
         queue=QueueReport(**body.queue.model_dump()) if body.queue is not None else None,
     )
     return EventsOut(receipts=[ReceiptOut(**r.__dict__) for r in receipts])
