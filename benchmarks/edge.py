@@ -49,9 +49,9 @@ from visage.edge.sync import HttpUplink
 from visage.edge.timeline import process_video
 from visage.edge.video import VideoSource
 from visage.gallery import EmbeddingItem, Gallery
-from visage.gallery.store import database_url, open_engine
 from visage.pipeline import Pipeline
 from visage.server.keys_store import KeyStore
+from visage.store import database_url, open_engine
 
 COLLECTION = "bench"
 CROP = 170

@@ -43,8 +43,8 @@ from machine import cpu_line
 from visage.api import pipeline as default_pipeline
 from visage.decision import normalize
 from visage.gallery import EmbeddingItem, Gallery
-from visage.gallery.store import database_url, open_engine
 from visage.server.keys_store import KeyStore
+from visage.store import database_url, open_engine
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -141,8 +141,8 @@ def _parse(doc: dict[str, Any]) -> GroupedFaces:
 
 def write_private(dest: Path, data: bytes) -> None:
     """Put ``data`` at ``dest`` owner-only: written to a new 0600 file in ``dest``'s folder
-    (:func:`visage.gallery.store.private_temporary`), then renamed over ``dest``."""
-    from .gallery.store import private_temporary
+    (:func:`visage.store.private_temporary`), then renamed over ``dest``."""
+    from .store import private_temporary
 
     with private_temporary(dest) as (tmp, fh):
         fh.write(data)

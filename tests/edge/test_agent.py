@@ -26,10 +26,10 @@ from visage.edge.sync import Backoff, MemoryUplink, Syncer, UplinkRejected, Upli
 from visage.edge.video import VideoSource
 from visage.errors import StorageError
 from visage.gallery import Gallery
-from visage.gallery.store import EdgeEventRow, open_engine
 from visage.pipeline import Pipeline
 from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key
+from visage.store import EdgeEventRow, open_engine
 
 DEVICE = DeviceInfo("dev-test", "0.1.0")
 FAST = Backoff(base=0.01, cap=0.05)

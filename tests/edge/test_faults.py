@@ -44,10 +44,10 @@ from visage.edge.snapshot import SnapshotRefused, verify_snapshot
 from visage.edge.sync import Backoff, HttpUplink, Syncer, drain
 from visage.edge.video import VideoSource
 from visage.gallery import EmbeddingItem, Gallery
-from visage.gallery.store import database_url, open_engine
 from visage.pipeline import Pipeline
 from visage.server.keys_store import KeyStore
 from visage.signing import generate_signing_key, parse_public_key, public_key_text
+from visage.store import database_url, open_engine
 
 FAST = Backoff(base=0.05, cap=0.5)
 Enrollment = dict[str, list[np.ndarray]]

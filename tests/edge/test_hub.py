@@ -16,9 +16,9 @@ from tests.gallery.synthetic import MODEL, consented_person, near, unit_vectors
 from visage.edge.events import DeviceDecision, DeviceInfo, EdgeEvent, EventWire
 from visage.edge.snapshot import verify_snapshot
 from visage.gallery import EmbeddingItem, Gallery
-from visage.gallery.store import open_engine
 from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key
+from visage.store import open_engine
 
 DEVICE = DeviceInfo("dev-1", "0.1.0")
 KEY = generate_signing_key()
@@ -132,7 +132,7 @@ def test_migration_purges_what_earlier_deletions_left(tmp_path: Path) -> None:
     from alembic import command
     from sqlalchemy import create_engine, text
 
-    from visage.gallery.store import _migrations_config, migrate
+    from visage.store.engine import _migrations_config, migrate
 
     engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
     command.upgrade(_migrations_config(engine), "0003_edge")

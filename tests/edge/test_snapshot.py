@@ -24,9 +24,9 @@ from visage.edge.snapshot import (
     verify_snapshot,
 )
 from visage.gallery import Gallery
-from visage.gallery.store import open_engine
 from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key, load_signing_key, parse_public_key, public_key_text
+from visage.store import open_engine
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 

@@ -24,9 +24,9 @@ from visage.edge.events import DeviceInfo
 from visage.edge.snapshot import SnapshotPerson, SnapshotRefused, sign_snapshot, verify_snapshot
 from visage.edge.sync import Backoff, MemoryUplink
 from visage.gallery import Gallery
-from visage.gallery.store import open_engine
 from visage.server.hub import MAX_TTL_S, EdgeHub
 from visage.signing import generate_signing_key
+from visage.store import open_engine
 
 DEVICE = DeviceInfo("dev-life", "0.1.0")
 KEY = generate_signing_key()

@@ -17,8 +17,8 @@ from tests.gallery.forensics import holders, stored_embeddings
 from tests.gallery.synthetic import CALIBRATION, near
 from visage.edge.snapshot import verify_snapshot
 from visage.gallery import ConsentedTemplates, Gallery
-from visage.gallery.store import open_engine, sqlite_path
 from visage.server.hub import EdgeHub
+from visage.store import open_engine, sqlite_path
 
 from .test_hub import DEVICE, KEY, _people
 

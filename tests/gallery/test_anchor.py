@@ -19,10 +19,10 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from visage.gallery import Gallery, audit
-from visage.gallery.anchor import Checkpoint
-from visage.gallery.store import AuditRow
+from visage.gallery import Gallery
 from visage.signing import generate_signing_key, key_id
+from visage.store import AuditRow, audit
+from visage.store.anchor import Checkpoint
 
 from .synthetic import CALIBRATION, MODEL, consented_person, unit_vectors
 

@@ -10,7 +10,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, text
 
 from visage.gallery import Gallery
-from visage.gallery.store import Base, database_url, default_url
+from visage.store import Base, database_url, default_url
 
 from .synthetic import consented_person, unit_vectors
 

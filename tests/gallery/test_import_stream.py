@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from visage.errors import ConsentError, NotFound
 from visage.gallery import Gallery
 from visage.gallery.service import IMPORT_BATCH
-from visage.gallery.store import CollectionRow
+from visage.store import CollectionRow
 
 from .forensics import holders, stored_embeddings, stored_ids
 from .synthetic import unit_vectors, visage_peak_kib, write_export

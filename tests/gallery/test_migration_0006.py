@@ -11,8 +11,8 @@ from alembic import command
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
-from visage.gallery.store import _migrations_config, migrate
 from visage.server.keys_store import KeyStore
+from visage.store.engine import _migrations_config, migrate
 
 TOKEN = "vk_0123456789ab." + "A" * 43
 EVENT = (

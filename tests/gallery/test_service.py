@@ -12,7 +12,7 @@ from sqlalchemy import create_engine, text
 
 from visage.errors import Conflict, ConsentError, InputError, NotFound
 from visage.gallery import EmbeddingItem, Gallery
-from visage.gallery.store import utcnow
+from visage.store import utcnow
 
 from .forensics import holders, stored_embeddings
 from .synthetic import CALIBRATION, MODEL, consented_person, near, unit_vectors

@@ -26,9 +26,9 @@ import httpx
 import pytest
 
 from tests.conftest import pg_database
-from visage.gallery.store import database_url, open_engine, sqlite_path
 from visage.server.keys_store import KeyStore
 from visage.signing import load_signing_key
+from visage.store import database_url, open_engine, sqlite_path
 
 START_TIMEOUT_S = 90.0
 BIND_TRIES = 3

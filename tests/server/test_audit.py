@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from visage.gallery.store import MAX_INTEGER
+from visage.store import MAX_INTEGER
 
 from .conftest import Server, problem
 

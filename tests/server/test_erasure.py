@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from visage.gallery.store import database_url
+from visage.store import database_url
 
 from ..gallery.forensics import holders, stored_embeddings
 from .conftest import start_server, stop_server

@@ -23,7 +23,7 @@ from sqlalchemy.engine import make_url
 from tests.gallery.synthetic import CALIBRATION, MODEL, consented_person, near, unit_vectors
 from visage.errors import StorageError
 from visage.gallery import EmbeddingItem, Gallery
-from visage.gallery.store import open_engine
+from visage.store import open_engine
 
 from .conftest import free_port
 

@@ -13,12 +13,12 @@ from typer.testing import CliRunner
 from visage.cli import app
 from visage.errors import InputError, NotFound
 from visage.gallery import Gallery
-from visage.gallery.store import database_url, open_engine, utcnow
 from visage.grouping import group
 from visage.server.auth import FailureLimit, RateLimiter
 from visage.server.keys_store import ApiKey, KeyStore, Scope
 from visage.server.problems import RateLimited, Unauthorized
 from visage.server.settings import load_settings
+from visage.store import database_url, open_engine, utcnow
 
 
 def test_settings_flag_beats_environment_beats_file_beats_default(

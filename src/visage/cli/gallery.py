@@ -583,7 +583,7 @@ def migrate(db: DbOpt = None, json_out: JsonOpt = False) -> None:
     """Bring the store's schema to this version's and exit; run once per upgrade as the role that
     owns the database, so the service's role needs no CREATE or ALTER rights (docs/gallery.md,
     "PostgreSQL roles"). Nothing is applied to a current store."""
-    from ..gallery.store import database_url, default_url, migrate_store, shown_url
+    from ..store import database_url, default_url, migrate_store, shown_url
 
     url = database_url(db) if db else default_url()
     done = migrate_store(url)

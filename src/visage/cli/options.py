@@ -74,7 +74,7 @@ def table(*headers: str, whole: Collection[str] = ()) -> PlainTable:
 def read_from(url: str) -> None:
     """Say on stderr which store a read-only command read (an empty answer from the wrong
     store looks like an empty store)."""
-    from ..gallery.store import shown_url
+    from ..store import shown_url
 
     err_console.print(f"store: {shown_url(url)}", markup=False, highlight=False, soft_wrap=True)
 

@@ -32,8 +32,8 @@ if TYPE_CHECKING:  # imported where used: `visage --help` must not load the serv
 
 
 def _key_store(settings: Settings, *, create: bool = True) -> KeyStore:
-    from ..gallery.store import open_engine
     from ..server.keys_store import KeyStore
+    from ..store import open_engine
 
     engine = open_engine(settings.db_url, anchors=settings.audit_anchors, create=create)
     return KeyStore(engine)
@@ -125,9 +125,9 @@ def serve(
     """Run the HTTP service. Settings: flag > $VISAGE_* > config file > default; docs at /docs."""
     import uvicorn
 
-    from ..gallery.store import open_engine, shown_url
     from ..server.app import create_app
     from ..server.settings import load_settings
+    from ..store import open_engine, shown_url
 
     settings = load_settings(
         config=config,

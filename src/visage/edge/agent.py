@@ -52,9 +52,9 @@ from PIL import Image as PILImage
 
 from .. import __version__
 from ..errors import VisageError
-from ..gallery.store import open_private
 from ..pipeline import Pipeline
 from ..signing import parse_public_key
+from ..store import open_private
 from .events import DeviceDecision, DeviceInfo, EdgeEvent, check_device_id
 from .files import private_file
 from .queue import EventQueue, QueueLimits, QueueStats

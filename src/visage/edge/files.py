@@ -1,6 +1,6 @@
 """The agent's folder and files are owner-only: the queue holds embeddings, the snapshot holds
-names and templates. The store's modes (:data:`~visage.gallery.store.PRIVATE_FILE` 0600,
-:data:`~visage.gallery.store.PRIVATE_DIR` 0700) apply, and unlike the store's an agent's folder
+names and templates. The store's modes (:data:`~visage.store.PRIVATE_FILE` 0600,
+:data:`~visage.store.PRIVATE_DIR` 0700) apply, and unlike the store's an agent's folder
 and files made looser before this rule are tightened whenever the agent opens them."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..gallery.store import PRIVATE_DIR, PRIVATE_FILE, private_dir
+from ..store import PRIVATE_DIR, PRIVATE_FILE, private_dir
 
 
 def private_folder(path: Path) -> None:

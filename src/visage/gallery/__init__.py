@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from .audit import AuditEvent, ChainReport
+from ..store.audit import AuditEvent, ChainReport
 from .index import ExactIndex, FaissIndex, IndexSpec, VectorIndex, make_index
 from .records import (
     Candidate,

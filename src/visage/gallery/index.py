@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..decision import distances
-from .store import open_private
+from ..store import open_private
 
 Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]

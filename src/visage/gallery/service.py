@@ -110,7 +110,29 @@ from ..imageio import Source, decode, read_bytes, source_hash
 from ..models.base import EMBEDDING_DIMS, embedding_dim
 from ..pipeline import Face, FacePick, Pipeline, pick_face
 from ..signing import load_signing_key, parse_public_key, public_key_text
-from . import anchor, audit
+from ..store import (
+    CollectionRow,
+    ConsentRow,
+    EdgeDeviceRow,
+    EdgeEventRow,
+    EdgeSnapshotRow,
+    JournalEraser,
+    PersonRow,
+    StateRow,
+    TemplateRow,
+    anchor,
+    audit,
+    database_url,
+    default_url,
+    open_engine,
+    open_private,
+    private_dir,
+    private_temporary,
+    snapshot_reader,
+    sqlite_path,
+    store_failure,
+    utcnow,
+)
 from .index import IndexSpec, VectorIndex, load_index, make_index
 from .records import (
     Candidate,
@@ -129,27 +151,6 @@ from .records import (
     Verification,
     collection_name,
     person_text,
-)
-from .store import (
-    CollectionRow,
-    ConsentRow,
-    EdgeDeviceRow,
-    EdgeEventRow,
-    EdgeSnapshotRow,
-    JournalEraser,
-    PersonRow,
-    StateRow,
-    TemplateRow,
-    database_url,
-    default_url,
-    open_engine,
-    open_private,
-    private_dir,
-    private_temporary,
-    snapshot_reader,
-    sqlite_path,
-    store_failure,
-    utcnow,
 )
 
 log = logging.getLogger(__name__)
@@ -373,7 +374,7 @@ class Gallery:
     omitted). ``calibrations``: thresholds per model id, overriding the shipped ones.
     ``actor``: recorded in audit events unless a call names another. ``anchors``: the file
     that signed checkpoints of the audit chain's head go to (default: see
-    :func:`visage.gallery.anchor.anchor_file`). ``create``: false to refuse (:class:`NotFound`)
+    :func:`visage.store.anchor.anchor_file`). ``create``: false to refuse (:class:`NotFound`)
     a SQLite store that does not exist yet rather than create it.
 
     Safe to share between threads (operations are serialised by a lock); several processes may
@@ -495,7 +496,7 @@ class Gallery:
         **summary: Any,
     ) -> int:
         """The audit event of a search, group-committed with concurrent searches' events
-        (:class:`~visage.gallery.audit.GroupCommit`); returns once it is durable."""
+        (:class:`~visage.store.audit.GroupCommit`); returns once it is durable."""
         return self._searches.append(
             actor=actor or self.actor, action=action, collection=collection, purpose=purpose,
             input_hash=input_hash, summary=summary,

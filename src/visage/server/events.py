@@ -3,7 +3,7 @@
 Gallery methods write their own events. A few calls touch biometric data without one — detect,
 comparing two photos, grouping, an identify whose photo held no face — and key changes are
 accountable too; this module appends their events to the same hash chain through the store's
-one audited write path (:func:`visage.gallery.audit.write`).
+one audited write path (:func:`visage.store.audit.write`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import sessionmaker
 
-from ..gallery import audit
+from ..store import audit
 
 
 class EventLog:

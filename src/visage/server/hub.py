@@ -55,17 +55,18 @@ from sqlalchemy.orm import Session, sessionmaker
 from ..edge.events import DeviceInfo, EdgeEvent, EventWire, Receipt
 from ..edge.snapshot import DEFAULT_TTL_S, Snapshot, SnapshotPerson, sign_snapshot
 from ..errors import ConsentError, InputError, NotFound, StorageError
-from ..gallery import ConsentedTemplates, Gallery, PersonInfo, audit
-from ..gallery.store import (
+from ..gallery import ConsentedTemplates, Gallery, PersonInfo
+from ..signing import load_signing_key, public_key_text
+from ..store import (
     CollectionRow,
     EdgeDeviceRow,
     EdgeEventRow,
     EdgeSnapshotRow,
+    audit,
     sqlite_path,
     store_failure,
     utcnow,
 )
-from ..signing import load_signing_key, public_key_text
 
 SIGNING_KEY_ENV = "VISAGE_EDGE_SIGNING_KEY"
 MAX_TTL_S = 30 * 24 * 3600

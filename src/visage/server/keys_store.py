@@ -33,9 +33,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..edge.events import check_device_id
 from ..errors import InputError, NotFound
-from ..gallery import audit
 from ..gallery.records import collection_name
-from ..gallery.store import ApiKeyRow, snapshot_reader, store_failure, utcnow
+from ..store import ApiKeyRow, audit, snapshot_reader, store_failure, utcnow
 from .problems import Unauthorized
 
 ALL_COLLECTIONS = "*"

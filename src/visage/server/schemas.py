@@ -18,9 +18,9 @@ from ..gallery import (
     ConsentBasis,
     Identification,
 )
-from ..gallery.audit import ChainReport
 from ..gallery.records import COLLECTION_NAME_MAX, COLLECTION_NAME_PATTERN
 from ..pipeline import Face
+from ..store.audit import ChainReport
 from .problems import Problem
 
 MAX_DIM = 1024

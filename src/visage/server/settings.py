@@ -25,8 +25,8 @@ from pydantic_settings import (
 
 from ..errors import InputError
 from ..gallery.index import IndexSpec
-from ..gallery.store import database_url, default_url
 from ..imageio import DEFAULT_MAX_PIXELS
+from ..store import database_url, default_url
 from .schemas import MAX_BATCH
 
 MiB = 1024 * 1024

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 
-from ...gallery.store import MAX_INTEGER
+from ...store import MAX_INTEGER
 from ..auth import ensure_sees
 from ..deps import AdminKey, GalleryDep, Purpose
 from ..problems import problem_responses

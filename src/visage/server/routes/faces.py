@@ -10,7 +10,7 @@ from fastapi import APIRouter, Path
 
 from ...errors import InputError, VisageError
 from ...gallery import EmbeddingItem
-from ...gallery.store import MAX_INTEGER
+from ...store import MAX_INTEGER
 from ..bodies import BULK_BODY, TEMPLATE_BODY, Upload
 from ..deps import (
     BulkBody,

@@ -5,7 +5,7 @@
 also kept in the locked state row, so deleting the *last* event is detected too. Anyone with
 write access to the database could still cut the tail (and reset the state row) or rewrite the
 whole chain, so every committed head is also signed into an anchor file outside the database
-(:mod:`visage.gallery.anchor`), and :func:`verify_anchored` checks the chain against it.
+(:mod:`visage.store.anchor`), and :func:`verify_anchored` checks the chain against it.
 
 Events are written in the same transaction as the change they describe, so there is never a
 change without its event nor an event without its change.
@@ -32,7 +32,8 @@ from ..errors import StorageError, VisageError
 from ..names import utf8_text
 from ..signing import key_id
 from .anchor import CheckpointReader, note_head
-from .store import AuditRow, StateRow, lock_state, store_failure, utcnow
+from .engine import store_failure
+from .tables import AuditRow, StateRow, lock_state, utcnow
 
 GENESIS = "0" * 64
 

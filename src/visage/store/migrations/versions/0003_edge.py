@@ -3,7 +3,7 @@
 Revision ID: 0003_edge
 Revises: 0002_api_key
 
-The models live in :mod:`visage.gallery.store` with every other table.
+The models live in :mod:`visage.store` with every other table.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from visage.gallery.store import UTCDateTime
+from visage.store import UTCDateTime
 
 revision = "0003_edge"
 down_revision = "0002_api_key"

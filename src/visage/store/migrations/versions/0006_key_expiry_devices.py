@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from visage.gallery.store import UTCDateTime
+from visage.store import UTCDateTime
 
 revision = "0006_key_expiry_devices"
 down_revision = "0005_target_fpir"

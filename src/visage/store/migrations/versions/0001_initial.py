@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from visage.gallery.store import UTCDateTime
+from visage.store import UTCDateTime
 
 revision = "0001"
 down_revision = None

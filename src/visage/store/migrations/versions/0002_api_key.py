@@ -3,7 +3,7 @@
 Revision ID: 0002_api_key
 Revises: 0001
 
-The model, ``ApiKeyRow``, lives in :mod:`visage.gallery.store` with every other table.
+The model, ``ApiKeyRow``, lives in :mod:`visage.store` with every other table.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-from visage.gallery.store import UTCDateTime
+from visage.store import UTCDateTime
 
 revision = "0002_api_key"
 down_revision = "0001"

@@ -1,14 +1,14 @@
 """Alembic environment: runs online against the engine handed over in ``config.attributes``.
 
 Revisions are written by hand beside ``versions/0001_initial.py`` and kept in step with the
-models in ``store.py``; a test compares the migrated schema with the models.
+models in ``visage/store/tables.py``; a test compares the migrated schema with the models.
 """
 
 from __future__ import annotations
 
 from alembic import context
 
-from visage.gallery.store import Base
+from visage.store import Base
 
 config = context.config
 engine = config.attributes["engine"]
