@@ -11,7 +11,7 @@ import pytest
 from visage.decision import distances
 from visage.gallery import EmbeddingItem, Gallery
 from visage.gallery.index import IndexSpec, load_index, make_index
-from visage.gallery.service import AUTO_FAISS_AT, AUTO_FAISS_SPEC
+from visage.gallery.index_cache import AUTO_FAISS_AT, AUTO_FAISS_SPEC
 
 from .synthetic import CALIBRATION, MODEL, consented_person, near, unit_vectors
 

@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Concatenate, Literal, ParamSpec, Self, TypeAlias, TypeVar, cast
+from typing import Any, BinaryIO, Literal, Self, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -125,15 +125,14 @@ from ..store import (
     database_url,
     default_url,
     open_engine,
-    open_private,
-    private_dir,
     private_temporary,
     snapshot_reader,
     sqlite_path,
     store_failure,
     utcnow,
 )
-from .index import IndexSpec, VectorIndex, load_index, make_index
+from .index import IndexSpec, VectorIndex
+from .index_cache import IndexCache
 from .records import (
     Candidate,
     CollectionInfo,
@@ -154,14 +153,6 @@ from .records import (
 )
 
 log = logging.getLogger(__name__)
-
-AUTO_FAISS_AT = 50_000
-"""With ``index="auto"``, collections of this many templates or more get :data:`AUTO_FAISS_SPEC`."""
-
-AUTO_FAISS_SPEC = "faiss:IVF1024,PQ32np,RFlat;nprobe=32,k_factor_rf=8"
-"""Measured in docs/performance-gallery.md at 1M templates on 2 cores: recall@1 0.999 against
-exact search for same-person probes, p50 1.1 ms / p99 5.5 ms a query, 75 s to build (HNSW32
-needs efSearch > 256 for 0.99 there and 12 minutes to build)."""
 
 EXPORT_FORMAT = "visage-collection"
 EXPORT_VERSION = 1
@@ -186,7 +177,6 @@ Disclosure = Literal["all", "matches"]
 """Which candidates a search names: ``all`` of the top k, or only ``matches`` (within threshold)."""
 Progress = Callable[[int, int], None]
 _T = TypeVar("_T")
-_P = ParamSpec("_P")
 
 
 class PoorQuality(InputError):
@@ -200,14 +190,6 @@ class PoorQuality(InputError):
 
 _REFUSALS = (ConsentError, PoorQuality, NoFace, AmbiguousFace, TooManyFaces)
 """The refusals of a biometric call that are audited (:meth:`Gallery.record_refusal`)."""
-
-
-@dataclass
-class _Loaded:
-    """An in-memory index and the collection version it matches."""
-
-    index: VectorIndex
-    version: int
 
 
 @dataclass(frozen=True)
@@ -227,18 +209,6 @@ def _sha256(data: bytes) -> str:
 
 def _vector_bytes(vector: npt.NDArray[np.float32]) -> bytes:
     return np.ascontiguousarray(vector, dtype="<f4").tobytes()
-
-
-def _indexes_locked(
-    method: Callable[Concatenate[Gallery, _P], _T],
-) -> Callable[Concatenate[Gallery, _P], _T]:
-    """Run a method that reads or changes the in-memory indexes under ``Gallery._index_lock``."""
-
-    def locked(self: Gallery, /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
-        with self._index_lock:
-            return method(self, *args, **kwargs)
-
-    return locked
 
 
 def _person_pages(
@@ -367,7 +337,7 @@ class Gallery:
 
     ``url``: a SQLAlchemy URL or a SQLite file path (default ``$VISAGE_DB`` or
     ``~/.local/share/visage/visage.db``). ``index``: ``auto`` (exact below
-    :data:`AUTO_FAISS_AT` templates, else :data:`AUTO_FAISS_SPEC`), ``exact`` or
+    :data:`~visage.gallery.index_cache.AUTO_FAISS_AT` templates, else IVF), ``exact`` or
     ``faiss:<factory>[;<knobs>]``. ``index_dir``: where index snapshots are saved (default: a
     ``.index`` folder beside a SQLite file; none for other URLs, so indexes are rebuilt from the
     store when first used). ``pipeline``: used for photo input (the shared default pipeline when
@@ -397,14 +367,14 @@ class Gallery:
             IndexSpec.parse(index)
         self.url = database_url(url) if url is not None else default_url()
         self.actor = actor
-        self._index_spec = index
         db_file = sqlite_path(self.url)
         if index_dir is not None:
-            self._index_dir: Path | None = Path(index_dir)
+            folder: Path | None = Path(index_dir)
         elif db_file is not None:
-            self._index_dir = db_file.with_name(db_file.name + ".index")
+            folder = db_file.with_name(db_file.name + ".index")
         else:
-            self._index_dir = None
+            folder = None
+        self._indexes = IndexCache(index, folder)
         self._pipeline = pipeline
         self._calibrations = {c.model_id: c for c in calibrations}
         self.anchors = anchor.anchor_file(db_file, anchors)
@@ -415,16 +385,8 @@ class Gallery:
         self._shared_connection = db_file is None and self._engine.dialect.name == "sqlite"
         self._snapshots = sessionmaker(snapshot_reader(self._engine), expire_on_commit=False)
         self._searches = audit.GroupCommit(self._transaction)
-        self._loaded: dict[int, _Loaded] = {}
-        self._saved: dict[int, int] = {}
-        self._rebuilt: set[int] = set()  # indexes rebuilt by a search, not yet saved
         self._points: dict[int, tuple[tuple[int, float], OpenSetPoint]] = {}
         self._lock = threading.RLock()
-        # Guards the in-memory indexes (``_loaded``, ``_saved``) only. Readers take it, never
-        # ``_lock``, and no one holds it while waiting for the database: a reader that holds a
-        # snapshot and waited on a writer that waits on the database would stall both (and, on
-        # SQLite, a WAL truncation in another process) for the whole busy timeout.
-        self._index_lock = threading.RLock()
 
     # ------------------------------------------------------------------ plumbing
 
@@ -474,7 +436,7 @@ class Gallery:
         snapshot file (once, under the writers' lock, only if it still matches the store)."""
         with self._reading() as session:
             yield session
-        if self._rebuilt:
+        if self._indexes.rebuilt:
             self.save_indexes()
 
     @contextmanager
@@ -725,10 +687,9 @@ class Gallery:
                     templates_removed=info.templates,
                     edge_events_removed=edge_events,
                 )
-                self._drop_snapshot(coll.id)
+                self._indexes.drop_snapshot(coll.id)
                 coll_id = coll.id
-            with self._index_lock:
-                self._loaded.pop(coll_id, None)
+            self._indexes.forget(coll_id)
             self._points.pop(coll_id, None)
             self._journal.erase()
             return info.templates
@@ -1090,7 +1051,7 @@ class Gallery:
                     raise NotFound(f"no template {template_id} of person {row_person.id}")
                 session.execute(delete(TemplateRow).where(*mine))
                 coll.version += 1
-                self._drop_snapshot(coll.id)
+                self._indexes.drop_snapshot(coll.id)
                 self._audit(
                     session,
                     state,
@@ -1112,14 +1073,14 @@ class Gallery:
         if ids:
             session.execute(delete(TemplateRow).where(TemplateRow.person_id == person_id))
             coll.version += 1
-            self._drop_snapshot(coll.id)
+            self._indexes.drop_snapshot(coll.id)
         return ids
 
     def _erased(self, coll_id: int, version: int, removed: Sequence[int]) -> None:
         """After an erasure commits: drop the templates from the in-memory index and truncate
         SQLite's write-ahead log, which still holds earlier images of their pages."""
         if removed:
-            self._after_commit(coll_id, version, removed=removed)
+            self._indexes.after_commit(coll_id, version, removed=removed)
         self._journal.erase()
 
     # ------------------------------------------------------------------ probes & photos
@@ -1361,7 +1322,7 @@ class Gallery:
                 coll_id, version = coll.id, coll.version
             if rows:
                 vectors = np.frombuffer(b"".join(r["embedding"] for r in rows), "<f4")
-                self._after_commit(
+                self._indexes.after_commit(
                     coll_id,
                     version,
                     added=(np.asarray(new_ids, np.int64), vectors.reshape(len(rows), coll.dim)),
@@ -1429,178 +1390,12 @@ class Gallery:
 
     # ------------------------------------------------------------------ index upkeep
 
-    def _spec_for(self, count: int) -> str:
-        if self._index_spec != "auto":
-            return self._index_spec
-        return AUTO_FAISS_SPEC if count >= AUTO_FAISS_AT else "exact"
-
-    @_indexes_locked
-    def _after_commit(
-        self,
-        coll_id: int,
-        version: int,
-        *,
-        added: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | None = None,
-        removed: Sequence[int] = (),
-    ) -> None:
-        """Apply a committed change to the in-memory index, or drop it to be rebuilt."""
-        loaded = self._loaded.get(coll_id)
-        if loaded is None:
-            return
-        if loaded.version != version - 1:
-            del self._loaded[coll_id]  # it missed another writer's change: reload on next use
-            return
-        try:
-            if added is not None:
-                loaded.index.add(*added)
-            if removed:
-                loaded.index.remove(np.asarray(removed, np.int64))
-            loaded.version = version
-        except Exception:
-            del self._loaded[coll_id]
-            raise
-
-    def _snapshot_meta(self, coll_id: int) -> Path | None:
-        return None if self._index_dir is None else self._index_dir / f"collection-{coll_id}.json"
-
-    @_indexes_locked
-    def _index(
-        self, session: Session, coll: CollectionRow, *, reading: bool = False
-    ) -> VectorIndex:
-        """The collection's index, matching the store at ``coll.version``; call under
-        ``self._lock``.
-
-        In a write transaction (the writers' lock held, the version cannot move) it matches
-        exactly. ``reading``: in a read-only snapshot an index of a *later* version also serves
-        (its extra templates are not in the snapshot and are dropped when the candidates are
-        read; those it lacks were deleted since), and a rebuilt index is not saved as a
-        snapshot file (only a writer may, see :meth:`_save_snapshot`).
-        """
-        loaded = self._loaded.get(coll.id)
-        if loaded is not None and (
-            loaded.version == coll.version or (reading and loaded.version > coll.version)
-        ):
-            return loaded.index
-        count = int(
-            session.scalar(
-                select(func.count())
-                .select_from(TemplateRow)
-                .where(TemplateRow.collection_id == coll.id)
-            )
-            or 0
-        )
-        spec = self._spec_for(count)
-        index = self._load_snapshot(coll, count, spec)
-        if index is None:
-            index = self._rebuild(session, coll, spec)
-            self._loaded[coll.id] = _Loaded(index, coll.version)
-            if reading:
-                self._rebuilt.add(coll.id)
-            else:
-                self._save_snapshot(coll.id, coll.version)
-        else:
-            self._loaded[coll.id] = _Loaded(index, coll.version)
-            self._saved[coll.id] = coll.version
-        return index
-
-    def _load_snapshot(self, coll: CollectionRow, count: int, spec: str) -> VectorIndex | None:
-        meta_path = self._snapshot_meta(coll.id)
-        if meta_path is None or not meta_path.exists():
-            return None
-        try:
-            meta = json.loads(meta_path.read_text("utf-8"))
-            if (meta["version"], meta["count"], meta["spec"]) != (coll.version, count, spec):
-                return None
-            index = load_index(meta_path.with_name(meta["file"]))
-        except (OSError, ValueError, KeyError, RuntimeError):
-            return None
-        return index if index.count() == count and index.dim == coll.dim else None
-
-    @staticmethod
-    def _rebuild(session: Session, coll: CollectionRow, spec: str) -> VectorIndex:
-        ids: list[int] = []
-        blobs: list[bytes] = []
-        query = (
-            select(TemplateRow.id, TemplateRow.embedding)
-            .where(TemplateRow.collection_id == coll.id)
-            .order_by(TemplateRow.id)
-            .execution_options(yield_per=20_000)
-        )
-        for template_id, blob in session.execute(query):
-            ids.append(template_id)
-            blobs.append(blob)
-        index = make_index(spec, coll.dim)
-        if ids:
-            vectors = np.frombuffer(b"".join(blobs), "<f4").reshape(len(ids), coll.dim)
-            index.add(np.asarray(ids, np.int64), vectors)
-        return index
-
-    @_indexes_locked
-    def _save_snapshot(self, coll_id: int, version: int | None) -> None:
-        """Write the in-memory index only if it matches ``version``, the store's version read
-        under the writers' lock the caller holds; a stale index (another process deleted since)
-        is dropped instead, so no snapshot ever holds a template deleted from the store."""
-        meta_path = self._snapshot_meta(coll_id)
-        loaded = self._loaded.get(coll_id)
-        if meta_path is None or loaded is None or self._saved.get(coll_id) == loaded.version:
-            return
-        if loaded.version != version:
-            del self._loaded[coll_id]
-            return
-        folder = meta_path.parent
-        private_dir(folder)
-        data_name = f"collection-{coll_id}-v{loaded.version}.npz"
-        tmp = folder / (data_name + ".tmp")
-        loaded.index.save(tmp)
-        os.replace(tmp, folder / data_name)
-        meta = {
-            "version": loaded.version,
-            "count": loaded.index.count(),
-            "spec": loaded.index.spec,
-            "dim": loaded.index.dim,
-            "file": data_name,
-        }
-        tmp_meta = meta_path.with_name(meta_path.name + ".tmp")
-        with open_private(tmp_meta) as fh:
-            fh.write(json.dumps(meta).encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_meta, meta_path)
-        dir_fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        for old in folder.glob(f"collection-{coll_id}-v*.npz*"):
-            if old.name != data_name:
-                old.unlink(missing_ok=True)
-        self._saved[coll_id] = loaded.version
-
-    @_indexes_locked
-    def _drop_snapshot(self, coll_id: int) -> None:
-        """Delete a collection's saved snapshot inside the deleting transaction, before it
-        commits: once the deletion is visible no snapshot holds the erased templates.
-
-        ``close()`` saves a new snapshot; a rollback or crash only costs a rebuild from the store.
-        """
-        meta_path = self._snapshot_meta(coll_id)
-        if meta_path is None:
-            return
-        meta_path.unlink(missing_ok=True)
-        for old in meta_path.parent.glob(f"collection-{coll_id}-v*.npz*"):
-            old.unlink(missing_ok=True)
-        self._saved.pop(coll_id, None)
-
     def save_indexes(self) -> None:
         """Write snapshots of indexes changed since they were last saved (also done by close),
         under the writers' lock and only for the version the store holds."""
         with self._lock:
-            with self._index_lock:
-                changed = [
-                    c for c, loaded in self._loaded.items() if self._saved.get(c) != loaded.version
-                ]
-                self._rebuilt.clear()
-            if self._index_dir is None or not changed:
+            changed = self._indexes.unsaved()
+            if not self._indexes.persistent or not changed:
                 return
             with self._transaction() as (session, _state):
                 versions: dict[int, int] = {
@@ -1612,12 +1407,12 @@ class Gallery:
                     )
                 }
                 for coll_id in changed:
-                    self._save_snapshot(coll_id, versions.get(coll_id))
+                    self._indexes.save_snapshot(coll_id, versions.get(coll_id))
 
     def index(self, collection: str) -> VectorIndex:
         """The collection's index, brought in line with the store first (loaded or rebuilt)."""
         with self._lock, self._transaction() as (session, _state):
-            return self._index(session, self._collection(session, collection))
+            return self._indexes.get(session, self._collection(session, collection))
 
     # ------------------------------------------------------------------ decisions
 
@@ -1641,8 +1436,8 @@ class Gallery:
         fetch = max(4 * k, 32)
         now = utcnow()
         while True:
-            with self._index_lock:  # writers change the index in place
-                index = self._index(session, coll, reading=True)
+            with self._indexes.lock:  # writers change the index in place
+                index = self._indexes.get(session, coll, reading=True)
                 total = index.count()
                 fetch = min(total, fetch)
                 _, ids = index.search(vec[None, :], fetch)
