@@ -256,4 +256,3 @@ class IndexCache:
         for old in meta_path.parent.glob(f"collection-{coll_id}-v*.npz*"):
             old.unlink(missing_ok=True)
         self._saved.pop(coll_id, None)
-

@@ -64,9 +64,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Self, TypeAlias, TypeVar, cast
+from typing import Any, Literal, Self, TypeAlias, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -131,6 +130,7 @@ from ..store import (
     store_failure,
     utcnow,
 )
+from . import export_format
 from .index import IndexSpec, VectorIndex
 from .index_cache import IndexCache
 from .records import (
@@ -153,11 +153,6 @@ from .records import (
 )
 
 log = logging.getLogger(__name__)
-
-EXPORT_FORMAT = "visage-collection"
-EXPORT_VERSION = 1
-EXPORT_LINE_MAX = 64 << 20
-"""Longest line (one person's record) an import reads: 64 MiB, some 90,000 templates of 128-d."""
 
 IMPORT_BATCH = 500
 """Persons an import writes a transaction: bounds its memory and how long another writer (an
@@ -1781,17 +1776,7 @@ class Gallery:
                 digest.update(line)
                 fh.write(line)
 
-            write(
-                {
-                    "format": EXPORT_FORMAT,
-                    "version": EXPORT_VERSION,
-                    "collection": coll.name,
-                    "model_id": coll.model_id,
-                    "dim": coll.dim,
-                    "persons": total,
-                    "exported_at": utcnow().isoformat(),
-                }
-            )
+            write(export_format.header(coll, total))
             for done, record in enumerate(self._export_records(session, coll.id), 1):
                 n_templates += len(record["templates"])
                 write(record)
@@ -1819,11 +1804,11 @@ class Gallery:
         os.replace(tmp, dest)
         return TransferSummary(collection, dest, total, n_templates, digest.hexdigest())
 
-    @classmethod
-    def _export_records(cls, session: Session, coll_id: int) -> Iterator[dict[str, Any]]:
+    @staticmethod
+    def _export_records(session: Session, coll_id: int) -> Iterator[dict[str, Any]]:
         """The collection's persons in id order as export records."""
         for prow, consents, templates in _person_pages(session, coll_id):
-            yield cls._export_person(prow, consents, templates)
+            yield export_format.person_record(prow, consents, templates)
 
     def consented_templates(
         self, collection: str, *, purpose: str | None = None, actor: str | None = None
@@ -1854,47 +1839,6 @@ class Gallery:
             )  # fmt: skip
         return ConsentedTemplates(info, version, tuple(persons))
 
-    @staticmethod
-    def _export_person(
-        prow: PersonRow, consents: Sequence[ConsentRow], templates: Sequence[TemplateRow]
-    ) -> dict[str, Any]:
-
-        def when(value: datetime | None) -> str | None:
-            return value.isoformat() if value is not None else None
-
-        return {
-            "person": {
-                "id": prow.id,
-                "display_name": prow.display_name,
-                "external_id": prow.external_id,
-                "metadata": prow.meta,
-                "created_at": when(prow.created_at),
-            },
-            "consents": [
-                {
-                    "basis": c.basis,
-                    "purpose": c.purpose,
-                    "granted_by": c.granted_by,
-                    "granted_at": when(c.granted_at),
-                    "expires_at": when(c.expires_at),
-                    "revoked_at": when(c.revoked_at),
-                    "revoked_by": c.revoked_by,
-                    "revoke_reason": c.revoke_reason,
-                }
-                for c in consents
-            ],
-            "templates": [
-                {
-                    "embedding": base64.b64encode(t.embedding).decode("ascii"),
-                    "model_id": t.model_id,
-                    "quality": t.quality,
-                    "source_sha256": t.source_sha256,
-                    "created_at": when(t.created_at),
-                }
-                for t in templates
-            ],
-        }
-
     def import_collection(
         self,
         path: str | Path,
@@ -1923,7 +1867,7 @@ class Gallery:
         source = Path(path)
         target = name
         try:
-            with _ExportReader.open(source) as reader:
+            with export_format.ExportReader.open(source) as reader:
                 lines = reader.records()
                 header = self._export_header(source, next(lines, (1, None))[1])
                 target = collection_name(name or str(header["collection"]))
@@ -1935,7 +1879,7 @@ class Gallery:
                 exc,
                 purpose=purpose,
                 actor=actor,
-                sha256=_file_sha256(source),
+                sha256=export_format.file_sha256(source),
                 path=str(source),
             )
             raise
@@ -1946,10 +1890,12 @@ class Gallery:
         model this gallery knows at that model's embedding size."""
         if (
             not isinstance(header, dict)
-            or header.get("format") != EXPORT_FORMAT
-            or header.get("version") != EXPORT_VERSION
+            or header.get("format") != export_format.EXPORT_FORMAT
+            or header.get("version") != export_format.EXPORT_VERSION
         ):
-            raise InputError(f"{source}: not a Visage collection export (version {EXPORT_VERSION})")
+            raise InputError(
+                f"{source}: not a Visage collection export (version {export_format.EXPORT_VERSION})"
+            )
         for key, kind in (("collection", str), ("model_id", str), ("dim", int)):
             if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
                 raise InputError(
@@ -1971,7 +1917,7 @@ class Gallery:
 
     def _import(
         self,
-        reader: _ExportReader,
+        reader: export_format.ExportReader,
         lines: Iterator[tuple[int, Any]],
         header: dict[str, Any],
         target: str,
@@ -2231,58 +2177,6 @@ class _ImportCounts:
     rekeyed: int = 0
 
 
-class _ExportReader:
-    """An export file read one line at a time (each at most :data:`EXPORT_LINE_MAX` bytes),
-    hashing as it goes; :class:`InputError` naming the line that is not UTF-8 JSON."""
-
-    def __init__(self, source: Path, handle: BinaryIO) -> None:
-        self.source, self._handle = source, handle
-        self.size = os.fstat(handle.fileno()).st_size
-        self.read = 0
-        self.digest = hashlib.sha256()
-
-    @classmethod
-    @contextmanager
-    def open(cls, source: Path) -> Iterator[_ExportReader]:
-        try:
-            handle = open(source, "rb")  # noqa: SIM115 - closed when the caller is done
-        except OSError as exc:
-            raise InputError(f"cannot read {source}: {exc.strerror or exc}") from None
-        with handle:
-            yield cls(source, handle)
-
-    def records(self) -> Iterator[tuple[int, Any]]:
-        """``(line number, JSON value)`` for each non-blank line; the first is the header."""
-        source = self.source
-        for number, line in enumerate(
-            iter(partial(self._handle.readline, EXPORT_LINE_MAX + 1), b""), 1
-        ):
-            self.digest.update(line)
-            self.read += len(line)
-            if len(line) > EXPORT_LINE_MAX:
-                raise InputError(f"{source} line {number}: longer than {EXPORT_LINE_MAX} bytes")
-            if number > 1 and not line.strip():
-                continue
-            try:
-                value = json.loads(line.decode("utf-8"), parse_constant=_no_constant)
-            except UnicodeDecodeError as exc:
-                raise InputError(
-                    f"{source} line {number}: not UTF-8 text (byte {exc.start})"
-                ) from None
-            except (json.JSONDecodeError, ValueError) as exc:
-                raise InputError(f"{source} line {number}: not JSON ({exc})") from None
-            yield number, value
-
-
-def _file_sha256(source: Path) -> str:
-    """The sha256 of a whole file, read in blocks; ``""`` when it cannot be read."""
-    try:
-        with open(source, "rb") as handle:
-            return hashlib.file_digest(handle, "sha256").hexdigest()
-    except OSError:
-        return ""
-
-
 def _refuse_without_consent(person: PersonRow, rows: Sequence[ConsentRow], now: datetime) -> None:
     """Raise :class:`ConsentError` saying why ``person`` has no valid consent at ``now`` among
     ``rows`` (its consent records, oldest first)."""
@@ -2298,8 +2192,3 @@ def _refuse_without_consent(person: PersonRow, rows: Sequence[ConsentRow], now: 
         verb = {"revoked": "revoked", "expired": "expired"}.get(status, "starts")
         why = f"consent {verb} at {moment:%Y-%m-%d %H:%M} UTC"
     raise ConsentError(f"person {person.id} ({person.display_name}) has no valid consent: {why}")
-
-
-def _no_constant(name: str) -> Any:
-    """``json.loads`` hook: NaN and Infinity are not JSON, so an export may not hold them."""
-    raise ValueError(f"{name} is not a JSON number")
