@@ -1674,8 +1674,8 @@ class Gallery:
         purpose: str | None = None,
     ) -> list[audit.AuditEvent]:
         """Audit events with ``after < seq < before``, oldest first or newest first. Audited as
-        ``audit.read`` (the query and the seqs returned) when read for a ``reader``; that event
-        comes after the ones it read."""
+        ``audit.read`` (the query and the seqs returned) when read for a ``reader``; those
+        events are listed only with ``action="audit.read"`` (:func:`visage.store.audit.events`)."""
         with self._reading() as session:
             found = audit.events(
                 session,
@@ -1687,7 +1687,7 @@ class Gallery:
                 newest_first=newest_first,
             )
         self._audit_read(
-            "audit.read", reader=reader, collection=collection, purpose=purpose,
+            audit.LOG_READ, reader=reader, collection=collection, purpose=purpose,
             query={"action": action, "after": after, "before": before, "limit": limit,
                    "order": "newest" if newest_first else "oldest"},
             events=len(found), seqs=[found[0].seq, found[-1].seq] if found else None,

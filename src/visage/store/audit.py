@@ -401,6 +401,10 @@ def verify_anchored(session: Session, anchors: Path, trusted: Ed25519PublicKey) 
     return replace(report, anchored_seq=newest.seq, anchored_at=newest.at)
 
 
+LOG_READ = "audit.read"
+"""The action of a read of the audit log (see :func:`events`)."""
+
+
 def events(
     session: Session,
     *,
@@ -412,15 +416,18 @@ def events(
     newest_first: bool = False,
 ) -> list[AuditEvent]:
     """Events with ``after < seq < before``, oldest first (``newest_first``: the newest
-    ``limit`` of them, newest first), optionally for one collection or action."""
+    ``limit`` of them, newest first), optionally for one collection or action. Reads of the
+    log itself (:data:`LOG_READ`) are listed only when asked for by that action: each read is
+    audited, so a client paging on until a page comes back empty would otherwise never stop."""
     order = AuditRow.seq.desc() if newest_first else AuditRow.seq
     query = select(AuditRow).where(AuditRow.seq > after).order_by(order).limit(limit)
     if before is not None:
         query = query.where(AuditRow.seq < before)
     if collection is not None:
         query = query.where(AuditRow.collection == collection)
-    if action is not None:
-        query = query.where(AuditRow.action == action)
+    query = query.where(
+        AuditRow.action == action if action is not None else AuditRow.action != LOG_READ
+    )
     return [AuditEvent.from_row(r) for r in session.scalars(query)]
 
 
