@@ -39,7 +39,7 @@ from visage.errors import ModelError
 from visage.models import onnx_convert
 from visage.models.dlib_format import parse_net
 from visage.models.int8 import MAX_DRIFT, checked_int8_model, cpu_int8, int8_status
-from visage.models.onnx_convert import convert, converted_model_path
+from visage.models.onnx_convert import convert, converted_model_path, file_sha256
 from visage.models.onnx_runtime import OnnxEmbedder, OnnxMmodDetector
 from visage.models.weights import model_path
 
@@ -137,6 +137,27 @@ def test_int8_embedder_stays_close_or_falls_back_to_fp32(dlib_chips: Chips) -> N
         assert np.array_equal(q, fp32)
     again = OnnxEmbedder(quantized=True, calibration_chips=calibration)
     assert np.array_equal(again.embed_chips(held_out[:8]), q[:8])
+
+
+def test_a_corrupted_cached_int8_model_is_quantized_again(
+    dlib_chips: Chips, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The INT8 verdict is kept per CPU beside the quantized model; it now names the model's
+    sha256, so a model corrupted in the cache after it was checked is quantized again rather
+    than run on the strength of a check of other bytes."""
+    monkeypatch.setenv("VISAGE_CACHE", str(tmp_path / "cache"))
+    calibration = dlib_chips.chips[:64]
+    first = checked_int8_model(calibration)
+    (model,) = (tmp_path / "cache").glob("*-int8r-*.onnx")
+    assert first.model_sha256 == file_sha256(model)  # the positive control: the check names it
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    model.write_bytes(bytes(data))
+    with caplog.at_level(logging.WARNING, logger="visage.models.int8"):
+        again = checked_int8_model(calibration)
+    assert "does not match its check" in caplog.text
+    assert again.model_sha256 == file_sha256(model) == first.model_sha256
+    assert again.in_use == first.in_use
 
 
 def test_int8_falls_back_with_one_warning_naming_the_cpu(

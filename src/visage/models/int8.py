@@ -41,7 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..errors import ModelError
-from .onnx_convert import cache_dir, converted_model_path, write_atomic
+from .onnx_convert import cache_dir, converted_model_path, file_sha256, write_atomic
 from .sessions import make_session
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,7 @@ class Int8Check:
     used. Stored as JSON beside the model (``<model>.check-<cpu signature>.json``)."""
 
     model: str
+    model_sha256: str
     in_use: bool
     drift_max: float
     drift_mean: float
@@ -219,8 +220,15 @@ def checked_int8_model(
     cpu = cpu_int8()
     record = _record_path(path, cpu)
     check = _read_check(record)
+    digest = file_sha256(path)
+    if check is not None and check.model_sha256 != digest:
+        # The check spoke for other bytes: a model corrupted in the cache would otherwise run
+        # on the strength of a verdict on the model it was.
+        log.warning("cached INT8 model %s does not match its check: quantizing it again", path)
+        _quantize(chips[~held], path)
+        digest, check = file_sha256(path), None
     if check is None or check.bound != max_drift:
-        check = _check(path, source, chips[held], cpu, max_drift, threads)
+        check = _check(path, digest, source, chips[held], cpu, max_drift, threads)
         write_atomic(record, json.dumps(asdict(check), indent=2).encode())
     if not check.in_use:
         log.warning(
@@ -232,7 +240,13 @@ def checked_int8_model(
 
 
 def _check(
-    path: Path, source: Path, held: Chips, cpu: CpuInt8, bound: float, threads: int | None
+    path: Path,
+    digest: str,
+    source: Path,
+    held: Chips,
+    cpu: CpuInt8,
+    bound: float,
+    threads: int | None,
 ) -> Int8Check:
     import onnxruntime
 
@@ -241,6 +255,7 @@ def _check(
     )
     return Int8Check(
         model=path.name,
+        model_sha256=digest,
         in_use=bool(moved.max() <= bound),
         drift_max=round(float(moved.max()), 4),
         drift_mean=round(float(moved.mean()), 4),

@@ -478,7 +478,7 @@ def converted_model_path(kind: str) -> Path:
     path = cache_dir() / cache_name(kind)
     digest = path.with_name(path.name + ".sha256")
     if path.is_file() and digest.is_file():
-        if _sha256(path) == digest.read_text("ascii").strip():
+        if file_sha256(path) == digest.read_text("ascii").strip():
             return path
         log.warning("cached ONNX model %s does not match its sha256: converting it again", path)
     log.info("converting dlib model %s to ONNX at %s", kind, path)
@@ -488,7 +488,8 @@ def converted_model_path(kind: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The sha256 of a file, read in 1 MiB blocks."""
     found = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
