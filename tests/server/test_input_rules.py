@@ -203,6 +203,10 @@ def test_every_503_names_what_is_unavailable(
                 doc = problem(client.get("/v1/edge/public-key"), 503)
             assert doc["type"] == "urn:visage:problem:storage-unavailable"
             assert "VISAGE_EDGE_SIGNING_KEY" in str(doc["detail"])
+            # and the start said so, rather than leaving it to the first device to find out
+            assert "edge routes answer 503 until the snapshot signing key is set" in (
+                unsigned.log_tail(100_000)
+            )
         finally:
             stop_server(unsigned)
     with pg_database(pg_server) as url:

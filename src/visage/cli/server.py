@@ -125,7 +125,9 @@ def serve(
     """Run the HTTP service. Settings: flag > $VISAGE_* > config file > default; docs at /docs."""
     import uvicorn
 
+    from ..errors import StorageError
     from ..server.app import create_app
+    from ..server.hub import signing_key_path
     from ..server.settings import load_settings
     from ..store import open_engine, shown_url
 
@@ -153,6 +155,15 @@ def serve(
         markup=False,
         highlight=False,
     )
+    try:
+        signing_key_path(settings.db_url)
+    except StorageError as exc:  # a PostgreSQL store: the key has no folder to live in
+        err_console.print(
+            f"edge routes answer 503 until the snapshot signing key is set: {exc}",
+            soft_wrap=True,
+            markup=False,
+            highlight=False,
+        )
     served: Any
     if settings.workers > 1:  # each worker process builds the app from the same settings
         open_engine(settings.db_url, anchors=settings.audit_anchors).dispose()  # migrate once
