@@ -51,7 +51,7 @@ from visage.edge.video import VideoSource
 from visage.gallery import EmbeddingItem, Gallery
 from visage.pipeline import Pipeline
 from visage.server.keys_store import KeyStore
-from visage.store import database_url, open_engine
+from visage.store import Store, database_url
 
 COLLECTION = "bench"
 CROP = 170
@@ -197,7 +197,7 @@ def seed(folder: Path, pipeline: Pipeline, people: list[list[Path]]) -> tuple[st
             gallery.enroll_many(
                 COLLECTION, [EmbeddingItem(person.id, v) for v in vectors if v is not None]
             )
-    keys = KeyStore(open_engine(database_url(folder / "gallery.db")))
+    keys = KeyStore(Store.open(database_url(folder / "gallery.db")))
     return keys.create("bench", scopes=["device"], collections=[COLLECTION]).token, ids
 
 

@@ -44,7 +44,7 @@ from visage.api import pipeline as default_pipeline
 from visage.decision import normalize
 from visage.gallery import EmbeddingItem, Gallery
 from visage.server.keys_store import KeyStore
-from visage.store import database_url, open_engine
+from visage.store import Store, database_url
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -264,7 +264,7 @@ def main() -> None:
         )  # fmt: skip
         photo_list = write_bodies(Path(tmp) / "bodies", "photo", photos)
         token = (
-            KeyStore(open_engine(database_url(db)))
+            KeyStore(Store.open(database_url(db)))
             .create("benchmark", scopes=["identify"], collections=["bench"])
             .token
         )

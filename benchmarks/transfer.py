@@ -47,7 +47,7 @@ from visage.server.hub import EdgeHub
 from visage.gallery import Gallery
 from visage.signing import generate_signing_key
 with Gallery(sys.argv[1]) as g:
-    hub = EdgeHub(g.engine, g, generate_signing_key())
+    hub = EdgeHub(g, generate_signing_key())
     Path(sys.argv[2]).touch()
     while Path(sys.argv[2]).exists():
         hub.snapshot(key_id="bench", collection="imported", device=DeviceInfo("bench-1", "0"))
@@ -96,7 +96,7 @@ def main() -> None:
         print(f"import {args.persons} persons: {seconds:.1f} s, peak RSS {rss:.0f} MB")
         probes = unit_vectors(args.probes, seed=7)
         with Gallery(db) as g:
-            hub = EdgeHub(g.engine, g, generate_signing_key())
+            hub = EdgeHub(g, generate_signing_key())
             started = time.monotonic()
             document = hub.snapshot(
                 key_id="bench", collection="imported", device=DeviceInfo("bench-0", "0")

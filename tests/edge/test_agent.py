@@ -37,7 +37,7 @@ FAST = Backoff(base=0.01, cap=0.05)
 
 @pytest.fixture
 def hub(local_gallery: Gallery) -> EdgeHub:
-    return EdgeHub(open_engine(local_gallery.url), local_gallery, generate_signing_key())
+    return EdgeHub(local_gallery, generate_signing_key())
 
 
 def _uplink(hub: EdgeHub) -> MemoryUplink:

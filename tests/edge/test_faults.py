@@ -47,7 +47,7 @@ from visage.gallery import EmbeddingItem, Gallery
 from visage.pipeline import Pipeline
 from visage.server.keys_store import KeyStore
 from visage.signing import generate_signing_key, parse_public_key, public_key_text
-from visage.store import database_url, open_engine
+from visage.store import Store, database_url
 
 FAST = Backoff(base=0.05, cap=0.5)
 Enrollment = dict[str, list[np.ndarray]]
@@ -77,7 +77,7 @@ def seed(folder: Path, enrollment: Enrollment) -> Seeded:
             gallery.grant_consent(COLLECTION, person.id, basis="consent", granted_by="test")
             gallery.enroll_many(COLLECTION, [EmbeddingItem(person.id, v) for v in vectors])
             ids[name] = person.id
-    keys = KeyStore(open_engine(database_url(folder / "gallery.db")))
+    keys = KeyStore(Store.open(database_url(folder / "gallery.db")))
     token = keys.create("door", scopes=["device"], collections=[COLLECTION]).token
     return Seeded(folder, ids, token)
 

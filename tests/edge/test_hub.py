@@ -18,7 +18,6 @@ from visage.edge.snapshot import verify_snapshot
 from visage.gallery import EmbeddingItem, Gallery
 from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key
-from visage.store import open_engine
 
 DEVICE = DeviceInfo("dev-1", "0.1.0")
 KEY = generate_signing_key()
@@ -26,7 +25,7 @@ KEY = generate_signing_key()
 
 @pytest.fixture
 def hub(gallery: Gallery) -> EdgeHub:  # noqa: F811
-    return EdgeHub(open_engine(gallery.url), gallery, KEY)
+    return EdgeHub(gallery, KEY)
 
 
 def _people(g: Gallery, n: int = 3) -> tuple[list[str], np.ndarray]:
@@ -104,8 +103,8 @@ def test_signing_key_found_or_made_beside_a_sqlite_store(
 ) -> None:
     monkeypatch.delenv("VISAGE_EDGE_SIGNING_KEY", raising=False)
     with Gallery(tmp_path / "g.db") as g:
-        hub = EdgeHub.open(open_engine(g.url), g, g.url)
-        again = EdgeHub.open(open_engine(g.url), g, g.url)
+        hub = EdgeHub.open(g)
+        again = EdgeHub.open(g)
     assert hub.public_key() == again.public_key()
     assert (tmp_path / "g.db.edge-signing-key.pem").exists()
 

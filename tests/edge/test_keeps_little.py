@@ -28,7 +28,6 @@ from visage.gallery import Gallery
 from visage.pipeline import Pipeline
 from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key
-from visage.store import open_engine
 
 DEVICE = DeviceInfo("dev-test", "0.1.0")
 FAST = Backoff(base=0.01, cap=0.05)
@@ -52,7 +51,7 @@ def loose_umask() -> Iterator[None]:
 
 @pytest.fixture
 def hub(local_gallery: Gallery) -> EdgeHub:
-    return EdgeHub(open_engine(local_gallery.url), local_gallery, generate_signing_key())
+    return EdgeHub(local_gallery, generate_signing_key())
 
 
 def _uplink(hub: EdgeHub, *, ttl_s: int | None = None) -> MemoryUplink:
@@ -109,7 +108,7 @@ def test_strangers_are_not_queued_unless_the_operator_opts_in_and_then_expire(
 ) -> None:
     known, stranger = walkers
     local_gallery.delete_person(COLLECTION, stranger.name)  # the second walker is a stranger
-    hub = EdgeHub(open_engine(local_gallery.url), local_gallery, generate_signing_key())
+    hub = EdgeHub(local_gallery, generate_signing_key())
     uplink = _uplink(hub)
     known_id = local_gallery.person(COLLECTION, known.name).id
 

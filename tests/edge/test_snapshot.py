@@ -26,7 +26,6 @@ from visage.edge.snapshot import (
 from visage.gallery import Gallery
 from visage.server.hub import EdgeHub
 from visage.signing import generate_signing_key, load_signing_key, parse_public_key, public_key_text
-from visage.store import open_engine
 
 NOW = datetime(2030, 1, 1, tzinfo=UTC)
 
@@ -131,7 +130,7 @@ def test_offline_decisions_follow_the_gallery_identify_rule(local_gallery: Galle
     """A device decides 1:N offline at the threshold the gallery's identify uses for the same
     collection size and target FPIR, not at the looser per-comparison (1:1) threshold."""
     key = generate_signing_key()
-    hub = EdgeHub(open_engine(local_gallery.url), local_gallery, key)
+    hub = EdgeHub(local_gallery, key)
     device = DeviceInfo(id="door-1", agent_version="test")
     snap = verify_snapshot(
         hub.snapshot(key_id="vk_t", collection=COLLECTION, device=device), key.public_key()

@@ -26,7 +26,6 @@ from visage.edge.sync import Backoff, MemoryUplink
 from visage.gallery import Gallery
 from visage.server.hub import MAX_TTL_S, EdgeHub
 from visage.signing import generate_signing_key
-from visage.store import open_engine
 
 DEVICE = DeviceInfo("dev-life", "0.1.0")
 KEY = generate_signing_key()
@@ -35,7 +34,7 @@ KEY = generate_signing_key()
 @pytest.fixture
 def hub(local_gallery: Gallery) -> EdgeHub:
     """A server that grants what it is asked for, up to 30 days."""
-    return EdgeHub(open_engine(local_gallery.url), local_gallery, KEY, max_ttl_s=MAX_TTL_S)
+    return EdgeHub(local_gallery, KEY, max_ttl_s=MAX_TTL_S)
 
 
 def _document(hub: EdgeHub, ttl_s: int = MAX_TTL_S) -> bytes:

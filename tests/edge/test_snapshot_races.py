@@ -18,7 +18,7 @@ from tests.gallery.synthetic import CALIBRATION, near
 from visage.edge.snapshot import verify_snapshot
 from visage.gallery import ConsentedTemplates, Gallery
 from visage.server.hub import EdgeHub
-from visage.store import open_engine, sqlite_path
+from visage.store import sqlite_path
 
 from .test_hub import DEVICE, KEY, _people
 
@@ -86,10 +86,9 @@ def test_a_stale_read_is_never_signed_with_a_newer_sequence(
     gallery: Gallery,  # noqa: F811
 ) -> None:
     ids, _ = _people(gallery, 3)
-    engine = open_engine(gallery.url)
     paused = _PausedOnce(gallery)
-    slow = EdgeHub(engine, paused, KEY)  # type: ignore[arg-type]
-    fast = EdgeHub(engine, gallery, KEY)
+    slow = EdgeHub(paused, KEY)  # type: ignore[arg-type]
+    fast = EdgeHub(gallery, KEY)
     docs: list[bytes] = []
     puller = threading.Thread(
         target=lambda: docs.append(slow.snapshot(key_id="vk_a", collection="people", device=DEVICE))
@@ -107,7 +106,6 @@ def test_a_stale_read_is_never_signed_with_a_newer_sequence(
     late = verify_snapshot(docs[0], KEY.public_key(), min_sequence=served.sequence)
     assert ids[0] not in {p.id for p in late.persons}, "a deleted person came back in a snapshot"
     assert late.sequence == served.sequence and late.content_sha256() == served.content_sha256()
-    engine.dispose()
 
 
 @pytest.mark.parametrize("asked", [None, 600, 30 * 24 * 3600])
@@ -116,9 +114,7 @@ def test_the_server_caps_a_snapshots_life_whatever_is_asked(
     asked: int | None,
 ) -> None:
     _people(gallery, 2)
-    engine = open_engine(gallery.url)
-    hub = EdgeHub(engine, gallery, KEY, max_ttl_s=3600)
+    hub = EdgeHub(gallery, KEY, max_ttl_s=3600)
     doc = hub.snapshot(key_id="vk_a", collection="people", device=DEVICE, ttl_s=asked)
     snap = verify_snapshot(doc, KEY.public_key())
     assert snap.expires_at - snap.issued_at == timedelta(seconds=min(asked or 3600, 3600))
-    engine.dispose()

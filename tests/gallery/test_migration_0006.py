@@ -12,6 +12,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import IntegrityError
 
 from visage.server.keys_store import KeyStore
+from visage.store import Store
 from visage.store.engine import _migrations_config, migrate
 
 TOKEN = "vk_0123456789ab." + "A" * 43
@@ -38,7 +39,7 @@ def test_0006_keeps_old_keys_and_events_and_scopes_event_keys_by_device(db_url: 
         conn.execute(text(EVENT), {"device": "cam-a", "sha": "0" * 64})
     migrate(engine)
 
-    key = KeyStore(engine).authenticate(TOKEN)  # the old key: never expires, any device
+    key = KeyStore(Store(engine)).authenticate(TOKEN)  # the old key: never expires, any device
     assert key.expires_at is None and key.devices is None and key.speaks_for("cam-z")
     with engine.begin() as conn:  # another device may use the same event key now
         conn.execute(text(EVENT), {"device": "cam-b", "sha": "1" * 64})

@@ -28,7 +28,7 @@ import pytest
 from tests.conftest import pg_database
 from visage.server.keys_store import KeyStore
 from visage.signing import load_signing_key
-from visage.store import database_url, open_engine, sqlite_path
+from visage.store import Store, database_url, sqlite_path
 
 START_TIMEOUT_S = 90.0
 BIND_TRIES = 3
@@ -65,7 +65,7 @@ class Server:
     @property
     def keys(self) -> KeyStore:
         if self._keys is None:
-            self._keys = KeyStore(open_engine(self.store, anchors=self.anchors))
+            self._keys = KeyStore(Store.open(self.store, anchors=self.anchors))
         return self._keys
 
     def key(

@@ -18,7 +18,7 @@ from visage.server.auth import FailureLimit, RateLimiter
 from visage.server.keys_store import ApiKey, KeyStore, Scope
 from visage.server.problems import RateLimited, Unauthorized
 from visage.server.settings import load_settings
-from visage.store import database_url, open_engine, utcnow
+from visage.store import Store, database_url, open_engine, utcnow
 
 
 def test_settings_flag_beats_environment_beats_file_beats_default(
@@ -55,7 +55,7 @@ def test_bad_settings_name_the_problem(tmp_path: Path, text: str, word: str) -> 
 
 def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:
     engine = open_engine(database_url(tmp_path / "g.db"))
-    store = KeyStore(engine)
+    store = KeyStore(Store(engine))
     new = store.create("door", scopes=["identify"], collections=["lobby"], actor="test")
     assert new.token.startswith(new.key.id + ".")
     with engine.connect() as conn:

@@ -33,10 +33,9 @@ if TYPE_CHECKING:  # imported where used: `visage --help` must not load the serv
 
 def _key_store(settings: Settings, *, create: bool = True) -> KeyStore:
     from ..server.keys_store import KeyStore
-    from ..store import open_engine
+    from ..store import Store
 
-    engine = open_engine(settings.db_url, anchors=settings.audit_anchors, create=create)
-    return KeyStore(engine)
+    return KeyStore(Store.open(settings.db_url, anchors=settings.audit_anchors, create=create))
 
 
 def _keys(config: Path | None, db: str | None, *, read: bool = False) -> KeyStore:

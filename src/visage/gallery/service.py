@@ -73,7 +73,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import (
     ColumnElement,
     CursorResult,
-    Engine,
     delete,
     exists,
     func,
@@ -81,8 +80,8 @@ from sqlalchemy import (
     or_,
     select,
 )
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import InstrumentedAttribute, Session, sessionmaker
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from ..decision import (
     FPIR_RANGE,
@@ -118,16 +117,14 @@ from ..store import (
     JournalEraser,
     PersonRow,
     StateRow,
+    Store,
     TemplateRow,
     anchor,
     audit,
     database_url,
     default_url,
-    open_engine,
     private_temporary,
-    snapshot_reader,
     sqlite_path,
-    store_failure,
     utcnow,
 )
 from . import export_format
@@ -373,12 +370,12 @@ class Gallery:
         self._pipeline = pipeline
         self._calibrations = {c.model_id: c for c in calibrations}
         self.anchors = anchor.anchor_file(db_file, anchors)
-        self._engine = open_engine(self.url, anchors=anchors, create=create)
-        self._journal = JournalEraser(self._engine)
-        self._sessions = sessionmaker(self._engine, expire_on_commit=False)
+        self.store = Store.open(self.url, anchors=anchors, create=create)
+        """The process's one handle on the store, shared with the server's key store, event
+        log and edge hub."""
+        self._journal = JournalEraser(self.store.engine)
         # One in-memory SQLite connection is shared: its reads cannot overlap a write.
-        self._shared_connection = db_file is None and self._engine.dialect.name == "sqlite"
-        self._snapshots = sessionmaker(snapshot_reader(self._engine), expire_on_commit=False)
+        self._shared_connection = db_file is None and self.store.engine.dialect.name == "sqlite"
         self._searches = audit.GroupCommit(self._transaction)
         self._points: dict[int, tuple[tuple[int, float], OpenSetPoint]] = {}
         self._lock = threading.RLock()
@@ -393,12 +390,7 @@ class Gallery:
             try:
                 self._journal.close()
             finally:
-                self._engine.dispose()
-
-    @property
-    def engine(self) -> Engine:
-        """The store's one engine, for the server's key store, event log and edge hub."""
-        return self._engine
+                self.store.dispose()
 
     def __enter__(self) -> Self:
         return self
@@ -410,7 +402,7 @@ class Gallery:
     def _transaction(self) -> Iterator[tuple[Session, StateRow]]:
         """:func:`audit.write`, a store's conflict as :class:`Conflict`."""
         try:
-            with audit.write(self._sessions, "gallery store") as w:
+            with self.store.write("gallery store") as w:
                 yield w.session, w.state
         except IntegrityError as exc:
             log.warning("the gallery store refused a write: %s", exc)
@@ -419,11 +411,8 @@ class Gallery:
     @contextmanager
     def _reading(self) -> Iterator[Session]:
         """A read-only transaction on one consistent snapshot, without the writers' lock."""
-        try:
-            with self._read_guard(), self._snapshots() as session, session.begin():
-                yield session
-        except SQLAlchemyError as exc:
-            raise store_failure("gallery store", exc) from exc
+        with self._read_guard(), self.store.read("gallery store") as session:
+            yield session
 
     @contextmanager
     def _searching(self) -> Iterator[Session]:

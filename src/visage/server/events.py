@@ -10,17 +10,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlalchemy.orm import sessionmaker
-
-from ..store import audit
+from ..store import Store
 
 
 class EventLog:
-    """Writes standalone events (one transaction each) to the store behind ``engine``."""
+    """Writes standalone events (one transaction each) to ``store``."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
     def record(
         self,
@@ -33,7 +30,7 @@ class EventLog:
         **summary: Any,
     ) -> int:
         """Append one event in its own transaction; returns its ``seq``."""
-        with audit.write(self._sessions, "audit log") as w:
+        with self._store.write("audit log") as w:
             return w.record(
                 action,
                 actor=actor,

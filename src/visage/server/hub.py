@@ -40,17 +40,17 @@ Rules, in one place (the HTTP routes in :mod:`visage.server.routes.edge` only tr
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
 from ..edge.events import DeviceInfo, EdgeEvent, EventWire, Receipt
 from ..edge.snapshot import DEFAULT_TTL_S, Snapshot, SnapshotPerson, sign_snapshot
@@ -64,7 +64,6 @@ from ..store import (
     EdgeSnapshotRow,
     audit,
     sqlite_path,
-    store_failure,
     utcnow,
 )
 
@@ -146,11 +145,10 @@ def signing_key_path(db_url: str) -> Path:
 
 
 class EdgeHub:
-    """Edge devices' business with the server, over the gallery and its store (``engine``)."""
+    """Edge devices' business with the server, over the gallery and its store."""
 
     def __init__(
         self,
-        engine: Engine,
         gallery: Gallery,
         signing_key: Ed25519PrivateKey,
         *,
@@ -158,31 +156,24 @@ class EdgeHub:
         max_ttl_s: int = DEFAULT_TTL_S,
     ) -> None:
         self.gallery = gallery
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.store = gallery.store
         self._key = signing_key
         self.max_ttl_s = max_ttl_s
         self.default_ttl_s = min(default_ttl_s, max_ttl_s)
 
     @classmethod
-    def open(
-        cls, engine: Engine, gallery: Gallery, db_url: str, *, max_ttl_s: int = DEFAULT_TTL_S
-    ) -> EdgeHub:
+    def open(cls, gallery: Gallery, *, max_ttl_s: int = DEFAULT_TTL_S) -> EdgeHub:
         """A hub whose signing key is found (or, beside a SQLite store, created) per
         :func:`signing_key_path`, granting snapshots at most ``max_ttl_s`` of life."""
-        path = signing_key_path(db_url)
+        path = signing_key_path(gallery.url)
         key = load_signing_key(path, create=SIGNING_KEY_ENV not in os.environ)
-        return cls(engine, gallery, key, max_ttl_s=max_ttl_s)
+        return cls(gallery, key, max_ttl_s=max_ttl_s)
 
     def public_key(self) -> str:
         return public_key_text(self._key.public_key())
 
-    @contextmanager
-    def _reading(self) -> Iterator[Session]:
-        try:
-            with self._sessions() as session:
-                yield session
-        except SQLAlchemyError as exc:
-            raise store_failure("edge store", exc) from exc
+    def _reading(self) -> AbstractContextManager[Session]:
+        return self.store.read("edge store")
 
     # ------------------------------------------------------------------ events
 
@@ -296,7 +287,7 @@ class EdgeHub:
         out: list[Receipt] = []
         now = utcnow()
         keys = [e.key for e in events]
-        with audit.write(self._sessions, "edge store") as w:
+        with self.store.write("edge store") as w:
             session = w.session
             coll = _collection(session, collection)
             named = {f.person_id for f in server_side.values() if f.person_id is not None}
@@ -505,7 +496,7 @@ class EdgeHub:
         module's rules); ``None`` when the collection moved past ``version`` (the content was
         read from) before the writers' lock was taken, so stale content never gets a newer
         sequence; :class:`NotFound` if the collection was deleted meanwhile."""
-        with audit.write(self._sessions, "edge store") as w:
+        with self.store.write("edge store") as w:
             session, state = w.session, w.state
             if _collection(session, collection).version != version:
                 return None

@@ -21,20 +21,19 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
-from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from ..edge.events import check_device_id
 from ..errors import InputError, NotFound
 from ..gallery.records import collection_name
-from ..store import ApiKeyRow, audit, snapshot_reader, store_failure, utcnow
+from ..store import ApiKeyRow, Store, utcnow
 from .problems import Unauthorized
 
 ALL_COLLECTIONS = "*"
@@ -165,12 +164,10 @@ def _moment(text: str) -> datetime:
 
 
 class KeyStore:
-    """Create, list, revoke and check API keys in the gallery's database (an open engine)."""
+    """Create, list, revoke and check API keys in the gallery's store."""
 
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self._reads = sessionmaker(snapshot_reader(engine), expire_on_commit=False)
+    def __init__(self, store: Store) -> None:
+        self._store = store
 
     def create(
         self,
@@ -215,7 +212,7 @@ class KeyStore:
             expires_at=expires_at,
             devices=device_ids,
         )
-        with audit.write(self._sessions, "API key store") as w:
+        with self._store.write("API key store") as w:
             w.record(
                 "key.create",
                 actor=actor,
@@ -232,7 +229,7 @@ class KeyStore:
 
     def revoke(self, key_id: str, *, actor: str = "local") -> ApiKey:
         """Revoke a key at once; :class:`NotFound` for an unknown id."""
-        with audit.write(self._sessions, "API key store") as w:
+        with self._store.write("API key store") as w:
             w.record("key.revoke", actor=actor, key=key_id)
             row = w.session.get(ApiKeyRow, key_id)
             if row is None:
@@ -277,11 +274,6 @@ class KeyStore:
             )
         return key
 
-    @contextmanager
-    def _read(self) -> Iterator[Session]:
+    def _read(self) -> AbstractContextManager[Session]:
         """A read-only transaction: checking a key takes no writers' lock."""
-        try:
-            with self._reads() as session, session.begin():
-                yield session
-        except SQLAlchemyError as exc:
-            raise store_failure("API key store", exc) from exc
+        return self._store.read("API key store")

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import Engine
-
 from ..gallery import Gallery
 from .auth import FailureLimit, RateLimiter, SecurityLog
 from .events import EventLog
@@ -25,7 +23,6 @@ class Services:
 
     settings: Settings
     gallery: Gallery
-    engine: Engine
     keys: KeyStore
     events: EventLog
     pipeline: ServicePipeline
@@ -56,14 +53,12 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
         actor=SERVER_ACTOR,
         anchors=settings.audit_anchors,
     )
-    engine = gallery.engine  # one engine per process: one pool, migrations run once
     metrics.watch_gallery(gallery.collections)
-    return Services(
+    return Services(  # one store per process: one pool, migrations checked once
         settings=settings,
         gallery=gallery,
-        engine=engine,
-        keys=KeyStore(engine),
-        events=EventLog(engine),
+        keys=KeyStore(gallery.store),
+        events=EventLog(gallery.store),
         pipeline=pipeline,
         limiter=RateLimiter(settings.rate_limit, settings.rate_burst),
         metrics=metrics,

@@ -1,5 +1,6 @@
 """The store: every table, the engine, the files on disk, and the one audited write path.
 
+access.py   ``Store``: the one handle on a store (engine, the write path, snapshot reads)
 tables.py   every table (gallery, API keys, edge) as SQLAlchemy 2 typed models; the writers' lock
 engine.py   URLs, SQLite pragmas, read-only snapshot readers, opening and migrating a store
 files.py    owner-only files, safe temporary files, erasing SQLite's write-ahead log
@@ -13,6 +14,7 @@ store here and write through :func:`visage.store.audit.write`; one engine per pr
 
 from __future__ import annotations
 
+from .access import Store
 from .engine import (
     DEFAULT_DB,
     Migration,
@@ -72,6 +74,7 @@ __all__ = [
     "Migration",
     "PersonRow",
     "StateRow",
+    "Store",
     "TemplateRow",
     "UTCDateTime",
     "database_url",

@@ -110,12 +110,7 @@ def get_hub(request: Request, services: ServicesDep) -> EdgeHub:
         with _hub_lock:
             hub = getattr(request.app.state, "edge_hub", None)
             if hub is None:
-                hub = EdgeHub.open(
-                    services.engine,
-                    services.gallery,
-                    services.settings.db_url,
-                    max_ttl_s=services.settings.edge_max_ttl_s,
-                )
+                hub = EdgeHub.open(services.gallery, max_ttl_s=services.settings.edge_max_ttl_s)
                 request.app.state.edge_hub = hub
     return hub
 
