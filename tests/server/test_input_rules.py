@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from tests.conftest import pg_database
 from visage.cli import app
+from visage.gallery import Gallery
 
 from .conftest import Server, problem, start_server, stop_server
 
@@ -232,3 +233,24 @@ def test_every_503_names_what_is_unavailable(
             assert httpx.get(f"{server.url}/healthz").status_code == 200  # alive, not ready
         finally:
             stop_server(server)
+
+
+def test_a_collection_of_a_model_without_calibration_is_503_model_unavailable(
+    server: Server,
+) -> None:
+    """The last 503 (issue 19 item 11): a collection made, through the library, for a model
+    this server holds no calibration for. identify cannot choose a threshold for it, so it is
+    ``model-unavailable`` naming the model, not a guess; a collection of the shipped model on
+    the same server still answers (the control)."""
+    with Gallery(server.store, actor="library") as g:
+        g.create_collection("alien", model_id="mystery-v9", dim=128)
+        g.create_collection("native", model_id="dlib_resnet_v1", dim=128)
+    probe = {"embeddings": [[1 / 128**0.5] * 128]}
+    with server.client(server.admin) as client:
+        fine = client.post("/v1/collections/native/identify", params={"purpose": "t"}, json=probe)
+        assert fine.status_code == 200, fine.text
+        doc = problem(
+            client.post("/v1/collections/alien/identify", params={"purpose": "t"}, json=probe), 503
+        )
+    assert doc["type"] == "urn:visage:problem:model-unavailable", doc
+    assert "mystery-v9" in str(doc["detail"]) and not any(w in str(doc) for w in SQL_WORDS), doc
