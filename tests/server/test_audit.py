@@ -179,3 +179,25 @@ def test_seq_and_id_bounds_are_what_every_store_holds(server: Server, collection
             problem(client.get("/v1/audit", params={name: MAX_INTEGER + 1}), 422)
         problem(client.delete(f"{faces}/{MAX_INTEGER}"), 404)  # no such template
         problem(client.delete(f"{faces}/{MAX_INTEGER + 1}"), 422)
+
+
+def test_a_purpose_holding_a_nul_is_audited_escaped_not_a_503(
+    server: Server, collection: str
+) -> None:
+    """Fuzzing on PostgreSQL sent ``purpose=%00…`` to find-similar: PostgreSQL's text cannot
+    hold a NUL, so the audit append failed and the search answered 503. Every string the audit
+    stores is escaped the one way (``storable``): the search answers and its event says
+    ``\\x00``, on both stores, and the chain still verifies."""
+    probe = {"embeddings": [[1 / 128**0.5] * 128]}
+    with server.client(server.admin) as client:
+        for route in ("identify", "find-similar"):
+            answer = client.post(
+                f"/v1/collections/{collection}/{route}",
+                params={"purpose": "door\x00check"},
+                json=probe,
+            )
+            assert answer.status_code == 200, answer.text
+        events = client.get("/v1/audit", params={"collection": collection}).json()["items"]
+        chain = client.get("/v1/audit/verify").json()
+    assert [e["purpose"] for e in events[-2:]] == ["door\\x00check"] * 2, events[-2:]
+    assert chain["ok"], chain

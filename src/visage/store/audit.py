@@ -105,11 +105,12 @@ class ChainReport:
 
 
 def storable(value: Any) -> Any:
-    """``value`` with every string in it as :func:`visage.names.utf8_text`: a refusal naming a
-    file whose name is not UTF-8 is hashed and stored (escaped), not lost to a
-    ``UnicodeEncodeError`` that would leave it unaudited and stop the batch."""
+    """``value`` with every string in it as :func:`visage.names.utf8_text` and NUL written
+    ``\\x00``: a refusal naming a file whose name is not UTF-8, or a purpose holding a NUL
+    (which PostgreSQL's text cannot hold), is hashed and stored escaped, not lost to an
+    encoding error that would leave it unaudited (a 503 where fuzzing sent ``purpose=%00``)."""
     if isinstance(value, str):
-        return utf8_text(value)
+        return utf8_text(value).replace("\x00", "\\x00")
     if isinstance(value, Mapping):
         return {storable(k): storable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
