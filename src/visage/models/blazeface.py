@@ -7,10 +7,16 @@ MediaPipe's ``face_detection_*_range`` graphs: the photo is padded to a square a
 the model's input, SSD anchors (:func:`anchors`) decode the regressors, scores above
 :data:`MIN_SCORE` are kept and overlapping boxes merged by weighted non-max suppression.
 
+For large photos the network also runs on overlapping tiles, each level of tiles twice the
+last one's side (:meth:`BlazeFaceDetector.windows`), so a 40-pixel face in a 4000x3000 photo
+is as large in the network's input as in a close-up; all windows' boxes are merged by the same
+suppression. The work grows with the photo's area: 119 windows at 4000x3000, 438 at the 40 MP
+decode limit.
+
 BlazeFace's box (brow to chin, about the face's width) is not dlib's: the 5-point landmarker
 and so the aligned chip and the embedding were trained on dlib HOG boxes. Each box is mapped
-to a HOG-like square (:attr:`BlazeModel.hog_like`, fitted on the shared ``people/`` photos) before it is
-handed on; ``docs/performance.md`` gives the chip and embedding differences this leaves.
+to a HOG-like square (:attr:`BlazeModel.hog_like`, fitted on the shared ``people/`` photos)
+before it is handed on; ``docs/performance.md`` gives the chip and embedding differences.
 """
 
 from __future__ import annotations
@@ -52,21 +58,35 @@ class BoxMapping:
 class BlazeModel:
     """One BlazeFace variant: its weights (a key of :data:`MODEL_FILES`), input side, the
     strides of its anchor layers (MediaPipe's ``SsdAnchorsCalculator`` options) and the
-    mapping of its boxes to HOG-like ones."""
+    mapping of its boxes to HOG-like ones; ``tile`` is the smallest tile side, in photo pixels,
+    of tiled detection, chosen on ``benchmarks/group_photos.py`` as the largest that still finds
+    every 40-pixel face: 480 for full range (40 px is 16 input pixels), 213 for short range."""
 
     weights: str
     size: int
     strides: tuple[int, ...]
     interpolated_anchor: bool
     hog_like: BoxMapping
+    tile: int
 
 
 MODELS = {
     "short": BlazeModel(
-        "blazeface_short_range", 128, (8, 16, 16, 16), True, BoxMapping(-0.043, -0.053, 0.98)
+        "blazeface_short_range", 128, (8, 16, 16, 16), True, BoxMapping(-0.043, -0.053, 0.982), 213
     ),
-    "full": BlazeModel("blazeface_full_range", 192, (4,), False, BoxMapping(-0.028, 0.0, 0.939)),
+    "full": BlazeModel(
+        "blazeface_full_range", 192, (4,), False, BoxMapping(-0.028, 0.0, 0.939), 480
+    ),
 }
+
+TILE_OVERLAP = 0.25
+"""Neighbouring tiles share a quarter of their side: any face up to a quarter of a tile lies
+whole in one of them (larger faces are found at the next, coarser level)."""
+EDGE_MARGIN = 0.02
+"""A box within 2% of a tile's edge that is not the photo's edge is a cut face: dropped there,
+found whole in the neighbouring tile."""
+BATCH = 64
+"""Windows per network call (64 x 192x192x3 float32 is 28 MB)."""
 
 
 @cache
@@ -119,19 +139,45 @@ def weighted_nms(boxes: FloatArray, scores: FloatArray) -> list[tuple[FloatArray
     return kept
 
 
-def decode(
+def candidates(
     regressors: FloatArray, scores: FloatArray, model: BlazeModel
-) -> list[tuple[FloatArray, float]]:
-    """Boxes ``(left, top, right, bottom)`` in [0, 1] of the network's input, with scores."""
+) -> tuple[FloatArray, FloatArray]:
+    """Boxes ``(n, 4)`` ``(left, top, right, bottom)`` in [0, 1] of the network's input that
+    score above :data:`MIN_SCORE`, and their scores, before non-max suppression."""
     keep = scores[:, 0] > MIN_SCORE
-    if not keep.any():
-        return []
     raw = regressors[keep, :4] / model.size
     centre = raw[:, :2] + anchors(model)[keep]
     half = raw[:, 2:4] / 2
-    boxes = np.concatenate([centre - half, centre + half], axis=1)
     valid = (half > 0).all(axis=1)
-    return weighted_nms(boxes[valid], scores[keep, 0][valid])
+    boxes = np.concatenate([centre - half, centre + half], axis=1)
+    return boxes[valid], scores[keep, 0][valid]
+
+
+@dataclass(frozen=True)
+class Window:
+    """One network input cut from a photo: the pixels, where its input pixel (0, 0) lies in
+    the photo scaled by ``scale`` (network pixels per photo pixel), and which of its edges
+    (left, top, right, bottom) are inside the photo."""
+
+    tensor: FloatArray
+    x: int
+    y: int
+    scale: float
+    inner: tuple[bool, bool, bool, bool]
+
+    def to_photo(self, boxes: FloatArray, size: int) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+        """Boxes in [0, 1] of this window as photo pixels, and which of them to keep: not
+        those within :data:`EDGE_MARGIN` of an edge inside the photo (a cut face)."""
+        left, top, right, bottom = self.inner
+        m = EDGE_MARGIN
+        cut = (
+            (left & (boxes[:, 0] < m))
+            | (top & (boxes[:, 1] < m))
+            | (right & (boxes[:, 2] > 1 - m))
+            | (bottom & (boxes[:, 3] > 1 - m))
+        )
+        origin = np.array([self.x, self.y, self.x, self.y], np.float32)
+        return (boxes * size + origin) / self.scale, ~cut
 
 
 def hog_like(box: FloatArray, mapping: BoxMapping) -> Box:
@@ -159,9 +205,13 @@ class BlazeFaceDetector(_SessionHolder):
     ``short`` (128x128, faces over ~1/5 of the photo's side; ``blazeface-short``). Scores are
     probabilities (> 0.5).
 
-    ``upsample`` is accepted for the ``Detector`` protocol and ignored: the network sees the
-    whole photo at its own input size.
+    ``upsample`` 0 runs the whole photo at the network's input size (one pass); 1 or more
+    (the pipeline's default) adds overlapping tiles for photos over twice ``tile`` pixels,
+    merged by the same weighted non-max suppression. ``tiled`` tells the pipeline not to
+    shrink large photos first: the tiles bound the work (about one pass per 240x240 pixels).
     """
+
+    tiled = True
 
     def __init__(self, variant: str = "full", *, threads: int | None = None) -> None:
         if variant not in MODELS:
@@ -190,23 +240,63 @@ class BlazeFaceDetector(_SessionHolder):
         interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
         return cv2.resize(square, (size, size), interpolation=interp).astype(np.float32), side
 
+    def tile_sides(self, image: Image) -> list[int]:
+        """Tile sides in photo pixels for tiled detection: ``tile``, doubling, up to half the
+        photo's longer side (none for a photo under twice ``tile``: 250x250 has none)."""
+        side, tile, sides = max(image.shape[:2]), self.model.tile, []
+        while tile <= side / 2:
+            sides.append(tile)
+            tile *= 2
+        return sides
+
+    def windows(self, image: Image, *, tiled: bool) -> list[Window]:
+        """The whole photo, then (``tiled``) overlapping tiles at each of :meth:`tile_sides`,
+        each photo resized once per level so its tiles are the network's input size."""
+        tensor, side = self._input(image)
+        size = self.model.size
+        out = [Window(tensor, 0, 0, size / side, (False, False, False, False))]
+        h, w = image.shape[:2]
+        stride = round(size * (1 - TILE_OVERLAP))
+        for tile in self.tile_sides(image) if tiled else []:
+            scale = size / tile
+            rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
+            level = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA)
+            xs = [*range(0, rw - size, stride), rw - size]
+            ys = [*range(0, rh - size, stride), rh - size]
+            for y in ys:
+                for x in xs:
+                    crop = level[y : y + size, x : x + size].astype(np.float32)
+                    inner = (x > 0, y > 0, x + size < rw, y + size < rh)
+                    out.append(Window(crop, x, y, scale, inner))
+        return out
+
     def detect(self, image: Image, *, upsample: int = 1) -> list[Detection]:
         return self.detect_many([image], upsample=upsample)[0]
 
     def detect_many(self, images: list[Image], *, upsample: int = 1) -> list[list[Detection]]:
-        """Detections per image; all images run as one batch on the network."""
+        """Detections per image. ``upsample`` 0: the whole photo, one network pass; 1 or more:
+        also tiles down to ``tile`` (photos over twice its side), so 40-pixel faces in a
+        4000x3000 photo are found; windows run in batches of :data:`BATCH`."""
         if upsample < 0:
             raise ValueError(f"upsample must be >= 0, not {upsample}")
-        if not images:
-            return []
-        prepared = [self._input(image) for image in images]
-        batch = np.stack([tensor for tensor, _ in prepared])
-        regressors, scores = self.session.run(None, {"image": batch})
+        windows = [(i, win) for i, image in enumerate(images)
+                   for win in self.windows(image, tiled=upsample > 0)]  # fmt: skip
+        found: list[list[tuple[FloatArray, FloatArray]]] = [[] for _ in images]
+        for start in range(0, len(windows), BATCH):
+            chunk = windows[start : start + BATCH]
+            batch = np.stack([win.tensor for _, win in chunk])
+            regressors, scores = self.session.run(None, {"image": batch})
+            for (i, win), reg, sc in zip(chunk, regressors, scores):
+                boxes, kept_scores = candidates(reg, sc, self.model)
+                pixels, keep = win.to_photo(boxes, self.model.size)
+                found[i].append((pixels[keep], kept_scores[keep]))
         out = []
-        for image, (_, side), reg, sc in zip(images, prepared, regressors, scores):
+        for image, parts in zip(images, found):
+            boxes = np.concatenate([b for b, _ in parts]) if parts else np.zeros((0, 4), np.float32)
+            scores = np.concatenate([sc for _, sc in parts]) if parts else np.zeros(0, np.float32)
             dets = []
-            for box, score in decode(reg, sc, self.model):
-                rect = hog_like(box * side, self.model.hog_like)
+            for box, score in weighted_nms(boxes, scores):
+                rect = hog_like(box, self.model.hog_like)
                 dets.append(Detection(box=clip_box(rect, image.shape), score=score, rect=rect))
             out.append(dets)
         return out
