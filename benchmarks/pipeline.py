@@ -1,10 +1,10 @@
 """End-to-end photos/s and per-stage ms: Visage vs face_recognition, same photos, same run.
 
     .venv/bin/python benchmarks/pipeline.py [--photos 60] [--faces DIR] [--runtime auto|onnx|dlib]
-                                            [--detector hog|cnn]
+                                            [--detector hog|cnn|blazeface|blazeface-short]
 
-Both use the same detector (one upsample) and dlib's ResNet weights (Visage on the chosen
-runtime). Per-stage figures are medians over the photos, one photo at a time, after one warm-up
+Both use the same detector (one upsample; face_recognition has no BlazeFace, so it runs HOG
+then) and dlib's ResNet weights (Visage on the chosen runtime). Per-stage figures are medians over the photos, one photo at a time, after one warm-up
 photo (model loading excluded for both). Batch throughput is Visage's ``embed_many`` (faces of 16
 photos embedded per call; one process, then one per core) against face_recognition's per-photo
 loop (its API has no batch or parallel form for HOG).
@@ -21,6 +21,7 @@ from pathlib import Path
 
 from visage import align
 from visage.imageio import load_image
+from visage.models import DETECTORS
 from visage.pipeline import Pipeline
 from visage.quality import assess
 
@@ -72,7 +73,7 @@ def main() -> None:
     default_faces = os.environ.get("VISAGE_FACES") or str(Path(__file__).resolve().parents[2] / "shared" / "faces")
     parser.add_argument("--faces", default=default_faces)
     parser.add_argument("--runtime", default="auto", choices=["auto", "onnx", "dlib"])
-    parser.add_argument("--detector", default="hog", choices=["hog", "cnn"])
+    parser.add_argument("--detector", default="hog", choices=list(DETECTORS))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                         help="processes for the second batched run (default: one per core)")
     parser.add_argument("--batch-photos", type=int, default=160,
@@ -85,12 +86,13 @@ def main() -> None:
 
     import face_recognition as fr
 
+    fr_detector = args.detector if args.detector in ("hog", "cnn") else "hog"
     pipe = Pipeline(runtime=args.runtime, detector=args.detector)
-    visage_stages(pipe, paths[0]), fr_stages(fr, paths[0], args.detector)  # warm-up: load models
+    visage_stages(pipe, paths[0]), fr_stages(fr, paths[0], fr_detector)  # warm-up: load models
     ours = [visage_stages(pipe, p) for p in paths]
-    theirs = [fr_stages(fr, p, args.detector) for p in paths]
-    label = f"visage ({type(pipe.embedder).__name__}, {type(pipe.detector).__name__})"
-    v, f = summarise(label, ours), summarise(f"face_recognition 1.3.0 ({args.detector})", theirs)
+    theirs = [fr_stages(fr, p, fr_detector) for p in paths]
+    label = f"visage ({type(pipe.embedder).__name__}, {pipe.detector.name})"
+    v, f = summarise(label, ours), summarise(f"face_recognition 1.3.0 ({fr_detector})", theirs)
     print(f"\nspeed-up, visage / face_recognition: {f / v:.2f}x end-to-end, one photo at a time")
     for workers in (1, args.workers):
         start = time.perf_counter()

