@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from machine import cpu_line
+from machine import cpu_line, default_faces
 
 from visage import align
 from visage.decision import normalize
@@ -133,10 +133,7 @@ def end_to_end(paths: list[Path]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = os.environ.get("VISAGE_FACES") or str(
-        Path(__file__).resolve().parents[2] / "shared" / "faces"
-    )
-    parser.add_argument("--faces", default=default)
+    parser.add_argument("--faces", default=default_faces())
     parser.add_argument("--e2e-photos", type=int, default=100)
     parser.add_argument("--fit", action="store_true", help="print the fitted HOG-like box mappings")
     args = parser.parse_args()

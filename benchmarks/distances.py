@@ -12,11 +12,11 @@ threshold translated to the other scale, and the pairs accuracy of both rules.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 from pathlib import Path
 
 import numpy as np
+from machine import default_faces
 from runtime import central_chips
 
 from visage.decision import default_calibration
@@ -26,10 +26,7 @@ from visage.models.onnx_runtime import OnnxEmbedder
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    default_faces = os.environ.get("VISAGE_FACES") or str(
-        Path(__file__).resolve().parents[2] / "shared" / "faces"
-    )
-    parser.add_argument("--faces", default=default_faces)
+    parser.add_argument("--faces", default=default_faces())
     faces = Path(parser.parse_args().faces)
     pairs = read_lfw_pairs(faces / "pairs_dev.txt", faces / "people")
     photos = sorted({p.a for p in pairs} | {p.b for p in pairs})

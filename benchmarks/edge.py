@@ -41,6 +41,7 @@ from pathlib import Path
 import cv2
 import httpx
 import numpy as np
+from machine import default_faces
 from PIL import Image
 
 from visage.edge.agent import Agent, AgentConfig
@@ -279,8 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--every", type=int, default=3)
     parser.add_argument("--walkers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="Runs of each kind, interleaved.")
-    default_faces = os.environ.get("VISAGE_FACES") or Path(__file__).parents[2] / "shared" / "faces"
-    parser.add_argument("--faces", type=Path, default=Path(default_faces))
+    parser.add_argument("--faces", type=Path, default=Path(default_faces()))
     args = parser.parse_args(argv)
 
     pipeline = Pipeline(upsample=0)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from machine import cpu_line
+from machine import cpu_line, default_faces
 
 from visage.imageio import load_image
 from visage.models import make_detector
@@ -91,10 +91,7 @@ def group_photo(pool: list[tuple[Image, Box]], rng: np.random.Generator) -> tupl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    default = os.environ.get("VISAGE_FACES") or str(
-        Path(__file__).resolve().parents[2] / "shared" / "faces"
-    )
-    parser.add_argument("--faces", default=default)
+    parser.add_argument("--faces", default=default_faces())
     parser.add_argument("--photos", type=int, default=4)
     parser.add_argument("--cnn", action="store_true", help="also MMOD (about 5 s a photo)")
     args = parser.parse_args()

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import default_faces
 from open_set import embed_all, identity
 
 from visage.decision import default_calibration, normalize
@@ -55,10 +56,7 @@ def synthetic(n: int, rule: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    default_faces = os.environ.get("VISAGE_FACES") or str(
-        Path(__file__).resolve().parents[2] / "shared" / "faces"
-    )
-    parser.add_argument("--faces", type=Path, default=Path(default_faces))
+    parser.add_argument("--faces", type=Path, default=Path(default_faces()))
     parser.add_argument("--cache", type=Path, default=Path("/tmp/visage-open-set-embeddings.npz"))
     parser.add_argument("--synthetic", type=int, default=0,
                         help="instead: time N synthetic faces, 5 per person (e.g. 100000)")  # fmt: skip

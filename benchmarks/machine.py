@@ -18,3 +18,10 @@ def cpu_line() -> str:
          for f in line.split(":")[1].split() if f.startswith(("avx", "fma"))}
     )  # fmt: skip
     return f"CPU flags: {' '.join(flags)}; {os.cpu_count()} cores"
+
+
+def default_faces() -> str:
+    """The shared photos: ``$VISAGE_FACES``, else ``../shared/faces`` beside the repository."""
+    return os.environ.get("VISAGE_FACES") or str(
+        Path(__file__).resolve().parents[2] / "shared" / "faces"
+    )

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from machine import default_faces
 
 from visage.decision import (
     MIN_TAIL_COUNT,
@@ -188,10 +188,7 @@ def measure_fold(
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("command", choices=("calibrate", "measure"))
-    default_faces = os.environ.get("VISAGE_FACES") or str(
-        Path(__file__).resolve().parents[2] / "shared" / "faces"
-    )
-    parser.add_argument("--faces", type=Path, default=Path(default_faces))
+    parser.add_argument("--faces", type=Path, default=Path(default_faces()))
     parser.add_argument("--cache", type=Path, default=Path("/tmp/visage-open-set-embeddings.npz"))
     parser.add_argument("--target", type=float, default=0.01)
     parser.add_argument("--json", action="store_true")

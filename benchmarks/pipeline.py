@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from machine import default_faces
+
 from visage import align
 from visage.imageio import load_image
 from visage.models import DETECTORS
@@ -70,8 +72,7 @@ def summarise(name: str, rows: list[dict[str, float]]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=60)
-    default_faces = os.environ.get("VISAGE_FACES") or str(Path(__file__).resolve().parents[2] / "shared" / "faces")
-    parser.add_argument("--faces", default=default_faces)
+    parser.add_argument("--faces", default=default_faces())
     parser.add_argument("--runtime", default="auto", choices=["auto", "onnx", "dlib"])
     parser.add_argument("--detector", default="hog", choices=list(DETECTORS))
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,

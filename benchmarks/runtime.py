@@ -33,6 +33,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import onnxruntime
+from machine import default_faces
 
 from visage import align
 from visage.eval.metrics import kfold_accuracy
@@ -193,10 +194,7 @@ def main() -> None:
     parser.add_argument("--pool", type=int, default=64, help="chips timed per embedder")
     parser.add_argument("--mmod-photos", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
-    default_faces = os.environ.get("VISAGE_FACES") or str(
-        Path(__file__).resolve().parents[2] / "shared" / "faces"
-    )
-    parser.add_argument("--faces", default=default_faces)
+    parser.add_argument("--faces", default=default_faces())
     parser.add_argument("--avx2", action="store_true", help="also run INT8 on an emulated AVX2")
     parser.add_argument("--write", type=Path, help="also write the tables to this markdown file")
     args = parser.parse_args()

@@ -38,7 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import numpy.typing as npt
-from machine import cpu_line
+from machine import cpu_line, default_faces
 
 from visage.api import pipeline as default_pipeline
 from visage.decision import normalize
@@ -243,7 +243,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--photos", type=int, default=40, help="people/ photos used as probes")
     parser.add_argument(
-        "--faces", default=os.environ.get("VISAGE_FACES") or str(REPO.parent / "shared" / "faces")
+        "--faces", default=default_faces()
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
