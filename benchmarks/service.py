@@ -1,10 +1,10 @@
 """The HTTP service under sustained load, driven by ``wrk``: identify by embedding and by photo.
 
     .venv/bin/python benchmarks/service.py [--size 100000] [--connections 1,16,64]
-        [--duration 60] [--index exact,auto] [--workers 2] [--photos 40]
+        [--duration 60] [--index exact,auto] [--workers 2] [--photos 40] [--db URL]
 
 Builds a gallery of ``--size`` synthetic unit vectors (1000 consented persons, enrolled with
-``Gallery.enroll_many``) in a temporary SQLite file, starts ``visage serve --workers N`` on it
+``Gallery.enroll_many``) in a temporary SQLite file (or the empty database ``--db`` names), starts ``visage serve --workers N`` on it
 (loopback, a free port, rate limit off) and loads it with ``wrk`` (Debian's package, installed
 with apt-get when missing; one thread per core, ``benchmarks/wrk_identify.lua`` sends the
 bodies) for ``--duration`` seconds per run:
@@ -70,12 +70,12 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(values), q)) if values else float("nan")
 
 
-def build_gallery(db: Path, size: int, rng: np.random.Generator) -> Floats:
+def build_gallery(db: str, size: int, rng: np.random.Generator) -> Floats:
     """``size`` templates over ``PERSONS`` consented persons; returns the vectors."""
     vectors = unit(rng, size)
     model = default_pipeline().model_id
     start = time.perf_counter()
-    with Gallery(database_url(db), index="exact", actor="benchmark") as g:
+    with Gallery(db, index="exact", actor="benchmark") as g:
         g.create_collection("bench", model_id=model)
         persons = []
         for i in range(PERSONS):
@@ -93,10 +93,10 @@ def build_gallery(db: Path, size: int, rng: np.random.Generator) -> Floats:
     return vectors
 
 
-def baseline(db: Path, index: str, probes: Floats) -> list[float]:
+def baseline(db: str, index: str, probes: Floats) -> list[float]:
     """``Gallery.identify`` in this process, one probe at a time: ms per call."""
     times = []
-    with Gallery(database_url(db), index=index, actor="benchmark") as g:
+    with Gallery(db, index=index, actor="benchmark") as g:
         g.identify("bench", probes[0], k=5, purpose="warm-up")
         for probe in probes:
             start = time.perf_counter()
@@ -117,12 +117,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(db: Path, index: str, workers: int, log: Path) -> Server:
+def start_server(db: str, index: str, workers: int, log: Path) -> Server:
     """``visage serve --workers N`` on ``db`` in its own process; returns once it answers."""
     port = free_port()
     env = {
         **os.environ,
-        "VISAGE_DB": str(db),
+        "VISAGE_DB": db,
         "VISAGE_PORT": str(port),
         "VISAGE_INDEX": index,
         "VISAGE_WORKERS": str(workers),
@@ -246,6 +246,7 @@ def main() -> None:
         "--faces", default=default_faces()
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--db", help="an empty database URL (default: a temporary SQLite file)")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
     photos = [
@@ -255,7 +256,7 @@ def main() -> None:
         raise SystemExit(f"no photos under {args.faces}/people: set VISAGE_FACES")
     print(f"{cpu_line()}; wrk {wrk_binary()}")
     with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "bench.db"
+        db = args.db or database_url(Path(tmp) / "bench.db")
         vectors = build_gallery(db, args.size, rng)
         probes = genuine(rng, vectors, 2000)
         embedding_list = write_bodies(
@@ -264,7 +265,7 @@ def main() -> None:
         )  # fmt: skip
         photo_list = write_bodies(Path(tmp) / "bodies", "photo", photos)
         token = (
-            KeyStore(Store.open(database_url(db)))
+            KeyStore(Store.open(db))
             .create("benchmark", scopes=["identify"], collections=["bench"])
             .token
         )
