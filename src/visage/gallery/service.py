@@ -654,12 +654,9 @@ class Gallery:
             with self._transaction() as (session, state):
                 coll = self._collection(session, name)
                 info = self._collection_info(session, coll)
-                persons = select(PersonRow.id).where(PersonRow.collection_id == coll.id)
+                coll_id = coll.id
                 edge_events = self._purge_edge(session, name)
-                session.execute(delete(TemplateRow).where(TemplateRow.collection_id == coll.id))
-                session.execute(delete(ConsentRow).where(ConsentRow.person_id.in_(persons)))
-                session.execute(delete(PersonRow).where(PersonRow.collection_id == coll.id))
-                session.delete(coll)
+                self._erase_rows(session, coll_id)
                 self._audit(
                     session,
                     state,
@@ -671,8 +668,7 @@ class Gallery:
                     templates_removed=info.templates,
                     edge_events_removed=edge_events,
                 )
-                self._indexes.drop_snapshot(coll.id)
-                coll_id = coll.id
+                self._indexes.drop_snapshot(coll_id)
             self._indexes.forget(coll_id)
             self._points.pop(coll_id, None)
             self._journal.erase()
