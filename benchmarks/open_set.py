@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/open_set.py calibrate [--faces DIR] [--cache FILE]
     .venv/bin/python benchmarks/open_set.py measure [--faces DIR] [--cache FILE] [--json]
+    .venv/bin/python benchmarks/open_set.py compare [--faces DIR] [--cache FILE]
 
 ``calibrate`` embeds every photo of ``calibration/`` (400 people, 2,000 strangers less the 73
 that are also distractors; HOG, the labelled face nearest the centre) and writes, for
@@ -29,9 +30,11 @@ import numpy.typing as npt
 from machine import default_faces
 
 from visage.decision import (
+    MARGIN_WEIGHT,
     MIN_TAIL_COUNT,
     OpenSetCalibration,
     default_calibration,
+    identify_point,
     open_set_threshold,
 )
 
@@ -125,6 +128,7 @@ def calibrate(vectors: npt.NDArray[np.float32], labels: list[str], source: str) 
         )
         fpir = np.mean(-np.expm1(log_none), axis=0)  # P(nearest of n random photos <= GRID)
         rank1.append([round(float(np.interp(t, fpir, GRID)), 6) for t in FPIRS])
+    margin, fnir = margin_tables(dist, lab, pool, other, sizes, rank1[0])
     return {
         "model_id": "dlib_resnet_v1",
         "source": source,
@@ -136,7 +140,70 @@ def calibrate(vectors: npt.NDArray[np.float32], labels: list[str], source: str) 
         "sizes": sizes,
         "fpirs": list(FPIRS),
         "rank1": rank1,
+        "margin": margin,
+        "fnir": fnir,
     }
+
+
+def nearest_two(m: int, n: int, draws: int, rng: np.random.Generator) -> tuple[Any, Any]:
+    """Positions (in a list of ``m`` sorted nearest first) of the nearest and second-nearest of
+    a random ``n``-subset, ``draws`` times, sampled exactly by inverting the hypergeometric
+    survival functions: P(nearest >= k) = C(m-k, n) / C(m, n), and given the nearest at i,
+    P(second >= k) = C(m-k, n-1) / C(m-i-1, n-1). ``second`` is -1 where ``n`` is 1."""
+    k = np.arange(m + 1)
+    log_fact = np.concatenate([[0.0], np.cumsum(np.log(np.arange(1, m + 1)))])
+
+    def log_choose(a: Any, b: int) -> Any:
+        ok = a >= b
+        return np.where(ok, log_fact[a] - log_fact[np.where(ok, a - b, 0)] - log_fact[b], -np.inf)
+
+    first = np.searchsorted(-(log_choose(m - k, n) - log_choose(np.array(m), n)),
+                            -np.log(rng.random(draws)), side="right") - 1  # fmt: skip
+    if n == 1:
+        return first, np.full(draws, -1)
+    tail = log_choose(m - k, n - 1)
+    second = np.searchsorted(-tail, -(tail[first + 1] + np.log(rng.random(draws))), "right") - 1
+    return first, second
+
+
+def margin_tables(
+    dist: Floats, lab: Any, pool: Any, other: Any, sizes: list[int], ceiling: list[float],
+    draws: int = 256,
+) -> tuple[list[list[float]], list[list[float]]]:
+    """identify's margin rule calibrated: for each gallery size and FPIR, the margin score
+    (:func:`visage.decision.margin_score`) that share of the strangers reach with their nearest
+    person also within ``ceiling`` (the one-person bar at that FPIR; each photo against random
+    galleries of the other identities' first photos, ``draws`` per photo), and the share of
+    mated probes (against their identity's first photo plus n - 1 random others) it misses."""
+    rng = np.random.default_rng(0)
+    sim = 1.0 - dist**2 / 2.0
+    rows = [np.sort(sim[i][other[i] & pool])[::-1] for i in range(len(lab))]
+    own = {lab[i]: i for i in np.flatnonzero(pool)}
+    mated = [(i, sim[i, own[lab[i]]]) for i in range(len(lab)) if own[lab[i]] != i]
+    weight = MARGIN_WEIGHT
+    least = 1.0 - np.asarray(ceiling) ** 2 / 2.0  # the nearest's lowest similarity, per FPIR
+    margin, fnir = [], []
+    for n in sizes:
+        nearest, scores = [], []
+        for row in rows:
+            a, b = nearest_two(row.size, n, draws, rng)
+            nearest.append(row[a])
+            scores.append(row[a] - (weight * row[b] if n > 1 else 0.0))
+        s1, score = np.concatenate(nearest), np.concatenate(scores)
+        bars = [float(np.quantile(np.where(s1 >= low, score, -1.0), 1.0 - f))
+                for f, low in zip(FPIRS, least, strict=True)]  # fmt: skip
+        missed = np.zeros(len(FPIRS))
+        for i, s_own in mated:
+            if n == 1:
+                score, beaten = np.full(draws, s_own), np.zeros(draws, bool)
+            else:
+                a, _ = nearest_two(rows[i].size, n - 1, draws, rng)
+                score, beaten = s_own - weight * rows[i][a], rows[i][a] >= s_own
+            missed += [np.mean(beaten | (score < bar) | (s_own < low))
+                       for bar, low in zip(bars, least, strict=True)]  # fmt: skip
+        margin.append([round(b, 6) for b in bars])
+        fnir.append([round(float(x), 4) for x in missed / max(1, len(mated))])
+    return margin, fnir
 
 
 def measure_fold(
@@ -161,33 +228,93 @@ def measure_fold(
         mated_vec = np.stack([v for _, v in probes])
         truth = np.asarray([i for i, _ in probes])
         point = open_set_threshold(cal, target, size, size)
-        named = {"rule": [0, 0], "fixed": [0, 0]}
+        margin = identify_point(cal, target, size, size)
+        bars = {"rule": np.vectorize(point.threshold_for), "fixed": lambda d2: fixed,
+                "margin": np.vectorize(margin.threshold_for)}  # fmt: skip
+        named = {label: [0, 0] for label in bars}
         for _ in range(draws if extra else 1):
             order = rng.permutation(len(strangers))
             gallery = np.concatenate([np.stack([mated[p][0] for p in persons]),
                                       strangers[order[:extra]]])  # fmt: skip
-            d_mated = distance_matrix(mated_vec, gallery)
-            d_stranger = distance_matrix(strangers[order[extra:]], gallery).min(axis=1)
-            rank1 = d_mated.argmin(axis=1) == truth
-            best = d_mated.min(axis=1)
-            for label, thr in (("rule", point.threshold), ("fixed", fixed)):
-                named[label][0] += int(np.sum(d_stranger <= thr))
-                named[label][1] += int(np.sum(~(rank1 & (best <= thr))))
+            d_mated = np.sort(distance_matrix(mated_vec, gallery), axis=1)[:, :2]
+            d_stranger = np.sort(distance_matrix(strangers[order[extra:]], gallery), axis=1)[:, :2]
+            rank1 = distance_matrix(mated_vec, gallery).argmin(axis=1) == truth
+            for label, bar in bars.items():
+                named[label][0] += int(np.sum(d_stranger[:, 0] <= bar(d_stranger[:, 1])))
+                named[label][1] += int(np.sum(~(rank1 & (d_mated[:, 0] <= bar(d_mated[:, 1])))))
         runs = draws if extra else 1
         row: dict[str, Any] = {"persons": size, "mated": len(probes),
                                "strangers": len(strangers) - extra, "rank1": float(rank1.mean())}
-        for label, thr in (("rule", point.threshold), ("fixed", fixed)):
+        for label, thr in (("rule", point.threshold), ("fixed", fixed),
+                           ("margin", margin.margin or 0.0)):  # fmt: skip
             row[label] = {"threshold": round(thr, 4),
                           "fpir": named[label][0] / (runs * (len(strangers) - extra)),
                           "fnir": named[label][1] / (runs * len(probes))}  # fmt: skip
         row["rule"] |= {"supported": point.supported, "basis": point.basis}
+        row["margin"] |= {"expected_fnir": margin.expected_fnir, "basis": margin.basis}
         rows.append(row)
+    return rows
+
+
+def compare_fold(
+    mated: dict[str, npt.NDArray[np.float32]],
+    strangers: npt.NDArray[np.float32],
+    cohort: npt.NDArray[np.float32],
+    sizes: list[int],
+    draws: int = 5,
+) -> list[dict[str, Any]]:
+    """Decision rules compared at thresholds chosen on the test itself (an oracle: each rule's
+    best case), FNIR at FPIR 1% and 0.1%: the nearest distance, the margin s1 - w * s2 for
+    several w, adaptive S-norm (each score normalised by the probe's and the template's top-50
+    similarities to ``cohort``, faces enrolled nowhere) and S-norm with the margin. Galleries as
+    in :func:`measure_fold`, one template each."""
+    names, rng, rows = list(mated), np.random.default_rng(0), []
+
+    def top_cohort(x: npt.NDArray[np.float32]) -> tuple[Floats, Floats]:
+        top = -np.partition(-(x.astype(np.float64) @ cohort.T.astype(np.float64)), 50, axis=1)[:, :50]
+        return top.mean(axis=1), top.std(axis=1)
+
+    for size in sizes:
+        persons = names[:size]
+        extra = max(0, size - len(persons))
+        probes = [(i, v) for i, p in enumerate(persons) for v in mated[p][1:]]
+        mated_vec, truth = np.stack([v for _, v in probes]), np.asarray([i for i, _ in probes])
+        fnir: dict[str, list[tuple[float, float]]] = {}
+        for _ in range(draws if extra else 1):
+            order = rng.permutation(len(strangers))
+            gallery = np.concatenate([np.stack([mated[p][0] for p in persons]),
+                                      strangers[order[:extra]]])  # fmt: skip
+            probe_sets = {"mated": mated_vec, "strangers": strangers[order[extra:]]}
+            g_mu, g_sd = top_cohort(gallery)
+            scored: dict[str, dict[str, tuple[Floats, Any]]] = {}
+            for kind, vec in probe_sets.items():
+                raw = vec.astype(np.float64) @ gallery.T.astype(np.float64)
+                p_mu, p_sd = top_cohort(vec)
+                snorm = 0.5 * ((raw - p_mu[:, None]) / p_sd[:, None] + (raw - g_mu) / g_sd)
+                for family, sims in (("", raw), ("S-norm ", snorm)):
+                    order2 = np.argsort(-sims, axis=1)[:, :2]
+                    top = np.take_along_axis(sims, order2, axis=1)
+                    weights = (0.0, 0.3, 0.5, 0.7) if not family else (0.0, 0.5)
+                    for w in weights:
+                        label = family + (f"margin {w:g}" if w else "nearest")
+                        scored.setdefault(label, {})[kind] = (top[:, 0] - w * top[:, 1], order2[:, 0])
+            for label, by_kind in scored.items():
+                s_str, _ = by_kind["strangers"]
+                s_mat, first = by_kind["mated"]
+                hit = first == truth
+                fnir.setdefault(label, []).append(tuple(
+                    float(np.mean(~(hit & (s_mat > np.quantile(s_str, 1.0 - f)))))
+                    for f in (0.01, 0.001)
+                ))  # fmt: skip
+        rows.append({"persons": size, "strangers": len(strangers) - extra,
+                     "fnir_at_fpir_0.01_0.001": {k: [round(float(x), 3) for x in np.mean(v, 0)]
+                                                 for k, v in fnir.items()}})  # fmt: skip
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("command", choices=("calibrate", "measure"))
+    parser.add_argument("command", choices=("calibrate", "measure", "compare"))
     parser.add_argument("--faces", type=Path, default=Path(default_faces()))
     parser.add_argument("--cache", type=Path, default=Path("/tmp/visage-open-set-embeddings.npz"))
     parser.add_argument("--target", type=float, default=0.01)
@@ -223,21 +350,28 @@ def main() -> None:
         first = sorted(groups, key=lambda n: (n not in people, n))
         mated = {n: vectors[list(groups[n].values())] for n in first if len(groups[n]) >= 2}
         strangers = vectors[[next(iter(ix.values())) for ix in groups.values() if len(ix) == 1]]
+        if args.command == "compare":
+            results[f"half {fold} (cohort: the other half)"] = compare_fold(
+                mated, strangers, vectors[own], [60, 200, 460, 1000]
+            )
+            continue
         results[f"calibrated on half {fold}"] = measure_fold(
             cal, mated, strangers, [60, 200, 260, 460, 700, 1000], args.target
         )
-    if args.json:
+    if args.json or args.command == "compare":
         print(json.dumps(results, indent=1))
         return
     for name, rows in results.items():
         print(name)
         for r in rows:
             rule, fixed = r["rule"], r["fixed"]
+            mar = r["margin"]
             print(f"  N={r['persons']:5d} mated={r['mated']:4d} strangers={r['strangers']:4d} "
-                  f"rank1={r['rank1']:.3f} | rule thr {rule['threshold']:.4f} "
-                  f"({rule['basis']}) FPIR {rule['fpir']:.4f} FNIR {rule['fnir']:.3f} | "
-                  f"fixed {fixed['threshold']:.4f} FPIR {fixed['fpir']:.4f} "
-                  f"FNIR {fixed['fnir']:.3f}")  # fmt: skip
+                  f"rank1={r['rank1']:.3f} | margin {mar['threshold']:.4f} FPIR "
+                  f"{mar['fpir']:.4f} FNIR {mar['fnir']:.3f} (expected {mar['expected_fnir']}) | "
+                  f"distance {rule['threshold']:.4f} ({rule['basis']}) FPIR {rule['fpir']:.4f} "
+                  f"FNIR {rule['fnir']:.3f} | fixed {fixed['threshold']:.4f} FPIR "
+                  f"{fixed['fpir']:.4f} FNIR {fixed['fnir']:.3f}")  # fmt: skip
 
 
 if __name__ == "__main__":

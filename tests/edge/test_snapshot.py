@@ -137,7 +137,12 @@ def test_offline_decisions_follow_the_gallery_identify_rule(local_gallery: Galle
     )
     probe = unit_vectors_like(snap.persons[0].embeddings[0])
     online = local_gallery.identify(COLLECTION, probe, purpose="test")
-    assert snap.calibration.threshold == pytest.approx(online.threshold, abs=1e-6)
+    assert snap.operating_point == online.operating_point  # the rule, at the same size
+    assert online.operating_point.margin is not None
+    offline = OfflineGallery(snap).identify(probe)
+    assert offline.threshold == pytest.approx(online.threshold, abs=1e-6)  # this probe's bar
+    assert [c.person_id for c in offline.candidates] == [c.person_id for c in online.candidates[:3]]
+    assert offline.unknown == online.unknown
     per_comparison = default_calibration(snap.model_id).threshold
     assert snap.calibration.threshold < per_comparison  # stricter for a 1:N decision
     assert "FPIR" in snap.calibration.source

@@ -94,6 +94,20 @@ def test_identify(faces_dir: Path, tmp_path: Path) -> None:
     doc = json.loads(out)
     assert doc["mated_searches"] == 3 and doc["nonmated_searches"] == 1
     assert doc["rank1"] == 1.0
+    # the gallery's own decision: these photos enrolled and searched through Gallery.identify
+    decision = doc["decision"]
+    assert (decision["target_fpir"], decision["persons"], decision["templates"]) == (0.01, 3, 3)
+    assert decision["basis"] == "measured" and decision["margin"] is not None
+    assert decision["fnir"] == 0.0 and decision["fpir"] == 0.0 and decision["expected_fnir"] > 0
+    args = ("eval", "identify", "--gallery", gallery, "--probes", probes,
+            "--root", faces_dir / "people", "--json")  # fmt: skip
+    code, out, _ = run(*args, "--target-fpir", "0.2")
+    assert code == 0
+    looser = json.loads(out)["decision"]
+    assert looser["target_fpir"] == 0.2 and looser["threshold"] > decision["threshold"]
+    code, _, err = run(*args, "--target-fpir", "2")
+    assert code == 1 and "target_fpir must be between" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:

@@ -48,12 +48,27 @@ def test_threshold_tightens_with_size_and_holds_fpir_on_strangers(
 
     fixed = default_calibration("dlib_resnet_v1").threshold
     answers = [g.identify("lfw", s, k=1) for s in strangers]
-    assert {a.threshold for a in answers} == {points[2]}
+    final = answers[0].operating_point
+    assert final.margin is not None and final.ceiling is not None and final.expected_fnir
+    assert {a.operating_point for a in answers} == {final}
+    # each probe's bar follows its second-nearest person, never past the one-person ceiling
+    assert len({a.threshold for a in answers}) > 100
+    assert all(a.threshold <= final.ceiling for a in answers)
     named = sum(not a.unknown for a in answers)
     named_fixed = sum(a.candidates[0].distance <= fixed for a in answers)
     # positive control: the fixed per-comparison threshold names more of these strangers
     assert named_fixed > named, (named_fixed, named)
     assert named / len(answers) <= 2 * 0.01, f"{named} of {len(answers)} strangers named"
+
+    # The margin rule names mated probes the nearest distance alone would not (a lone near
+    # person), and turns away strangers it would (two people almost as near): sharper both ways.
+    mated = [(i, src) for i, srcs in enumerate(_people(embedded).values()) for src in srcs[1:]]
+    found = [(i, g.identify("lfw", embedded.labelled[src], k=2)) for i, src in mated]
+    hits = [a for i, a in found if not a.unknown and a.candidates[0].person_id == ids[i]]
+    assert any(a.candidates[0].distance > final.threshold for a in hits)
+    assert len(hits) >= 0.75 * len(found), (len(hits), len(found))
+    stricter = [a for a in answers if a.unknown and a.candidates[0].distance <= final.threshold]
+    assert stricter, "no stranger within the nearest-distance bar was turned away"
 
     g.delete_person("lfw", ids[-1])  # the collection shrinks: the threshold follows
     shrunk = g.identify("lfw", probe).operating_point
@@ -61,7 +76,9 @@ def test_threshold_tightens_with_size_and_holds_fpir_on_strangers(
     g.close()
 
 
-def test_target_fpir_is_set_at_creation_and_checked(gallery: Gallery, embedded: EmbeddedSet) -> None:
+def test_target_fpir_is_set_at_creation_and_checked(
+    gallery: Gallery, embedded: EmbeddedSet
+) -> None:
     first = next(s for s in sorted(embedded.labelled) if "/people/" in s)
     for name, target in (("loose", 0.1), ("strict", 0.001)):
         made = gallery.create_collection(name, model_id="dlib_resnet_v1", target_fpir=target)

@@ -71,10 +71,10 @@ def test_identify_people_and_reject_distractors(
             within += top.external_id == name and top.same
     assert total >= 300
     # Measured less about one standard error: rank-1 99.0% (SE 0.5%); both first and within
-    # the collection's threshold (1% FPIR at 60 templates, 0.352; issue 16) 80.7% (SE 2.0%),
+    # the collection's bar (1% FPIR at 60 templates, margin rule; issue 16) 78.6% (SE 2.1%),
     # distractors unknown 99.3% (SE 0.7%). At the fixed 0.3764 they were 89.1% and 96.0%.
     assert hits / total >= 0.984, f"rank-1 {hits / total:.3f} over {total} probes"
-    assert within / total >= 0.787, f"identified within threshold {within / total:.3f}"
+    assert within / total >= 0.765, f"identified within threshold {within / total:.3f}"
 
     distractors = [s for s in embedded.labelled if "/distractors/" in s]
     assert len(distractors) >= 140
@@ -89,8 +89,11 @@ def test_photo_enrollment_rules(
 ) -> None:
     g = photo_gallery
     crowded = next(
-        s for s, r in sorted(embedded.results.items())
-        if "/people/" in s and len(r.faces) > 1 and s in embedded.labelled
+        s
+        for s, r in sorted(embedded.results.items())
+        if "/people/" in s
+        and len(r.faces) > 1
+        and s in embedded.labelled
         and embedded.labelled[s].quality.acceptable
     )
     clear = tmp_path / "clear.jpg"  # passes the gate (tests/test_quality.py); blurred, it fails

@@ -143,7 +143,9 @@ def _print_calibration(check: CalibrationCheck, fmr: str, fnmr: str) -> None:
     rates = f"{fmr} {format_rate(check.fmr)}, {fnmr} {format_rate(check.fnmr)}"
     if check.accuracy is not None:
         rates += f", accuracy {format_rate(check.accuracy)}"
-    console.print(f"calibration {check.calibration.provenance()}: {rates} on this data", markup=False)
+    console.print(
+        f"calibration {check.calibration.provenance()}: {rates} on this data", markup=False
+    )
 
 
 def _print_verification(result: VerificationResult) -> None:
@@ -188,6 +190,14 @@ def _print_identification(result: IdentificationResult) -> None:
     )
     if result.open_set:
         console.print(_points_table(result.open_set, "FPIR", "FNIR"))
+    if result.decision is not None:
+        d, p = result.decision, result.decision.point
+        expected = "" if p.expected_fnir is None else f" (expected {p.expected_fnir:.3f})"
+        console.print(
+            f"the gallery's decision, {p.describe()}: FPIR {format_rate(d.fpir)}, "
+            f"FNIR {format_rate(d.fnir)}{expected}",
+            markup=False,
+        )
     if result.calibration is not None:
         _print_calibration(result.calibration, "FPIR", "FNIR")
     if result.groups:
@@ -298,9 +308,18 @@ def identify(
     detector: DetectorOpt = "hog",
     upsample: UpsampleOpt = 1,
     tta: TtaOpt = False,
+    target_fpir: Annotated[
+        float,
+        typer.Option(
+            "--target-fpir",
+            help="The gallery decision's target FPIR: the gallery list is enrolled "
+            "in a throw-away collection with it and every probe identified through it.",
+        ),
+    ] = 0.01,
     json_out: JsonOpt = False,
 ) -> None:
-    """1:N identification: rank-1 / rank-5 / CMC, and open-set FNIR at FPIR."""
+    """1:N identification: rank-1 / rank-5 / CMC, open-set FNIR at FPIR, and the gallery's own
+    decision (``"decision"`` in the JSON)."""
     from ..decision import load_calibration
     from ..eval.protocols import (
         MissingFace,
@@ -327,6 +346,7 @@ def identify(
         embedded,
         groups=group_table,
         calibration=saved or _shipped(embedded.model_id),
+        target_fpir=target_fpir,
     )
     _finish(result, report=report, plots_dir=plots_dir, json_out=json_out)
 

@@ -46,7 +46,7 @@ import numpy.typing as npt
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..decision import Calibration, decide, distances
+from ..decision import Calibration, OpenSetPoint, distances
 from ..errors import InputError
 from ..signing import key_id
 from .identity import Identity, Match
@@ -92,6 +92,8 @@ class Snapshot:
     expires_at: datetime
     calibration: Calibration
     persons: tuple[SnapshotPerson, ...]
+    operating_point: OpenSetPoint | None = None
+    """identify's rule at the snapshot's size (``None``: ``calibration``'s threshold alone)."""
 
     @property
     def templates(self) -> int:
@@ -104,6 +106,9 @@ class Snapshot:
             "model_id": self.model_id,
             "dim": self.dim,
             "calibration": asdict(self.calibration),
+            "operating_point": None
+            if self.operating_point is None
+            else asdict(self.operating_point),
             "persons": [
                 {
                     "id": p.id,
@@ -165,6 +170,9 @@ class Snapshot:
                 expires_at=_require_time(doc["expires_at"]),
                 calibration=Calibration(**doc["calibration"]),
                 persons=persons,
+                operating_point=(
+                    OpenSetPoint(**point) if (point := doc.get("operating_point")) else None
+                ),
             )
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
             raise SnapshotRefused(f"malformed payload ({exc})") from None
@@ -360,9 +368,10 @@ class OfflineGallery:
     """An :class:`~visage.edge.identity.Identifier` over a verified snapshot, with no link.
 
     Same decision as the gallery's identify: each person scored by their nearest template,
-    :func:`visage.decision.decide` with the snapshot's calibration, ``unknown`` when the nearest
-    is beyond it. Persons whose consent has expired by ``now`` are skipped; an expired snapshot
-    raises :class:`SnapshotRefused`.
+    the nearest against the snapshot's operating point (its bar for the second-nearest person,
+    :meth:`visage.decision.OpenSetPoint.threshold_for`), ``unknown`` when beyond it. Persons
+    whose consent has expired by ``now`` are skipped; an expired snapshot raises
+    :class:`SnapshotRefused`.
     """
 
     def __init__(self, snapshot: Snapshot) -> None:
@@ -390,14 +399,16 @@ class OfflineGallery:
             for i in np.argsort(best, kind="stable")
             if np.isfinite(best[i]) and persons[i].consented(when)
         ]
-        ranked = [(int(i), float(best[i])) for i in usable[:k]]
-        cal = self.snapshot.calibration
+        ranked = [(int(i), float(best[i])) for i in usable[: max(k, 2)]]
+        point = self.snapshot.operating_point
+        second = ranked[1][1] if len(ranked) > 1 else None
+        bar = self.threshold if point is None else point.threshold_for(second)
         candidates = tuple(
-            Match(persons[i].id, persons[i].display_name, d, decide(d, cal).same) for i, d in ranked
+            Match(persons[i].id, persons[i].display_name, d, d <= bar) for i, d in ranked[:k]
         )
         return Identity(
             candidates=candidates,
             unknown=not candidates or not candidates[0].same,
-            threshold=cal.threshold,
+            threshold=bar,
             source=f"snapshot:{self.snapshot.collection}#{self.snapshot.sequence}",
         )

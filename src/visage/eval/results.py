@@ -8,6 +8,7 @@ calibration record is derived from the same data.
 from __future__ import annotations
 
 import math
+import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..decision import Calibration
+from ..decision import Calibration, OpenSetPoint
 from ..errors import InputError
 from . import metrics
 from .protocols import Embedded, IdentificationScores, Pair, VerificationScores
@@ -322,6 +323,7 @@ class IdentificationResult:
     threshold_source: str
     groups: tuple[GroupIdentification, ...]
     calibration: CalibrationCheck | None
+    decision: GalleryDecision | None = None
 
     def rank(self, k: int) -> float:
         """Share of mated searches whose mate is within the first ``k`` candidates."""
@@ -344,7 +346,77 @@ class IdentificationResult:
             "group_threshold_source": self.threshold_source,
             "groups": [g.as_dict() for g in self.groups],
             "calibration": self.calibration.as_dict() if self.calibration else None,
+            "decision": self.decision.as_dict() if self.decision else None,
         }
+
+
+@dataclass(frozen=True)
+class GalleryDecision:
+    """identify's own answers over an evaluation: the gallery list enrolled in a throw-away
+    :class:`~visage.gallery.Gallery` at ``target_fpir`` and every probe identified through it,
+    so the figures are the product's decision (margin rule and all), not a re-implementation.
+    ``fpir``: non-mated probes named as someone; ``fnir``: mated probes unknown or misnamed (a
+    probe without a face is a miss); ``point``: the operating point of the last answer."""
+
+    target_fpir: float
+    point: OpenSetPoint
+    fpir: float
+    fnir: float
+
+    def as_dict(self) -> dict[str, Any]:
+        p = self.point
+        return {
+            "target_fpir": self.target_fpir, "threshold": p.threshold, "margin": p.margin,
+            "fpir": _num(self.fpir), "fnir": _num(self.fnir), "expected_fnir": p.expected_fnir,
+            "persons": p.persons, "templates": p.templates, "supported": p.supported,
+            "basis": p.basis,
+        }  # fmt: skip
+
+
+def gallery_decision(
+    scores: IdentificationScores, embedded: Embedded, target_fpir: float = 0.01
+) -> GalleryDecision:
+    """Enroll ``scores.gallery`` in a temporary SQLite gallery (consent granted by ``visage eval
+    identify``) and identify every probe with :meth:`Gallery.identify`; see :class:`GalleryDecision`."""
+    from ..gallery import EmbeddingItem, Gallery
+
+    with tempfile.TemporaryDirectory(prefix="visage-eval-") as tmp:
+        g = Gallery(f"sqlite:///{tmp}/eval.db", actor="eval")
+        try:
+            g.create_collection("eval", model_id=embedded.model_id, target_fpir=target_fpir)
+            ids: dict[str, str] = {}
+            items = []
+            for entry in scores.gallery:
+                vector = embedded.vector(entry.path)
+                if vector is None:
+                    continue
+                if entry.person not in ids:
+                    ids[entry.person] = g.add_person("eval", entry.person).id
+                    g.grant_consent("eval", ids[entry.person], basis="consent",
+                                    granted_by="visage eval identify")  # fmt: skip
+                items.append(EmbeddingItem(ids[entry.person], vector))
+            g.enroll_many("eval", items)
+            named = missed = n_mated = n_strangers = 0
+            point = None
+            for probe, mated in zip(scores.probes, scores.mated, strict=True):
+                vector = embedded.vector(probe.path)
+                answer = None if vector is None or not ids else g.identify("eval", vector, k=1)
+                best = None if answer is None else answer.best
+                point = answer.operating_point if answer is not None else point
+                if mated:
+                    n_mated += 1
+                    missed += best is None or best.person_id != ids.get(probe.person)
+                else:
+                    n_strangers += 1
+                    named += best is not None
+        finally:
+            g.close()
+    if point is None:
+        raise InputError("no probe could be identified: no face in any probe")
+    return GalleryDecision(
+        target_fpir, point, named / n_strangers if n_strangers else float("nan"),
+        missed / n_mated if n_mated else float("nan"),
+    )  # fmt: skip
 
 
 def _group_identification(
@@ -362,8 +434,10 @@ def evaluate_identification(
     targets: Sequence[float] = IDENTIFY_FPIRS,
     groups: Mapping[str, str] | None = None,
     calibration: Calibration | None = None,
+    target_fpir: float = 0.01,
 ) -> IdentificationResult:
-    """Rank-k, CMC and open-set FNIR at FPIR (rank 1) from an identification run."""
+    """Rank-k, CMC and open-set FNIR at FPIR (rank 1) from an identification run, and the
+    gallery's own decision at ``target_fpir`` (:func:`gallery_decision`)."""
     _check_model(calibration, embedded.model_id)
     mated = scores.mated
     if not mated.any():
@@ -419,6 +493,7 @@ def evaluate_identification(
         threshold_source=source,
         groups=group_results,
         calibration=check,
+        decision=gallery_decision(scores, embedded, target_fpir),
     )
 
 

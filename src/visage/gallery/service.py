@@ -17,11 +17,12 @@ Rules, in one place:
 - **Best template per person.** A person is scored by the distance to their nearest template.
   It rewards enrolling varied photos; each extra template also adds a chance of a false match,
   which identify's threshold accounts for (it is derived for the number of templates).
-- **Open set at the gallery's size.** identify returns the top-k persons and ``unknown`` when
-  none is within the threshold, derived from the collection's target FPIR (default 1%) and its
-  current number of templates (:func:`visage.decision.open_set_threshold`), so a stranger is
-  named as someone at about that rate however large the collection grows; every answer states
-  that operating point. verify keeps the per-comparison calibration.
+- **Open set at the gallery's size.** identify returns the top-k persons and ``unknown`` unless
+  the nearest clears the bar derived from the collection's target FPIR (default 1%) at its
+  current number of templates (:func:`visage.decision.identify_point`: a margin over the
+  second-nearest person, within the sizes calibrated), so a stranger is named as someone at
+  about that rate however large the collection grows; every answer states that operating point
+  and its own distance bar. verify keeps the per-comparison calibration.
 - **Disclosure.** A candidate list names people (id, display name, external id, template) only
   to a caller who may list persons anyway (``disclose="all"``). Any other caller
   (``disclose="matches"``) sees only the candidates within the calibrated threshold: a search
@@ -91,7 +92,7 @@ from ..decision import (
     default_calibration,
     default_open_set,
     distances,
-    open_set_threshold,
+    identify_point,
     unit_embedding,
 )
 from ..errors import (
@@ -1481,23 +1482,25 @@ class Gallery:
                 )
         with self._searching() as session:
             coll = self._collection(session, collection)
-            ranked = self._ranked(session, coll, resolved.vector, k, per_person=True)
+            # the second-nearest person sets the margin rule's bar, even when k is 1
+            ranked = self._ranked(session, coll, resolved.vector, max(k, 2), per_person=True)
             point = self._operating_point(session, coll)
             names = self._names(session, [p for _, p, _ in ranked])
             version = coll.version
+        bar = point.threshold_for(ranked[1][2] if len(ranked) > 1 else None)
         candidates = []
-        for template_id, person_id, dist in ranked:
+        for template_id, person_id, dist in ranked[:k]:
             prow = names[person_id]
             candidates.append(
                 Candidate(person_id, prow.display_name, prow.external_id, dist,
-                          dist <= point.threshold, template_id)
+                          dist <= bar, template_id)
             )  # fmt: skip
         unknown = not candidates or not candidates[0].same
         seq = self._audit_search(
             "identify", actor=actor, collection=collection, purpose=purpose,
             input_hash=input_hash or resolved.sha256, k=k, unknown=unknown,
-            threshold=point.threshold, target_fpir=point.target_fpir, templates=point.templates,
-            supported=point.supported, version=version,
+            threshold=bar, margin=point.margin, target_fpir=point.target_fpir,
+            templates=point.templates, supported=point.supported, version=version,
             candidates=[
                 {"person": c.person_id, "distance": round(c.distance, 6), "same": c.same}
                 for c in candidates
@@ -1505,7 +1508,7 @@ class Gallery:
             disclose=disclose,
         )  # fmt: skip
         shown = [c for c in candidates if _disclosed(disclose, c.same)]
-        return Identification(tuple(shown), unknown, point.threshold, point.describe(), seq, point)
+        return Identification(tuple(shown), unknown, bar, point.describe(), seq, point)
 
     def identify_faces(
         self,
@@ -1559,7 +1562,7 @@ class Gallery:
         if open_set is None:
             cal = self.calibration(model_id)
             return OpenSetPoint(target_fpir, persons, templates, cal.threshold, False, "fixed")
-        return open_set_threshold(open_set, target_fpir, templates, persons)
+        return identify_point(open_set, target_fpir, templates, persons)
 
     def verify(
         self,

@@ -481,6 +481,7 @@ class EdgeHub:
             expires_at=issued + timedelta(seconds=ttl),
             calibration=calibration,
             persons=tuple(persons),
+            operating_point=point,
         )
 
     def _sequence(

@@ -223,9 +223,13 @@ class CandidateOut(_Out):
 
 
 class OperatingPointOut(_Out):
-    """The threshold identify used: it holds ``target_fpir`` (the share of strangers named as
+    """The rule identify used: it holds ``target_fpir`` (the share of strangers named as
     someone) for a gallery of ``templates`` templates; ``supported`` is False where the
-    calibration data had too few impostors for it (``basis`` says how it was derived)."""
+    calibration data had too few impostors for it (``basis`` says how it was derived).
+    ``margin``: the score ``s1 - 0.5 * s2`` (cosine similarities of the two nearest persons) the
+    nearest must reach, never beyond the distance ``ceiling``; without it, or with one person,
+    the nearest distance alone against ``threshold``. ``expected_fnir``: the calibration's miss
+    rate of enrolled persons at this point."""
 
     target_fpir: float
     persons: int
@@ -233,6 +237,9 @@ class OperatingPointOut(_Out):
     threshold: float
     supported: bool
     basis: str
+    margin: float | None = None
+    ceiling: float | None = None
+    expected_fnir: float | None = None
 
 
 class IdentifiedFace(BaseModel):
