@@ -87,7 +87,8 @@ class Calibration:
 
     ``threshold`` is a distance: pairs at or below it are judged the same person.
     ``target_fmr`` is the false-match rate the threshold was chosen for (``None`` when it was
-    chosen for best accuracy instead); ``n_genuine``/``n_impostor`` say how much data backs it.
+    chosen for best accuracy instead); ``n_genuine``/``n_impostor`` say how much data backs it;
+    ``fnmr`` is the share of its genuine pairs the threshold rejects (``None``: not recorded).
     """
 
     model_id: str
@@ -98,6 +99,7 @@ class Calibration:
     n_genuine: int
     n_impostor: int
     target_fmr: float | None = None
+    fnmr: float | None = None
 
     @property
     def ref(self) -> str:
@@ -149,12 +151,15 @@ def default_calibration(model_id: str) -> Calibration:
 
 @dataclass(frozen=True)
 class Comparison:
-    """The answer to 'is this the same person?': distance, decision, and the threshold used."""
+    """The answer to 'is this the same person?': distance, decision, and the threshold used,
+    with the FMR it was chosen for and the FNMR its calibration measured there."""
 
     distance: float
     same: bool
     threshold: float
     threshold_source: str
+    target_fmr: float | None = None
+    expected_fnmr: float | None = None
 
 
 def decide(dist: float, calibration: Calibration) -> Comparison:
@@ -164,6 +169,8 @@ def decide(dist: float, calibration: Calibration) -> Comparison:
         same=dist <= calibration.threshold,
         threshold=calibration.threshold,
         threshold_source=calibration.describe(),
+        target_fmr=calibration.target_fmr,
+        expected_fnmr=calibration.fnmr,
     )
 
 

@@ -143,6 +143,7 @@ def test_offline_decisions_follow_the_gallery_identify_rule(local_gallery: Galle
     assert offline.threshold == pytest.approx(online.threshold, abs=1e-6)  # this probe's bar
     assert [c.person_id for c in offline.candidates] == [c.person_id for c in online.candidates[:3]]
     assert offline.unknown == online.unknown
+    assert offline.to_json()["operating_point"]["target_fpir"] == online.operating_point.target_fpir
     per_comparison = default_calibration(snap.model_id).threshold
     assert snap.calibration.threshold < per_comparison  # stricter for a 1:N decision
     assert "FPIR" in snap.calibration.source

@@ -157,6 +157,8 @@ def test_verify_and_find_similar(
         )
         assert same.status_code == 200, same.text
         assert same.json()["same"] and same.json()["person_id"] == ids[first]
+        # the operating point in compact fields (issue 16 item 3): FMR chosen for, FNMR measured
+        assert (same.json()["target_fmr"], same.json()["expected_fnmr"]) == (0.001, 0.093)
         pair = client.post(
             "/v1/verify",
             params={"face": "center", "other_face": "center", "purpose": "test"},
@@ -167,6 +169,7 @@ def test_verify_and_find_similar(
         )
         assert pair.status_code == 200, pair.text
         assert not pair.json()["same"] and pair.json()["distance"] > pair.json()["threshold"]
+        assert (pair.json()["target_fmr"], pair.json()["expected_fnmr"]) == (0.001, 0.093)
         # Issue 13 item 11: the provenance is one request away, not 200 characters per answer.
         source = pair.json()["threshold_source"]
         assert len(source) < 80 and "calibration dlib_resnet_v1@" in source, source
@@ -175,6 +178,7 @@ def test_verify_and_find_similar(
         assert record.status_code == 200, record.text
         assert record.json()["ref"] == ref and record.json()["threshold"] == pair.json()["threshold"]
         assert record.json()["n_impostor"] > 10_000 and "LFW" in record.json()["source"]
+        assert record.json()["fnmr"] == 0.093
         problem(client.get("/v1/calibrations/mystery-v9"), 404)
         similar = client.post(
             f"/v1/collections/{collection}/find-similar",

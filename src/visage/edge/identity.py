@@ -8,12 +8,13 @@ Both decide with the calibrated threshold of the collection's model, never a con
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from ..decision import OpenSetPoint
 from ..gallery import Gallery, Identification
 
 
@@ -31,12 +32,14 @@ class Match:
 class Identity:
     """The open-set answer for one track: candidates nearest first, ``unknown`` when none is
     within ``threshold``. ``source`` names what answered (``gallery:staff``,
-    ``snapshot:staff#12``)."""
+    ``snapshot:staff#12``). ``operating_point``: the rule behind ``threshold`` (target FPIR,
+    gallery size, margin, expected FNIR), ``None`` where the answer had none."""
 
     candidates: tuple[Match, ...]
     unknown: bool
     threshold: float
     source: str
+    operating_point: OpenSetPoint | None = None
 
     @property
     def best(self) -> Match | None:
@@ -51,6 +54,7 @@ class Identity:
             "unknown": self.unknown,
             "threshold": self.threshold,
             "source": self.source,
+            "operating_point": asdict(self.operating_point) if self.operating_point else None,
             "candidates": [
                 {
                     "person_id": c.person_id,
@@ -96,4 +100,5 @@ class GalleryIdentifier:
             unknown=found.unknown,
             threshold=found.threshold,
             source=f"gallery:{self.collection}",
+            operating_point=found.operating_point,
         )

@@ -410,5 +410,6 @@ class OfflineGallery:
             candidates=candidates,
             unknown=not candidates or not candidates[0].same,
             threshold=bar,
+            operating_point=point,
             source=f"snapshot:{self.snapshot.collection}#{self.snapshot.sequence}",
         )

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..decision import Calibration, OpenSetPoint
-from ..errors import InputError
+from ..errors import InputError, ModelError
 from . import metrics
 from .protocols import Embedded, IdentificationScores, Pair, VerificationScores
 
@@ -374,20 +374,28 @@ class GalleryDecision:
 
 
 def gallery_decision(
-    scores: IdentificationScores, embedded: Embedded, target_fpir: float = 0.01
-) -> GalleryDecision:
+    scores: IdentificationScores,
+    embedded: Embedded,
+    target_fpir: float = 0.01,
+    calibration: Calibration | None = None,
+) -> GalleryDecision | None:
     """Enroll ``scores.gallery`` in a temporary SQLite gallery (consent granted by ``visage eval
-    identify``) and identify every probe with :meth:`Gallery.identify`; see :class:`GalleryDecision`."""
+    identify``) and identify every probe with :meth:`Gallery.identify`; see :class:`GalleryDecision`.
+    ``None`` for a model with no calibration at all (neither shipped nor ``calibration``)."""
     from ..gallery import EmbeddingItem, Gallery
 
     with tempfile.TemporaryDirectory(prefix="visage-eval-") as tmp:
-        g = Gallery(f"sqlite:///{tmp}/eval.db", actor="eval")
+        cals = [calibration] if calibration is not None else []
+        g = Gallery(f"sqlite:///{tmp}/eval.db", actor="eval", calibrations=cals)
         try:
-            g.create_collection("eval", model_id=embedded.model_id, target_fpir=target_fpir)
+            enrolled = [(e, embedded.vector(e.path)) for e in scores.gallery]
+            dim = next((v.size for _, v in enrolled if v is not None), 128)
+            g.create_collection(
+                "eval", model_id=embedded.model_id, dim=dim, target_fpir=target_fpir
+            )
             ids: dict[str, str] = {}
             items = []
-            for entry in scores.gallery:
-                vector = embedded.vector(entry.path)
+            for entry, vector in enrolled:
                 if vector is None:
                     continue
                 if entry.person not in ids:
@@ -400,7 +408,10 @@ def gallery_decision(
             point = None
             for probe, mated in zip(scores.probes, scores.mated, strict=True):
                 vector = embedded.vector(probe.path)
-                answer = None if vector is None or not ids else g.identify("eval", vector, k=1)
+                try:
+                    answer = None if vector is None or not ids else g.identify("eval", vector)
+                except ModelError:  # no threshold of any kind for this model
+                    return None
                 best = None if answer is None else answer.best
                 point = answer.operating_point if answer is not None else point
                 if mated:
@@ -493,7 +504,7 @@ def evaluate_identification(
         threshold_source=source,
         groups=group_results,
         calibration=check,
-        decision=gallery_decision(scores, embedded, target_fpir),
+        decision=gallery_decision(scores, embedded, target_fpir, calibration),
     )
 
 
@@ -533,4 +544,5 @@ def calibrate(
         n_genuine=point.n_genuine,
         n_impostor=point.n_impostor,
         target_fmr=target_fmr,
+        fnmr=round(1.0 - point.tar, 4),
     )

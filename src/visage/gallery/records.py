@@ -226,7 +226,8 @@ class Identification:
 
 @dataclass(frozen=True)
 class Verification:
-    """A 1:1 answer: the distance to the person's best template and the decision."""
+    """A 1:1 answer: the distance to the person's best template and the decision, with the FMR
+    its threshold was chosen for and the FNMR the calibration measured there."""
 
     person_id: str
     distance: float
@@ -235,6 +236,8 @@ class Verification:
     threshold_source: str
     template_id: int
     audit_seq: int
+    target_fmr: float | None = None
+    expected_fnmr: float | None = None
 
 
 @dataclass(frozen=True)

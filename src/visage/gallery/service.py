@@ -1611,6 +1611,8 @@ class Gallery:
             cal.describe(),
             int(rows[best].id),
             seq,
+            cal.target_fmr,
+            cal.fnmr,
         )
 
     def find_similar(

@@ -181,15 +181,19 @@ class CalibrationOut(_Out):
     created: str
     n_genuine: int
     n_impostor: int
+    fnmr: float | None = None
 
 
 class VerifyOut(BaseModel):
-    """A 1:1 answer: the distance, the decision, and the calibrated threshold it used."""
+    """A 1:1 answer: the distance, the decision, and the calibrated threshold it used, with the
+    FMR it was chosen for and the FNMR its calibration measured there."""
 
     distance: float
     same: bool
     threshold: float
     threshold_source: str
+    target_fmr: float | None = None
+    expected_fnmr: float | None = None
     person_id: str | None = None
     template_id: int | None = None
     box: BoxOut | None = Field(default=None, description="The face used in `photo` (two photos)")
@@ -205,6 +209,8 @@ class VerifyOut(BaseModel):
             same=c.same,
             threshold=c.threshold,
             threshold_source=c.threshold_source,
+            target_fmr=c.target_fmr,
+            expected_fnmr=c.expected_fnmr,
             box=box,
             other_box=other_box,
             audit_seq=audit_seq,

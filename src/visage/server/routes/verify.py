@@ -98,6 +98,8 @@ def verify(
         same=found.same,
         threshold=found.threshold,
         threshold_source=found.threshold_source,
+        target_fmr=found.target_fmr,
+        expected_fnmr=found.expected_fnmr,
         person_id=found.person_id,
         template_id=found.template_id,
         audit_seq=found.audit_seq,
