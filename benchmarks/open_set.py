@@ -312,6 +312,23 @@ def compare_fold(
     return rows
 
 
+def write_plot(results: dict[str, list[dict[str, Any]]], out: Path, target: float) -> None:
+    """FPIR and FNIR against the number of persons for each rule, both halves pooled."""
+    from visage.eval.plots import size_curve_png
+
+    halves = list(results.values())
+    sizes = [r["persons"] for r in halves[0]]
+    labels = {"margin": "margin rule (shipped)", "rule": "nearest distance", "fixed": "fixed 0.3764"}
+    series = {
+        f"{kind} {name}": [float(np.mean([h[i][rule][kind.lower()] for h in halves]))
+                           for i in range(len(sizes))]
+        for kind in ("FPIR", "FNIR") for rule, name in labels.items()
+    }  # fmt: skip
+    title = f"Target FPIR {target:g}: measured rates against gallery size"
+    out.write_bytes(size_curve_png(sizes, series, title=title))
+    print(f"wrote {out}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("command", choices=("calibrate", "measure", "compare"))
@@ -319,6 +336,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/visage-open-set-embeddings.npz"))
     parser.add_argument("--target", type=float, default=0.01)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--plot", type=Path, help="measure: write FPIR and FNIR against N (PNG)")
     args = parser.parse_args()
     paths, vectors = embed_all(args.faces, args.cache)
     labels = [identity(p) for p in paths]
@@ -358,6 +376,8 @@ def main() -> None:
         results[f"calibrated on half {fold}"] = measure_fold(
             cal, mated, strangers, [60, 200, 260, 460, 700, 1000], args.target
         )
+    if args.plot is not None and args.command == "measure":
+        write_plot(results, args.plot, args.target)
     if args.json or args.command == "compare":
         print(json.dumps(results, indent=1))
         return

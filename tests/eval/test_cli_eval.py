@@ -101,8 +101,10 @@ def test_identify(faces_dir: Path, tmp_path: Path) -> None:
     assert decision["fnir"] == 0.0 and decision["fpir"] == 0.0 and decision["expected_fnir"] > 0
     args = ("eval", "identify", "--gallery", gallery, "--probes", probes,
             "--root", faces_dir / "people", "--json")  # fmt: skip
-    code, out, _ = run(*args, "--target-fpir", "0.2")
+    code, out, _ = run(*args, "--target-fpir", "0.2", "--plots", tmp_path / "plots")
     assert code == 0
+    with Image.open(tmp_path / "plots" / "operating_curve.png") as image:  # FNIR, FPIR against N
+        assert image.format == "PNG" and image.width >= 400
     looser = json.loads(out)["decision"]
     assert looser["target_fpir"] == 0.2 and looser["threshold"] > decision["threshold"]
     code, _, err = run(*args, "--target-fpir", "2")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from statistics import NormalDist
 from typing import Literal
 
@@ -102,7 +102,11 @@ def det_figure(curves: Mapping[str, Roc], *, scale: Literal["log", "normal"] = "
             x = np.where(curve.fmr[zero] > 0, curve.fmr[zero], floor_x)
             y = np.where(curve.fnmr[zero] > 0, curve.fnmr[zero], floor_y)
             axes.plot(
-                x, y, linestyle=":", marker=".", color=line[0].get_color(),
+                x,
+                y,
+                linestyle=":",
+                marker=".",
+                color=line[0].get_color(),
                 label=f"{name}: a rate of 0, drawn on the axis floor ({zero.sum()} thresholds)",
             )
     if scale == "log":
@@ -166,6 +170,31 @@ def cmc_png(cmc: npt.ArrayLike) -> bytes:
     return _png(figure)
 
 
+def size_curve_png(
+    sizes: Sequence[int],
+    series: Mapping[str, Sequence[float]],
+    *,
+    title: str = "Open-set rates against gallery size",
+    marks: Mapping[str, tuple[int, float]] | None = None,
+) -> bytes:
+    """Rates (FPIR, FNIR) of each named series against the number of persons enrolled (log
+    axes); ``marks`` draws single measured points (e.g. this run's gallery) on top. Series
+    whose name starts with ``FPIR`` are dashed, so the two kinds of error read apart."""
+    figure, axes = _new_axes(title)
+    for name, values in series.items():
+        style = "--" if name.startswith("FPIR") else "-"
+        axes.plot(sizes, values, style, marker="o", markersize=3, label=name)
+    for name, (n, rate) in (marks or {}).items():
+        axes.plot([n], [max(rate, _EDGE)], "k*", markersize=10, label=name)
+    axes.set_xscale("log")
+    axes.set_yscale("log")
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v * 100:g}%"))
+    axes.set_xlabel("persons enrolled (N)")
+    axes.set_ylabel("rate")
+    axes.legend(loc="best", fontsize="small")
+    return _png(figure)
+
+
 def verification_figures(result: VerificationResult) -> dict[str, bytes]:
     """The PNGs of a verification evaluation, by file stem: ROC, DET and histogram; per-group
     curves are drawn beside the overall one when groups were given."""
@@ -183,6 +212,21 @@ def identification_figures(result: IdentificationResult) -> dict[str, bytes]:
     """The PNGs of an identification evaluation, by file stem: CMC and the distances of mated
     searches to their mate beside non-mated searches' nearest candidate."""
     figures = {"cmc": cmc_png(result.cmc)}
+    decision = result.decision
+    if decision is not None and decision.curve:
+        sizes = [n for n, _ in decision.curve]
+        n = decision.point.persons
+        series = {
+            "FNIR expected (calibration)": [f for _, f in decision.curve],
+            f"FPIR target {decision.target_fpir:g}": [decision.target_fpir] * len(sizes),
+        }
+        marks = {
+            f"FNIR measured here (N={n})": (n, decision.fnir),
+            f"FPIR measured here (N={n})": (n, decision.fpir),
+        }
+        figures["operating_curve"] = size_curve_png(
+            sizes, series, title="The gallery's decision against its size", marks=marks
+        )
     if result.nonmated.size:
         figures["search_scores"] = histogram_png(
             result.mated,

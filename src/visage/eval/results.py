@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..decision import Calibration, OpenSetPoint
+from ..decision import Calibration, OpenSetPoint, default_open_set, identify_point
 from ..errors import InputError, ModelError
 from . import metrics
 from .protocols import Embedded, IdentificationScores, Pair, VerificationScores
@@ -356,12 +356,14 @@ class GalleryDecision:
     :class:`~visage.gallery.Gallery` at ``target_fpir`` and every probe identified through it,
     so the figures are the product's decision (margin rule and all), not a re-implementation.
     ``fpir``: non-mated probes named as someone; ``fnir``: mated probes unknown or misnamed (a
-    probe without a face is a miss); ``point``: the operating point of the last answer."""
+    probe without a face is a miss); ``point``: the operating point of the last answer;
+    ``curve``: ``(persons, expected FNIR)`` at the calibration's sizes, for the plot."""
 
     target_fpir: float
     point: OpenSetPoint
     fpir: float
     fnir: float
+    curve: tuple[tuple[int, float], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         p = self.point
@@ -424,9 +426,14 @@ def gallery_decision(
             g.close()
     if point is None:
         raise InputError("no probe could be identified: no face in any probe")
+    table = default_open_set(embedded.model_id)
+    curve = () if table is None else tuple(
+        (n, f) for n in table.sizes
+        if (f := identify_point(table, target_fpir, n, n).expected_fnir) is not None
+    )  # fmt: skip
     return GalleryDecision(
         target_fpir, point, named / n_strangers if n_strangers else float("nan"),
-        missed / n_mated if n_mated else float("nan"),
+        missed / n_mated if n_mated else float("nan"), curve,
     )  # fmt: skip
 
 
