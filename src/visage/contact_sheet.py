@@ -77,6 +77,15 @@ def _figure(grouped: GroupedFaces, row: int, thumb: str | None) -> str:
     return f'<figure title="{where}">{picture}<figcaption>{name}</figcaption></figure>'
 
 
+def expected_line(expected: dict[str, float] | None) -> str:
+    """The ``expected`` numbers of a grouping in words (``visage.grouping.expected_precision``)."""
+    if expected is None:
+        return "not known (no calibration for this model, or a grouping read back from a file)"
+    return (f"BCubed precision {expected['bcubed_precision']:.3f} "
+            f"({expected['false_edges_per_face']:.3f} false edges per face expected at this "
+            "threshold and number of faces)")  # fmt: skip
+
+
 def render(grouped: GroupedFaces) -> str:
     """The whole page as text."""
     thumbs = _thumbnails(grouped)
@@ -94,7 +103,7 @@ def render(grouped: GroupedFaces) -> str:
             f"<p><b>Rule:</b> two faces are joined by an {escape(grouped.rule)}; Chinese "
             "whispers then gives each face the group most of its joined faces hold.</p>"
         ),
-        f"<p><b>Expected precision:</b> {escape(grouped.expected)}.</p>",
+        f"<p><b>Expected precision:</b> {escape(expected_line(grouped.expected))}.</p>",
     ]
     if grouped.failed:
         failed = "".join(f"<li>{escape(f)}</li>" for f in grouped.failed)

@@ -2,7 +2,8 @@
 
 The document names each face by its photo (an absolute path) and box, group by group (largest
 first) and then the faces that joined no group (``messy``), with the rule and the precision to
-expect. A *state* document adds each face's embedding, so later photos can join the grouping
+expect (``expected``: the expected BCubed precision and false edges per face,
+:func:`visage.grouping.expected_precision`). A *state* document adds each face's embedding, so later photos can join the grouping
 (:func:`visage.grouping.extend`) and ``visage enroll --from-group`` can name a group's faces.
 Embeddings are biometric data: a state file is written owner-only (0600), through a temporary
 file in the target's folder renamed over it, never left half written.
@@ -22,7 +23,7 @@ import numpy.typing as npt
 
 from .decision import OpenSetPoint
 from .errors import InputError, NoFace
-from .grouping import Grouping, expectation
+from .grouping import Grouping, expected_precision
 from .names import printable
 
 if TYPE_CHECKING:
@@ -49,7 +50,7 @@ class GroupedFaces:
     model_id: str
     threshold: float
     rule: str
-    expected: str
+    expected: dict[str, float] | None
     failed: list[str]
 
     @classmethod
@@ -63,8 +64,10 @@ class GroupedFaces:
         failed: list[str],
     ) -> GroupedFaces:
         """The grouping of ``faces`` at the edge threshold ``point``."""
+        expected = expected_precision(grouping, point.threshold, model_id)
         return cls([p for p, _ in faces], [b for _, b in faces], vectors, grouping, model_id,
-                   point.threshold, f"edge {point.describe()}", expectation(point), failed)  # fmt: skip
+                   point.threshold, f"edge {point.describe()}",
+                   None if expected is None else expected.document(), failed)  # fmt: skip
 
     def member(self, row: int, *, embedding: bool = False) -> dict[str, Any]:
         record: dict[str, Any] = {"photo": self.photos[row], "box": list(self.boxes[row])}
@@ -135,8 +138,15 @@ def _parse(doc: dict[str, Any]) -> GroupedFaces:
         if vectors.ndim != 2 or not np.isfinite(vectors).all():
             raise ValueError("embeddings must be rows of finite numbers")
     return GroupedFaces(photos, boxes, vectors, Grouping(groups, messy), str(doc["model_id"]),
-                        float(doc["threshold"]), str(doc["rule"]), str(doc["expected"]),
+                        float(doc["threshold"]), str(doc["rule"]), _expected(doc.get("expected")),
                         [str(f) for f in doc.get("failed", [])])  # fmt: skip
+
+
+def _expected(value: Any) -> dict[str, float] | None:
+    """The ``expected`` numbers of a document; None where it has none (or an older file's text)."""
+    if not isinstance(value, dict):
+        return None
+    return {str(k): float(v) for k, v in value.items()}
 
 
 def write_private(dest: Path, data: bytes) -> None:

@@ -217,6 +217,10 @@ def test_group_photos_by_person(server: Server, people: dict[str, list[Path]]) -
         labelled = {owner[m["item"]] for m in group if (m["item"], m["face"]) in central_faces}
         assert len(labelled) <= 1, body["groups"]  # a group never mixes the two people
     assert len([g for g in body["groups"] if len(g) >= 2]) >= 2
+    # The precision to expect, as numbers (visage.grouping.expected_precision).
+    expected = body["expected"]
+    assert set(expected) == {"bcubed_precision", "false_edges_per_face"}, expected
+    assert 0.5 <= expected["bcubed_precision"] <= 1.0 and 0 < expected["false_edges_per_face"] < 1
 
 
 def test_deletion_and_revocation_are_visible_at_once(

@@ -257,7 +257,8 @@ def group_photos(
                 console.print(f"  {printable(m['photo'])}  {tuple(m['box'])}", markup=False,
                               highlight=False)
         console.print(f"{len(doc['groups'])} groups, {len(doc['messy'])} faces like no other, "
-                      f"{doc['faces']} faces ({doc['rule']}; {doc['expected']})", markup=False)
+                      f"{doc['faces']} faces ({doc['rule']}; expected "
+                      f"{contact_sheet.expected_line(grouped.expected)})", markup=False)
     if failed:
         raise typer.Exit(1)
 

@@ -327,13 +327,24 @@ class ItemProblem(BaseModel):
     problem: Problem
 
 
+class GroupExpected(BaseModel):
+    """The precision to expect of a grouping (``visage.grouping.expected_precision``): its
+    expected BCubed precision and the false edges each face has on average, from the calibrated
+    impostor rate at the threshold and the number of faces."""
+
+    bcubed_precision: float
+    false_edges_per_face: float
+
+
 class GroupOut(BaseModel):
     """Faces grouped by person (largest group first); ``messy`` holds the faces that joined no
-    group of two or more (no other face of the batch within the threshold of them)."""
+    group of two or more (no other face of the batch within the threshold of them).
+    ``expected``: the precision to expect (null for a model with no calibration)."""
 
     threshold: float
     threshold_source: str
     faces: int
+    expected: GroupExpected | None
     groups: list[list[GroupMember]]
     messy: list[GroupMember]
     failed: list[ItemProblem]

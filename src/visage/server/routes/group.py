@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from ...grouping import edge_threshold, group
+from ...grouping import edge_threshold, expected_precision, group
 from ..bodies import GROUP_BODY
 from ..deps import (
     EventsDep,
@@ -18,7 +18,7 @@ from ..deps import (
 )
 from ..probes import FaceTag, read_batch
 from ..problems import Problem, problem_body, problem_responses
-from ..schemas import BoxOut, GroupMember, GroupOut, ItemProblem
+from ..schemas import BoxOut, GroupExpected, GroupMember, GroupOut, ItemProblem
 
 router = APIRouter(prefix="/v1", tags=["decisions"], responses=problem_responses())
 
@@ -44,11 +44,13 @@ def group_faces(
     else in the batch (:func:`visage.grouping.edge_threshold`). Each face names its photo (``item``, its index in the request, and
     ``filename``), its face number and box. ``messy`` lists the faces that fell in no group
     of two or more: nobody else in the batch is within the threshold of them. A photo that
-    cannot be read is listed in ``failed``; the rest are grouped."""
+    cannot be read is listed in ``failed``; the rest are grouped. ``expected``: the BCubed
+    precision to expect of this grouping (:func:`visage.grouping.expected_precision`)."""
     batch = read_batch(body, pipeline, max_batch=settings.max_batch)
     metrics.faces.labels("group").inc(len(batch.tags))
     point = edge_threshold(len(batch.tags), pipeline.model_id)
     found = group(batch.vectors, point.threshold)
+    expected = expected_precision(found, point.threshold, pipeline.model_id)
     seq = events.record(
         "group",
         actor=key.id,
@@ -64,6 +66,7 @@ def group_faces(
         threshold=point.threshold,
         threshold_source=f"edge {point.describe()}",
         faces=len(batch.tags),
+        expected=None if expected is None else GroupExpected(**expected.document()),
         groups=[[_member(batch.tags[i]) for i in g] for g in found.groups],
         messy=[_member(batch.tags[i]) for i in found.messy],
         failed=[
