@@ -165,8 +165,8 @@ BREAKS = (
         "Identify holds its target FPIR at the collection's current size.",
         "docs/gallery.md, docs/accuracy.md",
         "src/visage/gallery/service.py",
-        "        point = self.operating_point(coll.model_id, coll.target_fpir, templates, persons)",
-        "        point = self.operating_point(coll.model_id, coll.target_fpir, min(1, templates), persons)",
+        "            coll.model_id, coll.target_fpir, templates, persons, own=coll.open_set\n",
+        "            coll.model_id, coll.target_fpir, min(1, templates), persons, own=coll.open_set\n",
         ("tests/gallery/test_open_set.py",),
     ),
     Break(

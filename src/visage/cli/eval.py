@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
 from pathlib import Path
@@ -11,6 +12,7 @@ import typer
 
 from ..errors import InputError, ModelError
 from .app import app
+from .gallery import DbOpt
 from .options import DetectorOpt, JsonOpt, PlainTable, UpsampleOpt, console, emit_json
 from .options import table as new_table
 from .progress import progress_bar
@@ -351,15 +353,101 @@ def identify(
     _finish(result, report=report, plots_dir=plots_dir, json_out=json_out)
 
 
+def _calibrate_folder(
+    folder: Path,
+    out: Path | None,
+    collection: str | None,
+    db: str | None,
+    embed: dict[str, Any],
+    json_out: bool,
+) -> None:
+    """``visage calibrate --folder``: the open-set record of the photos under ``folder``
+    (:func:`visage.eval.open_set.calibrate`), written to ``out`` and/or made ``collection``'s."""
+    import numpy as np
+
+    from ..decision import OpenSetCalibration, identify_point
+    from ..eval.open_set import calibrate as open_set_record
+    from ..walk import photo_files
+    from .gallery import _open
+
+    if not folder.is_dir():
+        raise InputError(f"{folder} is not a folder")
+    photos, _ = photo_files([folder])
+    labelled = [(p.relative_to(folder).parts[0], p) for p in photos
+                if len(p.relative_to(folder).parts) >= 2]  # fmt: skip
+    embedded = _embed([p for _, p in labelled], **embed)
+    kept = [(who, v) for who, p in labelled if (v := embedded.vector(p)) is not None]
+    people = len({who for who, _ in kept})
+    if people < MIN_PEOPLE:
+        raise InputError(
+            f"{folder}: {people} people with a face found; the open-set rule needs photos of "
+            f"at least {MIN_PEOPLE} people in DIR/<person>/ folders"
+        )
+    source = (
+        f"{len(kept)} photos of {people} people in {folder.name}/, {embed['detector']} detector"
+    )
+    vectors, labels = np.stack([v for _, v in kept]), [w for w, _ in kept]
+    record = OpenSetCalibration.from_dict(
+        open_set_record(vectors, labels, source, embedded.model_id)
+    )
+    if out is not None:
+        try:
+            out.write_text(json.dumps(asdict(record), indent=1) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise InputError(f"cannot write {out}: {exc}") from exc
+    if collection is not None:
+        with _open(db, None) as gallery:
+            gallery.calibrate_collection(collection, record)
+    point = identify_point(record, 0.01, record.sizes[-1], record.sizes[-1])
+    summary = {"out": str(out) if out else None, "collection": collection, "source": source,
+               "sizes_up_to": record.sizes[-1], "impostor_pairs": record.n_impostor,
+               "at_fpir_0.01": asdict(point)}  # fmt: skip
+    if json_out:
+        emit_json(summary)
+        return
+    console.print(
+        f"open-set calibration: {source}; {record.n_impostor} impostor pairs", markup=False
+    )
+    console.print(
+        f"at FPIR 0.01 and {point.persons} persons: {point.describe()}, expected FNIR "
+        f"{point.expected_fnir}", markup=False,
+    )  # fmt: skip
+    if out is not None:
+        console.print(f"wrote {out}", markup=False)
+    if collection is not None:
+        console.print(f"{collection}: identify now uses it", markup=False)
+
+
+MIN_PEOPLE = 10
+"""Fewest people ``calibrate --folder`` accepts: with fewer, no gallery size is worth a table."""
+
+
 @app.command("calibrate")
 def calibrate_command(
     pairs_file: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--pairs", help="LFW View-2 pairs file, or a CSV 'a,b,same', of your own photos."
         ),
-    ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Calibration record to write.")],
+    ] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Option(
+            "--folder",
+            help="Instead of --pairs: your own people, DIR/<person>/<photo>; "
+            "writes the open-set calibration identify derives its rule from.",
+        ),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Calibration record to write.")
+    ] = None,
+    collection: Annotated[
+        str | None,
+        typer.Option(
+            "--collection", "-c", help="With --folder: make it this collection's calibration."
+        ),
+    ] = None,
+    db: DbOpt = None,
     target_fmr: Annotated[
         float,
         typer.Option("--target-fmr", min=0.0, max=1.0, help="The false-match rate to allow."),
@@ -382,9 +470,22 @@ def calibrate_command(
     tta: TtaOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
-    """Choose the threshold that meets a target false-match rate; write the calibration."""
+    """Choose the threshold that meets a target false-match rate (``--pairs``), or measure the
+    open-set rule on your own people (``--folder``); write the calibration."""
     from ..eval.protocols import MissingFace, all_pairs, read_pairs, score_pairs
     from ..eval.results import calibrate, require_support
+
+    if (pairs_file is None) == (folder is None):
+        raise InputError("give one of --pairs (1:1 threshold) or --folder (open-set rule)")
+    if folder is not None:
+        if out is None and collection is None:
+            raise InputError("--folder needs --out FILE, --collection NAME or both")
+        embed = {"detector": detector, "upsample": upsample, "tta": tta,
+                 "missing_face": MissingFace(no_face), "quiet": json_out}  # fmt: skip
+        _calibrate_folder(folder, out, collection, db, embed, json_out)
+        return
+    if out is None or pairs_file is None:
+        raise InputError("--pairs needs --out FILE")
 
     pairs = read_pairs(pairs_file, root if root is not None else pairs_file.parent)
     compared = all_pairs(pairs) if every_pair else pairs

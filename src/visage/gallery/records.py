@@ -74,6 +74,9 @@ class CollectionInfo:
     persons: int
     templates: int
     target_fpir: float
+    open_set_source: str | None = None
+    """What the collection's own open-set calibration was measured on (``None``: the model's
+    shipped one, docs/accuracy.md)."""
 
 
 @dataclass(frozen=True)
@@ -150,6 +153,8 @@ class ConsentedTemplates:
     collection: CollectionInfo
     version: int
     persons: tuple[ConsentedPerson, ...]
+    open_set: str | None = None
+    """The collection's own open-set calibration (JSON), for offline decisions by its rule."""
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal, Self, TypeAlias, TypeVar, cast
@@ -87,6 +87,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 from ..decision import (
     FPIR_RANGE,
     Calibration,
+    OpenSetCalibration,
     OpenSetPoint,
     decide,
     default_calibration,
@@ -106,7 +107,7 @@ from ..errors import (
     VisageError,
 )
 from ..imageio import Source, decode, read_bytes, source_hash
-from ..models.base import EMBEDDING_DIMS, embedding_dim
+from ..models.base import EMBEDDING_DIMS, embedding_dim, model_family
 from ..pipeline import Face, FacePick, Pipeline, pick_face
 from ..signing import load_signing_key, parse_public_key, public_key_text
 from ..store import (
@@ -285,6 +286,11 @@ def _check_quality(quality: float | None) -> float | None:
     return float(quality)
 
 
+def _own_open_set(text: str) -> OpenSetCalibration:
+    """A collection's stored open-set calibration (:meth:`Gallery.calibrate_collection`)."""
+    return OpenSetCalibration.from_dict(json.loads(text))
+
+
 def _disclosed(disclose: Disclosure, same: bool) -> bool:
     """Whether a candidate may be named to the caller: the one disclosure rule."""
     return disclose == "all" or same
@@ -378,7 +384,7 @@ class Gallery:
         # One in-memory SQLite connection is shared: its reads cannot overlap a write.
         self._shared_connection = db_file is None and self.store.engine.dialect.name == "sqlite"
         self._searches = audit.GroupCommit(self._transaction)
-        self._points: dict[int, tuple[tuple[int, float], OpenSetPoint]] = {}
+        self._points: dict[int, tuple[tuple[int, float, str | None], OpenSetPoint]] = {}
         self._lock = threading.RLock()
 
     # ------------------------------------------------------------------ plumbing
@@ -543,6 +549,9 @@ class Gallery:
             persons=int(persons or 0),
             templates=int(templates or 0),
             target_fpir=row.target_fpir,
+            open_set_source=(
+                None if row.open_set is None else str(json.loads(row.open_set)["source"])
+            ),
         )
 
     @staticmethod
@@ -1540,7 +1549,7 @@ class Gallery:
         open-set calibration keeps its per-comparison threshold, stated as ``basis="fixed"``,
         ``supported=False``.
         """
-        key = (coll.version, coll.target_fpir)
+        key = (coll.version, coll.target_fpir, coll.open_set)
         cached = self._points.get(coll.id)
         if cached is not None and cached[0] == key:
             return cached[1]
@@ -1549,20 +1558,52 @@ class Gallery:
                 TemplateRow.collection_id == coll.id
             )
         ).one()
-        point = self.operating_point(coll.model_id, coll.target_fpir, templates, persons)
+        point = self.operating_point(
+            coll.model_id, coll.target_fpir, templates, persons, own=coll.open_set
+        )
         self._points[coll.id] = (key, point)
         return point
 
     def operating_point(
-        self, model_id: str, target_fpir: float, templates: int, persons: int
+        self,
+        model_id: str,
+        target_fpir: float,
+        templates: int,
+        persons: int,
+        *,
+        own: str | None = None,
     ) -> OpenSetPoint:
         """The identify threshold holding ``target_fpir`` for a gallery of this size: the one
-        rule for the gallery's identify and for an edge snapshot's offline decisions."""
-        open_set = default_open_set(model_id)
+        rule for the gallery's identify and for an edge snapshot's offline decisions. ``own``:
+        the collection's own open-set calibration (JSON, :meth:`calibrate_collection`), used
+        instead of the model's shipped one."""
+        open_set = _own_open_set(own) if own is not None else default_open_set(model_id)
         if open_set is None:
             cal = self.calibration(model_id)
             return OpenSetPoint(target_fpir, persons, templates, cal.threshold, False, "fixed")
         return identify_point(open_set, target_fpir, templates, persons)
+
+    def calibrate_collection(
+        self, collection: str, record: OpenSetCalibration, *, actor: str | None = None
+    ) -> CollectionInfo:
+        """Make ``record`` (measured on the operator's own labelled photos, e.g. by ``visage
+        calibrate --folder``) the open-set calibration ``collection``'s identify derives its rule
+        from, instead of the model's shipped one; audited as ``collection.calibrate``. The
+        record must be for the collection's model family."""
+        with self._lock, self._transaction() as (session, state):
+            coll = self._collection(session, collection)
+            if model_family(record.model_id) != model_family(coll.model_id):
+                raise InputError(
+                    f"the calibration is for {record.model_id!r}; {collection!r} holds "
+                    f"{coll.model_id!r} embeddings"
+                )
+            coll.open_set = json.dumps(asdict(record), sort_keys=True)
+            self._audit(
+                session, state, "collection.calibrate", actor=actor, collection=collection,
+                source=record.source, probes=record.n_probes,
+                impostor_pairs=record.n_impostor, sizes=record.sizes[-1],
+            )  # fmt: skip
+            return self._collection_info(session, coll)
 
     def verify(
         self,
@@ -1827,7 +1868,7 @@ class Gallery:
                 purpose=purpose, persons=len(persons), version=version,
                 templates=sum(len(p.embeddings) for p in persons),
             )  # fmt: skip
-        return ConsentedTemplates(info, version, tuple(persons))
+        return ConsentedTemplates(info, version, tuple(persons), coll.open_set)
 
     def import_collection(
         self,

@@ -463,8 +463,9 @@ class EdgeHub:
         ]
         # The device decides 1:N offline: the threshold holding the collection's target FPIR
         # at the snapshot's own size, by the gallery's identify rule.
+        templates = sum(len(p.embeddings) for p in persons)
         point = self.gallery.operating_point(
-            info.model_id, info.target_fpir, sum(len(p.embeddings) for p in persons), len(persons)
+            info.model_id, info.target_fpir, templates, len(persons), own=read.open_set
         )
         calibration = replace(
             self.gallery.calibration(info.model_id),

@@ -376,6 +376,7 @@ class CollectionOut(_Out):
     persons: int
     templates: int
     target_fpir: float
+    open_set_source: str | None = None
 
 
 class CollectionList(BaseModel):

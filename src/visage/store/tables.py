@@ -98,6 +98,8 @@ class CollectionRow(Base):
     dim: Mapped[int] = mapped_column(Integer)
     keep_images: Mapped[bool] = mapped_column(default=False)
     target_fpir: Mapped[float] = mapped_column(Float, default=0.01)
+    open_set: Mapped[str | None] = mapped_column(Text, default=None)
+    """The collection's own open-set calibration (JSON); ``None``: the model's shipped one."""
     version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
