@@ -43,8 +43,10 @@ def cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     health = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "_system_config": health,
-                                                      "include_dashboard": False})
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "_system_config": health, "include_dashboard": False},
+    )
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
     yield c
@@ -73,7 +75,9 @@ def test_without_ray_nothing_imports_it_and_a_missing_extra_is_named(
         "print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    done = subprocess.run([sys.executable, "-c", probe], check=False, capture_output=True, text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", probe], check=False, capture_output=True, text=True, env=env
+    )
     assert pq.read_table(out).num_rows >= 1, done.stderr  # positive control: it embedded
     assert done.stdout.strip().splitlines()[-1] == "[]"
     hidden = "import sys; sys.modules['ray'] = None\nfrom visage.cli import main\nmain()\n"

@@ -65,8 +65,12 @@ def connect(address: str | None) -> Any:
     ray = require_ray()
     if not ray.is_initialized():
         try:
-            ray.init(address=address or None, log_to_driver=False,
-                     logging_level="ERROR", include_dashboard=False)
+            ray.init(
+                address=address or None,
+                log_to_driver=False,
+                logging_level="ERROR",
+                include_dashboard=False,
+            )
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise InputError(f"cannot reach the Ray cluster at {address}: {exc}") from None
     ray.data.DataContext.get_current().enable_progress_bars = False  # the CLI draws its own
@@ -124,13 +128,24 @@ def embed_many(
     config = replace(config, threads=config.threads or 1)  # one runtime thread per task/actor
     blocks = math.ceil(len(paths) / PATHS_PER_TASK)
     ds = ray.data.from_items([{"source": p} for p in paths], override_num_blocks=blocks)
-    ds = ds.map_batches(_prepare, fn_kwargs={"config": config}, batch_size=PATHS_PER_TASK,
-                        batch_format="pyarrow", num_cpus=PREPARE_CPUS)
-    placement: dict[str, float] = {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": EMBED_CPUS}
-    ds = ds.map_batches(_EmbedActor, fn_constructor_kwargs={"config": config},
-                        batch_size=EMBED_BATCH, batch_format="pyarrow",
-                        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=gpus or nodes),
-                        **placement)
+    ds = ds.map_batches(
+        _prepare,
+        fn_kwargs={"config": config},
+        batch_size=PATHS_PER_TASK,
+        batch_format="pyarrow",
+        num_cpus=PREPARE_CPUS,
+    )
+    placement: dict[str, float] = (
+        {"num_gpus": 1, "num_cpus": 0} if gpus else {"num_cpus": EMBED_CPUS}
+    )
+    ds = ds.map_batches(
+        _EmbedActor,
+        fn_constructor_kwargs={"config": config},
+        batch_size=EMBED_BATCH,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=gpus or nodes),
+        **placement,
+    )
     seen: set[str] = set()
     for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
         for blob in batch.column("result").to_pylist():
