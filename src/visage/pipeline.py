@@ -128,6 +128,19 @@ class ImageResult:
 
 
 @dataclass(frozen=True)
+class Prepared:
+    """A photo read, decoded, detected and aligned (:meth:`Pipeline.prepare`), its chips
+    waiting for :meth:`Pipeline.finish` to embed them: the unit handed from the CPU stage to the
+    embedding stage, by the local pool within one process or by Ray between two."""
+
+    source: str
+    sha256: str
+    faces: tuple[Face, ...]
+    chips: npt.NDArray[np.uint8]
+    size: tuple[int, int]
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """Everything needed to rebuild a pipeline (in a worker process, say)."""
 
@@ -261,30 +274,39 @@ class Pipeline:
         faces, chips = self._measure(image, [Detection(box=b, score=0.0) for b in boxes])
         return self._with_embeddings(faces, chips)
 
-    def _process_chunk(self, sources: Sequence[str]) -> list[ImageResult]:
-        """Decode, detect and align a chunk of files, then embed all their chips in one batch."""
-        pending: list[tuple[str, str, list[Face], Image, tuple[int, int]]] = []
-        results: dict[str, ImageResult] = {}
-        for src in sources:
-            try:
-                data, name = read_bytes(src)
-                image = decode(data, max_pixels=self.config.max_pixels, source=name)
-                faces, chips = self._faces(image, self._detections(image))
-                size = (int(image.shape[1]), int(image.shape[0]))
-                pending.append((src, source_hash(data), faces, chips, size))
-            except VisageError as exc:
-                results[src] = ImageResult(source=utf8_text(src), error=str(exc))
-        all_chips = [c for _, _, _, chips, _ in pending for c in chips]
+    def prepare(self, src: str) -> Prepared | ImageResult:
+        """Read, decode, detect and align one file: its faces and chips waiting to be embedded,
+        or the :class:`ImageResult` holding the error that stopped it (a bad file)."""
+        try:
+            data, name = read_bytes(src)
+            image = decode(data, max_pixels=self.config.max_pixels, source=name)
+            faces, chips = self._faces(image, self._detections(image))
+        except VisageError as exc:
+            return ImageResult(source=utf8_text(src), error=str(exc))
+        size = (int(image.shape[1]), int(image.shape[0]))
+        return Prepared(src, source_hash(data), tuple(faces), chips, size)
+
+    def finish(self, items: Sequence[Prepared | ImageResult]) -> list[ImageResult]:
+        """Embed the chips of all prepared photos in one batched call; results in their order
+        (an error result passes through)."""
+        pending = [p for p in items if isinstance(p, Prepared)]
+        all_chips = [c for p in pending for c in p.chips]
         vectors = self.embed_chips(np.stack(all_chips)) if all_chips else np.empty((0, 128), np.float32)
+        done: dict[int, ImageResult] = {}
         at = 0
-        for src, digest, faces, _, size in pending:
+        for p in pending:
             embedded = tuple(
-                replace(f, embedding=vectors[at + i], model_id=self.model_id) for i, f in enumerate(faces)
+                replace(f, embedding=vectors[at + i], model_id=self.model_id)
+                for i, f in enumerate(p.faces)
             )
-            at += len(faces)
-            results[src] = ImageResult(source=utf8_text(src), faces=embedded, sha256=digest,
-                                       size=size)
-        return [results[s] for s in sources]
+            at += len(p.faces)
+            done[id(p)] = ImageResult(source=utf8_text(p.source), faces=embedded, sha256=p.sha256,
+                                      size=p.size)
+        return [done[id(p)] if isinstance(p, Prepared) else p for p in items]
+
+    def _process_chunk(self, sources: Sequence[str]) -> list[ImageResult]:
+        """Prepare a chunk of files, then embed all their chips in one batch."""
+        return self.finish([self.prepare(s) for s in sources])
 
     def embed_many(
         self,

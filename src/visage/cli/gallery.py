@@ -19,16 +19,18 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ..errors import InputError, NotFound, StorageError, VisageError
-from ..names import is_utf8, printable
+from ..names import is_utf8, printable, utf8_text
 from .app import app
 from .options import (
     DetectorOpt,
     FollowOpt,
     JsonOpt,
+    RayOpt,
     UpsampleOpt,
     console,
     emit_json,
     err_console,
+    ray_address,
     read_from,
 )
 from .options import table as new_table
@@ -37,6 +39,7 @@ from .progress import progress_bar
 if TYPE_CHECKING:  # the gallery is imported where used, so `visage --help` stays fast
     from ..gallery import Gallery, PersonInfo
     from ..groupfile import Box
+    from ..pipeline import ImageResult
 
 DbOpt = Annotated[
     str | None,
@@ -152,6 +155,7 @@ def enroll(
     purpose: PurposeOpt = None,
     detector: DetectorOpt = "hog",
     upsample: UpsampleOpt = 1,
+    ray: RayOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Enroll every person folder in DIRECTORY (the folder name is the external id) from the
@@ -178,6 +182,8 @@ def enroll(
         if face is not None:
             raise InputError("--face does not apply to --from-group: the group names each face "
                              "by its box")
+        if ray is not None:
+            raise InputError("--ray applies to a DIRECTORY of person folders, not --from-group")
         plan, skipped = _group_plan(from_group, group, external_id, person_name), []
     else:
         assert directory is not None
@@ -216,11 +222,13 @@ def enroll(
                                 purpose=consent_purpose, expires_at=until)
                 ids[key] = person.id
                 new += 1
+        embedded = _ray_embedded(plan, detector, upsample, ray, json_out) if ray else {}
         with progress_bar("enrolling", total=len(plan.photos), enabled=not json_out) as advance:
             for key, photo, box in plan.photos:
                 try:
                     chosen = pick if box is None else face_at_box(ids[key], photo, box)
-                    result = g.enroll(collection, ids[key], photo, face=chosen, purpose=purpose)
+                    source = embedded.get(utf8_text(photo), photo)
+                    result = g.enroll(collection, ids[key], source, face=chosen, purpose=purpose)
                     rows.append({"photo": printable(photo), "person": key,
                                  "template": result.template_id,
                                  "status": "enrolled" if result.created else "duplicate"})
@@ -242,6 +250,22 @@ def enroll(
     typer.echo(f"{counts['enrolled']} enrolled, {counts['duplicate']} already enrolled, "
                f"{counts['refused']} refused, {len(skipped)} skipped; {persons} persons in "
                f"{collection!r} ({new} new)")
+
+
+def _ray_embedded(
+    plan: _Plan, detector: str, upsample: int, ray: str, json_out: bool
+) -> dict[str, ImageResult]:
+    """Every photo of ``plan`` embedded on the Ray cluster ``--ray`` names, by source: the
+    workers only embed; the driver enrolls each result through the gallery (consent, quality,
+    audit), so no worker ever writes the store."""
+    from .. import bulk_ray
+    from ..api import pipeline as get_pipeline
+
+    photos = [photo for _, photo, _ in plan.photos]
+    config = get_pipeline(detector, upsample).config
+    with progress_bar("embedding", total=len(photos), enabled=not json_out) as advance:
+        return {r.source: r for r in bulk_ray.embed_many(
+            config, photos, address=ray_address(ray), progress=lambda _: advance())}
 
 
 @dataclass(frozen=True)

@@ -83,3 +83,18 @@ def read_from(url: str) -> None:
 def emit_json(data: Any) -> None:
     """Write one JSON document to stdout (no Rich markup, stable key order)."""
     sys.stdout.write(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+RayOpt = Annotated[
+    str | None,
+    typer.Option("--ray", metavar="ADDRESS",
+                 help="Embed on a Ray cluster (pip install 'visage[ray]'): 'local' starts Ray "
+                      "on this machine, 'auto' or host:port or ray://host:10001 joins one. "
+                      "Same table, same resume; see docs/ray.md."),
+]
+
+
+def ray_address(value: str) -> str | None:
+    """The address :func:`visage.bulk_ray.connect` takes for ``--ray VALUE``: ``local`` is
+    ``None`` (start Ray here, or join ``RAY_ADDRESS``)."""
+    return None if value == "local" else value

@@ -13,13 +13,24 @@ from .. import __version__
 from ..errors import InputError, InvalidImage, VisageError
 from ..names import printable, utf8_text
 from .app import app
-from .options import DetectorOpt, FollowOpt, JsonOpt, UpsampleOpt, console, emit_json
+from .options import (
+    DetectorOpt,
+    FollowOpt,
+    JsonOpt,
+    RayOpt,
+    UpsampleOpt,
+    console,
+    emit_json,
+    ray_address,
+)
 from .options import table as new_table
 from .progress import progress_bar
 
 if TYPE_CHECKING:  # the pipeline is imported where used, so `visage --help` stays fast
+    from collections.abc import Iterator
+
     from ..groupfile import Box, GroupedFaces
-    from ..pipeline import Face
+    from ..pipeline import Face, ImageResult
 
 
 def face_record(face: Face) -> dict[str, Any]:
@@ -93,12 +104,15 @@ def embed(
     workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     tta: Annotated[bool, typer.Option(help="Average with the mirrored chip.")] = False,
     follow_symlinks: FollowOpt = False,
+    ray: RayOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Embed every face of many photos into a Parquet table; re-running resumes where it stopped."""
     from ..api import pipeline as get_pipeline
     from ..facetable import FaceTable
 
+    if ray is not None and workers > 1:
+        raise InputError("--workers sizes the local pool; with --ray the cluster's CPUs decide")
     images = _photos(inputs, follow_symlinks)
     pipe = get_pipeline(detector, upsample, tta)
     table = FaceTable(out)
@@ -111,7 +125,7 @@ def embed(
                 typer.echo(f"skipped: {result.error}", err=True)
             advance()
 
-        faces = table.write(pipe.embed_many(todo, workers=workers, progress=step))
+        faces = table.write(_embedded(pipe, todo, workers, ray, step))
     summary = {
         "out": str(out),
         "images": len(images),
@@ -131,6 +145,18 @@ def embed(
         )
     if failures:
         raise typer.Exit(1)
+
+
+def _embedded(
+    pipe: Any, photos: list[Path], workers: int, ray: str | None, step: Any
+) -> Iterator[ImageResult]:
+    """``pipe``'s results for ``photos``: from the local pool, or from the Ray cluster ``--ray``
+    names (:mod:`visage.bulk_ray`, imported only then); ``step`` is called per result."""
+    if ray is None:
+        return pipe.embed_many(photos, workers=workers, progress=step)  # type: ignore[no-any-return]
+    from .. import bulk_ray
+
+    return bulk_ray.embed_many(pipe.config, photos, address=ray_address(ray), progress=step)
 
 
 def _photos(inputs: list[Path], follow_symlinks: bool) -> list[Path]:

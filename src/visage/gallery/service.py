@@ -101,6 +101,7 @@ from ..errors import (
     Conflict,
     ConsentError,
     InputError,
+    InvalidImage,
     NoFace,
     NotFound,
     TooManyFaces,
@@ -108,7 +109,7 @@ from ..errors import (
 )
 from ..imageio import Source, decode, read_bytes, source_hash
 from ..models.base import EMBEDDING_DIMS, embedding_dim, model_family
-from ..pipeline import Face, FacePick, Pipeline, pick_face
+from ..pipeline import Face, FacePick, ImageResult, Pipeline, pick_face
 from ..signing import load_signing_key, parse_public_key, public_key_text
 from ..store import (
     CollectionRow,
@@ -165,8 +166,9 @@ STAGING_STALE_S = 600
 """A staged collection with no batch for this long was left by a crashed import: the next
 import erases it."""
 
-Probe: TypeAlias = Face | npt.NDArray[np.float32] | Source
-"""What decisions accept: a :class:`Face` with its embedding, an embedding, or a photo."""
+Probe: TypeAlias = Face | ImageResult | npt.NDArray[np.float32] | Source
+"""What decisions accept: a :class:`Face` with its embedding, a photo already embedded elsewhere
+(an :class:`ImageResult`, e.g. from a Ray cluster), an embedding, or a photo."""
 Disclosure = Literal["all", "matches"]
 """Which candidates a search names: ``all`` of the top k, or only ``matches`` (within threshold)."""
 Progress = Callable[[int, int], None]
@@ -1098,6 +1100,8 @@ class Gallery:
             return _Vector(
                 vec, _sha256(_vector_bytes(vec)), coll.model_id, probe.quality.score
             ), probe
+        if isinstance(probe, ImageResult):
+            return self._resolve_result(coll, probe, face, keep_image)
         if isinstance(probe, np.ndarray):
             vec = self._check_vector(coll, probe)
             return _Vector(vec, _sha256(_vector_bytes(vec)), coll.model_id), None
@@ -1119,6 +1123,26 @@ class Gallery:
             data if keep_image else None,
         )
         return vector, chosen
+
+    def _resolve_result(
+        self, coll: CollectionRow, result: ImageResult, face: FacePick, keep_image: bool
+    ) -> tuple[_Vector, Face]:
+        """A photo embedded elsewhere (``visage enroll --ray``): the same face pick, model check
+        and duplicate key (the photo's sha256) as a photo embedded here. Its bytes never reached
+        this process, so a ``keep_images`` collection refuses it."""
+        if result.error is not None:
+            raise InvalidImage(result.error)
+        if keep_image:
+            raise InputError(f"collection {coll.name!r} keeps enrolled photos; enroll "
+                             f"{result.source} from the photo itself (without --ray)")
+        width, height = result.size or (0, 0)
+        chosen = pick_face(result.faces, face, width, height, result.source)
+        if chosen.embedding is None or chosen.model_id != coll.model_id:
+            raise InputError(f"{result.source}: embedded with {chosen.model_id}; collection "
+                             f"{coll.name!r} holds {coll.model_id}")
+        vec = self._check_vector(coll, chosen.embedding)
+        return _Vector(vec, result.sha256 or _sha256(_vector_bytes(vec)), coll.model_id,
+                       chosen.quality.score), chosen
 
     @staticmethod
     def _check_vector(coll: CollectionRow, raw: npt.ArrayLike) -> npt.NDArray[np.float32]:
