@@ -75,6 +75,7 @@ class MilvusIndex:
         self.coll_id = coll_id
         self.name = f"visage_c{coll_id}"
         self._ef = 128
+        self._lite: bool | None = None  # whether the server is Milvus Lite, asked once
 
     @classmethod
     def open(cls, client: Any, uri: str, coll_id: int, dim: int | None) -> MilvusIndex | None:
@@ -200,14 +201,11 @@ class MilvusIndex:
 
     def _release(self, partition: str) -> None:
         """Release a partition before it is dropped, as a Milvus server requires; Milvus Lite
-        cannot release one partition and drops a loaded one."""
-        import grpc
-
-        try:
+        cannot release one partition (it answers UNIMPLEMENTED) and drops a loaded one."""
+        if self._lite is None:
+            self._lite = str(self._client.get_server_version()).startswith("milvus_lite")
+        if not self._lite:
             self._client.release_partitions(self.name, [partition])
-        except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNIMPLEMENTED:
-                raise
 
     def remove(self, ids: Ids) -> int:
         """Delete ``ids`` and erase them from Milvus's files: each partition that held one is
