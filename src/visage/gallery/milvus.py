@@ -39,6 +39,9 @@ erasure rewrites at most this many vectors (25 MB at d=128)."""
 BATCH = 10_000
 """Rows per insert or query call (Milvus caps a gRPC message at 64 MB)."""
 
+NPROBE = 32
+"""IVF lists a search scans in each segment (of nlist=1024)."""
+
 _VERSIONS = "visage_versions"
 
 
@@ -74,7 +77,7 @@ class MilvusIndex:
         self._dim = dim
         self.coll_id = coll_id
         self.name = f"visage_c{coll_id}"
-        self._ef = 128
+        self._nprobe = NPROBE
         self._lite: bool | None = None  # whether the server is Milvus Lite, asked once
 
     @classmethod
@@ -123,8 +126,8 @@ class MilvusIndex:
 
     def rebuild(self, ids: Ids, vectors: Vectors, version: int, *, large: bool) -> None:
         """Drop the Milvus collection and build it again from ``ids``/``vectors`` (the store's
-        rows at ``version``): ``large``, an HNSW index (M=16, efConstruction=200; ef=128 at
-        search, see docs/gallery.md), else FLAT (exact)."""
+        rows at ``version``): ``large``, IVF_FLAT (nlist=1024, nprobe=32 at search, as the
+        in-process ``auto`` IVF; see docs/gallery.md), else FLAT (exact)."""
         self.drop()
         from pymilvus import DataType
 
@@ -133,9 +136,7 @@ class MilvusIndex:
         schema.add_field("v", DataType.FLOAT_VECTOR, dim=self._dim)
         params = self._client.prepare_index_params()
         if large:
-            params.add_index(
-                "v", index_type="HNSW", metric_type="L2", params={"M": 16, "efConstruction": 200}
-            )
+            params.add_index("v", index_type="IVF_FLAT", metric_type="L2", params={"nlist": 1024})
         else:
             params.add_index("v", index_type="FLAT", metric_type="L2")
         self._client.create_collection(
@@ -237,9 +238,9 @@ class MilvusIndex:
         self._client.flush(self.name)
         return len(gone)
 
-    def set_ef(self, ef: int) -> None:
-        """HNSW's search breadth (default 128): higher costs time, buys recall."""
-        self._ef = ef
+    def set_nprobe(self, nprobe: int) -> None:
+        """IVF lists scanned per segment (default :data:`NPROBE`): more costs time, buys recall."""
+        self._nprobe = nprobe
 
     def search(self, queries: Vectors, k: int) -> tuple[Vectors, Ids]:
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self._dim)
@@ -248,7 +249,7 @@ class MilvusIndex:
             return out_d, out_i
         hits = self._client.search(
             self.name, data=list(q), limit=k, anns_field="v", output_fields=[],
-            search_params={"metric_type": "L2", "params": {"ef": max(self._ef, k)}},
+            search_params={"metric_type": "L2", "params": {"nprobe": self._nprobe}},
         )  # fmt: skip
         for row, found in enumerate(hits):
             for col, hit in enumerate(list(found)[:k]):
