@@ -17,22 +17,18 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_line
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from gallery import GENUINE_NOISE, DIM, exact_top1, latencies, pct, unit  # noqa: E402
-from machine import cpu_line  # noqa: E402
-
-from visage.decision import normalize  # noqa: E402
-from visage.gallery.index import FaissIndex, IndexSpec  # noqa: E402
-from visage.gallery.index_cache import AUTO_FAISS_SPEC  # noqa: E402
-from visage.gallery.milvus import MilvusIndex, milvus_client  # noqa: E402
+from gallery import DIM, GENUINE_NOISE, exact_top1, latencies, pct, unit
+from visage.decision import normalize
+from visage.gallery.index import FaissIndex, IndexSpec
+from visage.gallery.index_cache import AUTO_FAISS_SPEC
+from visage.gallery.milvus import MilvusIndex, milvus_client
 
 Floats = np.ndarray
 
@@ -90,7 +86,6 @@ def bench(size: int, n_queries: int, seed: int, folder: Path) -> None:
             f"faiss {spec.factory} nprobe={nprobe}", faiss_build, faiss_ram, faiss_disk, times,
             float(np.mean(top == truth)),
         )  # fmt: skip
-    del faiss_index
 
     uri = str(folder / "milvus.db")
     before = rss_mb()
