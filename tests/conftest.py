@@ -18,7 +18,9 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -166,3 +168,46 @@ def pg_database(server: str) -> Iterator[str]:
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@dataclass(frozen=True)
+class MilvusServer:
+    """A running Milvus Lite server: the ``uri`` to name (``milvus:<uri>``) and its data folder."""
+
+    uri: str
+    data: Path
+
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    """``milvus-lite server`` on a free loopback port, once per module, stopped afterwards; the
+    Milvus tests skip with the extra to install when milvus-lite is absent."""
+    pytest.importorskip("milvus_lite", reason="pip install 'visage[milvus]'")
+    pytest.importorskip("pymilvus", reason="pip install 'visage[milvus]'")
+    data, port = tmp_path_factory.mktemp("milvus") / "milvus.db", _free_port()
+    log = data.with_name("server.log")
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data),
+             "--host", "127.0.0.1", "--port", str(port)],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert process.poll() is None, log.read_text(errors="replace")
+                assert time.monotonic() < deadline, "milvus-lite server did not start in 60 s"
+                time.sleep(0.2)
+        yield MilvusServer(f"http://127.0.0.1:{port}", data)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+

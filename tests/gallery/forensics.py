@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import create_engine, text
@@ -20,12 +21,23 @@ def store_files(db: Path) -> list[Path]:
 
 def holders(db: Path, blobs: list[bytes]) -> dict[str, int]:
     """File name -> how many copies of any of ``blobs`` it holds, for the files holding one."""
+    return _holding(store_files(db), blobs, lambda path: path.name)
+
+
+def folder_holders(folder: Path, blobs: list[bytes]) -> dict[str, int]:
+    """:func:`holders` for every file under ``folder`` (named relative to it): a Milvus data
+    folder's write-ahead logs, segment, tombstone and index files."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return _holding(files, blobs, lambda path: str(path.relative_to(folder)))
+
+
+def _holding(files: list[Path], blobs: list[bytes], name: Callable[[Path], str]) -> dict[str, int]:
     counts = {}
-    for path in store_files(db):
+    for path in files:
         data = path.read_bytes()
         copies = sum(data.count(blob) for blob in blobs)
         if copies:
-            counts[path.name] = copies
+            counts[name(path)] = copies
     return counts
 
 

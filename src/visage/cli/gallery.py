@@ -53,7 +53,7 @@ ActorOpt = Annotated[
 ]
 PurposeOpt = Annotated[str | None, typer.Option("--purpose", help="Why, for the audit log.")]
 IndexOpt = Annotated[
-    str, typer.Option("--index", help="auto, exact, or faiss:<factory>[;<knobs>].")
+    str, typer.Option("--index", help="auto, exact, faiss:<factory>[;<knobs>] or milvus:<uri>.")
 ]
 FaceOpt = Annotated[
     str | None,
@@ -600,6 +600,19 @@ def audit_public_key(db: DbOpt = None) -> None:
     off this host and pass it to `visage audit verify --public-key`."""
     with _open(db, None) as g:
         typer.echo(g.anchor_public_key())
+
+
+@app.command("resync")
+def resync(collection: CollectionOpt, index: IndexOpt, db: DbOpt = None,
+           json_out: JsonOpt = False) -> None:
+    """Rebuild a collection's index from the store (the store is the truth): after a Milvus
+    was restored from an older backup, lost, or fell behind a crashed writer."""
+    with _open(db, None, index=index) as g:
+        count = g.resync_index(collection)
+    if json_out:
+        emit_json({"collection": collection, "index": index, "templates": count})
+    else:
+        typer.echo(f"{collection}: index {index} rebuilt from the store, {count} templates")
 
 
 @app.command("migrate")

@@ -98,7 +98,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port [8000].")] = None,
     db: DbOpt = None,
     index: Annotated[
-        str | None, typer.Option(help="Vector index: exact, auto or faiss:… [exact].")
+        str | None, typer.Option(help="Vector index: exact, auto, faiss:… or milvus:<uri> [exact].")
     ] = None,
     detector: Annotated[str | None, typer.Option(help="Face detector: hog or cnn [hog].")] = None,
     runtime: Annotated[

@@ -16,6 +16,8 @@ Indexes are described by one string, in the manner of ``faiss.index_factory``:
   then an exact refine step over ``k x k_factor_rf`` candidates; ``np`` skips faiss's
   polysemous training, which costs about a minute and only serves polysemous search).
   See docs/performance-gallery.md.
+- ``milvus:<uri>`` — a Milvus collection shared by every server naming the same Milvus (a
+  Milvus Lite folder ``*.db`` or ``http://host:19530``); see :mod:`visage.gallery.milvus`.
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ class VectorIndex(Protocol):
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """A parsed index description: ``kind`` ``exact`` or ``faiss``, the factory and the knobs."""
+    """A parsed index description: ``kind`` ``exact``, ``faiss`` (with the factory and the
+    knobs) or ``milvus`` (``factory``: the Milvus URI)."""
 
     kind: str
     factory: str = ""
@@ -91,17 +94,24 @@ class IndexSpec:
 
     @classmethod
     def parse(cls, text: str) -> IndexSpec:
-        """Parse ``exact`` or ``faiss:<factory>[;<knobs>]``; raises ``ValueError`` otherwise."""
+        """Parse ``exact``, ``faiss:<factory>[;<knobs>]`` or ``milvus:<uri>``; raises
+        ``ValueError`` otherwise."""
         if text == "exact":
             return cls("exact")
+        if text.startswith("milvus:") and len(text) > len("milvus:"):
+            return cls("milvus", text[len("milvus:") :].strip())
         if text.startswith("faiss:") and len(text) > len("faiss:"):
             factory, _, knobs = text[len("faiss:") :].partition(";")
             return cls("faiss", factory.strip(), knobs.strip())
-        raise ValueError(f"unknown index {text!r}: use 'exact' or 'faiss:<factory>[;<knobs>]'")
+        raise ValueError(
+            f"unknown index {text!r}: use 'exact', 'faiss:<factory>[;<knobs>]' or 'milvus:<uri>'"
+        )
 
     def __str__(self) -> str:
         if self.kind == "exact":
             return "exact"
+        if self.kind == "milvus":
+            return f"milvus:{self.factory}"
         return f"faiss:{self.factory}" + (f";{self.knobs}" if self.knobs else "")
 
 
@@ -425,6 +435,8 @@ def make_index(spec: str | IndexSpec, dim: int) -> VectorIndex:
     parsed = spec if isinstance(spec, IndexSpec) else IndexSpec.parse(spec)
     if parsed.kind == "exact":
         return ExactIndex(dim)
+    if parsed.kind == "milvus":
+        raise ValueError("a Milvus index belongs to one collection: see IndexCache")
     return FaissIndex(dim, parsed.factory, parsed.knobs)
 
 

@@ -5,6 +5,10 @@ changed at, is changed in place after each committed write, and is rebuilt from 
 loaded from its snapshot file, when that matches) whenever it missed a change. Snapshot files
 are written only under the writers' lock for the version the store holds, and deleted inside a
 deleting transaction before it commits, so no file ever holds an erased template.
+
+With ``milvus:<uri>`` there is no in-memory index and no snapshot file: each collection's index
+is a Milvus collection shared by every process, and the version it matches is kept in Milvus
+(:mod:`visage.gallery.milvus`), so the same protocol holds across servers.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +27,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from ..store import CollectionRow, TemplateRow, open_private, private_dir
-from .index import VectorIndex, load_index, make_index
+from .index import IndexSpec, VectorIndex, load_index, make_index
+from .milvus import MilvusIndex, milvus_client
 
 AUTO_FAISS_AT = 50_000
 """With ``index="auto"``, collections of this many templates or more get :data:`AUTO_FAISS_SPEC`."""
@@ -63,7 +68,11 @@ class IndexCache:
 
     def __init__(self, spec: str, folder: Path | None) -> None:
         self._spec = spec
-        self._folder = folder
+        parsed = None if spec == "auto" else IndexSpec.parse(spec)
+        self._milvus_uri = parsed.factory if parsed and parsed.kind == "milvus" else None
+        self._milvus: Any = None  # the client, made on first use
+        self._shared: dict[int, MilvusIndex] = {}
+        self._folder = None if self._milvus_uri else folder
         self._loaded: dict[int, _Loaded] = {}
         self._saved: dict[int, int] = {}
         self._rebuilt: set[int] = set()  # indexes rebuilt by a search, not yet saved
@@ -92,8 +101,26 @@ class IndexCache:
 
     @_locked
     def forget(self, coll_id: int) -> None:
-        """Drop a deleted collection's index."""
+        """Drop a deleted collection's index (in Milvus: its collection and files)."""
         self._loaded.pop(coll_id, None)
+        shared = self._shared_index(coll_id)
+        if shared is not None:
+            shared.drop()
+            self._shared.pop(coll_id, None)
+
+    def _shared_index(self, coll_id: int, dim: int | None = None) -> MilvusIndex | None:
+        """The collection's Milvus index (``None`` without Milvus); ``dim`` ``None``: read
+        from Milvus, ``None`` too when Milvus has no such collection."""
+        if self._milvus_uri is None:
+            return None
+        if coll_id not in self._shared:
+            if self._milvus is None:
+                self._milvus = milvus_client(self._milvus_uri)
+            index = MilvusIndex.open(self._milvus, self._milvus_uri, coll_id, dim)
+            if index is None:
+                return None
+            self._shared[coll_id] = index
+        return self._shared[coll_id]
 
     def spec_for(self, count: int) -> str:
         """The index kind for a collection of ``count`` templates (``auto``: exact below
@@ -111,7 +138,21 @@ class IndexCache:
         added: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | None = None,
         removed: Sequence[int] = (),
     ) -> None:
-        """Apply a committed change to the in-memory index, or drop it to be rebuilt."""
+        """Apply a committed change to the in-memory index, or drop it to be rebuilt.
+
+        In Milvus the change is applied where Milvus matched the version before it; removals
+        are applied and erased in any case, so no deleted vector waits for a resync there.
+        """
+        shared = self._shared_index(coll_id)
+        if shared is not None:
+            before = shared.version()
+            if removed:
+                shared.remove(np.asarray(removed, np.int64))
+            if before == version - 1:
+                if added is not None:
+                    shared.add(*added)
+                shared.set_version(version)
+            return
         loaded = self._loaded.get(coll_id)
         if loaded is None:
             return
@@ -140,8 +181,17 @@ class IndexCache:
         exactly. ``reading``: in a read-only snapshot an index of a *later* version also serves
         (its extra templates are not in the snapshot and are dropped when the candidates are
         read; those it lacks were deleted since), and a rebuilt index is not saved as a
-        snapshot file (only a writer may, see :meth:`save_snapshot`).
+        snapshot file (only a writer may, see :meth:`save_snapshot`). A Milvus index behind
+        the store also serves a reader (it lacks templates a writer is adding right now); a
+        writer rebuilds it from the store.
         """
+        shared = self._shared_index(coll.id, coll.dim)
+        if shared is not None:
+            at = shared.version()
+            if at == coll.version or (reading and at is not None):
+                return shared
+            self._rebuild_shared(session, coll, shared)
+            return shared
         loaded = self._loaded.get(coll.id)
         if loaded is not None and (
             loaded.version == coll.version or (reading and loaded.version > coll.version)
@@ -182,8 +232,35 @@ class IndexCache:
             return None
         return index if index.count() == count and index.dim == coll.dim else None
 
+    def _rebuild_shared(self, session: Session, coll: CollectionRow, shared: MilvusIndex) -> None:
+        """Rebuild the Milvus collection from the store, HNSW from :data:`AUTO_FAISS_AT`."""
+        ids, vectors = self._store_rows(session, coll)
+        shared.rebuild(ids, vectors, coll.version, large=len(ids) >= AUTO_FAISS_AT)
+
+    @_locked
+    def resync(self, session: Session, coll: CollectionRow) -> VectorIndex:
+        """Rebuild the collection's index from the store now (a writer, under the writers'
+        lock): ``visage resync``, after Milvus was restored or lost writes."""
+        shared = self._shared_index(coll.id, coll.dim)
+        if shared is not None:
+            self._rebuild_shared(session, coll, shared)
+            return shared
+        self._loaded.pop(coll.id, None)
+        return self.get(session, coll)
+
+    @classmethod
+    def _rebuild(cls, session: Session, coll: CollectionRow, spec: str) -> VectorIndex:
+        index = make_index(spec, coll.dim)
+        ids, vectors = cls._store_rows(session, coll)
+        if len(ids):
+            index.add(ids, vectors)
+        return index
+
     @staticmethod
-    def _rebuild(session: Session, coll: CollectionRow, spec: str) -> VectorIndex:
+    def _store_rows(
+        session: Session, coll: CollectionRow
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Every template of the collection: ids in order and their vectors."""
         ids: list[int] = []
         blobs: list[bytes] = []
         query = (
@@ -195,11 +272,8 @@ class IndexCache:
         for template_id, blob in session.execute(query):
             ids.append(template_id)
             blobs.append(blob)
-        index = make_index(spec, coll.dim)
-        if ids:
-            vectors = np.frombuffer(b"".join(blobs), "<f4").reshape(len(ids), coll.dim)
-            index.add(np.asarray(ids, np.int64), vectors)
-        return index
+        vectors = np.frombuffer(b"".join(blobs), "<f4").reshape(len(ids), coll.dim)
+        return np.asarray(ids, np.int64), vectors
 
     @_locked
     def save_snapshot(self, coll_id: int, version: int | None) -> None:

@@ -338,8 +338,9 @@ class Gallery:
 
     ``url``: a SQLAlchemy URL or a SQLite file path (default ``$VISAGE_DB`` or
     ``~/.local/share/visage/visage.db``). ``index``: ``auto`` (exact below
-    :data:`~visage.gallery.index_cache.AUTO_FAISS_AT` templates, else IVF), ``exact`` or
-    ``faiss:<factory>[;<knobs>]``. ``index_dir``: where index snapshots are saved (default: a
+    :data:`~visage.gallery.index_cache.AUTO_FAISS_AT` templates, else IVF), ``exact``,
+    ``faiss:<factory>[;<knobs>]`` or ``milvus:<uri>`` (one index shared by every server naming
+    that Milvus, see :mod:`visage.gallery.milvus`). ``index_dir``: where index snapshots are saved (default: a
     ``.index`` folder beside a SQLite file; none for other URLs, so indexes are rebuilt from the
     store when first used). ``pipeline``: used for photo input (the shared default pipeline when
     omitted). ``calibrations``: thresholds per model id, overriding the shipped ones.
@@ -1427,6 +1428,12 @@ class Gallery:
         """The collection's index, brought in line with the store first (loaded or rebuilt)."""
         with self._lock, self._transaction() as (session, _state):
             return self._indexes.get(session, self._collection(session, collection))
+
+    def resync_index(self, collection: str) -> int:
+        """Rebuild the collection's index from the store now (a Milvus collection restored from
+        an older backup or short of a write); returns the templates it holds."""
+        with self._lock, self._transaction() as (session, _state):
+            return self._indexes.resync(session, self._collection(session, collection)).count()
 
     # ------------------------------------------------------------------ decisions
 

@@ -53,7 +53,9 @@ class Settings(BaseSettings):
         "database host.",
     )
     index: str = Field(
-        "exact", description="Vector index: exact, auto or faiss:<factory>[;<knobs>]."
+        "exact",
+        description="Vector index: exact, auto, faiss:<factory>[;<knobs>] or milvus:<uri> (one "
+        "index shared by every server naming that Milvus).",
     )
     detector: Literal["hog", "cnn"] = Field("hog", description="Face detector for photos.")
     runtime: Literal["auto", "onnx", "dlib"] = Field(
