@@ -11,6 +11,7 @@ on a verified chain. Each page is saved to ``docs/ui/`` as it is reached.
 from __future__ import annotations
 
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -304,3 +305,50 @@ def test_a_webcam_frame_is_identified(
     verdict = page.locator("#identify-results .verdict").first
     verdict.wait_for(timeout=60_000)
     assert "MATCH Cam Person" in verdict.inner_text(), verdict.inner_text()
+
+
+def test_verify_by_upload_says_same_or_not(
+    page: object, server: Server, person_photos: list[Path], distractor_photos: list[Path]
+) -> None:
+    sign_in(page, server, server.admin)
+    page.get_by_role("link", name="Verify").click()
+    page.get_by_role("heading", name="Verify").wait_for()
+    page.get_by_label("Purpose (kept in the audit log)").fill("console test")
+    verdict = page.locator("#verify-results .verdict")
+    seen = []
+    for other in (person_photos[1], distractor_photos[0]):
+        page.locator("#verify-results").evaluate("n => n.replaceChildren()")
+        page.get_by_label("First photo").set_input_files(str(person_photos[0]))
+        page.get_by_label("Second photo").set_input_files(str(other))
+        page.get_by_role("button", name="Verify", exact=True).click()
+        verdict.wait_for(timeout=60_000)
+        seen.append(verdict.inner_text())
+    assert seen[0].startswith("SAME person"), seen
+    assert seen[1].startswith("NOT the same person"), seen
+    snap(page, "verify")
+
+
+def test_sign_in_is_interactive_within_a_second_and_works_from_the_keyboard(
+    page: object, server: Server
+) -> None:
+    page.goto(server.url + "/console/")  # warm: the first load of a fresh process is not the point
+    started = time.monotonic()
+    page.goto(server.url + "/")
+    page.locator("#apikey:focus").wait_for()
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, f"sign-in form interactive after {elapsed:.2f} s"
+    snap(page, "sign-in")
+    page.keyboard.type(server.admin)  # the key field has the focus on arrival
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Collections").wait_for()
+    # Tab on to the create form's Name field, type, Enter: a collection made without a mouse.
+    label = "document.activeElement.closest('label')?.firstChild?.textContent"
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate(label) == "Name":
+            break
+    assert page.evaluate(label) == "Name", "the Name field is not reachable with Tab"
+    name = f"kb-{uuid.uuid4().hex[:8]}"
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    page.get_by_role("link", name=name).wait_for()

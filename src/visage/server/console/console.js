@@ -325,6 +325,30 @@ async function identifyResult(blob, name, out) {
   return el("div", { class: "result" }, el("strong", { text: name }), parts);
 }
 
+// ------------------------------------------------------------------ verify
+
+function verifyPage() {
+  const purpose = el("input", { type: "text", id: "verify-purpose", required: true });
+  const first = el("input", { type: "file", id: "verify-first", accept: "image/*", required: true });
+  const second = el("input", { type: "file", id: "verify-second", accept: "image/*", required: true });
+  const results = el("div", { id: "verify-results" });
+  show(el("h1", { text: "Verify" }),
+    el("p", { class: "muted", text: "Are these two photos the same person? Nothing is stored." }),
+    el("form", { onsubmit: async (e) => {
+      e.preventDefault();
+      const form = new FormData();
+      form.append("photo", first.files[0]); form.append("other_photo", second.files[0]);
+      try {
+        const out = await api("POST", "/v1/verify", { form, query: { purpose: purpose.value } });
+        results.replaceChildren(el("div", { class: "result" },
+          el("p", { class: "verdict " + (out.same ? "good" : "bad"),
+            text: (out.same ? "SAME person" : "NOT the same person") + " (distance " + out.distance.toFixed(3) + (out.same ? " ≤ " : " > ") + "threshold " + out.threshold.toFixed(3) + ")" }),
+          el("p", { class: "muted", text: "Threshold from " + out.threshold_source })));
+      } catch (err) { results.replaceChildren(el("p", { class: "bad verdict", text: "Refused: " + err.message })); }
+    } }, field("Purpose (kept in the audit log)", purpose), field("First photo", first), field("Second photo", second),
+      el("button", { type: "submit", text: "Verify" })), results);
+}
+
 // One frame from the camera, sent once and kept nowhere.
 function webcamBox(onFrame) {
   const video = el("video", { autoplay: true, muted: true, playsinline: true, "aria-label": "Camera preview" });
@@ -417,6 +441,7 @@ async function route() {
     if (parts[0] === "c" && parts[2] === "p") await personPage(parts[1], parts[3]);
     else if (parts[0] === "c") await personsPage(parts[1], 0, "");
     else if (parts[0] === "identify") await identifyPage();
+    else if (parts[0] === "verify") verifyPage();
     else if (parts[0] === "audit") await auditPage();
     else if (parts[0] === "keys") await keysPage();
     else await collectionsPage();
