@@ -10,6 +10,7 @@ on a verified chain. Each page is saved to ``docs/ui/`` as it is reached.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
@@ -73,9 +74,10 @@ def browser(
 
 
 @pytest.fixture
-def page(browser: object, server: Server) -> Iterator[object]:
+def page(browser: object, server: Server, shots: Path) -> Iterator[object]:
     context = browser.new_context(viewport={"width": 1000, "height": 800})  # type: ignore[attr-defined]
     opened = context.new_page()
+    opened.shots = shots
     dialogs: list[str] = []
     opened.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
     opened.dialogs = dialogs
@@ -86,10 +88,20 @@ def page(browser: object, server: Server) -> Iterator[object]:
     context.close()
 
 
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: docs/ui/ with ``VISAGE_SCREENSHOTS=1`` (to refresh the committed
+    ones), else a temporary folder, so a test run leaves the work tree as it was."""
+    if os.environ.get("VISAGE_SCREENSHOTS") == "1":
+        return SCREENSHOTS
+    return tmp_path_factory.mktemp("ui")
+
+
 def snap(page: object, name: str) -> None:
-    """The page as a PNG in docs/ui/ (1000 px wide, palette-quantized to stay small)."""
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    target = SCREENSHOTS / f"{name}.png"
+    """The page as a PNG (1000 px wide, palette-quantized to stay small); see :func:`shots`."""
+    folder: Path = page.shots  # type: ignore[attr-defined]
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.png"
     page.screenshot(path=str(target), full_page=True)  # type: ignore[attr-defined]
     image = Image.open(target).convert("RGB")
     image.crop((0, 0, image.width, min(image.height, 1400))).quantize(64).save(
@@ -352,3 +364,25 @@ def test_sign_in_is_interactive_within_a_second_and_works_from_the_keyboard(
     page.keyboard.type(name)
     page.keyboard.press("Enter")
     page.get_by_role("link", name=name).wait_for()
+
+
+def test_persons_are_searched_in_the_store_and_paged(
+    page: object, server: Server, collection: str
+) -> None:
+    base = f"/v1/collections/{collection}/persons"
+    with server.client(server.admin) as client:
+        for name in ("Alpha One", "Beta Two", "100% Gamma", "alphabet soup"):
+            assert client.post(base, json={"display_name": name}).status_code == 201
+        found = client.get(base, params={"search": "ALPHA"}).json()["items"]
+        assert sorted(p["display_name"] for p in found) == ["Alpha One", "alphabet soup"]
+        literal = client.get(base, params={"search": "%"}).json()["items"]
+        assert [p["display_name"] for p in literal] == ["100% Gamma"]  # % is not a wildcard
+    sign_in(page, server, server.admin)
+    page.goto(server.url + f"/console/#/c/{collection}")
+    page.get_by_role("heading", name=f"Collection {collection}").wait_for()
+    assert page.get_by_role("link", name="Beta Two").count() == 1  # positive control
+    page.get_by_label("Search persons (name or external id)").fill("alpha")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_function("() => !document.body.innerText.includes('Beta Two')")
+    assert page.get_by_role("link", name="Alpha One").count() == 1
+    assert page.get_by_role("link", name="alphabet soup").count() == 1
