@@ -235,6 +235,7 @@ def test_a_hostile_name_is_shown_as_text_and_runs_nothing(
 
 
 def test_the_console_is_served_with_a_strict_csp_and_no_framing(server: Server) -> None:
+    assert "web console at /" in server.log_tail(100_000)  # what `make run` prints
     root = httpx.get(server.url + "/", follow_redirects=False)
     assert root.status_code == 307 and root.headers["location"] == "/console/"
     for path in ("/console/", "/console/console.js", "/console/console.css"):
