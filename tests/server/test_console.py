@@ -156,6 +156,11 @@ def test_an_operator_enrolls_identifies_revokes_and_audits_in_the_browser(
     snap(page, "collections")
     page.get_by_label("Name", exact=True).fill(coll)
     page.get_by_role("button", name="Create").click()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=coll))
+    threshold = row.locator(".threshold").inner_text()
+    with server.client(server.admin) as client:
+        stated = client.get(f"/v1/collections/{coll}").json()["operating_point"]
+    assert threshold.startswith(f"{stated['threshold']:.3f} ({stated['basis']}"), threshold
     page.get_by_role("link", name=coll).click()
     page.get_by_label("Display name").fill("Ada Example")
     page.get_by_role("button", name="Add person").click()

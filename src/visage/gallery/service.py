@@ -1559,6 +1559,12 @@ class Gallery:
         self._points[coll.id] = (key, point)
         return point
 
+    def collection_threshold(self, collection: str) -> OpenSetPoint:
+        """The identify threshold ``collection`` uses now (its target FPIR at its current
+        size) and how it was derived: what identify would answer with, before any search."""
+        with self._reading() as session:
+            return self._operating_point(session, self._collection(session, collection))
+
     def operating_point(
         self, model_id: str, target_fpir: float, templates: int, persons: int
     ) -> OpenSetPoint:

@@ -352,6 +352,9 @@ class CollectionOut(_Out):
     persons: int
     templates: int
     target_fpir: float
+    operating_point: OperatingPointOut | None = Field(
+        None, description="The identify threshold in use now, and how it was derived"
+    )
 
 
 class CollectionList(BaseModel):

@@ -111,14 +111,14 @@ async function collectionsPage() {
   const rows = items.map((c) => el("tr", {},
     el("td", {}, el("a", { href: "#/c/" + encodeURIComponent(c.name), text: c.name })),
     el("td", { text: c.persons }), el("td", { text: c.templates }),
-    el("td", { text: c.target_fpir }), el("td", { text: c.keep_images ? "yes" : "no" }),
+    el("td", { class: "threshold", text: thresholdText(c) }), el("td", { text: c.keep_images ? "yes" : "no" }),
     el("td", { text: c.model_id }),
     el("td", {}, can("admin") ? typedConfirm("collection", c.name, async () => {
       await api("DELETE", "/v1/collections/" + encodeURIComponent(c.name));
       collectionsPage();
     }) : "")));
   const parts = [el("h1", { text: "Collections" }),
-    table(["Name", "Persons", "Templates", "Target FPIR (threshold set by it)", "Keeps images", "Model", ""], rows)];
+    table(["Name", "Persons", "Templates", "Threshold in use (provenance)", "Keeps images", "Model", ""], rows)];
   if (can("admin")) {
     const name = el("input", { type: "text", required: true });
     const keep = el("input", { type: "checkbox" });
@@ -133,6 +133,13 @@ async function collectionsPage() {
       field("Target FPIR", fpir), el("button", { type: "submit", text: "Create" })));
   }
   show(...parts);
+}
+
+// The threshold identify uses now and where it comes from, as the API states it.
+function thresholdText(c) {
+  const op = c.operating_point;
+  if (!op) return "—";
+  return op.threshold.toFixed(3) + " (" + op.basis + ", FPIR " + op.target_fpir + " at " + op.templates + " templates" + (op.supported ? "" : ", outside the calibration data") + ")";
 }
 
 function consentSummary(p) {
@@ -160,7 +167,7 @@ async function personsPage(coll, offset, search) {
   const name = el("input", { type: "text", required: true });
   const ext = el("input", { type: "text" });
   show(el("h1", { text: "Collection " + coll }),
-    el("p", { class: "muted", text: info.persons + " persons, " + info.templates + " templates, target FPIR " + info.target_fpir + ", model " + info.model_id }),
+    el("p", { class: "muted", text: info.persons + " persons, " + info.templates + " templates, model " + info.model_id + ", threshold " + thresholdText(info) }),
     el("form", { role: "search", onsubmit: (e) => { e.preventDefault(); personsPage(coll, 0, q.value.trim()); } },
       field("Search persons (name or external id)", q), el("button", { type: "submit", text: "Search" })),
     table(["Name", "External id", "Consent", "Templates"], rows), nav,
@@ -374,8 +381,10 @@ function webcamBox(onFrame) {
 
 async function auditPage(filters) {
   filters = filters || {};
-  const [chain, list] = await Promise.all([api("GET", "/v1/audit/verify"),
-    api("GET", "/v1/audit", { query: { order: "newest", limit: 200, collection: filters.collection, action: filters.action } })]);
+  // One after the other: the read is itself audited, and a verify walking the chain while that
+  // event is being checkpointed can report a cut that is not there (see docs/console.md).
+  const list = await api("GET", "/v1/audit", { query: { order: "newest", limit: 200, collection: filters.collection, action: filters.action } });
+  const chain = await api("GET", "/v1/audit/verify");
   let events = list.items;
   if (filters.actor) events = events.filter((e) => e.actor === filters.actor);
   if (filters.since) events = events.filter((e) => e.at >= filters.since);
@@ -426,7 +435,15 @@ async function keysPage(secret) {
 
 // ------------------------------------------------------------------ routing
 
-async function route() {
+// Renders run one after another, in the order asked: a slow page's answer can never land
+// over the page asked for after it.
+let rendering = Promise.resolve();
+function route() {
+  rendering = rendering.then(render, render);
+  return rendering;
+}
+
+async function render() {
   state.key = state.key || sessionStorage.getItem(KEY);
   const nav = document.getElementById("nav");
   if (!state.key) { nav.hidden = true; document.getElementById("who").textContent = ""; signInPage(); return; }
