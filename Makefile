@@ -25,6 +25,10 @@ $(STAMP): pyproject.toml
 	@[ "$$(uname -m)" != x86_64 ] || command -v qemu-x86_64 >/dev/null || \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user) || \
 		echo "warning: qemu-user not installed; the AVX2 INT8 test will fail"
+	# The console's tests drive Debian's Chromium through Playwright (never `playwright install`).
+	@command -v chromium >/dev/null || \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) || \
+		echo "warning: chromium not installed; the console's browser tests will be skipped"
 	touch $(STAMP)
 
 setup: $(STAMP)

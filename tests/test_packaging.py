@@ -127,3 +127,12 @@ def test_plain_pip_install_gives_a_working_visage(tmp_path: Path, people_photos:
     out = run(visage, "detect", "--json", people_photos[0], timeout=300)
     assert '"box"' in out, out
     assert run(python, "-c", "import visage; print(visage.__version__)", timeout=120).strip()
+    # The web console's files ship in the wheel (package data), not only in the source tree.
+    listed = run(
+        python,
+        "-c",
+        "from importlib.resources import files; "
+        "print(sorted(p.name for p in (files('visage.server') / 'console').iterdir()))",
+        timeout=120,
+    )
+    assert all(name in listed for name in ("index.html", "console.js", "console.css")), listed

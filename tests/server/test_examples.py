@@ -20,6 +20,7 @@ WORKFLOW = (
     ("post", "/v1/collections/{collection}/find-similar", 200),
     ("post", "/v1/group", 200),
     ("post", "/v1/collections/{collection}/persons/{person}/consents/revoke", 200),
+    ("post", "/v1/keys", 201),
 )
 
 

@@ -41,6 +41,10 @@ ROUTES: list[tuple[str, str, str | None]] = [
     ("GET", "/v1/edge/snapshot?collection={c}", "device"),
     ("GET", "/v1/edge/public-key", "device"),
     ("GET", "/v1/edge/devices", "admin"),
+    ("GET", "/v1/keys/me", None),
+    ("GET", "/v1/keys", "admin"),
+    ("POST", "/v1/keys", "admin"),
+    ("DELETE", "/v1/keys/vk_000000000000", "admin"),
 ]
 OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 OTHER_SCOPES = {
@@ -69,7 +73,8 @@ def test_the_table_covers_every_route(server: Server) -> None:
             .replace("{c}", "{collection}")
             .replace("p1", "{person}")
             .replace("/faces/1", "/faces/{template_id}")
-            .replace("dlib_resnet_v1", "{model_id}"),
+            .replace("dlib_resnet_v1", "{model_id}")
+            .replace("vk_000000000000", "{key_id}"),
         )
         for m, p, _ in ROUTES
     }

@@ -148,7 +148,7 @@ def serve(
     )
     _announce_keys(settings, bootstrap_key)
     err_console.print(
-        f"Visage on http://{settings.host}:{settings.port} (docs at /docs), "
+        f"Visage on http://{settings.host}:{settings.port} (web console at /, docs at /docs), "
         f"store {shown_url(settings.db_url)}, index {settings.index}",
         soft_wrap=True,
         markup=False,

@@ -59,6 +59,7 @@ import json
 import logging
 import math
 import os
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -760,22 +761,30 @@ class Gallery:
         limit: int = 100,
         reader: str | None = None,
         purpose: str | None = None,
+        search: str | None = None,
     ) -> list[PersonInfo]:
-        """Persons of a collection in creation order, one page. Audited as ``person.list``
-        (the page asked for and the ids returned) when read for a ``reader``."""
+        """Persons of a collection in creation order, one page; ``search``: only those whose
+        display name or external id contains it (case-insensitive, ``%`` and ``_`` literal),
+        filtered in the store so a 100k-person collection is never read whole. Audited as
+        ``person.list`` (the page asked for, the search and the ids returned) when read for a
+        ``reader``."""
         with self._reading() as session:
             coll = self._collection(session, collection)
+            query = select(PersonRow).where(PersonRow.collection_id == coll.id)
+            if search:
+                pattern = "%" + re.sub(r"([\\%_])", r"\\\1", search) + "%"
+                query = query.where(
+                    PersonRow.display_name.ilike(pattern, escape="\\")
+                    | PersonRow.external_id.ilike(pattern, escape="\\")
+                )
             rows = session.scalars(
-                select(PersonRow)
-                .where(PersonRow.collection_id == coll.id)
-                .order_by(PersonRow.created_at, PersonRow.id)
-                .offset(offset)
-                .limit(limit)
+                query.order_by(PersonRow.created_at, PersonRow.id).offset(offset).limit(limit)
             ).all()
             found = [self._person_info(session, coll, r) for r in rows]
         self._audit_read(
             "person.list", reader=reader, collection=collection, purpose=purpose,
             offset=offset, limit=limit, persons=[p.id for p in found],
+            **({"search": search} if search else {}),
         )  # fmt: skip
         return found
 
@@ -1594,6 +1603,12 @@ class Gallery:
         )
         self._points[coll.id] = (key, point)
         return point
+
+    def collection_threshold(self, collection: str) -> OpenSetPoint:
+        """The identify threshold ``collection`` uses now (its target FPIR at its current
+        size) and how it was derived: what identify would answer with, before any search."""
+        with self._reading() as session:
+            return self._operating_point(session, self._collection(session, collection))
 
     def operating_point(
         self,

@@ -19,6 +19,7 @@ from fastapi_offline import FastAPIOffline
 from .. import __version__
 from . import auth, problems
 from .bodies import COMPONENT_SCHEMAS
+from .headers import SecurityHeaders
 from .limits import BodyLimit
 from .metrics import Metrics, RequestMetrics
 from .routes import ROUTERS
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
+    app.add_middleware(SecurityHeaders)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:

@@ -377,6 +377,9 @@ class CollectionOut(_Out):
     templates: int
     target_fpir: float
     open_set_source: str | None = None
+    operating_point: OperatingPointOut | None = Field(
+        None, description="The identify threshold in use now, and how it was derived"
+    )
 
 
 class CollectionList(BaseModel):
@@ -609,3 +612,63 @@ class HealthOut(BaseModel):
 
     status: str
     checks: dict[str, str] = {}
+
+
+# ---------------------------------------------------------------- keys
+
+
+class KeyCreate(_In):
+    """A new API key: its name, scopes, the collections it may use (``*``: all) and, when it
+    should stop working, a lifetime (``12h``, ``30d``, ``8w``)."""
+
+    model_config = example_config(
+        name="front desk", scopes=["identify"], collections=["staff"], expires_in="90d"
+    )
+
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+    scopes: list[Annotated[str, Field(max_length=20)]] = Field(min_length=1, max_length=4)
+    collections: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        ["*"], min_length=1, max_length=100
+    )
+    expires_in: Annotated[str, Field(max_length=20)] | None = None
+
+
+class KeyOut(_Out):
+    """An API key as the server keeps it: never its secret. ``collections`` ``None``: all."""
+
+    id: str
+    name: str
+    scopes: list[str]
+    collections: list[str] | None
+    rate_limit: float | None
+    created_at: datetime
+    revoked_at: datetime | None
+    expires_at: datetime | None
+    devices: list[str] | None
+
+    @classmethod
+    def from_key(cls, key: Any) -> KeyOut:
+        return cls(
+            id=key.id,
+            name=key.name,
+            scopes=sorted(key.scopes),
+            collections=None if key.collections is None else sorted(key.collections),
+            rate_limit=key.rate_limit,
+            created_at=key.created_at,
+            revoked_at=key.revoked_at,
+            expires_at=key.expires_at,
+            devices=None if key.devices is None else sorted(key.devices),
+        )
+
+
+class KeyList(BaseModel):
+    """Every key, oldest first, revoked ones included."""
+
+    items: list[KeyOut]
+
+
+class NewKeyOut(BaseModel):
+    """A key just made; ``token`` is its secret, shown this once and stored nowhere."""
+
+    key: KeyOut
+    token: str

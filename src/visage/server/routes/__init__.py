@@ -4,7 +4,20 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from . import audit, collections, detect, edge, faces, group, persons, search, system, verify
+from . import (
+    audit,
+    collections,
+    console,
+    detect,
+    edge,
+    faces,
+    group,
+    keys,
+    persons,
+    search,
+    system,
+    verify,
+)
 
 ROUTERS: tuple[APIRouter, ...] = (
     system.router,
@@ -17,4 +30,6 @@ ROUTERS: tuple[APIRouter, ...] = (
     faces.router,
     audit.router,
     edge.router,
+    keys.router,
+    console.router,
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from ...gallery import Gallery
 from ..auth import ensure_sees
 from ..deps import (
     AdminKey,
@@ -15,7 +16,21 @@ from ..deps import (
     Purpose,
 )
 from ..problems import problem_responses
-from ..schemas import CollectionCreate, CollectionList, CollectionOut, RemovedOut
+from ..schemas import (
+    CollectionCreate,
+    CollectionList,
+    CollectionOut,
+    OperatingPointOut,
+    RemovedOut,
+)
+
+
+def _with_threshold(gallery: Gallery, info: object) -> CollectionOut:
+    """A collection as answered: its record and the identify threshold it uses now."""
+    out = CollectionOut.model_validate(info)
+    point = gallery.collection_threshold(out.name)
+    return out.model_copy(update={"operating_point": OperatingPointOut.model_validate(point)})
+
 
 router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=problem_responses())
 
@@ -24,7 +39,7 @@ router = APIRouter(prefix="/v1/collections", tags=["collections"], responses=pro
 def list_collections(key: AnyKey, gallery: GalleryDep) -> CollectionList:
     """The collections this key may use, by name, with their sizes."""
     return CollectionList(
-        items=[CollectionOut.model_validate(c) for c in gallery.collections() if key.sees(c.name)]
+        items=[_with_threshold(gallery, c) for c in gallery.collections() if key.sees(c.name)]
     )
 
 
@@ -43,8 +58,9 @@ def create_collection(key: AdminKey, body: CollectionCreate, gallery: GalleryDep
 def get_collection(
     key: CollectionKey, collection: CollectionPath, gallery: GalleryDep
 ) -> CollectionOut:
-    """One collection with its model and how many persons and templates it holds."""
-    return CollectionOut.model_validate(gallery.collection(collection))
+    """One collection with its model, how many persons and templates it holds, and the
+    identify threshold it uses now with its provenance."""
+    return _with_threshold(gallery, gallery.collection(collection))
 
 
 @router.delete("/{collection}", response_model=RemovedOut)

@@ -33,10 +33,15 @@ def list_persons(
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     purpose: Purpose = None,
+    search: Annotated[
+        str | None,
+        Query(min_length=1, max_length=300, description="Display name or external id contains"),
+    ] = None,
 ) -> PersonList:
-    """One page of the collection's persons, in creation order (audited: ``person.list``)."""
+    """One page of the collection's persons, in creation order, optionally only those whose
+    name or external id contains ``search`` (audited: ``person.list``)."""
     persons = gallery.persons(
-        collection, offset=offset, limit=limit, reader=key.id, purpose=purpose
+        collection, offset=offset, limit=limit, reader=key.id, purpose=purpose, search=search
     )
     return PersonList(
         items=[PersonOut.model_validate(p) for p in persons], offset=offset, limit=limit

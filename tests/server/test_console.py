@@ -1,0 +1,394 @@
+"""The web console in a real browser: Playwright driving Debian's Chromium against a real
+``visage serve`` on a loopback port (one server and one browser for the module).
+
+The end-to-end test walks what an operator does: sign in, create a collection, add a person,
+see enrollment held back until consent, grant it, enroll by upload (one photo refused for
+quality, one with two faces needing a pick), identify a probe (match) and a distractor
+(unknown), revoke consent, the same probe now unknown, and the audit page showing every step
+on a verified chain. Each page is saved to ``docs/ui/`` as it is reached.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageFilter
+
+from tests.server.conftest import Server
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+CHROMIUM = shutil.which("chromium")
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "ui"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed")
+
+
+def write_y4m(photo: Path, path: Path, frames: int = 10) -> Path:
+    """A y4m video (I420, 4:2:0) of ``photo`` still, for Chromium's fake camera."""
+    image = Image.open(photo).convert("RGB").resize((320, 320))
+    rgb = np.asarray(image, dtype=np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    u = (b - y) * 0.564 + 128
+    v = (r - y) * 0.713 + 128
+    planes = [np.clip(p, 0, 255).astype(np.uint8) for p in (y, u[::2, ::2], v[::2, ::2])]
+    frame = b"FRAME\n" + b"".join(p.tobytes() for p in planes)
+    path.write_bytes(b"YUV4MPEG2 W320 H320 F1:1 Ip A1:1 C420jpeg\n" + frame * frames)
+    return path
+
+
+@pytest.fixture(scope="module")
+def person_photos(people_photos: list[Path]) -> list[Path]:
+    """Three photos of one person (the first with at least three)."""
+    by_person: dict[str, list[Path]] = {}
+    for photo in people_photos:
+        by_person.setdefault(photo.parent.name, []).append(photo)
+    return next(p for p in by_person.values() if len(p) >= 3)[:3]
+
+
+@pytest.fixture(scope="module")
+def browser(
+    tmp_path_factory: pytest.TempPathFactory, person_photos: list[Path]
+) -> Iterator[object]:
+    video = write_y4m(person_photos[1], tmp_path_factory.mktemp("camera") / "face.y4m")
+    with playwright_api.sync_playwright() as p:
+        launched = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--no-sandbox",
+                "--use-fake-ui-for-media-stream",
+                "--use-fake-device-for-media-stream",
+                f"--use-file-for-fake-video-capture={video}",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser: object, server: Server, shots: Path) -> Iterator[object]:
+    context = browser.new_context(viewport={"width": 1000, "height": 800})  # type: ignore[attr-defined]
+    opened = context.new_page()
+    opened.shots = shots
+    dialogs: list[str] = []
+    opened.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    opened.dialogs = dialogs
+    errors: list[str] = []
+    opened.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    opened.csp_errors = errors
+    yield opened
+    context.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where screenshots go: docs/ui/ with ``VISAGE_SCREENSHOTS=1`` (to refresh the committed
+    ones), else a temporary folder, so a test run leaves the work tree as it was."""
+    if os.environ.get("VISAGE_SCREENSHOTS") == "1":
+        return SCREENSHOTS
+    return tmp_path_factory.mktemp("ui")
+
+
+def snap(page: object, name: str) -> None:
+    """The page as a PNG (1000 px wide, palette-quantized to stay small); see :func:`shots`."""
+    folder: Path = page.shots  # type: ignore[attr-defined]
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.png"
+    page.screenshot(path=str(target), full_page=True)  # type: ignore[attr-defined]
+    image = Image.open(target).convert("RGB")
+    image.crop((0, 0, image.width, min(image.height, 1400))).quantize(64).save(
+        target, optimize=True
+    )
+
+
+def sign_in(page: object, server: Server, token: str) -> None:
+    page.goto(server.url + "/")  # type: ignore[attr-defined]
+    page.get_by_label("API key").fill(token)  # type: ignore[attr-defined]
+    page.get_by_role("button", name="Sign in").click()  # type: ignore[attr-defined]
+    page.get_by_role("heading", name="Collections").wait_for()  # type: ignore[attr-defined]
+
+
+def two_faces(first: Path, second: Path, target: Path) -> Path:
+    left, right = Image.open(first).convert("RGB"), Image.open(second).convert("RGB")
+    both = Image.new("RGB", (left.width + right.width, max(left.height, right.height)))
+    both.paste(left, (0, 0))
+    both.paste(right, (left.width, 0))
+    both.save(target, quality=95)
+    return target
+
+
+def blurred(photo: Path, target: Path) -> Path:
+    """A face the detector finds but the quality gate refuses (sharpness ~3 < 6)."""
+    Image.open(photo).resize((400, 400)).filter(ImageFilter.GaussianBlur(6)).save(target)
+    return target
+
+
+def identify(page: object, collection: str, photo: Path) -> str:
+    page.goto(page.url.split("#")[0] + "#/identify")  # type: ignore[attr-defined]
+    page.get_by_role("heading", name="Identify").wait_for()  # type: ignore[attr-defined]
+    page.get_by_label("Collection").select_option(collection)  # type: ignore[attr-defined]
+    page.get_by_label("Purpose (kept in the audit log)").fill("console test")  # type: ignore[attr-defined]
+    page.locator("#identify-results").evaluate("n => n.replaceChildren()")  # type: ignore[attr-defined]
+    page.get_by_label("Photo").set_input_files(str(photo))  # type: ignore[attr-defined]
+    verdict = page.locator("#identify-results .verdict").first  # type: ignore[attr-defined]
+    verdict.wait_for(timeout=60_000)
+    return str(verdict.inner_text())
+
+
+def test_an_operator_enrolls_identifies_revokes_and_audits_in_the_browser(
+    page: object,
+    server: Server,
+    person_photos: list[Path],
+    distractor_photos: list[Path],
+    people_photos: list[Path],
+    tmp_path: Path,
+) -> None:
+    coll = f"ui-{uuid.uuid4().hex[:8]}"
+    sign_in(page, server, server.admin)
+    snap(page, "collections")
+    page.get_by_label("Name", exact=True).fill(coll)
+    page.get_by_role("button", name="Create").click()
+    row = page.get_by_role("row").filter(has=page.get_by_role("link", name=coll))
+    threshold = row.locator(".threshold").inner_text()
+    with server.client(server.admin) as client:
+        stated = client.get(f"/v1/collections/{coll}").json()["operating_point"]
+    assert threshold.startswith(f"{stated['threshold']:.3f} ({stated['basis']}"), threshold
+    page.get_by_role("link", name=coll).click()
+    page.get_by_label("Display name").fill("Ada Example")
+    page.get_by_role("button", name="Add person").click()
+    page.locator("#person-name").wait_for()
+    # Before any consent the page says so and offers no upload.
+    assert "no valid consent" in page.locator("#needs-consent").inner_text()
+    assert page.locator("#enroll-files").count() == 0
+    page.get_by_label("Granted by").fill("Front desk")
+    page.get_by_role("button", name="Grant consent").click()
+    files = page.locator("#enroll-files")
+    files.set_input_files(str(person_photos[0]))
+    page.locator(".enrolled").first.wait_for(timeout=60_000)
+    files.set_input_files(str(blurred(person_photos[2], tmp_path / "blurred.jpg")))
+    refused = page.locator(".result[data-file='blurred.jpg'] .refused")
+    refused.wait_for(timeout=60_000)
+    assert "blurred" in refused.inner_text(), refused.inner_text()
+    other = next(p for p in people_photos if p.parent != person_photos[0].parent)
+    files.set_input_files(str(two_faces(person_photos[2], other, tmp_path / "two.jpg")))
+    pick = page.locator(".result[data-file='two.jpg'] button.pick")
+    pick.first.wait_for(timeout=60_000)
+    assert pick.count() == 2
+    snap(page, "enroll")
+    # Face 0 is the largest; both are the same size here, so pick by position: the left one.
+    page.locator(".result[data-file='two.jpg'] button.pick", has_text="Face 0").click()
+    page.locator(".result[data-file='two.jpg'] .enrolled").wait_for(timeout=60_000)
+    page.get_by_role("button", name="Refresh templates").click()
+    page.get_by_role("cell", name="not kept").first.wait_for()
+    snap(page, "person")
+
+    match = identify(page, coll, person_photos[1])
+    assert match.startswith("Face 0: MATCH Ada Example"), match
+    snap(page, "identify")
+    unknown = identify(page, coll, distractor_photos[0])
+    assert "UNKNOWN" in unknown, unknown
+
+    page.goto(server.url + f"/console/#/c/{coll}")
+    page.get_by_role("heading", name=f"Collection {coll}").wait_for()
+    page.get_by_role("link", name="Ada Example").click()
+    page.get_by_role("button", name="Revoke consent (deletes templates)").click()
+    page.locator("#needs-consent").wait_for()
+    after = identify(page, coll, person_photos[1])
+    assert "UNKNOWN" in after, after
+
+    page.goto(server.url + "/console/#/audit")
+    page.get_by_role("heading", name="Audit log").wait_for()
+    page.get_by_label("Collection").fill(coll)
+    page.get_by_role("button", name="Filter").click()
+    page.locator("tr[data-action='consent.revoke']").wait_for()
+    assert page.locator("#chain").inner_text().startswith("Chain verified")
+    for action in ("person.create", "consent.grant", "identify", "consent.revoke"):
+        assert page.locator(f"tr[data-action='{action}']").count() >= 1, action
+    with server.client(server.admin) as client:
+        head = client.get("/v1/audit/verify").json()["head"]
+    assert len(page.locator("#head").inner_text()) == len(head)
+    snap(page, "audit")
+    assert not page.dialogs
+
+
+def test_a_hostile_name_is_shown_as_text_and_runs_nothing(
+    page: object, server: Server, collection: str
+) -> None:
+    hostile = "<img src=x onerror=alert(1)>"
+    with server.client(server.admin) as client:
+        made = client.post(f"/v1/collections/{collection}/persons", json={"display_name": hostile})
+        assert made.status_code == 201, made.text
+    sign_in(page, server, server.admin)
+    page.goto(server.url + f"/console/#/c/{collection}")
+    page.get_by_role("heading", name=f"Collection {collection}").wait_for()
+    link = page.get_by_role("link", name=hostile)
+    link.wait_for()
+    assert link.inner_text() == hostile  # positive control: the name is on the page, literally
+    link.click()
+    assert page.locator("#person-name").inner_text() == hostile
+    assert page.locator("main img").count() == 0
+    page.wait_for_timeout(300)
+    assert page.dialogs == []
+
+
+def test_the_console_is_served_with_a_strict_csp_and_no_framing(server: Server) -> None:
+    assert "web console at /" in server.log_tail(100_000)  # what `make run` prints
+    root = httpx.get(server.url + "/", follow_redirects=False)
+    assert root.status_code == 307 and root.headers["location"] == "/console/"
+    for path in ("/console/", "/console/console.js", "/console/console.css"):
+        response = httpx.get(server.url + path)
+        assert response.status_code == 200, path
+        csp = response.headers["content-security-policy"]
+        assert "script-src 'self'" in csp and "unsafe-inline" not in csp, csp
+        assert "frame-ancestors 'none'" in csp
+        assert response.headers["x-frame-options"] == "DENY"
+        assert response.headers["x-content-type-options"] == "nosniff"
+    html = httpx.get(server.url + "/console/").text
+    assert "<script>" not in html and "http" not in html.replace("http-equiv", "")
+    assert httpx.get(server.url + "/console/..%2Fapp.py").status_code == 404
+    assert httpx.get(server.url + "/healthz").headers["x-frame-options"] == "DENY"
+
+
+def test_the_keys_page_creates_shows_once_and_revokes(page: object, server: Server) -> None:
+    sign_in(page, server, server.admin)
+    page.goto(server.url + "/console/#/keys")
+    page.get_by_role("heading", name="API keys").wait_for()
+    page.locator("#key-name").fill("ui desk")
+    page.get_by_label("identify").check()
+    page.get_by_role("button", name="Create key").click()
+    secret = page.locator("#new-secret .mono").inner_text()
+    assert secret.startswith("vk_")
+    assert httpx.get(
+        server.url + "/v1/keys/me", headers={"Authorization": f"Bearer {secret}"}
+    ).json()["scopes"] == ["identify"]
+    snap(page, "keys")
+    key_id = secret.split(".")[0]
+    page.get_by_role("button", name=f"Revoke {key_id}").click()
+    page.get_by_role("heading", name="API keys").wait_for()
+    page.wait_for_function("id => !document.body.innerText.includes('Revoke ' + id)", arg=key_id)
+    assert page.locator("#new-secret").count() == 0  # shown once: gone on the next render
+    revoked = httpx.get(server.url + "/v1/keys/me", headers={"Authorization": f"Bearer {secret}"})
+    assert revoked.status_code == 401
+
+
+def test_what_the_console_offers_follows_the_keys_scopes(page: object, server: Server) -> None:
+    sign_in(page, server, server.admin)
+    assert page.get_by_role("link", name="Keys").is_visible()  # positive control
+    page.get_by_role("button", name="Sign out").click()
+    sign_in(page, server, server.key(["identify"], ["nowhere"]))
+    assert not page.get_by_role("link", name="Keys").is_visible()
+    assert not page.get_by_role("link", name="Audit").is_visible()
+    assert page.get_by_role("button", name="Create").count() == 0
+
+
+def test_only_an_all_collections_admin_manages_keys(server: Server) -> None:
+    body = {"name": "x", "scopes": ["admin"], "collections": ["*"]}
+    with server.client(server.admin) as client:
+        assert client.post("/v1/keys", json=body).status_code == 201  # positive control
+    bound = server.key(["admin"], ["one"])
+    with server.client(bound) as client:
+        assert client.post("/v1/keys", json=body).status_code == 403
+        assert client.get("/v1/keys").status_code == 403
+
+
+def test_a_webcam_frame_is_identified(
+    page: object, server: Server, person_photos: list[Path], collection: str
+) -> None:
+    with server.client(server.admin) as client:
+        base = f"/v1/collections/{collection}/persons"
+        pid = client.post(base, json={"display_name": "Cam Person"}).json()["id"]
+        grant = {"basis": "consent", "granted_by": "test"}
+        assert client.post(f"{base}/{pid}/consents", json=grant).status_code == 201
+        with open(person_photos[0], "rb") as photo:
+            enrolled = client.post(f"{base}/{pid}/faces", files={"photo": photo})
+        assert enrolled.status_code == 201, enrolled.text
+    sign_in(page, server, server.admin)
+    page.goto(server.url + "/console/#/identify")
+    page.get_by_role("heading", name="Identify").wait_for()
+    page.get_by_label("Collection").select_option(collection)
+    page.get_by_label("Purpose (kept in the audit log)").fill("webcam test")
+    page.get_by_role("button", name="Use the webcam").click()
+    capture = page.get_by_role("button", name="Capture and search")
+    page.wait_for_function("() => !document.getElementById('webcam-capture').disabled")
+    page.wait_for_timeout(500)
+    capture.click()
+    verdict = page.locator("#identify-results .verdict").first
+    verdict.wait_for(timeout=60_000)
+    assert "MATCH Cam Person" in verdict.inner_text(), verdict.inner_text()
+
+
+def test_verify_by_upload_says_same_or_not(
+    page: object, server: Server, person_photos: list[Path], distractor_photos: list[Path]
+) -> None:
+    sign_in(page, server, server.admin)
+    page.get_by_role("link", name="Verify").click()
+    page.get_by_role("heading", name="Verify").wait_for()
+    page.get_by_label("Purpose (kept in the audit log)").fill("console test")
+    verdict = page.locator("#verify-results .verdict")
+    seen = []
+    for other in (person_photos[1], distractor_photos[0]):
+        page.locator("#verify-results").evaluate("n => n.replaceChildren()")
+        page.get_by_label("First photo").set_input_files(str(person_photos[0]))
+        page.get_by_label("Second photo").set_input_files(str(other))
+        page.get_by_role("button", name="Verify", exact=True).click()
+        verdict.wait_for(timeout=60_000)
+        seen.append(verdict.inner_text())
+    assert seen[0].startswith("SAME person"), seen
+    assert seen[1].startswith("NOT the same person"), seen
+    snap(page, "verify")
+
+
+def test_sign_in_is_interactive_within_a_second_and_works_from_the_keyboard(
+    page: object, server: Server
+) -> None:
+    page.goto(server.url + "/console/")  # warm: the first load of a fresh process is not the point
+    started = time.monotonic()
+    page.goto(server.url + "/")
+    page.locator("#apikey:focus").wait_for()
+    elapsed = time.monotonic() - started
+    assert elapsed < 1.0, f"sign-in form interactive after {elapsed:.2f} s"
+    snap(page, "sign-in")
+    page.keyboard.type(server.admin)  # the key field has the focus on arrival
+    page.keyboard.press("Enter")
+    page.get_by_role("heading", name="Collections").wait_for()
+    # Tab on to the create form's Name field, type, Enter: a collection made without a mouse.
+    label = "document.activeElement.closest('label')?.firstChild?.textContent"
+    for _ in range(60):
+        page.keyboard.press("Tab")
+        if page.evaluate(label) == "Name":
+            break
+    assert page.evaluate(label) == "Name", "the Name field is not reachable with Tab"
+    name = f"kb-{uuid.uuid4().hex[:8]}"
+    page.keyboard.type(name)
+    page.keyboard.press("Enter")
+    page.get_by_role("link", name=name).wait_for()
+
+
+def test_persons_are_searched_in_the_store_and_paged(
+    page: object, server: Server, collection: str
+) -> None:
+    base = f"/v1/collections/{collection}/persons"
+    with server.client(server.admin) as client:
+        for name in ("Alpha One", "Beta Two", "100% Gamma", "alphabet soup"):
+            assert client.post(base, json={"display_name": name}).status_code == 201
+        found = client.get(base, params={"search": "ALPHA"}).json()["items"]
+        assert sorted(p["display_name"] for p in found) == ["Alpha One", "alphabet soup"]
+        literal = client.get(base, params={"search": "%"}).json()["items"]
+        assert [p["display_name"] for p in literal] == ["100% Gamma"]  # % is not a wildcard
+    sign_in(page, server, server.admin)
+    page.goto(server.url + f"/console/#/c/{collection}")
+    page.get_by_role("heading", name=f"Collection {collection}").wait_for()
+    assert page.get_by_role("link", name="Beta Two").count() == 1  # positive control
+    page.get_by_label("Search persons (name or external id)").fill("alpha")
+    page.get_by_role("button", name="Search").click()
+    page.wait_for_function("() => !document.body.innerText.includes('Beta Two')")
+    assert page.get_by_role("link", name="Alpha One").count() == 1
+    assert page.get_by_role("link", name="alphabet soup").count() == 1
