@@ -162,3 +162,24 @@ def chain_alone(url: str) -> audit.ChainReport:
         report = audit.verify_chain(session)
     engine.dispose()
     return report
+
+
+def test_a_checkpoint_written_while_the_chain_is_read_is_not_a_cut(
+    anchored: tuple[Gallery, Path], db_url: str
+) -> None:
+    """The race the console found: an event committed (and checkpointed) after verify read the
+    chain made an intact log read as cut. Only checkpoints in the anchor file when the read
+    began count; the same cut made before the verification began is still named."""
+    g, anchors = anchored
+    n = g.verify_audit().events
+    before = anchors.stat().st_size  # a verification starting now, its chain read at n events
+    g.identify("people", unit_vectors(1, seed=3)[0])  # commits n + 1 and checkpoints it
+    _cut_to(db_url, n)  # the chain as that verification's snapshot saw it
+    key = Gallery._trusted_anchor_key(anchors, None)
+    engine = create_engine(db_url)
+    with Session(engine) as session:
+        late = audit.verify_anchored(session, anchors, key, before)
+        now = audit.verify_anchored(session, anchors, key)  # begun after the checkpoint
+    engine.dispose()
+    assert late.ok and late.events == n, late.reason
+    assert not now.ok and f"a checkpoint says {n + 1}" in (now.reason or ""), now

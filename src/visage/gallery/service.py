@@ -1789,12 +1789,15 @@ class Gallery:
         public half of the anchor signing key (pin your own copy: see docs/gallery.md).
         """
         path = Path(anchors) if anchors is not None else self.anchors
+        # the anchor file's size before the chain's snapshot: later checkpoints are not a cut
+        upto = path.stat().st_size if path is not None and path.is_file() else None
         with self._reading() as session:
             if path is None or (anchors is None and not path.exists()):
                 return audit.verify_chain(session)
             if not path.is_file():
                 raise InputError(f"no audit anchor file at {path}")
-            return audit.verify_anchored(session, path, self._trusted_anchor_key(path, public_key))
+            trusted = self._trusted_anchor_key(path, public_key)
+            return audit.verify_anchored(session, path, trusted, upto)
 
     @staticmethod
     def _trusted_anchor_key(path: Path, public_key: str | None) -> Ed25519PublicKey:

@@ -143,16 +143,25 @@ class AuditAnchor:
 
 
 class CheckpointReader:
-    """The checkpoints of an anchor file, in file order; ``unreadable`` counts torn lines."""
+    """The checkpoints of an anchor file, in file order; ``unreadable`` counts torn lines.
 
-    def __init__(self, path: Path) -> None:
+    ``upto``: read only the first ``upto`` bytes (the file's size when a verification began),
+    so checkpoints of events committed after the chain was read are not taken for a cut; a
+    line that crosses that size was still being written, and is left to the next verification."""
+
+    def __init__(self, path: Path, upto: int | None = None) -> None:
         self.path = path
+        self.upto = upto
         self.unreadable = 0
 
     def __iter__(self) -> Iterator[Checkpoint]:
         try:
             with open(self.path, encoding="ascii", errors="replace") as fh:
+                read = 0
                 for line in fh:
+                    read += len(line)
+                    if self.upto is not None and read > self.upto:
+                        return  # written, or still being written, after the size was taken
                     if not line.strip():
                         continue
                     try:

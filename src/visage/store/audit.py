@@ -353,16 +353,25 @@ def verify_chain(session: Session) -> ChainReport:
     return ChainReport(True, count, prev)
 
 
-def verify_anchored(session: Session, anchors: Path, trusted: Ed25519PublicKey) -> ChainReport:
+def verify_anchored(
+    session: Session, anchors: Path, trusted: Ed25519PublicKey, upto: int | None = None
+) -> ChainReport:
     """:func:`verify_chain`, then every checkpoint in ``anchors`` (signed by ``trusted``) must
     name an event of the chain with the same hash: a chain that ends before the newest
     checkpoint was cut, one whose hash differs was rewritten. Reads 5000 checkpoints at a time.
+
+    ``upto``: the anchor file's size taken before ``session`` first read (default: now, before
+    the chain is read). A checkpoint is written after its event commits, so every one within
+    that size names an event the chain read must hold; later ones belong to events committed
+    while it was verified, and are not taken for a cut.
     """
+    if upto is None:
+        upto = anchors.stat().st_size if anchors.is_file() else 0
     report = verify_chain(session)
     if not report.ok:
         return report
     n = report.events
-    checkpoints = iter(CheckpointReader(anchors))
+    checkpoints = iter(CheckpointReader(anchors, upto))
     newest = None
     while chunk := list(islice(checkpoints, 5000)):
         wanted = sorted({c.seq for c in chunk if c.seq <= n})
