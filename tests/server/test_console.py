@@ -267,7 +267,7 @@ def test_the_keys_page_creates_shows_once_and_revokes(page: object, server: Serv
     secret = page.locator("#new-secret .mono").inner_text()
     assert secret.startswith("vk_")
     assert httpx.get(
-        server.url + "/v1/keys/me", headers={"Authorization": f"Bearer {secret}"}
+        server.url + "/v1/me", headers={"Authorization": f"Bearer {secret}"}
     ).json()["scopes"] == ["identify"]
     snap(page, "keys")
     key_id = secret.split(".")[0]
@@ -275,7 +275,7 @@ def test_the_keys_page_creates_shows_once_and_revokes(page: object, server: Serv
     page.get_by_role("heading", name="API keys").wait_for()
     page.wait_for_function("id => !document.body.innerText.includes('Revoke ' + id)", arg=key_id)
     assert page.locator("#new-secret").count() == 0  # shown once: gone on the next render
-    revoked = httpx.get(server.url + "/v1/keys/me", headers={"Authorization": f"Bearer {secret}"})
+    revoked = httpx.get(server.url + "/v1/me", headers={"Authorization": f"Bearer {secret}"})
     assert revoked.status_code == 401
 
 

@@ -41,7 +41,7 @@ ROUTES: list[tuple[str, str, str | None]] = [
     ("GET", "/v1/edge/snapshot?collection={c}", "device"),
     ("GET", "/v1/edge/public-key", "device"),
     ("GET", "/v1/edge/devices", "admin"),
-    ("GET", "/v1/keys/me", None),
+    ("GET", "/v1/me", None),
     ("GET", "/v1/keys", "admin"),
     ("POST", "/v1/keys", "admin"),
     ("DELETE", "/v1/keys/vk_000000000000", "admin"),

@@ -88,7 +88,7 @@ function signInPage() {
       e.preventDefault();
       state.key = input.value.trim();
       try {
-        state.me = await api("GET", "/v1/keys/me");
+        state.me = await api("GET", "/v1/me");
       } catch (err) { state.key = null; say("Sign-in failed: " + err.message); return; }
       sessionStorage.setItem(KEY, state.key);
       location.hash = "#/collections";
@@ -448,7 +448,7 @@ async function render() {
   const nav = document.getElementById("nav");
   if (!state.key) { nav.hidden = true; document.getElementById("who").textContent = ""; signInPage(); return; }
   try {
-    if (!state.me) state.me = await api("GET", "/v1/keys/me");
+    if (!state.me) state.me = await api("GET", "/v1/me");
   } catch (err) { sessionStorage.removeItem(KEY); state.key = null; signInPage(); say(err.message); return; }
   nav.hidden = false;
   for (const link of nav.querySelectorAll("[data-scope]")) link.hidden = !can(link.dataset.scope);

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from ...errors import ModelError
 from ...gallery import Gallery
 from ..auth import ensure_sees
 from ..deps import (
@@ -26,9 +27,14 @@ from ..schemas import (
 
 
 def _with_threshold(gallery: Gallery, info: object) -> CollectionOut:
-    """A collection as answered: its record and the identify threshold it uses now."""
+    """A collection as answered: its record and the identify threshold it uses now (none for
+    a model this server has no calibration for: listing must not fail on one such collection;
+    searching it answers 503 as before)."""
     out = CollectionOut.model_validate(info)
-    point = gallery.collection_threshold(out.name)
+    try:
+        point = gallery.collection_threshold(out.name)
+    except ModelError:
+        return out
     return out.model_copy(update={"operating_point": OperatingPointOut.model_validate(point)})
 
 
