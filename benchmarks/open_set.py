@@ -110,9 +110,10 @@ def measure_fold(
             order = rng.permutation(len(strangers))
             gallery = np.concatenate([np.stack([mated[p][0] for p in persons]),
                                       strangers[order[:extra]]])  # fmt: skip
-            d_mated = np.sort(distance_matrix(mated_vec, gallery), axis=1)[:, :2]
+            to_mated = distance_matrix(mated_vec, gallery)
+            rank1 = to_mated.argmin(axis=1) == truth
+            d_mated = np.sort(to_mated, axis=1)[:, :2]
             d_stranger = np.sort(distance_matrix(strangers[order[extra:]], gallery), axis=1)[:, :2]
-            rank1 = distance_matrix(mated_vec, gallery).argmin(axis=1) == truth
             for label, bar in bars.items():
                 named[label][0] += int(np.sum(d_stranger[:, 0] <= bar(d_stranger[:, 1])))
                 named[label][1] += int(np.sum(~(rank1 & (d_mated[:, 0] <= bar(d_mated[:, 1])))))

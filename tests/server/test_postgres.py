@@ -25,6 +25,7 @@ from visage.errors import StorageError
 from visage.gallery import EmbeddingItem, Gallery
 from visage.store import open_engine
 
+from ..conftest import stop_process
 from .conftest import free_port
 
 PASSWORD = "s3cretpw"
@@ -103,17 +104,9 @@ def serve(url: str, folder: Path) -> tuple[str, subprocess.Popen[bytes], Path]:
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    stop(process)
+    stop_process(process)
     raise AssertionError(f"server not ready:\n{log.read_text(errors='replace')[-4000:]}")
 
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 def test_serve_never_shows_the_database_password(
@@ -124,7 +117,7 @@ def test_serve_never_shows_the_database_password(
     try:
         assert httpx.get(f"{base}/readyz", timeout=10).json()["status"] == "ready"
     finally:
-        stop(process)
+        stop_process(process)
     said = log.read_text(errors="replace")
     assert f"store postgresql+psycopg://{role}:***@{cluster.host}:{cluster.port}/" in said, said
     assert PASSWORD not in said, said
@@ -219,7 +212,7 @@ def test_the_service_runs_with_only_the_documented_grants(
         listed = httpx.get(f"{base}/v1/collections", headers=auth, timeout=10)
         assert listed.status_code == 200 and "web" in listed.text, listed.text
     finally:
-        stop(process)
+        stop_process(process)
     assert "Traceback" not in log.read_text(errors="replace")
 
     # the audit chain is append-only for this role: PostgreSQL itself refuses to edit it

@@ -411,7 +411,7 @@ def gallery_decision(
             for probe, mated in zip(scores.probes, scores.mated, strict=True):
                 vector = embedded.vector(probe.path)
                 try:
-                    answer = None if vector is None or not ids else g.identify("eval", vector)
+                    answer = None if vector is None or not ids else g.identify("eval", vector, k=1)
                 except ModelError:  # no threshold of any kind for this model
                     return None
                 best = None if answer is None else answer.best
