@@ -5,21 +5,25 @@ fixed per-comparison threshold (FMR 1e-3) gives every face about n/1000 false ed
 past a few thousand faces merge different people (BCubed precision 0.52 on 3,877 faces).
 So by default the threshold follows the set's size by the gallery's open-set rule
 (:func:`visage.decision.open_set_threshold`): each face has at most an :data:`EDGE_STRAY`
-chance of any edge to someone else among the other ``n - 1`` faces. Measured on the shared
-photos (``benchmarks/grouping.py``, docs/accuracy.md): BCubed F 0.950 on 3,877 faces of 2,521
-people (fixed threshold: 0.681) and 0.980 on 521 faces (fixed: 0.963). Chinese whispers (Biemann 2006, what dlib's
-``chinese_whispers_clustering`` runs) then lets each node take the label most common among
-its neighbours until no label changes. Unlike connected components, a single false match does
-not merge two people's groups, because one edge rarely outvotes a whole group. Deterministic:
-nodes are visited in an order drawn from a fixed seed, ties go to the smaller label.
+chance of any edge to someone else among the other ``n - 1`` faces. Then a hub correction
+(:data:`HUB_WEIGHT`) drops an edge between faces that are close to everyone unless they are
+closer still: it removed ~90% of the false edges and ~6% of the true ones on the shared photos.
+Chinese whispers (Biemann 2006, what dlib's ``chinese_whispers_clustering`` runs) then lets
+each node take the label most common among its neighbours until no label changes. Unlike
+connected components, a single false match does not merge two people's groups, because one
+edge rarely outvotes a whole group. Deterministic: nodes are visited in an order drawn from a
+fixed seed, ties go to the smaller label. Measured on the shared photos
+(``benchmarks/grouping.py``, docs/accuracy.md): BCubed F 0.964 on 3,877 faces of 2,521 people
+(without the hub correction 0.950; fixed threshold 0.681) and 0.990 on 521 faces.
 
 Each grouping states the precision to expect of it (:func:`expected_precision`): from the
 calibrated impostor distribution, each face has ``(n - 1) x FMR(threshold)`` false edges on
-average, and a grouped face held in its group by ``k`` edges is counted wrongly joined with
-chance ``min(1, that / k)``.
+average, the share :data:`HUB_SURVIVAL` of them survives the hub correction, and a grouped face
+held in its group by ``k`` edges is counted wrongly joined with chance ``min(1, that / k)``.
 
-Cost: a faiss range search over all pairs (no ``(n, n)`` matrix: memory follows the edges) and a
-few passes over the edges (docs/accuracy.md has the figures at 100k faces).
+Cost: a faiss range search over all pairs (no ``(n, n)`` matrix: memory follows the edges), a
+kNN search for the hub levels (``n x 128`` cosines) and a few passes over the edges: 100,000
+faces in 28 s and 680 MB on 2 cores (docs/accuracy.md).
 """
 
 from __future__ import annotations
@@ -38,9 +42,32 @@ from .decision import (
     open_set_threshold,
 )
 
-EDGE_STRAY = 0.15
-"""Largest chance that a face has an edge to another person's face in the set: 0.15 gave the
-best BCubed F on the shared photos (0.945 at 0.2, 0.950 at 0.15, 0.946 at 0.1, 0.896 at 0.01)."""
+EDGE_STRAY = 0.3
+"""Largest chance that a face has an edge to another person's face in the set, before the hub
+correction prunes some (:data:`HUB_WEIGHT`). Chosen with it on calibration/ alone (3,356 faces,
+BCubed F 0.967 / 0.968 / 0.961 at 0.2 / 0.3 / 0.4); without the correction 0.15 was best."""
+
+HUB_NEIGHBOURS = 20
+"""A face's *level* is the mean cosine of its 20 nearest faces beyond the edge threshold, i.e.
+its nearest other people: high for a hub, a face (blurred, small, frontal-average) close to
+everyone. Faces within the threshold are left out so a person with many photos is not taken for
+a hub. On calibration/ 10 / 20 / 40 gave F 0.967 / 0.968 / 0.967."""
+
+HUB_SEARCH = 128
+"""Nearest faces searched for a level; a face with fewer than one beyond the threshold among
+them (more than 127 close photos) gets the median level, i.e. no correction."""
+
+HUB_WEIGHT = 1.0
+"""An edge stays when ``cosine - HUB_WEIGHT x (mean level of its two faces - median level)``
+still reaches the threshold's cosine: a pair of hubs needs a closer match, a pair of ordinary
+faces keeps every edge. Without it, the shared photos' mixed groups were hubs holding a dozen
+one-photo strangers each (calibration/: F 0.962 / 0.968 / 0.968 at 0.75 / 1.0 / 1.5)."""
+
+HUB_SURVIVAL = (0.033, 0.212)
+"""The share of false edges the hub correction leaves, as a line in ``lam``, the false edges
+per face the threshold alone gives: fitted on calibration/ (lam 0.17 / 0.38 / 0.74 left
+0.069 / 0.110 / 0.194 of them, while 90-96% of true edges stayed); 0.059-0.25 on the other
+sets (docs/accuracy.md)."""
 
 
 @dataclass(frozen=True)
@@ -85,17 +112,48 @@ def _neighbours(vecs: npt.NDArray[np.float32], threshold: float) -> list[npt.NDA
     return [rows[rows != i] for i, (rows, _) in enumerate(_within(vecs, vecs, threshold))]
 
 
+def _hub_levels(vecs: npt.NDArray[np.float32], threshold: float) -> npt.NDArray[np.float64]:
+    """Each row's level (:data:`HUB_NEIGHBOURS`) less the median level: > 0 for a hub."""
+    import faiss
+
+    index = faiss.IndexFlatIP(vecs.shape[1])
+    index.add(vecs)
+    cosines, _ = index.search(vecs, min(HUB_SEARCH, len(vecs)))
+    bar = 1.0 - threshold**2 / 2.0
+    beyond = np.where(cosines < bar, cosines, np.nan)
+    beyond.sort(axis=1)  # ascending, NaN last: the nearest beyond the bar are the last numbers
+    levels = np.full(len(vecs), np.nan)
+    for row, values in enumerate(beyond):
+        found = values[~np.isnan(values)]
+        if len(found):
+            levels[row] = found[-HUB_NEIGHBOURS:].mean()
+    if np.isnan(levels).all():
+        return np.zeros(len(vecs))
+    return np.nan_to_num(levels - np.nanmedian(levels))
+
+
+def _edges(vecs: npt.NDArray[np.float32], threshold: float) -> list[npt.NDArray[np.int64]]:
+    """For each row, the other rows within ``threshold`` whose match survives the hub
+    correction (:data:`HUB_WEIGHT`): the graph Chinese whispers runs on."""
+    if len(vecs) < 2:
+        return [np.empty(0, np.int64) for _ in range(len(vecs))]
+    levels, bar = _hub_levels(vecs, threshold), 1.0 - threshold**2 / 2.0
+    edges = []
+    for row, (rows, cosines) in enumerate(_within(vecs, vecs, threshold)):
+        penalty = HUB_WEIGHT * (levels[row] + levels[rows]) / 2.0
+        edges.append(rows[(rows != row) & (cosines - np.maximum(penalty, 0.0) >= bar - 1e-6)])
+    return edges
+
+
 def chinese_whispers(
     vectors: npt.ArrayLike, threshold: float, *, max_iterations: int = 100, seed: int = 0
 ) -> tuple[npt.NDArray[np.int64], list[npt.NDArray[np.int64]]]:
-    """A label per row of ``vectors (n, d)`` (rows within ``threshold`` tend to share one), and
-    each row's neighbours (the other rows within ``threshold``)."""
+    """A label per row of ``vectors (n, d)`` (rows joined by an edge tend to share one), and
+    each row's edges (:func:`_edges`)."""
     vecs = normalize(np.asarray(vectors, dtype=np.float32))
     labels = np.arange(len(vecs), dtype=np.int64)
-    if len(vecs) < 2:
-        return labels, [np.empty(0, np.int64) for _ in labels]
-    neighbours = _neighbours(vecs, threshold)
-    return _whisper(labels, labels.copy(), neighbours, max_iterations, seed), neighbours
+    edges = _edges(vecs, threshold)
+    return _whisper(labels, labels.copy(), edges, max_iterations, seed), edges
 
 
 def _support(
@@ -176,21 +234,23 @@ def expected_precision(grouping: Grouping, threshold: float, model_id: str) -> E
     """The precision to expect of ``grouping`` (made at ``threshold``), from the calibrated
     impostor distribution and the set's size, the one place it is computed.
 
-    Each face has ``lam = (n - 1) x FMR(threshold)`` false edges on average (nearly every
-    other face is another person's). A grouped face held in its group by ``k`` edges
+    Each face has ``(n - 1) x FMR(threshold)`` false edges on average before the hub
+    correction (nearly every other face is another person's), ``lam`` after it
+    (:data:`HUB_SURVIVAL`). A grouped face held in its group by ``k`` edges
     (:attr:`Grouping.support`) is counted wrongly joined with chance ``min(1, lam / k)``: the
     expected share of those edges that are false; a messy face is never wrong. The expected
-    BCubed precision is one minus the mean of that. On the shared photos it is within 0.012 of
-    the measured BCubed precision at every threshold from 0.30 to the size-aware one (0.956
-    stated, 0.968 measured on 521 faces; 0.964 and 0.956 on 3,877), but over-states it where
-    false edges outnumber a face's true ones (the fixed threshold on 3,877 faces: 0.455 stated,
-    0.521 measured; docs/accuracy.md, tests/test_grouping.py). None without a calibration or
-    the support counts (a grouping read back from a file)."""
+    BCubed precision is one minus the mean of that. On the shared photos (docs/accuracy.md,
+    tests/test_grouping.py): at the size-aware threshold 0.994 stated, 0.993 measured on 521
+    faces, 0.992 and 0.981 on 3,877; at tighter thresholds within 0.004; where false edges
+    outnumber true ones it errs both ways (3,877 faces at 0.36: 0.931 stated, 0.885 measured;
+    at the fixed 0.3764: 0.579, 0.647). None without a calibration or the support counts (a
+    grouping read back from a file)."""
     n = sum(map(len, grouping.groups)) + len(grouping.messy)
     rate = false_match_rate(model_id, threshold)
     if rate is None or len(grouping.support) != n:
         return None
-    lam = max(n - 1, 0) * rate
+    before = max(n - 1, 0) * rate
+    lam = before * min(1.0, HUB_SURVIVAL[0] + HUB_SURVIVAL[1] * before)
     held = np.asarray(grouping.support, np.float64)
     wrong = np.where(held > 0, np.minimum(1.0, lam / np.maximum(held, 1.0)), 0.0)
     return Expected(1.0 - float(wrong.sum()) / max(n, 1), lam)
@@ -233,11 +293,10 @@ def extend(
     no group may join one. Pass the edge threshold for the new total
     (``edge_threshold(len(known) + len(new), model)``), so the precision rule holds at the size
     the set has grown to; existing groups were formed at their own size's threshold and are not
-    revisited. That costs 0.01-0.06 BCubed F against grouping everything at once on the shared
+    revisited. That costs up to 0.04 BCubed F against grouping everything at once on the shared
     photos, almost all precision: the first grouping, with fewer faces per person, merged more
-    (docs/accuracy.md, tests/test_grouping.py). Cost: a range search of the free faces against
-    all faces for the grouping, then one of every face, for the support counts the expected
-    precision needs (:func:`expected_precision`).
+    (docs/accuracy.md, tests/test_grouping.py). Cost: the edges of every face (:func:`_edges`),
+    which the support counts of the expected precision need anyway (:func:`expected_precision`).
     """
     old = normalize(np.asarray(known, dtype=np.float32))
     fresh = normalize(np.asarray(new, dtype=np.float32)).reshape(-1, old.shape[1])
@@ -246,9 +305,7 @@ def extend(
     for number, members in enumerate(grouping.groups):
         labels[members] = number
     free = np.asarray(sorted(grouping.messy) + list(range(len(old), len(vecs))), dtype=np.int64)
+    edges = _edges(vecs, threshold)
     if len(free):
-        neighbours = [
-            rows[rows != row] for row, (rows, _) in zip(free, _within(vecs, vecs[free], threshold))
-        ]
-        _whisper(labels, free, neighbours, max_iterations, seed)
-    return _from_labels(labels, _support(labels, _neighbours(vecs, threshold)))
+        _whisper(labels, free, [edges[row] for row in free], max_iterations, seed)
+    return _from_labels(labels, _support(labels, edges))

@@ -39,10 +39,10 @@ def group_faces(
     settings: SettingsDep,
     purpose: RequiredPurpose,
 ) -> GroupOut:
-    """Every face of every photo, grouped by person (Chinese whispers) at an edge threshold
-    that follows the number of faces: each face has at most a 15% chance of an edge to someone
-    else in the batch (:func:`visage.grouping.edge_threshold`). Each face names its photo (``item``, its index in the request, and
-    ``filename``), its face number and box. ``messy`` lists the faces that fell in no group
+    """Every face of every photo, grouped by person by :func:`visage.grouping.group` (Chinese
+    whispers over edges at a threshold that follows the number of faces, hub-corrected). Each
+    face names its photo (``item``, its index in the request, and ``filename``), its face number
+    and box. ``messy`` lists the faces that fell in no group
     of two or more: nobody else in the batch is within the threshold of them. A photo that
     cannot be read is listed in ``failed``; the rest are grouped. ``expected``: the BCubed
     precision to expect of this grouping (:func:`visage.grouping.expected_precision`)."""
