@@ -401,6 +401,15 @@ BREAKS = (
         ("tests/test_grouping.py::test_four_thousand_faces_group_at_f_095",),
     ),
     Break(
+        "grouping-kept",
+        "Grouping keeps nothing: no embedding or photo of a grouped face reaches the store.",
+        "docs/accuracy.md, src/visage/server/routes/group.py",
+        "src/visage/server/routes/group.py",
+        "        messy=len(found.messy),\n",
+        "        messy=batch.vectors[: len(found.messy) + 1].tolist(),\n",
+        ("tests/server/test_photos.py::test_grouping_keeps_nothing",),
+    ),
+    Break(
         "int8-unchecked",
         "INT8 is used only where its drift on this CPU stays within the bound; else fp32.",
         "docs/performance-runtime.md",

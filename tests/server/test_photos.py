@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.conftest import two_face_photo
+from visage.decision import normalize
 
+from ..gallery.forensics import holders
 from .conftest import Server, problem
 
 PEOPLE = 4
@@ -222,6 +225,51 @@ def test_group_photos_by_person(server: Server, people: dict[str, list[Path]]) -
     assert set(expected) == {"bcubed_precision", "false_edges_per_face"}, expected
     assert 0.5 <= expected["bcubed_precision"] <= 1.0 and 0 < expected["false_edges_per_face"] < 1
 
+
+
+def test_grouping_keeps_nothing(
+    server: Server, collection: str, people: dict[str, list[Path]]
+) -> None:
+    """A grouping is a result, not a gallery: after ``/v1/group`` of photos and of embeddings no
+    file of the running store (``.db``, ``-wal``, ``-shm``, index snapshots) holds a byte of a
+    grouped embedding or photo, and no person or template was made."""
+    rng = np.random.default_rng(5)
+    enrolled, *grouped = normalize(rng.standard_normal((7, 128)))
+    photos = [p for name in list(people)[:2] for p in people[name][:2]]
+    with server.client(server.admin) as client:
+        base = f"/v1/collections/{collection}/persons"
+        person = client.post(base, json={"display_name": "control"}).json()["id"]
+        consent = {"basis": "consent", "granted_by": "t"}
+        assert client.post(f"{base}/{person}/consents", json=consent).status_code == 201
+        made = client.post(
+            f"{base}/{person}/faces", params={"purpose": "t"},
+            json={"embedding": enrolled.tolist()},
+        )  # fmt: skip
+        assert made.status_code == 201, made.text
+        before = _rows(server.db)
+        sent = [grouped[0], *grouped[:3], *(v + rng.normal(0, 0.01, 128) for v in grouped[3:])]
+        for body in (
+            {"json": {"embeddings": [v.tolist() for v in sent]}},
+            {"files": [("photos", (p.name, p.read_bytes(), "image/jpeg")) for p in photos]},
+        ):
+            answer = client.post("/v1/group", params={"purpose": "test"}, **body)
+            assert answer.status_code == 200 and answer.json()["groups"], answer.text
+    # Positive control: the grep finds an enrolled template in the form the store writes it.
+    assert holders(server.db, [normalize(enrolled).astype("<f4").tobytes()])
+    forms = [np.asarray(sent), normalize(np.asarray(sent))]  # as sent, and as a store would
+    forms = [f.astype(kind) for f in forms for kind in ("<f4", "<f8")]
+    blobs = [v.tobytes() for f in forms for v in f]
+    blobs += [repr(float(x)).encode() for f in forms for x in f[:, :2].ravel()]  # JSON, text
+    blobs += [p.read_bytes()[1000:1064] for p in photos]
+    assert holders(server.db, blobs) == {}
+    assert _rows(server.db) == before
+
+
+def _rows(db: Path) -> tuple[int, int]:
+    """How many persons and templates the store at ``db`` holds."""
+    with sqlite3.connect(db) as conn:
+        return tuple(conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                     for t in ("person", "template"))  # type: ignore[return-value]
 
 def test_deletion_and_revocation_are_visible_at_once(
     server: Server, collection: str, people: dict[str, list[Path]]
