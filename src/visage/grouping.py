@@ -129,7 +129,8 @@ def _hub_levels(vecs: npt.NDArray[np.float32], threshold: float) -> npt.NDArray[
             levels[row] = found[-HUB_NEIGHBOURS:].mean()
     if np.isnan(levels).all():
         return np.zeros(len(vecs))
-    return np.nan_to_num(levels - np.nanmedian(levels))
+    centred: npt.NDArray[np.float64] = np.nan_to_num(levels - np.nanmedian(levels))
+    return centred
 
 
 def _edges(vecs: npt.NDArray[np.float32], threshold: float) -> list[npt.NDArray[np.int64]]:

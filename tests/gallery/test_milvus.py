@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,3 +119,51 @@ def test_a_second_process_shares_the_index_and_resync_rebuilds_it(
     assert '"templates": 48' in done.stdout, done.stdout
     assert shared.version() == version
     assert gallery.identify("shared", centre).best.person_id == ids[5]  # type: ignore[union-attr]
+
+
+def test_an_erasure_waits_for_another_servers_rebuild_that_read_the_vector(
+    gallery: Gallery, milvus_server: MilvusServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two servers on one store and one Milvus: a search on one rebuilds the collection's lost
+    Milvus index and is held after reading the store's rows, before inserting them; the other
+    deletes a person among those rows. The erasure's Milvus step waits for the rebuild (the
+    store's cross-process lock), then takes the vectors out: none is left in Milvus's files.
+    Unlocked, the erasure found nothing to erase and the rebuild put the vectors back."""
+    ids = _enrolled(gallery, "race", 17)
+    victim, centre = ids[2], unit_vectors(PERSONS, seed=17)[2]
+    blobs = stored_embeddings(gallery.url, "person_id = :p", p=victim)
+    assert gallery.index("race").count() == PERSONS * PER_PERSON  # a writer builds it
+    shared = MilvusIndex.open(
+        milvus_client(milvus_server.uri), milvus_server.uri, _coll_id(gallery, "race"), None
+    )
+    assert shared is not None
+    shared.drop()  # Milvus lost the collection: the next search rebuilds it
+    holding, go, erased = threading.Event(), threading.Event(), threading.Event()
+    add = MilvusIndex.add
+
+    def held_add(self: MilvusIndex, template_ids: Any, vectors: Any) -> None:
+        if threading.current_thread().name == "search" and not holding.is_set():
+            holding.set()
+            assert go.wait(60)
+        add(self, template_ids, vectors)
+
+    monkeypatch.setattr(MilvusIndex, "add", held_add)
+    with Gallery(
+        gallery.url, index=f"milvus:{milvus_server.uri}", calibrations=[CALIBRATION]
+    ) as other:
+        search = threading.Thread(target=gallery.identify, args=("race", centre), name="search")
+        search.start()
+        assert holding.wait(60), "the search did not rebuild the index"
+        erase = threading.Thread(target=lambda: (other.delete_person("race", victim), erased.set()))
+        erase.start()
+        waited = not erased.wait(5)  # the rebuild holds the lock: the erasure waits for it
+        go.set()
+        search.join(60)
+        erase.join(60)
+    assert erased.is_set()
+    assert folder_holders(milvus_server.data, blobs) == {}
+    assert waited
+    survivors = stored_embeddings(gallery.url, "person_id = :p", p=ids[0])
+    assert folder_holders(milvus_server.data, survivors), "control: the rebuild's other rows"
+    best = gallery.identify("race", centre).best
+    assert best is None or best.person_id != victim

@@ -8,7 +8,11 @@ deleting transaction before it commits, so no file ever holds an erased template
 
 With ``milvus:<uri>`` there is no in-memory index and no snapshot file: each collection's index
 is a Milvus collection shared by every process, and the version it matches is kept in Milvus
-(:mod:`visage.gallery.milvus`), so the same protocol holds across servers.
+(:mod:`visage.gallery.milvus`), so the same protocol holds across servers. Every change to a
+Milvus collection (rebuild, additions, an erasure's partition rewrite) is made under the store's
+cross-process lock (:meth:`visage.store.Store.exclusive`), so two servers never interleave: a
+rebuild reads the store's rows only once it holds the lock, and an erasure waits for it, so no
+rebuild puts back a vector an erasure took out, and no rewrite drops another's additions.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import json
 import os
 import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -26,7 +31,7 @@ import numpy.typing as npt
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from ..store import CollectionRow, TemplateRow, open_private, private_dir
+from ..store import CollectionRow, Store, TemplateRow, open_private, private_dir
 from .index import IndexSpec, VectorIndex, load_index, make_index
 from .milvus import MilvusIndex, milvus_client
 
@@ -63,11 +68,12 @@ def _locked(
 
 
 class IndexCache:
-    """The indexes of a gallery's collections (``spec``: an index spec or ``auto``), with
-    snapshot files in ``folder`` (``None``: none are written)."""
+    """The indexes of a gallery's collections (``spec``: an index spec or ``auto``) on
+    ``store``, with snapshot files in ``folder`` (``None``: none are written)."""
 
-    def __init__(self, spec: str, folder: Path | None) -> None:
+    def __init__(self, spec: str, folder: Path | None, store: Store) -> None:
         self._spec = spec
+        self._store = store
         parsed = None if spec == "auto" else IndexSpec.parse(spec)
         self._milvus_uri = parsed.factory if parsed and parsed.kind == "milvus" else None
         self._milvus: Any = None  # the client, made on first use
@@ -105,8 +111,13 @@ class IndexCache:
         self._loaded.pop(coll_id, None)
         shared = self._shared_index(coll_id)
         if shared is not None:
-            shared.drop()
+            with self._exclusive(coll_id):
+                shared.drop()
             self._shared.pop(coll_id, None)
+
+    def _exclusive(self, coll_id: int) -> AbstractContextManager[None]:
+        """The cross-process lock every change to collection ``coll_id``'s Milvus index takes."""
+        return self._store.exclusive(f"milvus-index-{coll_id}")
 
     def _shared_index(self, coll_id: int, dim: int | None = None) -> MilvusIndex | None:
         """The collection's Milvus index (``None`` without Milvus); ``dim`` ``None``: read
@@ -145,13 +156,14 @@ class IndexCache:
         """
         shared = self._shared_index(coll_id)
         if shared is not None:
-            before = shared.version()
-            if removed:
-                shared.remove(np.asarray(removed, np.int64))
-            if before == version - 1:
-                if added is not None:
-                    shared.add(*added)
-                shared.set_version(version)
+            with self._exclusive(coll_id):
+                before = shared.version()
+                if removed:
+                    shared.remove(np.asarray(removed, np.int64))
+                if before == version - 1:
+                    if added is not None:
+                        shared.add(*added)
+                    shared.set_version(version)
             return
         loaded = self._loaded.get(coll_id)
         if loaded is None:
@@ -190,7 +202,7 @@ class IndexCache:
             at = shared.version()
             if at == coll.version or (reading and at is not None):
                 return shared
-            self._rebuild_shared(session, coll, shared)
+            self._rebuild_shared(session, coll, shared, reading=reading)
             return shared
         loaded = self._loaded.get(coll.id)
         if loaded is not None and (
@@ -232,10 +244,26 @@ class IndexCache:
             return None
         return index if index.count() == count and index.dim == coll.dim else None
 
-    def _rebuild_shared(self, session: Session, coll: CollectionRow, shared: MilvusIndex) -> None:
-        """Rebuild the Milvus collection from the store, HNSW from :data:`AUTO_FAISS_AT`."""
-        ids, vectors = self._store_rows(session, coll)
-        shared.rebuild(ids, vectors, coll.version, large=len(ids) >= AUTO_FAISS_AT)
+    def _rebuild_shared(
+        self, session: Session, coll: CollectionRow, shared: MilvusIndex, *, reading: bool = False
+    ) -> None:
+        """Rebuild the Milvus collection from the store (IVF from :data:`AUTO_FAISS_AT`) under
+        the cross-process lock. A writer's ``session`` holds the writers' lock and so reads the
+        store as it is; a reader's snapshot may predate an erasure whose Milvus change already
+        ran, so a reader reads the rows again in a snapshot taken once it holds the lock."""
+        with self._exclusive(coll.id):
+            if not reading:
+                ids, vectors = self._store_rows(session, coll)
+                shared.rebuild(ids, vectors, coll.version, large=len(ids) >= AUTO_FAISS_AT)
+                return
+            if shared.version() is not None:
+                return  # another process built it while this one waited
+            with self._store.read("rebuild the Milvus index") as fresh:
+                now = fresh.get(CollectionRow, coll.id)
+                if now is None:
+                    return  # deleted meanwhile: nothing to build
+                ids, vectors = self._store_rows(fresh, now)
+                shared.rebuild(ids, vectors, now.version, large=len(ids) >= AUTO_FAISS_AT)
 
     @_locked
     def resync(self, session: Session, coll: CollectionRow) -> VectorIndex:

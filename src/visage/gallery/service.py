@@ -377,13 +377,13 @@ class Gallery:
             folder = db_file.with_name(db_file.name + ".index")
         else:
             folder = None
-        self._indexes = IndexCache(index, folder)
         self._pipeline = pipeline
         self._calibrations = {c.model_id: c for c in calibrations}
         self.anchors = anchor.anchor_file(db_file, anchors)
         self.store = Store.open(self.url, anchors=anchors, create=create)
         """The process's one handle on the store, shared with the server's key store, event
         log and edge hub."""
+        self._indexes = IndexCache(index, folder, self.store)
         self._journal = JournalEraser(self.store.engine)
         # One in-memory SQLite connection is shared: its reads cannot overlap a write.
         self._shared_connection = db_file is None and self.store.engine.dialect.name == "sqlite"
