@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
@@ -162,6 +163,66 @@ def test_audit_reads_newest_first_and_pages_back(server: Server, collection: str
         ).json()["items"]
         assert len(created) >= 4 and all(e["action"] == "person.create" for e in created)
         assert [e["seq"] for e in created] == sorted((e["seq"] for e in created), reverse=True)
+
+
+def test_audit_filters_by_actor_and_time_in_the_store(server: Server, collection: str) -> None:
+    """``actor``, ``since`` (inclusive) and ``until`` (exclusive) return exactly the events
+    that match, with any UTC offset, combined with the other filters and paged newest first."""
+    tokens = [server.key(["enroll"], [collection]) for _ in range(2)]
+    actors = [t.split(".")[0] for t in tokens]
+    for n in range(6):
+        with server.client(tokens[n % 2]) as client:
+            made = client.post(
+                f"/v1/collections/{collection}/persons", json={"display_name": f"Timed {n}"}
+            )
+            assert made.status_code == 201, made.text
+    with server.client(server.admin) as client:
+
+        def read(**params: object) -> list[dict[str, object]]:
+            """The collection's ``person.create`` events (the 6 above) under ``params``."""
+            query = {"collection": collection, "action": "person.create", "limit": 1000, **params}
+            answer = client.get("/v1/audit", params=query)
+            assert answer.status_code == 200, answer.text
+            return answer.json()["items"]
+
+        everything = read()
+        assert len(everything) == 6 and {e["actor"] for e in everything} == set(actors)
+        for actor in actors:  # each actor's events, no other's
+            assert read(actor=actor) == [e for e in everything if e["actor"] == actor]
+        assert read(actor="vk_nobody") == []
+        times = [datetime.fromisoformat(str(e["at"])) for e in everything]
+        assert times == sorted(times) and len(set(times)) == 6
+        since, until = times[1], times[4]
+        assert read(since=since.isoformat(), until=until.isoformat()) == everything[1:4]
+        east = since.astimezone(timezone(timedelta(hours=5, minutes=30)))
+        assert read(since=east.isoformat()) == everything[1:]  # the same instant, other offset
+        assert read(until=until.isoformat().replace("+00:00", "Z")) == everything[:4]
+        assert read(since=until.isoformat(), until=until.isoformat()) == []
+        window = {"since": since.isoformat(), "until": until.isoformat(), "actor": actors[1]}
+        expected = [e for e in everything[1:4] if e["actor"] == actors[1]][::-1]
+        assert read(order="newest", **window) == expected
+        first = read(order="newest", limit=1, **window)
+        rest = read(order="newest", before=first[0]["seq"], **window)
+        assert first + rest == expected  # paged back, the filters hold on every page
+        assert read(action="consent.grant", **window) == []
+
+
+def test_bad_audit_filters_are_422_problems_that_say_why(server: Server) -> None:
+    """An unparseable time, one without a UTC offset, one past year 9999 in UTC, and
+    ``since`` after ``until`` are each refused with a problem naming the parameter."""
+    later, earlier = "2026-06-02T00:00:00Z", "2026-06-01T00:00:00+00:00"
+    with server.client(server.admin) as client:
+        assert client.get("/v1/audit", params={"since": earlier}).status_code == 200  # control
+        for params, says in (
+            ({"since": "yesterday"}, "since"),
+            ({"until": "2026-13-01T00:00:00Z"}, "until"),
+            ({"since": "2026-06-01T00:00:00"}, "since must be timezone-aware"),
+            ({"until": "9999-12-31T23:59:59-23:59"}, "until 9999-12-31T23:59:59-23:59 is out"),
+            ({"since": later, "until": earlier}, "is after until"),
+            ({"actor": ""}, "actor"),
+        ):
+            body = problem(client.get("/v1/audit", params=params), 422)
+            assert says in str(body["detail"]), (params, body["detail"])
 
 
 def test_seq_and_id_bounds_are_what_every_store_holds(server: Server, collection: str) -> None:

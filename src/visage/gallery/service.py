@@ -1743,6 +1743,9 @@ class Gallery:
         *,
         collection: str | None = None,
         action: str | None = None,
+        actor: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
         after: int = 0,
         before: int | None = None,
         limit: int = 100,
@@ -1750,14 +1753,23 @@ class Gallery:
         reader: str | None = None,
         purpose: str | None = None,
     ) -> list[audit.AuditEvent]:
-        """Audit events with ``after < seq < before``, oldest first or newest first. Audited as
-        ``audit.read`` (the query and the seqs returned) when read for a ``reader``; those
-        events are listed only with ``action="audit.read"`` (:func:`visage.store.audit.events`)."""
+        """Audit events with ``after < seq < before`` and ``since <= at < until``, oldest first
+        or newest first; :class:`InputError` for a naive time or ``since`` after ``until``.
+        Audited as ``audit.read`` (the query and the seqs returned) when read for a
+        ``reader``; those events are listed only with ``action="audit.read"``
+        (:func:`visage.store.audit.events`)."""
+        start = _utc("since", since) if since is not None else None
+        end = _utc("until", until) if until is not None else None
+        if start is not None and end is not None and start > end:
+            raise InputError(f"since {start.isoformat()} is after until {end.isoformat()}")
         with self._reading() as session:
             found = audit.events(
                 session,
                 collection=collection,
                 action=action,
+                actor=actor,
+                since=start,
+                until=end,
                 after=after,
                 before=before,
                 limit=limit,
@@ -1765,8 +1777,9 @@ class Gallery:
             )
         self._audit_read(
             audit.LOG_READ, reader=reader, collection=collection, purpose=purpose,
-            query={"action": action, "after": after, "before": before, "limit": limit,
-                   "order": "newest" if newest_first else "oldest"},
+            query={"action": action, "actor": actor, "after": after, "before": before,
+                   "since": start and start.isoformat(), "until": end and end.isoformat(),
+                   "limit": limit, "order": "newest" if newest_first else "oldest"},
             events=len(found), seqs=[found[0].seq, found[-1].seq] if found else None,
         )  # fmt: skip
         return found

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -104,6 +105,12 @@ class ChainReport:
         return line + f"; anchored at event {self.anchored_seq} (signed {self.anchored_at}{after})"
 
 
+def stamp(moment: datetime) -> str:
+    """The text an event's ``at`` holds for an aware ``moment``: UTC, to the microsecond,
+    fixed width, so comparing the text compares the times (the time filters rely on it)."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
 def storable(value: Any) -> Any:
     """``value`` with every string in it as :func:`visage.names.utf8_text` and NUL written
     ``\\x00``: a refusal naming a file whose name is not UTF-8, or a purpose holding a NUL
@@ -152,7 +159,7 @@ def append(
     """
     row = AuditRow(
         seq=state.audit_seq + 1,
-        at=utcnow().isoformat(timespec="microseconds"),
+        at=stamp(utcnow()),
         actor=storable(actor),
         action=action,
         collection=storable(collection),
@@ -420,21 +427,31 @@ def events(
     *,
     collection: str | None = None,
     action: str | None = None,
+    actor: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
     after: int = 0,
     before: int | None = None,
     limit: int = 100,
     newest_first: bool = False,
 ) -> list[AuditEvent]:
-    """Events with ``after < seq < before``, oldest first (``newest_first``: the newest
-    ``limit`` of them, newest first), optionally for one collection or action. Reads of the
-    log itself (:data:`LOG_READ`) are listed only when asked for by that action: each read is
-    audited, so a client paging on until a page comes back empty would otherwise never stop."""
+    """Events with ``after < seq < before`` and ``since <= at < until`` (aware times), oldest
+    first (``newest_first``: the newest ``limit`` of them, newest first), optionally for one
+    collection, action or actor. Reads of the log itself (:data:`LOG_READ`) are listed only
+    when asked for by that action: each read is audited, so a client paging on until a page
+    comes back empty would otherwise never stop."""
     order = AuditRow.seq.desc() if newest_first else AuditRow.seq
     query = select(AuditRow).where(AuditRow.seq > after).order_by(order).limit(limit)
     if before is not None:
         query = query.where(AuditRow.seq < before)
     if collection is not None:
-        query = query.where(AuditRow.collection == collection)
+        query = query.where(AuditRow.collection == storable(collection))
+    if actor is not None:
+        query = query.where(AuditRow.actor == storable(actor))
+    if since is not None:
+        query = query.where(AuditRow.at >= stamp(since))
+    if until is not None:
+        query = query.where(AuditRow.at < stamp(until))
     query = query.where(
         AuditRow.action == action if action is not None else AuditRow.action != LOG_READ
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -21,6 +22,17 @@ def list_audit_events(
     gallery: GalleryDep,
     collection: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
     action: Annotated[str | None, Query(min_length=1, max_length=60)] = None,
+    actor: Annotated[
+        str | None, Query(min_length=1, max_length=300, description="The key id that acted")
+    ] = None,
+    since: Annotated[
+        datetime | None,
+        Query(description="Events at or after this time (ISO-8601 with a UTC offset)"),
+    ] = None,
+    until: Annotated[
+        datetime | None,
+        Query(description="Events before this time (ISO-8601 with a UTC offset)"),
+    ] = None,
     after: Annotated[
         int, Query(ge=0, le=MAX_INTEGER, description="Return events after this seq")
     ] = 0,
@@ -34,13 +46,17 @@ def list_audit_events(
     ] = "oldest",
     purpose: Purpose = None,
 ) -> AuditList:
-    """Audit events between ``after`` and ``before``, oldest first or newest first; a key
+    """Audit events between ``after`` and ``before`` (seqs) and from ``since`` to ``until``
+    (times), of one collection, action or actor when named, oldest first or newest first; a key
     limited to some collections names one. The read is audited (``audit.read``, after the
     events it returns)."""
     ensure_sees(key, collection)
     events = gallery.audit_events(
         collection=collection,
         action=action,
+        actor=actor,
+        since=since,
+        until=until,
         after=after,
         before=before,
         limit=limit,
