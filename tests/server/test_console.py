@@ -10,11 +10,13 @@ on a verified chain. Each page is saved to ``docs/ui/`` as it is reached.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -392,3 +394,82 @@ def test_persons_are_searched_in_the_store_and_paged(
     page.wait_for_function("() => !document.body.innerText.includes('Beta Two')")
     assert page.get_by_role("link", name="Alpha One").count() == 1
     assert page.get_by_role("link", name="alphabet soup").count() == 1
+
+
+def filter_audit(page: object, submit: str = "click", **fields: str) -> list[dict[str, str]]:
+    """Fill the audit page's filter fields by label, submit (a click on Filter, or Enter in
+    the last field), wait for the new table; its rows (seq, actor, action)."""
+    page.locator("main table").evaluate("t => t.dataset.stale = '1'")  # type: ignore[attr-defined]
+    last = None
+    for label, value in fields.items():
+        last = page.get_by_label(label, exact=True)  # type: ignore[attr-defined]
+        last.fill(value)
+    if submit == "enter" and last is not None:
+        last.press("Enter")
+    else:
+        page.get_by_role("button", name="Filter").click()  # type: ignore[attr-defined]
+    return fresh_rows(page)
+
+
+def fresh_rows(page: object) -> list[dict[str, str]]:
+    """The audit table's rows once a new table has replaced the one marked stale."""
+    page.locator("main table:not([data-stale])").wait_for()  # type: ignore[attr-defined]
+    return page.evaluate(  # type: ignore[attr-defined,no-any-return]
+        """() => [...document.querySelectorAll('main tbody tr')].map(r => ({
+          seq: r.cells[0].textContent, actor: r.cells[2].textContent, action: r.cells[3].textContent }))"""
+    )
+
+
+def test_the_audit_page_filters_in_the_store_and_pages_back(
+    browser: object, server: Server, collection: str
+) -> None:
+    """Actor, collection and a since / until window in the browser's own time zone (here
+    +05:30) select exactly the events the store holds for them, 100 a page with "Older events"
+    for the rest; since after until is refused with the API's reason, not a blank page."""
+    tokens = [server.key(["enroll"], [collection]) for _ in range(2)]
+    actors = [t.split(".")[0] for t in tokens]
+    base = f"/v1/collections/{collection}/persons"
+    with server.client(tokens[0]) as client:
+        for n in range(101):
+            assert client.post(base, json={"display_name": f"Early {n}"}).status_code == 201
+    boundary = math.ceil(time.time())  # a whole second: datetime-local counts in seconds
+    time.sleep(boundary - time.time() + 0.05)
+    with server.client(tokens[1]) as client:
+        for n in range(2):
+            assert client.post(base, json={"display_name": f"Late {n}"}).status_code == 201
+    with server.client(server.admin) as client:
+        stored = client.get("/v1/audit", params={"collection": collection, "limit": 1000})
+    events = stored.json()["items"][::-1]  # newest first, as the page lists them
+    cut = datetime.fromtimestamp(boundary, UTC)
+    late = [str(e["seq"]) for e in events if datetime.fromisoformat(e["at"]) >= cut]
+    early = [str(e["seq"]) for e in events if datetime.fromisoformat(e["at"]) < cut]
+    assert len(late) == 2 and len(early) == 102  # 101 persons and the collection's creation
+    local = (cut + timedelta(hours=5, minutes=30)).strftime("%Y-%m-%dT%H:%M:%S")
+    context = browser.new_context(timezone_id="Asia/Kolkata")  # type: ignore[attr-defined]
+    page = context.new_page()
+    sign_in(page, server, server.admin)
+    page.goto(server.url + "/console/#/audit")
+    page.get_by_role("heading", name="Audit log").wait_for()
+
+    rows = filter_audit(page, "enter", **{"Collection": collection, "Actor (key id)": actors[0]})
+    assert [r["seq"] for r in rows] == early[:100]
+    assert {r["actor"] for r in rows} == {actors[0]}
+    page.locator("main table").evaluate("t => t.dataset.stale = '1'")
+    page.get_by_role("button", name="Older events").click()
+    assert [r["seq"] for r in fresh_rows(page)] == early[100:101]  # A's first; then the admin's
+
+    rows = filter_audit(page, **{"Actor (key id)": "", "Since (your local time)": local})
+    assert [r["seq"] for r in rows] == late
+    assert {r["actor"] for r in rows} == {actors[1]}
+    rows = filter_audit(
+        page, **{"Since (your local time)": "", "Until, not including (your local time)": local}
+    )
+    assert [r["seq"] for r in rows] == early[:100]
+    assert page.get_by_role("button", name="Older events").count() == 1
+
+    page.get_by_label("Since (your local time)", exact=True).fill("2099-01-01T00:00:00")
+    page.get_by_role("button", name="Filter").click()
+    page.locator("#status", has_text="Filter refused").wait_for()
+    assert "is after until" in page.locator("#status").inner_text()
+    assert page.locator("main table").count() == 0
+    context.close()

@@ -379,31 +379,57 @@ function webcamBox(onFrame) {
 
 // ------------------------------------------------------------------ audit
 
+const AUDIT_PAGE = 100;
+
+// A datetime-local value (the browser's local time) as the UTC instant the API takes.
+function instant(local) { return local ? new Date(local).toISOString() : undefined; }
+
+// The log newest first, filtered in the store (collection, action, actor, since/until),
+// AUDIT_PAGE events at a time; "Older events" pages back with `before`.
 async function auditPage(filters) {
   filters = filters || {};
-  // One after the other: the read is itself audited, and a verify walking the chain while that
-  // event is being checkpointed can report a cut that is not there (see docs/console.md).
-  const list = await api("GET", "/v1/audit", { query: { order: "newest", limit: 200, collection: filters.collection, action: filters.action } });
-  const chain = await api("GET", "/v1/audit/verify");
-  let events = list.items;
-  if (filters.actor) events = events.filter((e) => e.actor === filters.actor);
-  if (filters.since) events = events.filter((e) => e.at >= filters.since);
   const coll = el("input", { type: "text", value: filters.collection || "" });
   const action = el("input", { type: "text", value: filters.action || "" });
   const actor = el("input", { type: "text", value: filters.actor || "" });
-  const since = el("input", { type: "date", value: filters.since || "" });
+  const since = el("input", { type: "datetime-local", step: "1", value: filters.since || "" });
+  const until = el("input", { type: "datetime-local", step: "1", value: filters.until || "" });
+  const asked = () => ({ collection: coll.value.trim(), action: action.value.trim(), actor: actor.value.trim(),
+    since: since.value, until: until.value });
+  const form = el("form", { "aria-label": "Filter the audit log", onsubmit: (e) => { e.preventDefault(); auditPage(asked()); } },
+    field("Collection", coll), field("Action", action), field("Actor (key id)", actor),
+    field("Since (your local time)", since), field("Until, not including (your local time)", until),
+    el("button", { type: "submit", text: "Filter" }));
+  let list;
+  try {
+    // One after the other: the read is itself audited, and a verify walking the chain while
+    // that event is being checkpointed can report a cut that is not there (docs/console.md).
+    list = await api("GET", "/v1/audit", { query: { order: "newest", limit: AUDIT_PAGE, before: filters.before,
+      collection: filters.collection, action: filters.action, actor: filters.actor,
+      since: instant(filters.since), until: instant(filters.until) } });
+  } catch (err) {
+    if (!(err instanceof ApiError)) throw err;
+    show(el("h1", { text: "Audit log" }), form);
+    say("Filter refused: " + err.message);
+    return;
+  }
+  const chain = await api("GET", "/v1/audit/verify");
+  const events = list.items;
+  const pager = el("p", { id: "audit-pager" },
+    filters.before ? el("button", { type: "button", text: "Newest events", onclick: () => auditPage({ ...filters, before: undefined }) }) : "",
+    " " + (events.length ? "Events " + events[0].seq + " back to " + events[events.length - 1].seq : "No matching events") + " ",
+    events.length === AUDIT_PAGE ? el("button", { type: "button", text: "Older events",
+      onclick: () => auditPage({ ...filters, before: events[events.length - 1].seq }) }) : "");
   show(el("h1", { text: "Audit log" }),
     el("p", { id: "chain", class: chain.ok ? "good" : "bad",
       text: (chain.ok ? "Chain verified: " : "Chain BROKEN at " + chain.broken_seq + ": " + chain.reason + " — ") + chain.events + " events" }),
     el("p", {}, "Head hash ", el("span", { class: "mono", id: "head", text: chain.head })),
     el("p", { class: "muted", text: chain.anchored_seq ? "Anchored up to event " + chain.anchored_seq + " at " + when(chain.anchored_at) : "No anchor: " + chain.description }),
-    el("form", { onsubmit: (e) => { e.preventDefault(); auditPage({ collection: coll.value, action: action.value, actor: actor.value, since: since.value }); } },
-      field("Collection", coll), field("Action", action), field("Actor (key id)", actor), field("Since", since),
-      el("button", { type: "submit", text: "Filter" })),
-    table(["Seq", "At", "Actor", "Action", "Collection", "Purpose", "Summary"], events.map((e) => el("tr", { "data-action": e.action },
+    form,
+    table(["Seq", "At", "Actor", "Action", "Collection", "Purpose", "Summary"], events.map((e) => el("tr", { "data-action": e.action, "data-seq": e.seq },
       el("td", { text: e.seq }), el("td", { text: when(e.at) }), el("td", { text: e.actor }), el("td", { text: e.action }),
       el("td", { text: e.collection || "—" }), el("td", { text: e.purpose || "—" }),
-      el("td", { class: "mono", text: JSON.stringify(e.summary).slice(0, 160) })))));
+      el("td", { class: "mono", text: JSON.stringify(e.summary).slice(0, 160) })))),
+    pager);
 }
 
 // ------------------------------------------------------------------ keys
