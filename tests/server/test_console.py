@@ -301,9 +301,33 @@ def test_only_an_all_collections_admin_manages_keys(server: Server) -> None:
         assert client.get("/v1/keys").status_code == 403
 
 
-def test_a_webcam_frame_is_identified(
+STREAMS = """(() => {
+  const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
+  window.streams = [];
+  navigator.mediaDevices.getUserMedia = async (c) => { const s = await real(c); window.streams.push(s); return s; };
+})()"""
+"""Keeps each stream the console gets (the real one, passed on) so a test can see it stopped."""
+
+ALL_STOPPED = (
+    "n => window.streams.length === n"
+    " && window.streams.every(s => s.getTracks().every(t => t.readyState === 'ended'))"
+)
+
+
+def capture(page: object, action: str) -> None:
+    """Start the camera, wait for its first frames, then "Capture and <action>"."""
+    page.get_by_role("button", name="Use the webcam").click()  # type: ignore[attr-defined]
+    page.wait_for_function("() => !document.getElementById('webcam-capture').disabled")  # type: ignore[attr-defined]
+    page.wait_for_timeout(500)  # type: ignore[attr-defined]
+    page.get_by_role("button", name=f"Capture and {action}").click()  # type: ignore[attr-defined]
+
+
+def test_a_webcam_frame_is_identified_and_verified_and_the_camera_stopped(
     page: object, server: Server, person_photos: list[Path], collection: str
 ) -> None:
+    """One frame of Chromium's fake camera (a y4m of a photo of the person) identifies the
+    enrolled person and verifies against another photo of them; every stream is stopped after
+    its capture, and when the page changes before one."""
     with server.client(server.admin) as client:
         base = f"/v1/collections/{collection}/persons"
         pid = client.post(base, json={"display_name": "Cam Person"}).json()["id"]
@@ -312,19 +336,34 @@ def test_a_webcam_frame_is_identified(
         with open(person_photos[0], "rb") as photo:
             enrolled = client.post(f"{base}/{pid}/faces", files={"photo": photo})
         assert enrolled.status_code == 201, enrolled.text
+    page.add_init_script(STREAMS)
     sign_in(page, server, server.admin)
     page.goto(server.url + "/console/#/identify")
     page.get_by_role("heading", name="Identify").wait_for()
     page.get_by_label("Collection").select_option(collection)
     page.get_by_label("Purpose (kept in the audit log)").fill("webcam test")
-    page.get_by_role("button", name="Use the webcam").click()
-    capture = page.get_by_role("button", name="Capture and search")
-    page.wait_for_function("() => !document.getElementById('webcam-capture').disabled")
-    page.wait_for_timeout(500)
-    capture.click()
+    capture(page, "search")
     verdict = page.locator("#identify-results .verdict").first
     verdict.wait_for(timeout=60_000)
     assert "MATCH Cam Person" in verdict.inner_text(), verdict.inner_text()
+    page.wait_for_function(ALL_STOPPED, arg=1)
+
+    page.get_by_role("link", name="Verify").click()
+    page.get_by_role("heading", name="Verify").wait_for()
+    page.get_by_label("Purpose (kept in the audit log)").fill("webcam test")
+    page.get_by_label("First photo").set_input_files(str(person_photos[0]))
+    capture(page, "verify")
+    same = page.locator("#verify-results .verdict")
+    same.wait_for(timeout=60_000)
+    assert same.inner_text().startswith("SAME person"), same.inner_text()
+    page.wait_for_function(ALL_STOPPED, arg=2)
+
+    page.get_by_role("button", name="Use the webcam").click()
+    page.wait_for_function("() => !document.getElementById('webcam-capture').disabled")
+    assert not page.evaluate(ALL_STOPPED, 3)  # control: it runs
+    page.get_by_role("link", name="Identify").click()
+    page.get_by_role("heading", name="Identify").wait_for()
+    page.wait_for_function(ALL_STOPPED, arg=3)
 
 
 def test_verify_by_upload_says_same_or_not(

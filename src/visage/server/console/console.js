@@ -293,6 +293,14 @@ async function enrollOne(base, file, face) {
 
 // ------------------------------------------------------------------ identify
 
+// True when the purpose field holds one; else says so and puts the focus there.
+function stated(purpose) {
+  if (purpose.value.trim()) return true;
+  say("State the purpose of this search first.");
+  purpose.focus();
+  return false;
+}
+
 async function identifyPage() {
   const { items } = await api("GET", "/v1/collections");
   const coll = el("select", { id: "identify-collection" }, items.map((c) => el("option", { value: c.name, text: c.name })));
@@ -300,7 +308,7 @@ async function identifyPage() {
   const file = el("input", { type: "file", id: "identify-file", accept: "image/*" });
   const results = el("div", { id: "identify-results" });
   const run = async (blob, name) => {
-    if (!purpose.value.trim()) { say("State the purpose of this search first."); purpose.focus(); return; }
+    if (!stated(purpose)) return;
     const form = new FormData(); form.append("photo", blob, name);
     try {
       const out = await api("POST", "/v1/collections/" + encodeURIComponent(coll.value) + "/identify", { form, query: { purpose: purpose.value } });
@@ -311,7 +319,7 @@ async function identifyPage() {
   show(el("h1", { text: "Identify" }),
     el("form", { onsubmit: (e) => e.preventDefault() }, field("Collection", coll), field("Purpose (kept in the audit log)", purpose),
       field("Photo", file)),
-    webcamBox((blob) => run(blob, "webcam.jpg")), results);
+    webcamBox("search", (blob) => run(blob, "webcam.jpg")), results);
 }
 
 async function identifyResult(blob, name, out) {
@@ -339,30 +347,44 @@ function verifyPage() {
   const first = el("input", { type: "file", id: "verify-first", accept: "image/*", required: true });
   const second = el("input", { type: "file", id: "verify-second", accept: "image/*", required: true });
   const results = el("div", { id: "verify-results" });
+  const compare = async (other, name) => {
+    if (!stated(purpose)) return;
+    if (!first.files[0]) { say("Choose the first photo first."); first.focus(); return; }
+    const form = new FormData();
+    form.append("photo", first.files[0]); form.append("other_photo", other, name);
+    try {
+      const out = await api("POST", "/v1/verify", { form, query: { purpose: purpose.value } });
+      results.replaceChildren(el("div", { class: "result" },
+        el("p", { class: "verdict " + (out.same ? "good" : "bad"),
+          text: (out.same ? "SAME person" : "NOT the same person") + " (distance " + out.distance.toFixed(3) + (out.same ? " ≤ " : " > ") + "threshold " + out.threshold.toFixed(3) + ")" }),
+        el("p", { class: "muted", text: "Threshold from " + out.threshold_source })));
+    } catch (err) { results.replaceChildren(el("p", { class: "bad verdict", text: "Refused: " + err.message })); }
+  };
   show(el("h1", { text: "Verify" }),
     el("p", { class: "muted", text: "Are these two photos the same person? Nothing is stored." }),
-    el("form", { onsubmit: async (e) => {
-      e.preventDefault();
-      const form = new FormData();
-      form.append("photo", first.files[0]); form.append("other_photo", second.files[0]);
-      try {
-        const out = await api("POST", "/v1/verify", { form, query: { purpose: purpose.value } });
-        results.replaceChildren(el("div", { class: "result" },
-          el("p", { class: "verdict " + (out.same ? "good" : "bad"),
-            text: (out.same ? "SAME person" : "NOT the same person") + " (distance " + out.distance.toFixed(3) + (out.same ? " ≤ " : " > ") + "threshold " + out.threshold.toFixed(3) + ")" }),
-          el("p", { class: "muted", text: "Threshold from " + out.threshold_source })));
-      } catch (err) { results.replaceChildren(el("p", { class: "bad verdict", text: "Refused: " + err.message })); }
-    } }, field("Purpose (kept in the audit log)", purpose), field("First photo", first), field("Second photo", second),
-      el("button", { type: "submit", text: "Verify" })), results);
+    el("form", { onsubmit: (e) => { e.preventDefault(); compare(second.files[0], second.files[0].name); } },
+      field("Purpose (kept in the audit log)", purpose), field("First photo", first), field("Second photo", second),
+      el("button", { type: "submit", text: "Verify" })),
+    el("p", { class: "muted", text: "Or take the second photo with the camera:" }),
+    webcamBox("verify", (blob) => compare(blob, "webcam.jpg")), results);
 }
 
-// One frame from the camera, sent once and kept nowhere.
-function webcamBox(onFrame) {
+// The camera stream while a preview runs; stopped on capture and whenever the page changes.
+let camera = null;
+function stopCamera() {
+  if (camera) for (const track of camera.getTracks()) track.stop();
+  camera = null;
+}
+
+// One frame from the camera, handed to onFrame once and kept nowhere; "Capture and <action>".
+function webcamBox(action, onFrame) {
   const video = el("video", { autoplay: true, muted: true, playsinline: true, "aria-label": "Camera preview" });
-  const snap = el("button", { type: "button", id: "webcam-capture", disabled: true, text: "Capture and search" });
+  const snap = el("button", { type: "button", id: "webcam-capture", disabled: true, text: "Capture and " + action });
   const start = el("button", { type: "button", id: "webcam-start", text: "Use the webcam", onclick: async () => {
+    stopCamera();
     try {
-      video.srcObject = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+      camera = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
+      video.srcObject = camera;
       await video.play();
       snap.disabled = false;
     } catch (err) { say("Camera unavailable: " + err.message); }
@@ -370,7 +392,7 @@ function webcamBox(onFrame) {
   snap.addEventListener("click", () => {
     const canvas = el("canvas", { width: video.videoWidth, height: video.videoHeight });
     canvas.getContext("2d").drawImage(video, 0, 0);
-    for (const track of video.srcObject.getTracks()) track.stop();
+    stopCamera();
     video.srcObject = null; snap.disabled = true;
     canvas.toBlob((blob) => onFrame(blob), "image/jpeg", 0.92);
   });
@@ -470,6 +492,7 @@ function route() {
 }
 
 async function render() {
+  stopCamera();
   state.key = state.key || sessionStorage.getItem(KEY);
   const nav = document.getElementById("nav");
   if (!state.key) { nav.hidden = true; document.getElementById("who").textContent = ""; signInPage(); return; }
