@@ -42,11 +42,20 @@ CollectionName = Annotated[
 
 
 def _iso_text(value: object) -> object:
-    """Times arrive as ISO 8601 text; a number is refused rather than read as a Unix time."""
-    if isinstance(value, (int, float)):
+    """Times arrive as ISO 8601 text; a number, or text that is one (a query parameter's
+    ``since=2026``), is refused rather than read as a Unix time."""
+    if isinstance(value, (int, float)) or (isinstance(value, str) and _is_number(value)):
         # pydantic turns a ValueError into a 422; a TypeError would escape as a 500.
-        raise ValueError("expected an ISO 8601 date-time string with a time zone")  # noqa: TRY004
+        raise ValueError("expected an ISO 8601 date-time string with a time zone")
     return value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 IsoTime = Annotated[AwareDatetime, BeforeValidator(_iso_text)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
@@ -11,7 +10,7 @@ from ...store import MAX_INTEGER
 from ..auth import ensure_sees
 from ..deps import AdminKey, GalleryDep, Purpose
 from ..problems import problem_responses
-from ..schemas import AuditEventOut, AuditList, ChainOut
+from ..schemas import AuditEventOut, AuditList, ChainOut, IsoTime
 
 router = APIRouter(prefix="/v1/audit", tags=["audit"], responses=problem_responses())
 
@@ -26,11 +25,11 @@ def list_audit_events(
         str | None, Query(min_length=1, max_length=300, description="The key id that acted")
     ] = None,
     since: Annotated[
-        datetime | None,
+        IsoTime | None,
         Query(description="Events at or after this time (ISO-8601 with a UTC offset)"),
     ] = None,
     until: Annotated[
-        datetime | None,
+        IsoTime | None,
         Query(description="Events before this time (ISO-8601 with a UTC offset)"),
     ] = None,
     after: Annotated[
