@@ -285,6 +285,8 @@ def test_what_the_console_offers_follows_the_keys_scopes(page: object, server: S
     sign_in(page, server, server.admin)
     assert page.get_by_role("link", name="Keys").is_visible()  # positive control
     page.get_by_role("button", name="Sign out").click()
+    page.locator("#apikey").wait_for()
+    assert not page.locator("#nav").is_visible()  # signed out: no menu (CSS once overrode hidden)
     sign_in(page, server, server.key(["identify"], ["nowhere"]))
     assert not page.get_by_role("link", name="Keys").is_visible()
     assert not page.get_by_role("link", name="Audit").is_visible()
@@ -316,10 +318,14 @@ ALL_STOPPED = (
 
 def capture(page: object, action: str) -> None:
     """Start the camera, wait for its first frames, then "Capture and <action>"."""
+    preview = page.get_by_label("Camera preview")  # type: ignore[attr-defined]
+    assert not preview.is_visible()  # no empty box before the camera runs
     page.get_by_role("button", name="Use the webcam").click()  # type: ignore[attr-defined]
     page.wait_for_function("() => !document.getElementById('webcam-capture').disabled")  # type: ignore[attr-defined]
+    assert preview.is_visible()
     page.wait_for_timeout(500)  # type: ignore[attr-defined]
     page.get_by_role("button", name=f"Capture and {action}").click()  # type: ignore[attr-defined]
+    assert not preview.is_visible()
 
 
 def test_a_webcam_frame_is_identified_and_verified_and_the_camera_stopped(

@@ -378,13 +378,14 @@ function stopCamera() {
 
 // One frame from the camera, handed to onFrame once and kept nowhere; "Capture and <action>".
 function webcamBox(action, onFrame) {
-  const video = el("video", { autoplay: true, muted: true, playsinline: true, "aria-label": "Camera preview" });
+  const video = el("video", { autoplay: true, muted: true, playsinline: true, hidden: true, "aria-label": "Camera preview" });
   const snap = el("button", { type: "button", id: "webcam-capture", disabled: true, text: "Capture and " + action });
   const start = el("button", { type: "button", id: "webcam-start", text: "Use the webcam", onclick: async () => {
     stopCamera();
     try {
       camera = await navigator.mediaDevices.getUserMedia({ video: true, audio: false });
       video.srcObject = camera;
+      video.hidden = false;
       await video.play();
       snap.disabled = false;
     } catch (err) { say("Camera unavailable: " + err.message); }
@@ -393,7 +394,7 @@ function webcamBox(action, onFrame) {
     const canvas = el("canvas", { width: video.videoWidth, height: video.videoHeight });
     canvas.getContext("2d").drawImage(video, 0, 0);
     stopCamera();
-    video.srcObject = null; snap.disabled = true;
+    video.srcObject = null; video.hidden = true; snap.disabled = true;
     canvas.toBlob((blob) => onFrame(blob), "image/jpeg", 0.92);
   });
   return el("div", {}, start, " ", snap, video);
