@@ -51,6 +51,7 @@ def _iso_text(value: object) -> object:
 
 
 def _is_number(text: str) -> bool:
+    """Whether ``text`` reads as a number (what pydantic would take for a Unix time)."""
     try:
         float(text)
     except ValueError:
