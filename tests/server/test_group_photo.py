@@ -34,8 +34,8 @@ MAX_FACES = 30
 """The server's ``max_faces`` (default 20), above :data:`FACES` so the photo is answered."""
 MISSES = 1
 """Faces of :data:`FACES` the tiles may miss: 40 pixels is their floor, where recall depends on
-where a face falls between tiles (this photo shifted to 8 places: 186 of 192 found, all 24
-unshifted; 191 of 192 at 48 pixels)."""
+where a face falls between tiles (a one-off check, this photo shifted to 8 places: 186 of 192
+found, all 24 unshifted; 191 of 192 at 48 pixels)."""
 BUDGET_S = 2.0
 """The stated cost of a 4000x3000 group photo with BlazeFace on the project's 2-core machine:
 decoding, 119 windows of the full-range model, and each face's landmarks (and embedding)."""
