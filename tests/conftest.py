@@ -158,7 +158,7 @@ def group_photo(
     rng = np.random.default_rng(17)
     coarse = rng.uniform(40, 215, (4, 6, 3)).astype(np.float32)
     canvas = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.uint8)
-    hog, truth = make_detector("hog"), []
+    hog, truth = make_detector("hog"), list[Box]()
     for path in people_photos[::8]:
         if len(truth) == count:
             break
@@ -168,8 +168,8 @@ def group_photo(
             continue
         left, top, right, bottom = found[0].box
         pad, scale = round(0.3 * (right - left)), face / (right - left)
-        crop = image[max(0, top - pad) : bottom + pad, max(0, left - pad) : right + pad]
-        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        context = image[max(0, top - pad) : bottom + pad, max(0, left - pad) : right + pad]
+        crop = cv2.resize(context, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
         x, y = 300 + pitch_x * (len(truth) % 6), 500 + pitch_y * (len(truth) // 6)
         canvas[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
         fx = x + round((left - max(0, left - pad)) * scale)
