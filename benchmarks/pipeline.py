@@ -7,7 +7,8 @@ Both use the same detector (one upsample; face_recognition has no BlazeFace, so 
 then) and dlib's ResNet weights (Visage on the chosen runtime). Per-stage figures are medians over the photos, one photo at a time, after one warm-up
 photo (model loading excluded for both). Batch throughput is Visage's ``embed_many`` (faces of 16
 photos embedded per call; one process, then one per core) against face_recognition's per-photo
-loop (its API has no batch or parallel form for HOG).
+loop (its API has no batch or parallel form for HOG). With a BlazeFace detector it also times
+the network on one window (a 250x250 photo) with one thread per core against one thread.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import os
 import statistics
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
-from machine import default_faces
+from machine import cpu_line, default_faces
 
 from visage import align
 from visage.imageio import load_image
 from visage.models import DETECTORS
+from visage.models.blazeface import BlazeFaceDetector
 from visage.pipeline import Pipeline
 from visage.quality import assess
 
@@ -56,6 +59,21 @@ def fr_stages(fr: object, path: Path, detector: str) -> dict[str, float]:
     _, ms["landmarks+embed"] = timed(lambda: fr.face_encodings(img, boxes))  # type: ignore[attr-defined]
     ms["faces"] = len(boxes)
     return ms
+
+
+def single_window_threads(detector: BlazeFaceDetector, paths: list[Path]) -> None:
+    """BlazeFace's network call on one photo (one window), interleaved on the same inputs: the
+    session of the configured threads (one per core: what single windows ran on before issue 17)
+    against the one-thread session they run on now (:meth:`BlazeFaceDetector.session_for`)."""
+    inputs = [{"image": detector._input(load_image(p))[0][None]} for p in paths]
+    sessions = {"one per core": detector.session, "1 thread": detector.session_for(1)}
+    ms: dict[str, list[float]] = {name: [] for name in sessions}
+    for feed in inputs * 3:
+        for name, session in sessions.items():
+            ms[name].append(timed(partial(session.run, None, feed))[1])
+    cores, one = (statistics.median(v) for v in ms.values())
+    print(f"\nBlazeFace single window, median of {len(ms['1 thread'])} calls: one thread per core "
+          f"{cores:.2f} ms, 1 thread {one:.2f} ms ({cores / one:.2f}x)")
 
 
 def summarise(name: str, rows: list[dict[str, float]]) -> float:
@@ -95,6 +113,8 @@ def main() -> None:
     label = f"visage ({type(pipe.embedder).__name__}, {pipe.detector.name})"
     v, f = summarise(label, ours), summarise(f"face_recognition 1.3.0 ({fr_detector})", theirs)
     print(f"\nspeed-up, visage / face_recognition: {f / v:.2f}x end-to-end, one photo at a time")
+    if isinstance(pipe.detector, BlazeFaceDetector):
+        single_window_threads(pipe.detector, paths)
     for workers in (1, args.workers):
         start = time.perf_counter()
         results = list(pipe.embed_many(batch_paths, workers=workers))
@@ -103,6 +123,7 @@ def main() -> None:
               f"start-up included): {batch_ms:.2f} ms/photo = {1000 / batch_ms:.2f} photos/s, "
               f"{sum(len(r.faces) for r in results)} faces; {f / batch_ms:.2f}x face_recognition")
     print(f"load average (1 min) at the end: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
+    print(cpu_line())
 
 
 if __name__ == "__main__":

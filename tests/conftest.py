@@ -28,10 +28,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
+import numpy.typing as npt
 import psycopg
 import pytest
 
+from visage.imageio import load_image
+from visage.models import make_detector
+from visage.models.base import Box
 from visage.pipeline import Face, ImageResult, Pipeline, nearest_centre
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,6 +135,48 @@ def two_face_photo(larger: Path, smaller: Path, out: Path) -> Path:
     canvas.paste(Image.open(smaller).convert("RGB").resize((200, 200)), (300, 25))
     canvas.save(out, quality=92)
     return out
+
+
+def box_iou(a: Box, b: Box) -> float:
+    """Intersection over union of two ``(left, top, right, bottom)`` boxes."""
+    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
+    return iw * ih / union
+
+
+def group_photo(
+    people_photos: list[Path], face: int, *, size: tuple[int, int] = (3000, 2000), count: int = 12
+) -> tuple[npt.NDArray[np.uint8], list[Box]]:
+    """A synthetic group photo ``size`` (width, height) of ``count`` shared faces in rows of 6,
+    each HOG's box scaled to ``face`` pixels, pasted with 30% context on a smooth background
+    (3000x2000: 400 pixels apart, rows 800 apart); and their boxes. For small faces in large
+    photos, which the shared photos (one face each, 250x250) do not hold."""
+    width, height = size
+    rows = -(-count // 6)
+    pitch_x, pitch_y = (width - 600) // 6, (height - 400) // rows
+    rng = np.random.default_rng(17)
+    coarse = rng.uniform(40, 215, (4, 6, 3)).astype(np.float32)
+    canvas = cv2.resize(coarse, (width, height), interpolation=cv2.INTER_CUBIC).astype(np.uint8)
+    hog, truth = make_detector("hog"), list[Box]()
+    for path in people_photos[::8]:
+        if len(truth) == count:
+            break
+        image = load_image(path)
+        found = hog.detect(image)
+        if len(found) != 1:
+            continue
+        left, top, right, bottom = found[0].box
+        pad, scale = round(0.3 * (right - left)), face / (right - left)
+        context = image[max(0, top - pad) : bottom + pad, max(0, left - pad) : right + pad]
+        crop = cv2.resize(context, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        x, y = 300 + pitch_x * (len(truth) % 6), 500 + pitch_y * (len(truth) // 6)
+        canvas[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
+        fx = x + round((left - max(0, left - pad)) * scale)
+        fy = y + round((top - max(0, top - pad)) * scale)
+        truth.append((fx, fy, fx + face, fy + face))
+    assert len(truth) == count, f"only {len(truth)} single-face photos for {count} faces"
+    return canvas, truth
 
 
 def _pg_bin() -> Path | None:

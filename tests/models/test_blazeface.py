@@ -16,11 +16,10 @@ import sys
 from importlib import util
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, box_iou, group_photo
 from visage import align
 from visage.decision import normalize
 from visage.imageio import load_image
@@ -52,13 +51,6 @@ def test_the_converted_graph_answers_as_tflite_does(
         assert set(np.argsort(-scores[0, :, 0])[:3]) <= set(row["anchors"])
 
 
-def _iou(a: Box, b: Box) -> float:
-    iw = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    ih = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - iw * ih
-    return iw * ih / union
-
-
 @pytest.fixture(scope="module")
 def hog_found(people_photos: list[Path]) -> list[list[Detection]]:
     hog = make_detector("hog")
@@ -85,10 +77,10 @@ def test_blazeface_finds_what_hog_finds_with_hog_like_boxes_and_embeddings(
         with_face += bool(found)
         hog_faces += len(hog)
         for h in hog:
-            best = max(found, key=lambda d: _iou(h.landmark_rect, d.landmark_rect), default=None)
-            if best is None or _iou(h.landmark_rect, best.landmark_rect) < 0.3:
+            best = max(found, key=lambda d: box_iou(h.landmark_rect, d.landmark_rect), default=None)
+            if best is None or box_iou(h.landmark_rect, best.landmark_rect) < 0.3:
                 continue
-            ious.append(_iou(h.landmark_rect, best.landmark_rect))
+            ious.append(box_iou(h.landmark_rect, best.landmark_rect))
             marks = landmarker.landmarks(image, [h.landmark_rect, best.landmark_rect])
             a, b = normalize(embedder.embed_chips(align.align_many(image, marks)))
             dists.append(float(np.linalg.norm(a - b)))
@@ -135,43 +127,17 @@ def test_corrupted_blazeface_weights_are_refused_in_one_line(
     assert not list((tmp_path / "cache").glob("*.onnx"))
 
 
-def _group_photo(people_photos: list[Path], face: int) -> tuple[np.ndarray, list[Box]]:
-    """A 3000x2000 photo of 12 shared faces, each HOG's box scaled to ``face`` pixels, pasted
-    with 30% context on a smooth background 240 pixels apart; and their boxes."""
-    rng = np.random.default_rng(17)
-    coarse = rng.uniform(40, 215, (4, 6, 3)).astype(np.float32)
-    canvas = cv2.resize(coarse, (3000, 2000), interpolation=cv2.INTER_CUBIC).astype(np.uint8)
-    hog, truth = make_detector("hog"), []
-    for path in people_photos[::8]:
-        if len(truth) == 12:
-            break
-        image = load_image(path)
-        found = hog.detect(image)
-        if len(found) != 1:
-            continue
-        left, top, right, bottom = found[0].box
-        pad, scale = round(0.3 * (right - left)), face / (right - left)
-        crop = image[max(0, top - pad) : bottom + pad, max(0, left - pad) : right + pad]
-        crop = cv2.resize(crop, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        x, y = 300 + 400 * (len(truth) % 6), 500 + 800 * (len(truth) // 6)
-        canvas[y : y + crop.shape[0], x : x + crop.shape[1]] = crop
-        fx = x + round((left - max(0, left - pad)) * scale)
-        fy = y + round((top - max(0, top - pad)) * scale)
-        truth.append((fx, fy, fx + face, fy + face))
-    return canvas, truth
-
-
 def _found(truth: list[Box], found: list[Detection]) -> int:
-    return sum(any(_iou(t, d.box) >= 0.3 for d in found) for t in truth)
+    return sum(any(box_iou(t, d.box) >= 0.3 for d in found) for t in truth)
 
 
 def test_tiles_find_40_pixel_faces_in_a_large_photo(people_photos: list[Path]) -> None:
     """Twelve 40-pixel faces in a 3000x2000 photo: the pipeline's BlazeFace (tiled, upsample 1)
     finds them all; the whole photo in one pass finds none, nor does HOG on the pipeline's
     2048-pixel copy. The control: the same faces at 160 pixels are all found by HOG."""
-    big, truth = _group_photo(people_photos, 160)
+    big, truth = group_photo(people_photos, 160)
     assert _found(truth, Pipeline(detector="hog")._detections(big)) == 12
-    canvas, truth = _group_photo(people_photos, 40)
+    canvas, truth = group_photo(people_photos, 40)
     assert _found(truth, Pipeline(detector="blazeface", upsample=0)._detections(canvas)) == 0
     assert _found(truth, Pipeline(detector="hog")._detections(canvas)) == 0
     found = Pipeline(detector="blazeface")._detections(canvas)

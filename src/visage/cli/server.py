@@ -100,7 +100,10 @@ def serve(
     index: Annotated[
         str | None, typer.Option(help="Vector index: exact, auto, faiss:… or milvus:<uri> [exact].")
     ] = None,
-    detector: Annotated[str | None, typer.Option(help="Face detector: hog or cnn [hog].")] = None,
+    detector: Annotated[
+        str | None,
+        typer.Option(help="Face detector: hog, cnn, blazeface or blazeface-short [hog]."),
+    ] = None,
     runtime: Annotated[
         str | None, typer.Option(help="Model runtime: auto, onnx or dlib [auto].")
     ] = None,

@@ -19,12 +19,15 @@ from ..pipeline import Face, Pipeline
 
 
 class _LimitedDetector:
-    """A detector that refuses a photo holding more than ``limit`` faces."""
+    """A detector that refuses a photo holding more than ``limit`` faces; it passes on
+    ``tiled``, so the pipeline gives BlazeFace large photos whole, as it does outside the
+    server, rather than shrunk to :data:`~visage.pipeline.DETECT_MAX_SIDE`."""
 
     def __init__(self, inner: Detector, limit: int) -> None:
         self.inner = inner
         self.limit = limit
         self.name = inner.name
+        self.tiled: bool = getattr(inner, "tiled", False)
 
     def detect(self, image: Image, *, upsample: int = 1) -> list[Detection]:
         found = self.inner.detect(image, upsample=upsample)

@@ -26,6 +26,7 @@ from pydantic_settings import (
 from ..errors import InputError
 from ..gallery.index import IndexSpec
 from ..imageio import DEFAULT_MAX_PIXELS
+from ..models import DETECTORS
 from ..store import database_url, default_url
 from .schemas import MAX_BATCH
 
@@ -57,7 +58,11 @@ class Settings(BaseSettings):
         description="Vector index: exact, auto, faiss:<factory>[;<knobs>] or milvus:<uri> (one "
         "index shared by every server naming that Milvus).",
     )
-    detector: Literal["hog", "cnn"] = Field("hog", description="Face detector for photos.")
+    detector: str = Field(
+        "hog",
+        description="Face detector for photos: hog, cnn, blazeface or blazeface-short (BlazeFace "
+        "runs large photos in tiles, so small faces in group photos are found).",
+    )
     runtime: Literal["auto", "onnx", "dlib"] = Field(
         "auto", description="Model runtime: auto (ONNX when available), onnx or dlib."
     )
@@ -137,6 +142,14 @@ class Settings(BaseSettings):
         """Check the index description at start-up rather than when a collection first loads."""
         if value != "auto":
             IndexSpec.parse(value)
+        return value
+
+    @field_validator("detector")
+    @classmethod
+    def _known_detector(cls, value: str) -> str:
+        """Accept exactly the detector names the pipeline and the CLI accept."""
+        if value not in DETECTORS:
+            raise ValueError(f"unknown detector {value!r}; choose one of {', '.join(DETECTORS)}")
         return value
 
     def environment(self) -> dict[str, str]:
