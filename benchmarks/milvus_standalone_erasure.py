@@ -76,6 +76,17 @@ def wait_for(port: int, server: subprocess.Popen[bytes], seconds: float = 120) -
             time.sleep(2)
 
 
+def stop_milvus_binary(data: Path) -> None:
+    """Terminate the ``milvus`` binary the wrapper ran from ``data``/bin: it leaves the
+    wrapper's process group, so stopping the wrapper leaves it running on the fixed ports."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if cmdline.read_bytes().startswith(str(data / "bin" / "milvus").encode() + b"\0"):
+                os.kill(int(cmdline.parent.name), signal.SIGTERM)
+        except OSError:  # gone meanwhile
+            continue
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="milvus-server", help="the milvus-server command")
@@ -133,8 +144,9 @@ def main() -> None:
                 added += args.traffic
             time.sleep(5)
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # the wrapper and the milvus binary it started
+        server.terminate()
         server.wait(timeout=60)
+        stop_milvus_binary(data)
 
 
 if __name__ == "__main__":
