@@ -1,6 +1,7 @@
 """Milvus Lite vs faiss IVF as the gallery's index, measured in the same run on the same data.
 
     PYTHONPATH=src .venv/bin/python benchmarks/milvus.py [--sizes 1000000] [--queries 500]
+        [--server http://127.0.0.1:19600 --server-data DIR --server-pid PID]
 
 Clustered synthetic 128-d unit templates (seeded): ``size / 4`` identities with four noisy
 templates each (~0.3 apart, as benchmarks/gallery.py's genuine probes), so neighbours cluster
@@ -33,9 +34,9 @@ from visage.gallery.milvus import MilvusIndex, milvus_client
 Floats = np.ndarray
 
 
-def rss_mb() -> float:
-    """This process's resident memory, MB (``VmRSS``)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+def rss_mb(pid: str = "self") -> float:
+    """Resident memory of process ``pid`` (this one by default), MB (``VmRSS``)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
@@ -62,7 +63,7 @@ def report(label: str, build_s: float, ram: float, disk: float, times: list[floa
     return out
 
 
-def bench(size: int, n_queries: int, seed: int, folder: Path) -> None:
+def bench(size: int, n_queries: int, seed: int, folder: Path, args: argparse.Namespace) -> None:
     rng = np.random.default_rng(seed)
     gallery, centres = clustered(rng, size)
     ids = np.arange(1, size + 1, dtype=np.int64)
@@ -87,19 +88,21 @@ def bench(size: int, n_queries: int, seed: int, folder: Path) -> None:
             float(np.mean(top == truth)),
         )  # fmt: skip
 
-    uri = str(folder / "milvus.db")
-    before = rss_mb()
+    uri = args.server or str(folder / "milvus.db")
+    data, pid = (Path(args.server_data), args.server_pid) if args.server else (Path(uri), "self")
+    label = "Milvus server" if args.server else "Milvus Lite"
+    before = rss_mb(pid)
     start = time.perf_counter()
     milvus = MilvusIndex(milvus_client(uri), uri, 1, DIM)
     milvus.rebuild(ids, gallery, 1, large=True)
     milvus.search(queries[:1], 1)  # the first search loads the segments and builds their indexes
-    milvus_build, milvus_ram = time.perf_counter() - start, rss_mb() - before
-    milvus_disk = sum(p.stat().st_size for p in Path(uri).rglob("*") if p.is_file()) / 2**20
+    milvus_build, milvus_ram = time.perf_counter() - start, rss_mb(pid) - before
+    milvus_disk = sum(p.stat().st_size for p in data.rglob("*") if p.is_file()) / 2**20
     for nprobe in (32, 64, 128):
         milvus.set_nprobe(nprobe)
         times, top = latencies(lambda q: milvus.search(q[None, :], 1)[1][0, 0], queries)
         results[("milvus", nprobe)] = report(
-            f"Milvus Lite IVF_FLAT nlist=1024 nprobe={nprobe}", milvus_build, milvus_ram,
+            f"{label} IVF_FLAT nlist=1024 nprobe={nprobe}", milvus_build, milvus_ram,
             milvus_disk, times, float(np.mean(top == truth)),
         )  # fmt: skip
     milvus.drop()
@@ -116,12 +119,15 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--server", help="a Milvus server's URI (default: Milvus Lite in-process)")
+    parser.add_argument("--server-data", help="that server's data folder (for its disk use)")
+    parser.add_argument("--server-pid", help="that server's process id (for its RAM)")
     args = parser.parse_args()
     print(cpu_line(), flush=True)
     for size in (int(s) for s in args.sizes.split(",")):
         folder = Path(tempfile.mkdtemp(prefix="visage-milvus-bench-"))
         try:
-            bench(size, args.queries, args.seed, folder)
+            bench(size, args.queries, args.seed, folder, args)
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 

@@ -107,9 +107,7 @@ def main() -> None:
     # the server's own Python must not see this checkout: benchmarks/milvus.py shadows it
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     command = [args.server, "--data", str(data), "--proxy-port", str(args.port), *extra]
-    server = subprocess.Popen(
-        command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-    )
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     try:
         wait_for(args.port, server)
         uri = f"http://127.0.0.1:{args.port}"
