@@ -241,6 +241,61 @@ def test_a_hostile_name_is_shown_as_text_and_runs_nothing(
     assert page.dialogs == []
 
 
+BLOB_URLS = """async (img) => {
+  const load = (url) => new Promise((done) => {
+    const probe = new Image();
+    probe.onload = () => done("loads"); probe.onerror = () => done("revoked"); probe.src = url;
+  });
+  const canvas = document.createElement("canvas");
+  canvas.getContext("2d").drawImage(img, 0, 0);
+  const control = await new Promise((done) => canvas.toBlob(done));
+  return [await load(URL.createObjectURL(control)), await load(img.src)];
+}"""
+"""Whether a fresh blob: URL of the thumbnail's pixels loads (the control), and the thumbnail's
+own (an image load, as img-src allows blob: where connect-src does not)."""
+
+
+def enrolled_person(server: Server, photo: Path, *, keep_images: bool) -> tuple[str, str]:
+    """A new collection (keeping images or not) with one consented person enrolled from
+    ``photo``; its name and the person's id."""
+    coll = f"th-{keep_images}-{uuid.uuid4().hex[:6]}".lower()
+    with server.client(server.admin) as client:
+        made = client.post("/v1/collections", json={"name": coll, "keep_images": keep_images})
+        assert made.status_code == 201, made.text
+        base = f"/v1/collections/{coll}/persons"
+        pid = client.post(base, json={"display_name": "Thumb Person"}).json()["id"]
+        grant = {"basis": "consent", "granted_by": "test"}
+        assert client.post(f"{base}/{pid}/consents", json=grant).status_code == 201
+        enrolled = client.post(f"{base}/{pid}/faces", files={"photo": photo.read_bytes()})
+        assert enrolled.status_code == 201, enrolled.text
+    return coll, pid
+
+
+def test_a_person_page_shows_kept_photos_only_where_the_collection_keeps_them(
+    page: object, server: Server, person_photos: list[Path]
+) -> None:
+    """In a ``keep_images`` collection each template's photo loads (fetched with the key, from
+    a blob: URL the strict CSP allows, revoked once shown); in a plain one there is no <img>."""
+    kept = enrolled_person(server, person_photos[0], keep_images=True)
+    plain = enrolled_person(server, person_photos[0], keep_images=False)
+    sign_in(page, server, server.admin)
+    page.goto(server.url + f"/console/#/c/{kept[0]}/p/{kept[1]}")
+    thumb = page.get_by_role("img", name="Photo of template")
+    thumb.wait_for()
+    page.wait_for_function(
+        "() => { const i = document.querySelector('img.thumb'); return i.complete && i.naturalWidth > 0; }"
+    )
+    with Image.open(person_photos[0]) as original:
+        assert thumb.evaluate("i => i.naturalWidth") == original.width
+    assert thumb.evaluate("i => i.src").startswith("blob:")
+    assert thumb.evaluate(BLOB_URLS) == ["loads", "revoked"]
+    page.goto(server.url + f"/console/#/c/{plain[0]}/p/{plain[1]}")
+    page.get_by_role("cell", name="not kept").wait_for()
+    assert page.locator("main img").count() == 0
+    refused = [e for e in page.csp_errors if "Content Security Policy" in e]  # type: ignore[attr-defined]
+    assert not refused, refused
+
+
 def test_the_console_is_served_with_a_strict_csp_and_no_framing(server: Server) -> None:
     assert "web console at /" in server.log_tail(100_000)  # what `make run` prints
     root = httpx.get(server.url + "/", follow_redirects=False)
