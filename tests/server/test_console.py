@@ -360,6 +360,91 @@ def test_only_an_all_collections_admin_manages_keys(server: Server) -> None:
         assert client.get("/v1/keys").status_code == 403
 
 
+
+CONTRAST = """() => {
+  const rgba = (text) => {
+    const parts = text.match(/rgba?\\(([^)]+)\\)/)[1].split(/[\\s,\\/]+/).filter(Boolean).map(Number);
+    return [parts[0], parts[1], parts[2], parts.length > 3 ? parts[3] : 1];
+  };
+  const over = (top, below) => [0, 1, 2].map((i) => top[i] * top[3] + below[i] * (1 - top[3])).concat(1);
+  const background = (node) => {
+    const layers = [];
+    for (let n = node; n; n = n.parentElement) {
+      const colour = rgba(getComputedStyle(n).backgroundColor);
+      if (colour[3] > 0) layers.push(colour);
+      if (colour[3] === 1) break;
+    }
+    return layers.reverse().reduce((below, top) => over(top, below), [255, 255, 255, 1]);
+  };
+  const luminance = (c) => c.slice(0, 3).map((v) => {
+    v /= 255;
+    return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4;
+  }).reduce((sum, v, i) => sum + v * [0.2126, 0.7152, 0.0722][i], 0);
+  const ratio = (fg, bg) => {
+    const [light, dark] = [luminance(fg), luminance(bg)].sort((a, b) => b - a);
+    return (light + 0.05) / (dark + 0.05);
+  };
+  const name = (n) => n.tagName.toLowerCase() + (n.id ? "#" + n.id : "") + (n.className && typeof n.className === "string" ? "." + n.className.replace(/ /g, ".") : "")
+    + " '" + (n.textContent || n.placeholder || n.value || "").trim().slice(0, 30) + "'";
+  const found = [];
+  for (const node of document.body.querySelectorAll("*")) {
+    if (!node.getClientRects().length || getComputedStyle(node).visibility !== "visible") continue;
+    const bg = background(node);
+    const text = [...node.childNodes].some((c) => c.nodeType === Node.TEXT_NODE && c.textContent.trim());
+    if (text || node.matches("input[type=text], input[type=password], input[type=search], input[type=number], input[type=date], input[type=datetime-local], select")) {
+      found.push([name(node), ratio(over(rgba(getComputedStyle(node).color), bg), bg)]);
+    }
+    if (node.placeholder && !node.value) {
+      found.push([name(node) + "::placeholder", ratio(over(rgba(getComputedStyle(node, "::placeholder").color), bg), bg)]);
+    }
+  }
+  return found;
+}"""
+"""[element, WCAG contrast ratio] for every visible element with text of its own, every text
+field (its value) and placeholder: the text colour (alpha blended) against the background
+colours it is painted on, composited up the ancestors to the white page."""
+WCAG_AA = 4.5
+
+
+def test_every_text_on_the_main_pages_meets_wcag_aa_contrast(
+    page: object, server: Server, person_photos: list[Path]
+) -> None:
+    """Body text, labels, links, buttons (the disabled delete button too), status lines, the
+    notice and secret boxes, table headings and placeholders, on each main page, have a
+    contrast ratio of at least 4.5:1 against their background (WCAG 2 AA)."""
+    coll, pid = enrolled_person(server, person_photos[0], keep_images=True)
+    with server.client(server.admin) as client:
+        bare = client.post(f"/v1/collections/{coll}/persons", json={"display_name": "No Consent"})
+    page.goto(server.url + "/")
+    page.get_by_label("API key").fill("vk_wrong.secret")
+    page.get_by_role("button", name="Sign in").click()
+    page.locator("#status", has_text="Sign-in failed").wait_for()
+    seen = {"sign-in": page.evaluate(CONTRAST)}
+    sign_in(page, server, server.admin)
+    seen["collections"] = page.evaluate(CONTRAST)
+    visits = {
+        "collection": (f"#/c/{coll}", "main tbody tr"),
+        "person": (f"#/c/{coll}/p/{pid}", "img.thumb"),
+        "person without consent": (f"#/c/{coll}/p/{bare.json()['id']}", "#needs-consent"),
+        "identify": ("#/identify", "main form"),
+        "verify": ("#/verify", "main form"),
+        "audit": ("#/audit", "#chain"),
+        "keys": ("#/keys", "#key-name"),
+    }
+    for what, (where, ready) in visits.items():
+        page.goto(server.url + "/console/" + where)
+        page.locator(ready).first.wait_for()
+        seen[what] = page.evaluate(CONTRAST)
+    page.locator("#key-name").fill("contrast")
+    page.get_by_label("identify").check()
+    page.get_by_role("button", name="Create key").click()
+    page.locator("#new-secret").wait_for()
+    seen["new key"] = page.evaluate(CONTRAST)
+    assert all(len(found) >= 5 for found in seen.values()), {k: len(v) for k, v in seen.items()}
+    assert any(e.startswith("button.danger 'Delete person'") for e, _ in seen["person"])
+    low = {what: [(e, round(r, 2)) for e, r in found if r < WCAG_AA] for what, found in seen.items()}
+    assert not any(low.values()), {what: found for what, found in low.items() if found}
+
 STREAMS = """(() => {
   const real = navigator.mediaDevices.getUserMedia.bind(navigator.mediaDevices);
   window.streams = [];
