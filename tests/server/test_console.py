@@ -291,6 +291,7 @@ def test_a_person_page_shows_kept_photos_only_where_the_collection_keeps_them(
         assert thumb.evaluate("i => i.naturalWidth") == original.width
     assert thumb.evaluate("i => i.src").startswith("blob:")
     assert thumb.evaluate(BLOB_URLS) == ["loads", "revoked"]
+    snap(page, "person-thumbnails")
     page.goto(server.url + f"/console/#/c/{plain[0]}/p/{plain[1]}")
     page.get_by_role("cell", name="not kept").wait_for()
     assert page.locator("main img").count() == 0
