@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from visage.errors import ExtremeAspect, ImageTooLarge, InvalidImage
-from visage.imageio import MAX_ASPECT, decode, load_image, shrink
+from visage.imageio import MAX_ASPECT, decode, load_image, media_type, shrink
 
 
 def encode(im: Image.Image, fmt: str, **kw: object) -> bytes:
@@ -35,6 +35,14 @@ def test_formats_decode_to_rgb(fmt: str) -> None:
     if fmt in ("PNG", "BMP", "TIFF"):  # lossless
         assert np.array_equal(arr, np.asarray(gradient()))
 
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mime"), [("JPEG", "image/jpeg"), ("PNG", "image/png"), ("WEBP", "image/webp")]
+)
+def test_a_kept_photo_is_served_with_its_own_media_type(fmt: str, mime: str) -> None:
+    assert media_type(encode(gradient(), fmt)) == mime
+    assert media_type(b"not an image") == "application/octet-stream"
 
 def test_gif_first_frame() -> None:
     frames = [Image.new("RGB", (8, 8), c) for c in ((255, 0, 0), (0, 0, 255))]

@@ -107,6 +107,16 @@ def source_hash(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def media_type(data: bytes) -> str:
+    """The MIME type of encoded image bytes from their header (a kept photo is served as it
+    was sent); ``application/octet-stream`` when Pillow does not know the format."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return Image.MIME.get(im.format or "", "application/octet-stream")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return "application/octet-stream"
+
+
 def load_image(src: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageArray:
     """Decode ``src`` (path or encoded bytes) to an RGB uint8 array with EXIF orientation applied.
 

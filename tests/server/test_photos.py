@@ -430,8 +430,9 @@ def test_enrollment_photos_are_kept_only_in_keep_images_collections(
     server: Server, people: dict[str, list[Path]]
 ) -> None:
     """The same photo enrolled into a ``keep_images`` collection and a plain one: only the
-    first holds its bytes (``has_image``, and the exact bytes in the store); the plain one
-    holds the template alone."""
+    first holds its bytes (``has_image``, and the exact bytes in the store) and serves them at
+    ``…/faces/{id}/image`` (uncached, audited); the plain one holds the template alone and
+    answers 404. The photo is gone with its person."""
     photo = next(iter(people.values()))[1].read_bytes()
     held = {}
     with server.client(server.admin) as client:
@@ -447,9 +448,23 @@ def test_enrollment_photos_are_kept_only_in_keep_images_collections(
             )  # fmt: skip
             assert enrolled.status_code == 201, enrolled.text
             (listed,) = client.get(faces).json()["items"]
-            held[keep] = (listed["has_image"], enrolled.json()["template_id"])
-    assert held[True][0] is True and held[False][0] is False
+            held[keep] = (listed["has_image"], enrolled.json()["template_id"], faces, coll)
+        assert held[True][0] is True and held[False][0] is False
+        kept_faces, kept_coll = held[True][2], held[True][3]
+        image = client.get(f"{kept_faces}/{held[True][1]}/image", params={"purpose": "review"})
+        assert image.status_code == 200, image.text
+        assert image.content == photo and image.headers["content-type"] == "image/jpeg"
+        assert image.headers["cache-control"] == "no-store"
+        (read,) = client.get(
+            "/v1/audit", params={"collection": kept_coll, "action": "person.read", "limit": 1000}
+        ).json()["items"][-1:]
+        assert read["purpose"] == "review" and read["summary"]["part"] == "image", read
+        assert read["summary"]["template"] == held[True][1]
+        problem(client.get(f"{held[False][2]}/{held[False][1]}/image"), 404)  # not kept
+        problem(client.get(f"{kept_faces}/{held[False][1]}/image"), 404)  # not this person's
+        assert client.delete(kept_faces.removesuffix("/faces")).status_code == 200
+        problem(client.get(f"{kept_faces}/{held[True][1]}/image"), 404)  # erased with them
     with sqlite3.connect(server.db) as conn:
         images = dict(conn.execute("SELECT id, image FROM template WHERE id IN (?, ?)",
                                    (held[True][1], held[False][1])).fetchall())  # fmt: skip
-    assert images == {held[True][1]: photo, held[False][1]: None}
+    assert images == {held[False][1]: None}  # the kept photo's row went with its person

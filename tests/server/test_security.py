@@ -34,6 +34,7 @@ ROUTES: list[tuple[str, str, str | None]] = [
     ("POST", "/v1/collections/{c}/persons/p1/faces", "enroll"),
     ("GET", "/v1/collections/{c}/persons/p1/faces", "enroll"),
     ("DELETE", "/v1/collections/{c}/persons/p1/faces/1", "enroll"),
+    ("GET", "/v1/collections/{c}/persons/p1/faces/1/image", "enroll"),
     ("POST", "/v1/collections/{c}/faces/bulk", "enroll"),
     ("GET", "/v1/audit", "admin"),
     ("GET", "/v1/audit/verify", "admin"),

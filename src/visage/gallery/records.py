@@ -196,6 +196,14 @@ class TemplateInfo:
 
 
 @dataclass(frozen=True)
+class KeptImage:
+    """The photo a template was enrolled from, as sent, kept by a ``keep_images`` collection."""
+
+    data: bytes
+    media_type: str
+
+
+@dataclass(frozen=True)
 class Candidate:
     """A person returned by identify, scored by their best (nearest) template."""
 

@@ -108,7 +108,7 @@ from ..errors import (
     TooManyFaces,
     VisageError,
 )
-from ..imageio import Source, decode, read_bytes, source_hash
+from ..imageio import Source, decode, media_type, read_bytes, source_hash
 from ..models.base import EMBEDDING_DIMS, embedding_dim, model_family
 from ..pipeline import Face, FacePick, ImageResult, Pipeline, pick_face
 from ..signing import load_signing_key, parse_public_key, public_key_text
@@ -144,6 +144,7 @@ from .records import (
     EmbeddingItem,
     EnrollResult,
     Identification,
+    KeptImage,
     PersonInfo,
     SimilarFace,
     TemplateInfo,
@@ -1033,6 +1034,37 @@ class Gallery:
             person=person_id, part="faces", templates=len(found),
         )  # fmt: skip
         return [TemplateInfo(t[0], person_id, t[1], t[2], t[3], bool(t[4]), t[5]) for t in found]
+
+    def template_image(
+        self,
+        collection: str,
+        person: str,
+        template_id: int,
+        *,
+        reader: str | None = None,
+        purpose: str | None = None,
+    ) -> KeptImage:
+        """The photo one of a person's templates was enrolled from; :class:`NotFound` unless the
+        collection keeps images and holds that template's. Audited as ``person.read`` of
+        ``image`` when read for a ``reader``."""
+        with self._reading() as session:
+            coll = self._collection(session, collection)
+            if not coll.keep_images:
+                raise NotFound(f"collection {collection!r} does not keep enrolled photos")
+            row = self._person(session, coll, person)
+            data = session.scalar(
+                select(TemplateRow.image).where(
+                    TemplateRow.id == template_id, TemplateRow.person_id == row.id
+                )
+            )
+            person_id = row.id
+        if data is None:
+            raise NotFound(f"no kept photo for template {template_id} of person {person_id}")
+        self._audit_read(
+            "person.read", reader=reader, collection=collection, purpose=purpose,
+            person=person_id, part="image", template=template_id,
+        )  # fmt: skip
+        return KeptImage(data, media_type(data))
 
     def delete_template(
         self,

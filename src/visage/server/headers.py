@@ -2,9 +2,9 @@
 referrer; the console's pages add a strict Content-Security-Policy.
 
 The console's policy allows scripts, styles, connections and images from this server only
-(plus ``blob:`` images, for the photo being shown, and the webcam's frames), no inline script
-or style, no plugins, no framing: a stored name that slipped past escaping still could not
-run. ``/docs`` and ``/redoc`` (fastapi-offline's Swagger page, inline script) get the other
+(plus ``blob:`` images, for the photo being shown and a person's kept photos, fetched with the
+key, and the webcam's frames), no inline script or style, no plugins, no framing: a stored
+name that slipped past escaping still could not run. ``/docs`` and ``/redoc`` (fastapi-offline's Swagger page, inline script) get the other
 headers only.
 """
 

@@ -195,7 +195,7 @@ async function personPage(coll, pid) {
   const faceRows = faces.items.map((t) => el("tr", {},
     el("td", { text: t.id }), el("td", { text: t.quality === null ? "—" : t.quality.toFixed(2) }),
     el("td", { text: when(t.created_at) }), el("td", { class: "mono", text: t.source_sha256.slice(0, 16) + "…" }),
-    el("td", { text: t.has_image ? "kept" : "not kept" })));
+    el("td", {}, t.has_image ? thumbnail(base + "/faces/" + t.id + "/image", "Photo of template " + t.id) : "not kept")));
   const basis = el("select", {}, ["consent", "contract", "legal_obligation", "vital_interest", "public_task", "legitimate_interest"].map((b) => el("option", { value: b, text: b })));
   const by = el("input", { type: "text", required: true });
   const until = el("input", { type: "date" });
@@ -230,6 +230,20 @@ async function personPage(coll, pid) {
       await api("DELETE", base);
       location.hash = "#/c/" + encodeURIComponent(coll);
     }));
+}
+
+// A template's kept photo: fetched with the key (an <img src> could not send it), shown from
+// a blob: URL that is revoked once the image has loaded (or failed), so none outlives its page.
+function thumbnail(url, alt) {
+  const img = el("img", { class: "thumb", alt });
+  const release = () => URL.revokeObjectURL(img.src);
+  img.addEventListener("load", release);
+  img.addEventListener("error", release);
+  fetch(url, { headers: { Authorization: "Bearer " + state.key }, credentials: "omit" })
+    .then((r) => { if (!r.ok) throw new Error("HTTP " + r.status); return r.blob(); })
+    .then((blob) => { img.src = URL.createObjectURL(blob); })
+    .catch(() => { img.alt = alt + " (unavailable)"; });
+  return img;
 }
 
 // A photo drawn on a canvas with its faces boxed and numbered (0 = largest, as the API counts).

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
-from fastapi import APIRouter, Path
+from fastapi import APIRouter, Path, Response
 
 from ...errors import InputError, VisageError
 from ...gallery import EmbeddingItem
@@ -86,12 +86,34 @@ def list_faces(
     return TemplateList(items=[TemplateOut.model_validate(t) for t in found])
 
 
+TemplateId = Annotated[int, Path(ge=1, le=MAX_INTEGER, description="The template's id")]
+
+
+@router.get(
+    "/persons/{person}/faces/{template_id}/image",
+    response_class=Response,
+    responses={200: {"description": "The photo as enrolled", "content": {"image/*": {}}}},
+)
+def face_image(
+    key: EnrollKey,
+    collection: CollectionPath,
+    person: PersonPath,
+    template_id: TemplateId,
+    gallery: GalleryDep,
+    purpose: Purpose = None,
+) -> Response:
+    """The photo a template was enrolled from, in a collection that keeps images (404
+    otherwise), never cached (audited: ``person.read`` of ``image``)."""
+    kept = gallery.template_image(collection, person, template_id, reader=key.id, purpose=purpose)
+    return Response(kept.data, media_type=kept.media_type, headers={"Cache-Control": "no-store"})
+
+
 @router.delete("/persons/{person}/faces/{template_id}", response_model=RemovedOut)
 def delete_face(
     key: EnrollKey,
     collection: CollectionPath,
     person: PersonPath,
-    template_id: Annotated[int, Path(ge=1, le=MAX_INTEGER, description="The template's id")],
+    template_id: TemplateId,
     gallery: GalleryDep,
     purpose: Purpose = None,
 ) -> RemovedOut:
