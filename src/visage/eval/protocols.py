@@ -150,6 +150,11 @@ def read_pairs(path: Path, root: Path) -> list[Pair]:
     return pairs
 
 
+def pair_photos(pairs: Iterable[Pair]) -> list[Path]:
+    """The distinct photos ``pairs`` name, in first-named order: what an evaluation embeds."""
+    return list(dict.fromkeys(path for p in pairs for path in (p.a, p.b)))
+
+
 def all_pairs(pairs: Sequence[Pair]) -> list[Pair]:
     """Every pair of distinct photos that ``pairs`` name, labelled by their persons.
 
