@@ -117,6 +117,11 @@ class Settings(BaseSettings):
         "minute, before its requests are refused with 429 ahead of any key lookup (tokens "
         "already served to the address still are); 0: unlimited.",
     )
+    eval_scratch: Path | None = Field(
+        None,
+        description="Folder where POST /v1/eval/verify extracts an uploaded photos archive "
+        "(default: the system's temporary folder); each run's subfolder is removed when it ends.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @classmethod
