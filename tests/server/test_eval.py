@@ -228,6 +228,13 @@ def test_bad_pairs_and_bodies_are_refused_with_their_reason(
             "not in the archive",
         ),
         "too many": (many.encode(), "many.csv", f"more than {MAX_PAIRS}"),
+        "huge count": (b"9" * 5000 + b" 1\nA 1 2\n", "pairs.txt", "expected 'folds<TAB>pairs'"),
+        "not ascii": ("1\t1\nA 1 \u00b2\nA 1 B 2\n".encode(), "pairs.txt", "is not a number"),
+        "nul byte": (
+            b"people/a\x00.jpg,people/b.jpg,1\nx.jpg,y.jpg,0\n",
+            "p.csv",
+            "not in the archive",
+        ),
         "empty": (b"", "pairs.txt", "must not be empty"),
     }
     for case, (text, name, reason) in cases.items():

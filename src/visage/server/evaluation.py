@@ -123,7 +123,10 @@ def extract_zip(data: IO[bytes], into: Path) -> None:
                 with archive.open(info) as source:
                     budget = _copy(source, target, budget)
             except FileExistsError:
-                raise InputError(f"photos archive: {info.filename!r} appears twice") from None
+                raise InputError(
+                    f"photos archive: {info.filename!r} appears twice, or a file stands where "
+                    "its folder would be"
+                ) from None
             except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
                 raise InputError(f"photos archive is corrupt at {info.filename!r}: {exc}") from None
             except (NotImplementedError, RuntimeError) as exc:  # a method zipfile lacks; a password
@@ -146,8 +149,8 @@ def _root(folder: Path) -> Path:
 def _check_photos(pairs: list[Pair], root: Path) -> None:
     """Every photo the pairs name is a file inside the archive (never a path out of it)."""
     inside = root.resolve()
-    missing = [
-        p for p in pair_photos(pairs) if not p.resolve().is_relative_to(inside) or not p.is_file()
+    missing = [  # is_file() first: resolve() raises on a NUL byte, is_file() says False
+        p for p in pair_photos(pairs) if not p.is_file() or not p.resolve().is_relative_to(inside)
     ]
     if missing:
         first = ", ".join(str(_relative(p, root)) for p in missing[:3])

@@ -144,6 +144,14 @@ class Settings(BaseSettings):
             IndexSpec.parse(value)
         return value
 
+    @field_validator("eval_scratch")
+    @classmethod
+    def _existing_folder(cls, value: Path | None) -> Path | None:
+        """A missing scratch folder is said at start-up, not as the first evaluation's 500."""
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        return value
+
     def environment(self) -> dict[str, str]:
         """These settings as ``$VISAGE_*`` variables, for worker processes to load the same."""
         values = self.model_dump(exclude={"config"}, exclude_none=True)
