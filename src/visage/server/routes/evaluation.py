@@ -48,7 +48,7 @@ def eval_verify(
 ) -> EvalReportOut:
     """Run the pairs protocol over the zipped photos as ``visage eval verify`` does and keep
     its report as the last one; the photos and embeddings are deleted when it ends. Runs in a
-    worker thread: about 40 ms per distinct photo on one core (600 pairs: ~40 s)."""
+    worker thread: about 40 ms per distinct photo (pairs_dev's 600 pairs, 418 photos: 17 s)."""
     report = run_verify(
         upload.pairs.data,
         upload.pairs.filename,
