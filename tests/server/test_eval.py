@@ -168,6 +168,15 @@ def _symlink() -> zipfile.ZipInfo:
     return info
 
 
+def _encrypted(photo: bytes) -> bytes:
+    """A zip whose one member is marked encrypted (flag bit 0 of its central directory entry;
+    zipfile cannot write one), which zipfile will not open without a password."""
+    data = bytearray(zipped(("people/secret.jpg", photo)))
+    flags = data.index(b"PK\x01\x02") + 8
+    data[flags] |= 0x1
+    return bytes(data)
+
+
 def _corrupt(archive: bytes) -> bytes:
     """The zip with bytes inside its first member's compressed data flipped."""
     broken = bytearray(archive)
@@ -202,6 +211,7 @@ def test_bad_archives_are_refused_with_their_reason_and_leave_nothing(
         "absolute": (zipped(("/tmp/evil.jpg", photo)), "not a relative path"),
         "backslash": (zipped(("..\\evil.jpg", photo)), "not a relative path"),
         "symlink": (zipped((_symlink(), b"/etc/passwd")), "symbolic link"),
+        "encrypted": (_encrypted(photo), "password required"),
         "twice": (zipped(("a.jpg", photo), ("a.jpg", photo)), "appears twice"),
         "bomb": (_bomb(), f"more than {MAX_EXTRACTED_BYTES:,} bytes"),
         "members": (zipped(*((f"{i}.jpg", b"") for i in range(MAX_MEMBERS + 1))), "entries"),
