@@ -19,6 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,13 +224,23 @@ def store(request: pytest.FixtureRequest) -> Iterator[str | None]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, store: str | None) -> Iterator[Server]:
-    running = start_server(tmp_path_factory.mktemp("server"), store=store)
-    yield running
-    stop_server(running)
+@contextmanager
+def served(folder: Path, *, store: str | None = None, **settings: str) -> Iterator[Server]:
+    """A server for the block (:func:`start_server`'s arguments), stopped after it; the block
+    fails if the server logged a traceback."""
+    running = start_server(folder, store=store, **settings)
+    try:
+        yield running
+    finally:
+        stop_server(running)
     errors = [line for line in running.log_tail(100_000).splitlines() if "Traceback" in line]
     assert not errors, f"the server logged tracebacks:\n{running.log_tail()}"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, store: str | None) -> Iterator[Server]:
+    with served(tmp_path_factory.mktemp("server"), store=store) as running:
+        yield running
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from PIL import Image, ImageFilter
 
 from tests.gallery.synthetic import write_export
 from tests.server.conftest import Server
+from tests.server.test_eval import small_protocol
 from visage.gallery import Gallery
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -326,9 +327,9 @@ def test_the_keys_page_creates_shows_once_and_revokes(page: object, server: Serv
     page.get_by_role("button", name="Create key").click()
     secret = page.locator("#new-secret .mono").inner_text()
     assert secret.startswith("vk_")
-    assert httpx.get(
-        server.url + "/v1/me", headers={"Authorization": f"Bearer {secret}"}
-    ).json()["scopes"] == ["identify"]
+    assert httpx.get(server.url + "/v1/me", headers={"Authorization": f"Bearer {secret}"}).json()[
+        "scopes"
+    ] == ["identify"]
     snap(page, "keys")
     key_id = secret.split(".")[0]
     page.get_by_role("button", name=f"Revoke {key_id}").click()
@@ -348,6 +349,7 @@ def test_what_the_console_offers_follows_the_keys_scopes(page: object, server: S
     sign_in(page, server, server.key(["identify"], ["nowhere"]))
     assert not page.get_by_role("link", name="Keys").is_visible()
     assert not page.get_by_role("link", name="Audit").is_visible()
+    assert not page.get_by_role("link", name="Evaluation").is_visible()
     assert page.get_by_role("button", name="Create").count() == 0
 
 
@@ -730,3 +732,42 @@ def test_the_audit_page_filters_in_the_store_and_pages_back(
     assert page.locator("main table").count() == 0
     context.close()
 
+
+ALL_FIGURES_DRAWN = """() => {
+  const images = [...document.querySelectorAll('#eval-results img')];
+  return images.length === 3 && images.every((i) => i.complete && i.naturalWidth > 0);
+}"""
+
+
+def test_the_evaluation_page_runs_a_protocol_and_shows_its_figures(
+    page: object, server: Server, faces_dir: Path, tmp_path: Path
+) -> None:
+    """12 pairs and a zip of their photos uploaded: a refusal first (not a zip) with the API's
+    reason, then the report's accuracy as the API states it and three figures drawn; on the
+    next visit the page shows that last report."""
+    pairs, archive = small_protocol(faces_dir, tmp_path)
+    not_zip = tmp_path / "photos.zip"
+    not_zip.write_bytes(b"not a zip")
+    sign_in(page, server, server.admin)
+    page.get_by_role("link", name="Evaluation").click()
+    page.get_by_role("heading", name="Evaluation").wait_for()
+    page.locator("#eval-none").wait_for()
+    page.get_by_label("Pairs file (LFW pairs, or a CSV a,b,same)").set_input_files(str(pairs))
+    photos = page.get_by_label("Photos (a zip of the folder the pairs name)")
+    photos.set_input_files(str(not_zip))
+    page.get_by_role("button", name="Run evaluation").click()
+    page.locator("#status", has_text="Evaluation refused").wait_for()
+    assert "not a zip archive" in page.locator("#status").inner_text()
+    photos.set_input_files(str(archive))
+    page.get_by_role("button", name="Run evaluation").press("Enter")  # the keyboard submits
+    page.locator("#eval-accuracy").wait_for(timeout=60_000)
+    with server.client(server.admin) as client:
+        last = client.get("/v1/eval/last").json()
+    shown = f"Accuracy {last['report']['accuracy']['mean']:.4f}"
+    assert page.locator("#eval-accuracy").inner_text().startswith(shown)
+    page.wait_for_function(ALL_FIGURES_DRAWN)
+    snap(page, "evaluation")
+    page.reload()
+    page.locator("#eval-accuracy", has_text=shown).wait_for()
+    page.wait_for_function(ALL_FIGURES_DRAWN)
+    assert not [e for e in page.csp_errors if "Content Security Policy" in e]  # type: ignore[attr-defined]

@@ -46,6 +46,9 @@ ROUTES: list[tuple[str, str, str | None]] = [
     ("GET", "/v1/keys", "admin"),
     ("POST", "/v1/keys", "admin"),
     ("DELETE", "/v1/keys/vk_000000000000", "admin"),
+    ("POST", "/v1/eval/verify", "admin"),
+    ("GET", "/v1/eval/last", "admin"),
+    ("GET", "/v1/eval/last/roc.png", "admin"),
 ]
 OPEN = {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
 OTHER_SCOPES = {
@@ -75,7 +78,8 @@ def test_the_table_covers_every_route(server: Server) -> None:
             .replace("p1", "{person}")
             .replace("/faces/1", "/faces/{template_id}")
             .replace("dlib_resnet_v1", "{model_id}")
-            .replace("vk_000000000000", "{key_id}"),
+            .replace("vk_000000000000", "{key_id}")
+            .replace("/last/roc.png", "/last/{figure}.png"),
         )
         for m, p, _ in ROUTES
     }

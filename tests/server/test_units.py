@@ -44,6 +44,7 @@ def test_settings_flag_beats_environment_beats_file_beats_default(
         ("colour = 'red'\n", "colour"),
         ("index = 'annoy'\n", "index"),
         ("port = [\n", "TOML"),
+        ("eval_scratch = '/no/such/folder'\n", "eval_scratch: .* is not a folder"),
     ],
 )
 def test_bad_settings_name_the_problem(tmp_path: Path, text: str, word: str) -> None:

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
-from ..errors import InputError, ModelError
+from ..errors import InputError
 from .app import app
 from .gallery import DbOpt
 from .options import DetectorOpt, JsonOpt, PlainTable, UpsampleOpt, console, emit_json
@@ -18,7 +19,6 @@ from .options import table as new_table
 from .progress import progress_bar
 
 if TYPE_CHECKING:  # the eval code (numpy, matplotlib) is imported where used: a fast --help
-    from ..decision import Calibration
     from ..eval import metrics
     from ..eval.protocols import Embedded, MissingFace
     from ..eval.results import (
@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # the eval code (numpy, matplotlib) is imported where used: a
         IdentificationResult,
         VerificationResult,
     )
+    from ..pipeline import Pipeline
 
 eval_app = typer.Typer(
     help="Measure error rates on labelled photos: verification pairs or identification.",
@@ -69,6 +70,18 @@ NoFaceOpt = Annotated[
 TtaOpt = Annotated[bool, typer.Option(help="Average with the mirrored chip.")]
 
 
+@contextmanager
+def _embedding(
+    total: int, *, detector: str, upsample: int, tta: bool, quiet: bool
+) -> Iterator[tuple[Pipeline, Callable[[], None]]]:
+    """The pipeline for the options and a progress bar over ``total`` photos."""
+    from ..api import pipeline as get_pipeline
+
+    pipe = get_pipeline(detector, upsample, tta)
+    with progress_bar("embedding", total=total, enabled=not quiet) as advance:
+        yield pipe, advance
+
+
 def _embed(
     paths: Iterable[Path],
     *,
@@ -78,24 +91,14 @@ def _embed(
     missing_face: MissingFace,
     quiet: bool,
 ) -> Embedded:
-    from ..api import pipeline as get_pipeline
     from ..eval.protocols import embed_photos
 
     unique = list(dict.fromkeys(paths))
-    pipe = get_pipeline(detector, upsample, tta)
-    with progress_bar("embedding", total=len(unique), enabled=not quiet) as advance:
+    with _embedding(len(unique), detector=detector, upsample=upsample, tta=tta, quiet=quiet) as (
+        pipe,
+        advance,
+    ):
         return embed_photos(unique, pipe, missing_face=missing_face, progress=advance)
-
-
-def _shipped(model_id: str) -> Calibration | None:
-    """The calibration Visage ships for ``model_id``, so that every evaluation shows how the
-    default threshold fares on the user's data; ``None`` for a model without one (TTA)."""
-    from ..decision import default_calibration
-
-    try:
-        return default_calibration(model_id)
-    except ModelError:
-        return None
 
 
 def _write(
@@ -266,27 +269,24 @@ def verify(
 ) -> None:
     """1:1 verification on a pairs protocol: k-fold accuracy, ROC AUC, EER, TAR at FMR."""
     from ..decision import load_calibration
-    from ..eval.protocols import MissingFace, read_groups, read_pairs, score_pairs
-    from ..eval.results import evaluate_verification
+    from ..eval.protocols import MissingFace, pair_photos, read_groups, read_pairs
+    from ..eval.results import verify_pairs
 
     pairs = read_pairs(pairs_file, root if root is not None else pairs_file.parent)
     group_table = read_groups(groups) if groups is not None else None
     saved = load_calibration(calibration) if calibration is not None else None
-    embedded = _embed(
-        [path for p in pairs for path in (p.a, p.b)],
-        detector=detector,
-        upsample=upsample,
-        tta=tta,
-        missing_face=MissingFace(no_face),
-        quiet=json_out,
-    )
-    result = evaluate_verification(
-        score_pairs(pairs, embedded),
-        embedded,
-        protocol=pairs_file.name,
-        groups=group_table,
-        calibration=saved or _shipped(embedded.model_id),
-    )
+    with _embedding(
+        len(pair_photos(pairs)), detector=detector, upsample=upsample, tta=tta, quiet=json_out
+    ) as (pipe, advance):
+        result = verify_pairs(
+            pairs,
+            pipe,
+            protocol=pairs_file.name,
+            groups=group_table,
+            calibration=saved,
+            missing_face=MissingFace(no_face),
+            progress=advance,
+        )
     _finish(result, report=report, plots_dir=plots_dir, json_out=json_out)
 
 
@@ -329,7 +329,7 @@ def identify(
         read_identification_list,
         score_identification,
     )
-    from ..eval.results import evaluate_identification
+    from ..eval.results import evaluate_identification, shipped_calibration
 
     enrol = read_identification_list(gallery, root)
     search = read_identification_list(probes, root)
@@ -347,7 +347,7 @@ def identify(
         score_identification(enrol, search, embedded),
         embedded,
         groups=group_table,
-        calibration=saved or _shipped(embedded.model_id),
+        calibration=saved or shipped_calibration(embedded.model_id),
         target_fpir=target_fpir,
     )
     _finish(result, report=report, plots_dir=plots_dir, json_out=json_out)

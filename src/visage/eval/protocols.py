@@ -81,8 +81,14 @@ def _lines(path: Path) -> list[str]:
         raise InputError(f"cannot read {path}: {exc}") from exc
 
 
+def _is_count(text: str) -> bool:
+    """Whether ``text`` is a count ``int()`` reads: ASCII digits, at most 9 (``isdigit()``
+    alone passes '²', and ``int()`` refuses over 4300 digits)."""
+    return text.isascii() and text.isdigit() and len(text) <= 9
+
+
 def _lfw_photo(root: Path, name: str, number: str, where: str) -> Path:
-    if not number.isdigit():
+    if not _is_count(number):
         raise InputError(f"{where}: photo number {number!r} is not a number")
     return root / name / f"{name}_{int(number):04d}.jpg"
 
@@ -93,7 +99,7 @@ def read_lfw_pairs(path: Path, root: Path) -> list[Pair]:
     if not lines:
         raise InputError(f"{path}: empty pairs file")
     head = lines[0].split()
-    if len(head) != 2 or not all(h.isdigit() for h in head):
+    if len(head) != 2 or not all(_is_count(h) for h in head):
         raise InputError(f"{path}:1: expected 'folds<TAB>pairs', got {lines[0]!r}")
     folds, per_side = int(head[0]), int(head[1])
     if len(lines) - 1 != folds * 2 * per_side:
@@ -148,6 +154,11 @@ def read_pairs(path: Path, root: Path) -> list[Pair]:
     if not any(p.same for p in pairs) or all(p.same for p in pairs):
         raise InputError(f"{path}: needs both same-person and different-person pairs")
     return pairs
+
+
+def pair_photos(pairs: Iterable[Pair]) -> list[Path]:
+    """The distinct photos ``pairs`` name, in first-named order: what an evaluation embeds."""
+    return list(dict.fromkeys(path for p in pairs for path in (p.a, p.b)))
 
 
 def all_pairs(pairs: Sequence[Pair]) -> list[Pair]:

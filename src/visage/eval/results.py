@@ -9,17 +9,33 @@ from __future__ import annotations
 
 import math
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
 
-from ..decision import Calibration, OpenSetPoint, default_open_set, identify_point
+from ..decision import (
+    Calibration,
+    OpenSetPoint,
+    default_calibration,
+    default_open_set,
+    identify_point,
+)
 from ..errors import InputError, ModelError
+from ..pipeline import Pipeline
 from . import metrics
-from .protocols import Embedded, IdentificationScores, Pair, VerificationScores
+from .protocols import (
+    Embedded,
+    IdentificationScores,
+    MissingFace,
+    Pair,
+    VerificationScores,
+    embed_photos,
+    pair_photos,
+    score_pairs,
+)
 
 MAX_MISSES = 200
 """Wrong pairs listed by name in a report (the worst first); the rest are counted."""
@@ -278,6 +294,39 @@ def evaluate_verification(
         groups=group_results,
         calibration=check,
         misses=misses(scores, threshold),
+    )
+
+
+def shipped_calibration(model_id: str) -> Calibration | None:
+    """The calibration Visage ships for ``model_id``, so that every evaluation shows how the
+    default threshold fares on the user's data; ``None`` for a model without one (TTA)."""
+    try:
+        return default_calibration(model_id)
+    except ModelError:
+        return None
+
+
+def verify_pairs(
+    pairs: Sequence[Pair],
+    pipeline: Pipeline,
+    *,
+    protocol: str,
+    groups: Mapping[str, str] | None = None,
+    calibration: Calibration | None = None,
+    missing_face: MissingFace = MissingFace.COUNT,
+    progress: Callable[[], None] | None = None,
+) -> VerificationResult:
+    """Embed the photos ``pairs`` name and evaluate them, checking ``calibration`` (default: the
+    shipped one) on them: the one run behind ``visage eval verify`` and ``POST /v1/eval/verify``."""
+    embedded = embed_photos(
+        pair_photos(pairs), pipeline, missing_face=missing_face, progress=progress
+    )
+    return evaluate_verification(
+        score_pairs(pairs, embedded),
+        embedded,
+        protocol=protocol,
+        groups=groups,
+        calibration=calibration or shipped_calibration(embedded.model_id),
     )
 
 

@@ -87,12 +87,18 @@ async def _form(
     return texts, files
 
 
-def _one(files: dict[str, list[Upload]], field: str, *, required: bool = True) -> Upload | None:
+def _one(
+    files: dict[str, list[Upload]],
+    field: str,
+    *,
+    required: bool = True,
+    what: str = "a photo file",
+) -> Upload | None:
     found = files.get(field, [])
     if len(found) > 1:
         raise InputError(f"send one file in the multipart field {field!r}, not {len(found)}")
     if not found and required:
-        raise InputError(f"the multipart field {field!r} (a photo file) is required")
+        raise InputError(f"the multipart field {field!r} ({what}) is required")
     return found[0] if found else None
 
 
@@ -168,6 +174,28 @@ async def _batch(request: Request, model: type[Model]) -> PhotoBatch | Model:
         texts, files = await _form(request, limit)
         return PhotoBatch(files.get("photos", []), texts.get("person", []))
     raise UnsupportedMediaType(media, _accepted(False, True, True))
+
+
+@dataclass(frozen=True)
+class EvalUpload:
+    """An evaluation's two files: the pairs protocol and a zip of the photos it names."""
+
+    pairs: Upload
+    photos: Upload
+
+
+async def eval_upload(request: Request) -> EvalUpload:
+    """The multipart file fields ``pairs`` and ``photos`` (nothing else is accepted)."""
+    media = media_type(request)
+    if media != MULTIPART:
+        raise UnsupportedMediaType(media, [MULTIPART])
+    _, files = await _form(request, 2)
+    pairs = _one(files, "pairs", what="the pairs file: LFW pairs or a CSV 'a,b,same'")
+    photos = _one(files, "photos", what="a zip of the photos the pairs name")
+    assert pairs is not None and photos is not None, "_one returns a file when it is required"
+    if not pairs.data or not photos.data:
+        raise InputError("the pairs file and the photos archive must not be empty")
+    return EvalUpload(pairs, photos)
 
 
 # ---------------------------------------------------------------- OpenAPI request bodies
@@ -251,4 +279,10 @@ BULK_BODY = request_body(
     json=BulkIn,
     description="Photos with a `person` field each (or one for all), or embeddings as JSON "
     "items (enrolled in one transaction, all or none).",
+)
+EVAL_BODY = request_body(
+    multipart={"pairs": _binary(), "photos": _binary()},
+    required_fields=["pairs", "photos"],
+    description="The pairs file (`pairs`: LFW View-2, or a CSV `a,b,same` when its name ends in "
+    "`.csv`) and a zip of the photos it names (`photos`), paths relative to the zip's root.",
 )

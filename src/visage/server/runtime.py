@@ -10,12 +10,13 @@ one detection and a 422, not a hundred embeddings.
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 
 import numpy as np
 
 from ..errors import TooManyFaces
-from ..models.base import Detection, Detector, Image
-from ..pipeline import Face, Pipeline
+from ..models.base import Box, Detection, Detector, Image
+from ..pipeline import Face, ImageResult, Pipeline, Prepared
 
 
 class _LimitedDetector:
@@ -40,7 +41,8 @@ class _LimitedDetector:
 
 
 class ServicePipeline(Pipeline):
-    """A :class:`Pipeline` whose ``detect``/``embed`` run one at a time, on ``max_faces``."""
+    """A :class:`Pipeline` whose ``detect``/``embed`` (and the batch steps an evaluation runs:
+    ``prepare``, ``finish``, ``embed_boxes``) run one at a time, on ``max_faces``."""
 
     def __init__(
         self, *, detector: str, runtime: str, upsample: int, max_pixels: int, max_faces: int
@@ -58,6 +60,18 @@ class ServicePipeline(Pipeline):
     def embed(self, image: Image) -> list[Face]:
         with self._lock:
             return super().embed(image)
+
+    def prepare(self, src: str) -> Prepared | ImageResult:
+        with self._lock:
+            return super().prepare(src)
+
+    def finish(self, items: Sequence[Prepared | ImageResult]) -> list[ImageResult]:
+        with self._lock:
+            return super().finish(items)
+
+    def embed_boxes(self, image: Image, boxes: Sequence[Box]) -> list[Face]:
+        with self._lock:
+            return super().embed_boxes(image, boxes)
 
     def warm(self) -> None:
         """Load every model now (readiness means the first request pays no loading time)."""

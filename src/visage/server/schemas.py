@@ -682,3 +682,15 @@ class NewKeyOut(BaseModel):
 
     key: KeyOut
     token: str
+
+
+class EvalReportOut(BaseModel):
+    """An evaluation's report: ``report`` is what ``visage eval verify --json`` prints
+    (accuracy over folds, ROC AUC, EER, TAR at each target FMR, the shipped calibration on
+    this data, the pairs decided wrongly); ``figures`` are the PNGs' URLs."""
+
+    created_at: datetime
+    actor: str = Field(description="The key id that ran it")
+    audit_seq: int = Field(description="The audit event the run wrote (`eval.verify`)")
+    figures: dict[str, str] = Field(description="Figure name to the URL of its PNG")
+    report: dict[str, Any]

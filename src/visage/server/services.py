@@ -3,10 +3,11 @@ opened in the lifespan, never at import, and closed when the server stops."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..gallery import Gallery
 from .auth import FailureLimit, RateLimiter, SecurityLog
+from .evaluation import LastReport
 from .events import EventLog
 from .keys_store import KeyStore
 from .metrics import Metrics
@@ -30,6 +31,8 @@ class Services:
     metrics: Metrics
     security: SecurityLog
     failures: FailureLimit
+    evaluations: LastReport = field(default_factory=LastReport)
+    """The last ``POST /v1/eval/verify`` report (this process's; photos are never kept)."""
 
     def close(self) -> None:
         """Save index snapshots and release the database connections."""

@@ -122,6 +122,11 @@ class Settings(BaseSettings):
         "minute, before its requests are refused with 429 ahead of any key lookup (tokens "
         "already served to the address still are); 0: unlimited.",
     )
+    eval_scratch: Path | None = Field(
+        None,
+        description="Folder where POST /v1/eval/verify extracts an uploaded photos archive "
+        "(default: the system's temporary folder); each run's subfolder is removed when it ends.",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @classmethod
@@ -150,6 +155,14 @@ class Settings(BaseSettings):
         """Accept exactly the detector names the pipeline and the CLI accept."""
         if value not in DETECTORS:
             raise ValueError(f"unknown detector {value!r}; choose one of {', '.join(DETECTORS)}")
+        return value
+
+    @field_validator("eval_scratch")
+    @classmethod
+    def _existing_folder(cls, value: Path | None) -> Path | None:
+        """A missing scratch folder is said at start-up, not as the first evaluation's 500."""
+        if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
         return value
 
     def environment(self) -> dict[str, str]:

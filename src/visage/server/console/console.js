@@ -496,6 +496,78 @@ async function keysPage(secret) {
       el("button", { type: "submit", text: "Create key" })));
 }
 
+// ------------------------------------------------------------------ evaluation
+// `visage eval verify` run by the server on an uploaded pairs file and zip of photos
+// (POST /v1/eval/verify), and the last report (GET /v1/eval/last) with its PNG figures.
+
+const EVAL_FIGURES = {
+  roc: "ROC: true match rate against false match rate",
+  det: "DET: false non-match rate against false match rate",
+  scores: "Distances of same-person and different-person pairs, and the threshold",
+};
+
+function evalRate(value) { return value === null || value === undefined ? "—" : Number(value).toFixed(4); }
+
+// A figure fetched with the key (an <img src> could not send it), shown from a blob: URL.
+async function evalFigure(name, url) {
+  const response = await fetch(new URL(url, location.origin), { headers: { Authorization: "Bearer " + state.key }, credentials: "omit" });
+  if (!response.ok) throw new ApiError(response.status, await response.json().catch(() => ({})));
+  const src = URL.createObjectURL(await response.blob());
+  const img = el("img", { src, alt: EVAL_FIGURES[name] || name, "data-figure": name });
+  img.addEventListener("load", () => URL.revokeObjectURL(src), { once: true });
+  return el("figure", {}, img, el("figcaption", { text: EVAL_FIGURES[name] || name }));
+}
+
+async function evalReport(out) {
+  const r = out.report;
+  const points = r.at_fmr.map((p) => el("tr", {},
+    el("td", { text: p.target }), el("td", { text: evalRate(p.threshold) }), el("td", { text: evalRate(p.fmr) }),
+    el("td", { text: evalRate(p.tar) }), el("td", { text: p.n_impostor }), el("td", { text: p.supported ? "yes" : "no (too few pairs)" })));
+  const check = r.calibration;
+  const figures = await Promise.all(Object.entries(out.figures).map(([name, url]) => evalFigure(name, url)));
+  return [
+    el("p", { class: "muted", text: "Protocol " + r.protocol + " · model " + r.model_id + " · run " + when(out.created_at) + " by " + out.actor + " · audit event " + out.audit_seq }),
+    el("p", { class: "verdict", id: "eval-accuracy", text: "Accuracy " + evalRate(r.accuracy.mean) + " ± " + evalRate(r.accuracy.std) + " over " + r.accuracy.folds.length + " folds" }),
+    table(["Same-person pairs", "Different-person pairs", "ROC AUC", "EER", "EER threshold", "Photos", "No face found"], [el("tr", {},
+      el("td", { text: r.n_genuine }), el("td", { text: r.n_impostor }), el("td", { text: evalRate(r.auc) }), el("td", { text: evalRate(r.eer) }),
+      el("td", { text: evalRate(r.eer_threshold) }), el("td", { text: r.acquisition.photos }), el("td", { text: r.acquisition.no_face }))]),
+    table(["Target FMR", "Threshold", "FMR", "True match rate", "Different-person pairs", "Supported"], points),
+    check ? el("p", { id: "eval-calibration", text: "Shipped calibration " + check.describe + ": FMR " + evalRate(check.fmr) + ", FNMR " + evalRate(check.fnmr) + ", accuracy " + evalRate(check.accuracy) + " on this data" }) : "",
+    el("p", { class: "muted", text: r.n_misses + " pairs decided wrongly at " + evalRate(r.group_threshold) + " (" + r.group_threshold_source + ")" }),
+    el("div", { class: "figures" }, figures),
+  ];
+}
+
+async function evaluationPage() {
+  const pairs = el("input", { type: "file", id: "eval-pairs", accept: ".txt,.csv,text/plain,text/csv", required: true });
+  const photos = el("input", { type: "file", id: "eval-photos", accept: ".zip,application/zip", required: true });
+  const run = el("button", { type: "submit", text: "Run evaluation" });
+  const results = el("div", { id: "eval-results" });
+  const form = el("form", { "aria-label": "Run an evaluation", onsubmit: async (e) => {
+    e.preventDefault();
+    const body = new FormData();
+    body.append("pairs", pairs.files[0]); body.append("photos", photos.files[0]);
+    run.disabled = true;
+    say("Running: every photo the pairs name is embedded (about 40 ms each)…");
+    try {
+      results.replaceChildren(...await evalReport(await api("POST", "/v1/eval/verify", { form: body })));
+      say("");
+    } catch (err) {
+      if (!(err instanceof ApiError)) throw err;
+      say("Evaluation refused: " + err.message);
+    } finally { run.disabled = false; }
+  } }, field("Pairs file (LFW pairs, or a CSV a,b,same)", pairs), field("Photos (a zip of the folder the pairs name)", photos), run);
+  let last;
+  try { last = await evalReport(await api("GET", "/v1/eval/last")); } catch (err) {
+    if (!(err instanceof ApiError) || err.status !== 404) throw err;
+    last = [el("p", { class: "muted", id: "eval-none", text: "No evaluation has run on this server process yet." })];
+  }
+  results.replaceChildren(...last);
+  show(el("h1", { text: "Evaluation" }),
+    el("p", { class: "muted", text: "Runs visage eval verify on the server: accuracy over the protocol's folds, ROC AUC, EER, the true match rate at each target FMR, and how the shipped threshold does on your photos. The photos are deleted when the run ends; only the last report is kept, in the server's memory." }),
+    form, el("h2", { text: "Last report" }), results);
+}
+
 // ------------------------------------------------------------------ routing
 
 // Renders run one after another, in the order asked: a slow page's answer can never land
@@ -525,6 +597,7 @@ async function render() {
     else if (parts[0] === "verify") verifyPage();
     else if (parts[0] === "audit") await auditPage();
     else if (parts[0] === "keys") await keysPage();
+    else if (parts[0] === "eval") await evaluationPage();
     else await collectionsPage();
     document.getElementById("main").focus();
   } catch (err) { say(err.message); }

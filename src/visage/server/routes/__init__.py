@@ -10,6 +10,7 @@ from . import (
     console,
     detect,
     edge,
+    evaluation,
     faces,
     group,
     keys,
@@ -30,6 +31,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     faces.router,
     audit.router,
     edge.router,
+    evaluation.router,
     keys.router,
     console.router,
 )
