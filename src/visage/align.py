@@ -98,7 +98,7 @@ def _sample(image: Image, place: ChipPlacement) -> Image:
     """Bilinear sampling of the placement's grid; outside points are black, values truncated.
 
     dlib's arithmetic (float64, same operation order), one colour plane at a time on
-    preallocated buffers: 1.3 ms a chip against 3.6 ms for a broadcast over (150, 150, 3),
+    preallocated buffers: 1.06 ms a chip against 2.70 ms for a broadcast over (150, 150, 3),
     whose 3-long inner loops and fresh 0.5 MB temporaries cost more than the sums.
     """
     n = place.size
