@@ -55,3 +55,17 @@ def test_face_at_border_gets_black_outside() -> None:
     chip = align.align(img, marks)
     assert chip.shape == (150, 150, 3)
     assert (chip == 0).all(axis=2).any() and (chip == 200).all(axis=2).any()
+
+
+def test_face_cut_by_the_border_matches_dlib(people_photos: list[Path]) -> None:
+    """A face whose chip reaches past the left and top edges: inside pixels and the black
+    outside are dlib's, byte for byte (the sampler clamps its reads there)."""
+    img = dlib.load_rgb_image(str(people_photos[0]))
+    det = HogDetector().detect(img)[0]
+    left, top = det.landmark_rect[0] + 10, det.landmark_rect[1] + 10
+    cut = np.ascontiguousarray(img[top:, left:])
+    shape = DlibLandmarker(5).raw(cut, (0, 0, det.landmark_rect[2] - left, det.landmark_rect[3] - top))
+    marks = np.array([(p.x, p.y) for p in shape.parts()], np.float32)
+    ours, theirs = align.align(cut, marks), np.asarray(dlib.get_face_chip(cut, shape, 150, 0.25))
+    assert (ours == 0).all(axis=2).sum() > 1000
+    assert np.array_equal(ours, theirs)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageOps
 
 from visage.errors import ExtremeAspect, ImageTooLarge, InvalidImage
 from visage.imageio import MAX_ASPECT, decode, load_image, media_type, shrink
@@ -60,6 +60,16 @@ def test_exif_orientation_applied() -> None:
     arr = decode(encode(im, "JPEG", exif=exif.tobytes(), quality=95))
     assert arr.shape == (40, 20, 3)
     assert arr[:5].mean() > 200 and arr[-5:].mean() < 50  # stripe now on top
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_every_exif_orientation_as_pillow_transposes_it(orientation: int) -> None:
+    """decode transposes in place; the pixels are those of Pillow's copying transpose."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(gradient(), "PNG", exif=exif.tobytes())
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    assert np.array_equal(decode(data), np.asarray(expected.convert("RGB")))
 
 
 @pytest.mark.parametrize(

@@ -131,7 +131,10 @@ def load_image(src: Source, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageArr
 def decode(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, source: str | None = None) -> ImageArray:
     """Decode encoded image bytes; see :func:`load_image`."""
     with strict_image(data, max_pixels=max_pixels, source=source) as im:
-        return _to_rgb(ImageOps.exif_transpose(im) or im)
+        # In place: otherwise Pillow copies every photo that has no orientation to undo
+        # (0.17 ms of a 250x250 photo's 0.9 ms decode; 36 MB for a 12 MP one).
+        ImageOps.exif_transpose(im, in_place=True)
+        return _to_rgb(im)
 
 
 @contextmanager
