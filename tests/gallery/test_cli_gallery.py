@@ -157,6 +157,32 @@ def test_audit_show_filters_by_collection_and_action(enrolled: str, tmp_path: Pa
     }
 
 
+def test_audit_show_filters_by_actor_and_time(enrolled: str, tmp_path: Path) -> None:
+    """``audit show`` takes the API's actor and since/until filters: a second enrollment by
+    another actor is all that ``--actor`` lists, and a window starting between the two runs
+    holds only the second's events; a date that is not one exits 1 with a message."""
+    code, out, _ = run("audit", "show", "-n", "500", "--db", enrolled, "--json")
+    first = json.loads(out)
+    code, _, err = run("enroll", str(tmp_path / "enroll"), "--basis", "consent", "--granted-by",
+                       "tests", "-c", "later", "--face", "center", "--db", enrolled,
+                       "--actor", "cli:auditor", "--json")  # fmt: skip
+    assert code == 0, err
+    code, out, _ = run("audit", "show", "-n", "500", "--actor", "cli:auditor", "--db", enrolled,
+                       "--json")  # fmt: skip
+    mine = json.loads(out)
+    assert mine and {e["actor"] for e in mine} == {"cli:auditor"}
+    assert {e["actor"] for e in first} and "cli:auditor" not in {e["actor"] for e in first}
+    code, out, _ = run("audit", "show", "-n", "500", "--since", first[-1]["at"], "--db", enrolled,
+                       "--json")  # fmt: skip
+    window = json.loads(out)
+    assert window[0]["seq"] == first[-1]["seq"] and len(window) == len(mine) + 1
+    code, out, _ = run("audit", "show", "-n", "500", "--until", first[-1]["at"], "--db", enrolled,
+                       "--json")  # fmt: skip
+    assert [e["seq"] for e in json.loads(out)] == [e["seq"] for e in first[:-1]]
+    code, _, err = run("audit", "show", "--since", "yesterday", "--db", enrolled)
+    assert code == 1 and "not an ISO date or datetime" in err
+
+
 def test_export_import(enrolled: str, tmp_path: Path) -> None:
     dump = tmp_path / "demo.jsonl"
     code, out, _ = run("export", "-c", "demo", "--out", str(dump), "--db", enrolled, "--json")

@@ -545,13 +545,21 @@ def audit_show(
         "--collection", "-c", help="Only this collection's events.")] = None,
     action: Annotated[str | None, typer.Option(
         help="Only this action's events (e.g. enroll, identify, person.delete, enroll.refused).")] = None,
+    actor: Annotated[str | None, typer.Option(help="Only this actor's events (a key id).")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only events at or after this ISO date or datetime (naive: UTC).")] = None,
+    until: Annotated[str | None, typer.Option(
+        help="Only events before this ISO date or datetime (naive: UTC).")] = None,
     db: DbOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """The newest audit events (of one collection or action), oldest first, as the API's
-    ``GET /v1/audit?collection=…&action=…`` filters them."""
+    """The newest audit events (of one collection, action, actor or time window), oldest first,
+    as the API's ``GET /v1/audit?collection=…&action=…&actor=…&since=…&until=…`` filters them."""
     with _open(db, None, read=True) as g:
-        events = g.last_audit_events(limit, collection=collection, action=action)
+        events = g.audit_events(
+            collection=collection, action=action, actor=actor, since=_when(since),
+            until=_when(until), limit=limit, newest_first=True,
+        )[::-1]  # fmt: skip
     if json_out:
         emit_json([e.__dict__ for e in events])
         return
