@@ -10,7 +10,9 @@ float32 vectors with the L2 metric (Milvus reports squared L2; :meth:`MilvusInde
 returns its square root, the gallery's distance). The store stays the truth: the collection
 version an index matches is kept in Milvus (collection ``visage_versions``), so every server
 sees the same one, and a collection whose version is not the store's is rebuilt from the store
-by a writer (``visage resync``) rather than trusted.
+by a writer (``visage resync``) rather than trusted. With the version the writer records a
+Milvus timestamp no earlier than any write up to it; searches wait for that timestamp only, not
+for a Milvus server's next time tick as a Strong read does (see docs/gallery.md).
 
 Erasure: a Milvus delete only writes a tombstone; the vectors stay in the segment files until a
 compaction rewrites them, which Milvus Lite 3.2 never does for a segment alone (its
