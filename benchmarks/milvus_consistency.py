@@ -3,17 +3,19 @@ on a Milvus *standalone* server (``--index milvus:<uri>``).
 
     mkdir -p /tmp/mvs && /tmp/mvenv/bin/milvus-server --data /tmp/mvs --proxy-port 19600 &
     PYTHONPATH=src .venv/bin/python benchmarks/milvus_consistency.py \
-        --uri http://127.0.0.1:19600 [--rounds 200] [--company 1000] [--queries 200]
+        --uri http://127.0.0.1:19600 [--rounds 200] [--company 1000] [--queries 200] \
+        [--erase-every 50] [--control 50]
 
 (``/tmp/mvenv``: ``pip install milvus==2.3.5``, see docs/gallery.md.) Two processes, two
 :class:`~visage.gallery.Gallery` objects on one SQLite store file and the one Milvus: each round,
 process A adds a consented person and enrolls one template, then process B identifies that
-template at once and must name that person (a miss is a wrong answer). Then B identifies
-``--queries`` enrolled templates with no write between them. Every ``--erase-every`` rounds A
-deletes the oldest round's person (a Milvus partition rewrite) and B must no longer find it but
-still find a company member. Prints the misses and the p50/p99
-of B's identify calls, both right after a write and steady. It drops every ``visage_*``
-collection on that Milvus first (one Milvus serves one store): point it at a scratch server.
+template at once and must name that person (a miss is a wrong answer). Every ``--erase-every``
+rounds A deletes the oldest round's person (a Milvus partition rewrite) and B must no longer
+find it but still find a company member. Then B identifies ``--queries`` enrolled templates
+with no write between them. Prints the misses and the p50/p99 of B's identify calls, right
+after a write and steady; last a control on :class:`MilvusIndex` alone (``--control 0`` on code
+without the version row's timestamp). It drops every ``visage_*`` collection on that Milvus
+first (one Milvus serves one store): point it at a scratch server.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import tempfile
 import time
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -31,7 +34,7 @@ from machine import cpu_line
 
 from visage.decision import Calibration, normalize
 from visage.gallery import EmbeddingItem, Gallery
-from visage.gallery.milvus import milvus_client
+from visage.gallery.milvus import MilvusIndex, milvus_client
 
 MODEL = "synthetic-128"
 CALIBRATION = Calibration(
@@ -39,6 +42,7 @@ CALIBRATION = Calibration(
     created="2026-12-04", n_genuine=0, n_impostor=0,
 )  # fmt: skip
 COLLECTION = "consistency"
+CONTROL_ID = 999_999  # the control's Milvus collection, beside the store's
 
 
 def _vectors(n: int, seed: int) -> npt.NDArray[np.float32]:
@@ -68,12 +72,37 @@ def _ms(seconds: list[float]) -> str:
     return f"p50 {p50:.1f} ms, p99 {p99:.1f} ms ({len(seconds)} calls)"
 
 
+def _control(client: Any, uri: str, rounds: int) -> tuple[int, int]:
+    """How often a search right after :meth:`MilvusIndex.add` misses the added vector at the
+    version row's timestamp from before the add, and at the one recorded with it (which a
+    reader uses): what the recorded timestamp buys over a stale one."""
+    index = MilvusIndex(client, uri, CONTROL_ID, 128)
+    vectors = _vectors(rounds + 1, seed=4)
+    index.rebuild(np.arange(1), vectors[:1], 1, large=False)
+    misses = {"stale": 0, "recorded": 0}
+    for r in range(1, rounds + 1):
+        index.version()
+        before = index._read.ts if index._read else None
+        index.add(np.asarray([r]), vectors[r : r + 1])
+        index.set_version(r + 1)
+        after = index._read.ts if index._read else None
+        for ts, which in ((before, "stale"), (after, "recorded")):
+            hits = client.search(
+                index.name, data=[vectors[r]], limit=1, anns_field="v",
+                consistency_level="Customized", guarantee_timestamp=ts,
+            )  # fmt: skip
+            misses[which] += not hits[0] or int(hits[0][0]["id"]) != r
+    index.drop()
+    return misses["stale"], misses["recorded"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--uri", default="http://127.0.0.1:19600")
     parser.add_argument("--rounds", type=int, default=200)
     parser.add_argument("--company", type=int, default=1000, help="persons enrolled first")
     parser.add_argument("--queries", type=int, default=200)
+    parser.add_argument("--control", type=int, default=50, help="control adds (0: none)")
     parser.add_argument("--erase-every", type=int, default=50, help="rounds between erasures")
     args = parser.parse_args()
     client = milvus_client(args.uri)
@@ -130,6 +159,10 @@ def main() -> None:
           f"{args.company} company: {misses} misses")  # fmt: skip
     print(f"identify right after another process's enroll: {_ms(after_write)}")
     print(f"identify, no write between: {_ms(steady)}")
+    if args.control:
+        stale, recorded = _control(client, args.uri, args.control)
+        print(f"control, {args.control} adds searched at once: missed at the previous version "
+              f"row's timestamp {stale}, at the recorded one {recorded}")  # fmt: skip
     print(f"{cpu_line()}; loadavg {Path('/proc/loadavg').read_text().strip()}")
 
 
