@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from tests.conftest import MilvusServer
@@ -167,3 +168,36 @@ def test_an_erasure_waits_for_another_servers_rebuild_that_read_the_vector(
     assert folder_holders(milvus_server.data, survivors), "control: the rebuild's other rows"
     best = gallery.identify("race", centre).best
     assert best is None or best.person_id != victim
+
+
+def test_the_version_row_keeps_a_timestamp_that_covers_every_write(
+    milvus_server: MilvusServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The timestamp recorded with a version is this process's last write where it wrote, else
+    the row's previous one (another server's write came before); searches wait for it, and a
+    row without one (an older deployment, or Milvus Lite, which reports 0) keeps Strong. Milvus
+    Lite reports no write timestamps, so the test hands each index its own."""
+    stamps: dict[MilvusIndex, int] = {}  # each "process's" last write timestamp
+    monkeypatch.setattr(MilvusIndex, "_written_ts", lambda self: stamps.get(self, 0))
+    index = MilvusIndex(milvus_client(milvus_server.uri), milvus_server.uri, 777, 128)
+    other = MilvusIndex(milvus_client(milvus_server.uri), milvus_server.uri, 777, 128)
+    stamps[other] = 500  # its own last write, long before
+    vectors = unit_vectors(3, seed=5)
+    index.rebuild(np.asarray([1], np.int64), vectors[:1], 1, large=False)
+    assert index._consistency() == {"consistency_level": "Strong"}  # no write timestamp: Strong
+    assert index.version() == 1
+    stamps[index] = 1000  # this process writes version 2
+    index.add(np.asarray([2], np.int64), vectors[1:2])
+    index.set_version(2)
+    assert index._consistency() == {"consistency_level": "Customized", "guarantee_timestamp": 1000}
+    assert other.version() == 2 and other._consistency()["guarantee_timestamp"] == 1000
+    other.set_version(3)  # a version with no write keeps the row's timestamp, not its own 500
+    assert index.version() == 3 and index._consistency()["guarantee_timestamp"] == 1000
+    client = index._client
+    monkeypatch.setattr(client, "query", lambda *a, **k: pytest.fail("read the version row"))
+    assert index.version(3) == 3  # the store did not move: the last read answers
+    monkeypatch.undo()
+    _, found = index.search(vectors[1:2], 1)
+    assert found[0][0] == 2
+    index.drop()
+    assert index.version(3) is None  # a lost collection is seen without reading the row

@@ -195,11 +195,12 @@ class IndexCache:
         read; those it lacks were deleted since), and a rebuilt index is not saved as a
         snapshot file (only a writer may, see :meth:`save_snapshot`). A Milvus index behind
         the store also serves a reader (it lacks templates a writer is adding right now); a
-        writer rebuilds it from the store.
+        writer rebuilds it from the store. A reader reads Milvus's version again only where the
+        store's moved or the Milvus collection is another since (see :meth:`MilvusIndex.version`).
         """
         shared = self._shared_index(coll.id, coll.dim)
         if shared is not None:
-            at = shared.version()
+            at = shared.version(coll.version if reading else None)  # a writer reads Strong
             if at == coll.version or (reading and at is not None):
                 return shared
             self._rebuild_shared(session, coll, shared, reading=reading)

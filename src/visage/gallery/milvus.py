@@ -10,7 +10,9 @@ float32 vectors with the L2 metric (Milvus reports squared L2; :meth:`MilvusInde
 returns its square root, the gallery's distance). The store stays the truth: the collection
 version an index matches is kept in Milvus (collection ``visage_versions``), so every server
 sees the same one, and a collection whose version is not the store's is rebuilt from the store
-by a writer (``visage resync``) rather than trusted.
+by a writer (``visage resync``) rather than trusted. With the version the writer records a
+Milvus timestamp no earlier than any write up to it; searches wait for that timestamp only, not
+for a Milvus server's next time tick as a Strong read does (see docs/gallery.md).
 
 Erasure: a Milvus delete only writes a tombstone; the vectors stay in the segment files until a
 compaction rewrites them, which Milvus Lite 3.2 never does for a segment alone (its
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -43,6 +45,16 @@ NPROBE = 32
 """IVF lists a search scans in each segment (of nlist=1024)."""
 
 _VERSIONS = "visage_versions"
+
+
+class _Read(NamedTuple):
+    """A version row as last read: the Milvus collection's id (a rebuild makes a new one), the
+    store version it matches, and the timestamp that covers its writes (``None``: a row written
+    before timestamps were kept, so searches read Strong)."""
+
+    collection: int
+    version: int
+    ts: int | None
 
 
 def milvus_client(uri: str) -> Any:
@@ -79,6 +91,8 @@ class MilvusIndex:
         self.name = f"visage_c{coll_id}"
         self._nprobe = NPROBE
         self._lite: bool | None = None  # whether the server is Milvus Lite, asked once
+        self._read: _Read | None = None  # the version row, as this index last read it
+        self._since = 0  # this process's last write timestamp when that row was read
 
     @classmethod
     def open(cls, client: Any, uri: str, coll_id: int, dim: int | None) -> MilvusIndex | None:
@@ -109,20 +123,71 @@ class MilvusIndex:
                 vector_field_name="v", metric_type="L2", consistency_level="Strong",
             )  # fmt: skip
 
-    def version(self) -> int | None:
-        """The store version this Milvus collection matches; ``None``: not built."""
+    def _collection_id(self) -> int | None:
+        """The Milvus collection's id (``None``: there is none), asked without waiting for the
+        server's time tick (``has_collection`` first: describing a missing one logs an error)."""
+        from pymilvus.exceptions import DescribeCollectionException
+
         if not self._client.has_collection(self.name):
             return None
+        try:
+            return int(self._client.describe_collection(self.name)["collection_id"])
+        except DescribeCollectionException:
+            return None  # dropped since
+
+    def _written_ts(self) -> int:
+        """The timestamp of this process's last write to the collection (0: none), which
+        pymilvus keeps for Session reads; ``MilvusClient.insert``/``delete`` do not return it."""
+        from pymilvus.client import ts_utils
+
+        db = self._client._generate_call_context().get_db_name()
+        address = self._client._get_connection().server_address
+        return int(ts_utils.get_collection_ts(self.name, address, db))
+
+    def version(self, expected: int | None = None) -> int | None:
+        """The store version this Milvus collection matches; ``None``: not built.
+
+        ``expected`` (the store's version, a search's check): where the collection is still the
+        one this index last read at that version, that read answers, without the Strong read
+        of the version row that waits for the server's time tick (~200 ms on a server).
+        """
+        collection = self._collection_id()
+        if collection is None:
+            self._read = None
+            return None
+        read = self._read
+        if expected is not None and read is not None and read[:2] == (collection, expected):
+            return expected
         self._ensure_versions()
-        rows = self._client.query(_VERSIONS, ids=[self.coll_id], output_fields=["version"])
-        return int(rows[0]["version"]) if rows else None
+        rows = self._client.query(
+            _VERSIONS, ids=[self.coll_id], output_fields=["version", "ts"],
+            consistency_level="Strong",
+        )  # fmt: skip
+        self._since = self._written_ts()
+        if not rows:
+            self._read = None
+            return None
+        ts = rows[0].get("ts")
+        self._read = _Read(collection, int(rows[0]["version"]), int(ts) if ts else None)
+        return self._read.version
 
     def set_version(self, version: int) -> None:
-        """Record that the collection now matches the store at ``version``."""
+        """Record that the collection now matches the store at ``version``, with a timestamp no
+        earlier than any write to it: this process's last, where it wrote since it read the row
+        (all other writes came before, under the store's lock), else the row's own."""
         self._ensure_versions()
-        self._client.upsert(
-            _VERSIONS, [{"id": self.coll_id, "v": [0.0, 0.0], "version": int(version)}]
-        )
+        written = self._written_ts()
+        if written > self._since:
+            ts: int | None = written
+        else:
+            ts = self._read.ts if self._read is not None else None
+        row: dict[str, Any] = {"id": self.coll_id, "v": [0.0, 0.0], "version": int(version)}
+        if ts is not None:
+            row["ts"] = ts
+        self._client.upsert(_VERSIONS, [row])
+        collection = self._collection_id()
+        self._read = None if collection is None else _Read(collection, int(version), ts)
+        self._since = written
 
     def rebuild(self, ids: Ids, vectors: Vectors, version: int, *, large: bool) -> None:
         """Drop the Milvus collection and build it again from ``ids``/``vectors`` (the store's
@@ -150,6 +215,7 @@ class MilvusIndex:
         """Delete the Milvus collection (its files go with it) and its version record."""
         if self._client.has_collection(self.name):
             self._client.drop_collection(self.name)
+        self._read, self._since = None, self._written_ts()
         if self._client.has_collection(_VERSIONS):
             self._client.delete(_VERSIONS, ids=[self.coll_id])
 
@@ -208,6 +274,15 @@ class MilvusIndex:
         if not self._lite:
             self._client.release_partitions(self.name, [partition])
 
+    def _until_visible(self) -> None:
+        """Wait until the server's searches see this process's last write: a search on an
+        older version row's timestamp sees only what the server has applied when it runs, so
+        an erasure drops no partition before its rewritten copy is visible."""
+        self._client.query(
+            self.name, filter="", output_fields=["count(*)"], consistency_level="Customized",
+            guarantee_timestamp=self._written_ts(),
+        )  # fmt: skip
+
     def remove(self, ids: Ids) -> int:
         """Delete ``ids`` and erase them from Milvus's files: each partition that held one is
         rewritten from its live rows under the next generation's name, then dropped."""
@@ -233,6 +308,7 @@ class MilvusIndex:
                 keep = np.asarray([r[0] for r in rows], np.int64)
                 self._insert(new, keep, np.asarray([r[1] for r in rows], np.float32))
             self._client.flush(self.name)
+            self._until_visible()
             self._release(old)
             self._client.drop_partition(self.name, old)
         self._client.flush(self.name)
@@ -242,6 +318,15 @@ class MilvusIndex:
         """IVF lists scanned per segment (default :data:`NPROBE`): more costs time, buys recall."""
         self._nprobe = nprobe
 
+    def _consistency(self) -> dict[str, Any]:
+        """A search's or count's consistency: wait only until the timestamp of the version row
+        last read (normally past already: a few ms), so it sees every write up to that version
+        from any process; Strong (a wait for the next time tick) where that row has none."""
+        read = self._read
+        if read is None or read.ts is None:
+            return {"consistency_level": "Strong"}
+        return {"consistency_level": "Customized", "guarantee_timestamp": read.ts}
+
     def search(self, queries: Vectors, k: int) -> tuple[Vectors, Ids]:
         q = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self._dim)
         out_d, out_i = _empty_result(len(q), k)
@@ -250,6 +335,7 @@ class MilvusIndex:
         hits = self._client.search(
             self.name, data=list(q), limit=k, anns_field="v", output_fields=[],
             search_params={"metric_type": "L2", "params": {"nprobe": self._nprobe}},
+            **self._consistency(),
         )  # fmt: skip
         for row, found in enumerate(hits):
             for col, hit in enumerate(list(found)[:k]):
@@ -260,7 +346,9 @@ class MilvusIndex:
     def count(self) -> int:
         if not self._client.has_collection(self.name):
             return 0
-        rows = self._client.query(self.name, filter="", output_fields=["count(*)"])
+        rows = self._client.query(
+            self.name, filter="", output_fields=["count(*)"], **self._consistency()
+        )
         return int(rows[0]["count(*)"])
 
     def ids(self) -> Ids:
