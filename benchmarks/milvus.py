@@ -80,7 +80,7 @@ def bench(size: int, n_queries: int, seed: int, folder: Path, args: argparse.Nam
     truth = ids[exact_top1(gallery, queries)]
     print(f"{size:,} templates, {n_queries} probes", flush=True)
 
-    spec = IndexSpec.parse(AUTO_FAISS_SPEC)
+    spec = IndexSpec.parse(args.faiss)
     before = rss_mb()
     start = time.perf_counter()
     faiss_index = FaissIndex(DIM, spec.factory, spec.knobs)
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000")
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--faiss", default=AUTO_FAISS_SPEC, help="the faiss index to measure")
     parser.add_argument("--faiss-only", action="store_true",
                         help="measure faiss alone (10M: Milvus beside it would pass 24 GiB)")
     parser.add_argument("--server", help="a Milvus server's URI (default: Milvus Lite in-process)")
