@@ -68,7 +68,7 @@ def test_a_header_outside_the_known_models_is_refused(
     ), refused.stderr
     with Gallery(db) as g:
         assert [c.name for c in g.collections()] == ["imported"]
-        assert g.last_audit_events(1)[0].action == "collection.import.refused"
+        assert g.audit_events(limit=1, newest_first=True)[0].action == "collection.import.refused"
 
 
 def test_an_import_paused_between_batches_blocks_no_writer_and_shows_nothing(
@@ -139,7 +139,7 @@ def test_a_refusal_after_the_first_batches_leaves_no_byte_behind(tmp_path: Path)
         assert staged and holders(db, staged) == {}  # store, WAL and index, while open
         assert g.collections() == []
         assert stored_ids(url, "SELECT count(*) FROM person") == [0]
-        last = g.last_audit_events(1)[0]
+        last = g.audit_events(limit=1, newest_first=True)[0]
         assert last.action == "collection.import.refused" and f"line {bad_line}" in str(
             last.summary
         )

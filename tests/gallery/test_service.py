@@ -50,7 +50,7 @@ def test_refused_enrollment_is_audited(gallery: Gallery) -> None:
     person = gallery.add_person("people", "Bo", external_id="bo")
     with pytest.raises(ConsentError):
         gallery.enroll("people", "bo", unit_vectors(1, seed=9)[0], actor="kiosk-3", purpose="onboarding")
-    event = gallery.last_audit_events(1)[-1]
+    event = gallery.audit_events(limit=1, newest_first=True)[0]
     assert event.action == "enroll.refused" and event.actor == "kiosk-3"
     assert event.purpose == "onboarding" and event.summary["reason"] == "ConsentError"
     assert event.summary["person"] == "bo" and "no consent record" in event.summary["detail"]
@@ -288,7 +288,7 @@ def test_export_import_round_trip(gallery: Gallery, tmp_path: Path) -> None:
     gallery.revoke_consent("people", ids[2])
     summary = gallery.export_collection("people", tmp_path / "people.jsonl", purpose="backup")
     assert (summary.persons, summary.templates) == (3, 3)
-    assert gallery.last_audit_events(1)[0].summary["sha256"] == summary.sha256
+    assert gallery.audit_events(limit=1, newest_first=True)[0].summary["sha256"] == summary.sha256
 
     with Gallery(f"sqlite:///{tmp_path / 'copy.db'}", calibrations=[CALIBRATION]) as copy:
         imported = copy.import_collection(tmp_path / "people.jsonl", name="restored")

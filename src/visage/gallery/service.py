@@ -1816,13 +1816,6 @@ class Gallery:
         )  # fmt: skip
         return found
 
-    def last_audit_events(
-        self, limit: int = 20, *, collection: str | None = None, action: str | None = None
-    ) -> list[audit.AuditEvent]:
-        """The newest ``limit`` audit events (of one collection or action), oldest first."""
-        with self._reading() as session:
-            return audit.last_events(session, limit=limit, collection=collection, action=action)
-
     def verify_audit(
         self, *, anchors: str | Path | None = None, public_key: str | None = None
     ) -> audit.ChainReport:

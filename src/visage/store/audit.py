@@ -456,11 +456,3 @@ def events(
         AuditRow.action == action if action is not None else AuditRow.action != LOG_READ
     )
     return [AuditEvent.from_row(r) for r in session.scalars(query)]
-
-
-def last_events(
-    session: Session, *, limit: int = 20, collection: str | None = None, action: str | None = None
-) -> list[AuditEvent]:
-    """The newest ``limit`` events (of one collection or action), oldest first."""
-    newest = events(session, collection=collection, action=action, limit=limit, newest_first=True)
-    return newest[::-1]
