@@ -13,10 +13,11 @@ import threading
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from ..errors import TooManyFaces
-from ..models.base import Box, Detection, Detector, Image
-from ..pipeline import Face, ImageResult, Pipeline, Prepared
+from ..models.base import Detection, Detector, Image
+from ..pipeline import Face, Pipeline
 
 
 class _LimitedDetector:
@@ -41,8 +42,10 @@ class _LimitedDetector:
 
 
 class ServicePipeline(Pipeline):
-    """A :class:`Pipeline` whose ``detect``/``embed`` (and the batch steps an evaluation runs:
-    ``prepare``, ``finish``, ``embed_boxes``) run one at a time, on ``max_faces``."""
+    """A :class:`Pipeline` whose model steps (detection; landmarks, chips and quality; the
+    embedding) run one at a time, on ``max_faces``: every entry point (``detect``, ``embed``,
+    ``embed_boxes``, an evaluation's ``prepare``/``finish``) goes through these three, and
+    decoding stays outside the lock."""
 
     def __init__(
         self, *, detector: str, runtime: str, upsample: int, max_pixels: int, max_faces: int
@@ -53,25 +56,17 @@ class ServicePipeline(Pipeline):
         self.detector = _LimitedDetector(self.detector, max_faces)
         self._lock = threading.Lock()
 
-    def detect(self, image: Image) -> list[Face]:
+    def _detections(self, image: Image) -> list[Detection]:
         with self._lock:
-            return super().detect(image)
+            return super()._detections(image)
 
-    def embed(self, image: Image) -> list[Face]:
+    def _measure(self, image: Image, detections: Sequence[Detection]) -> tuple[list[Face], Image]:
         with self._lock:
-            return super().embed(image)
+            return super()._measure(image, detections)
 
-    def prepare(self, src: str) -> Prepared | ImageResult:
+    def embed_chips(self, chips: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         with self._lock:
-            return super().prepare(src)
-
-    def finish(self, items: Sequence[Prepared | ImageResult]) -> list[ImageResult]:
-        with self._lock:
-            return super().finish(items)
-
-    def embed_boxes(self, image: Image, boxes: Sequence[Box]) -> list[Face]:
-        with self._lock:
-            return super().embed_boxes(image, boxes)
+            return super().embed_chips(chips)
 
     def warm(self) -> None:
         """Load every model now (readiness means the first request pays no loading time)."""
@@ -79,4 +74,4 @@ class ServicePipeline(Pipeline):
         with self._lock:
             self.detector.detect(blank, upsample=0)
             self.landmarker.landmarks(blank, [(10, 10, 70, 70)])
-            self.embed_chips(np.zeros((1, 150, 150, 3), np.uint8))
+        self.embed_chips(np.zeros((1, 150, 150, 3), np.uint8))
