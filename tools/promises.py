@@ -285,8 +285,8 @@ BREAKS = (
         'index="auto" is exact below 50,000 templates and IVF from 50,000.',
         "docs/gallery.md, src/visage/gallery/service.py",
         "src/visage/gallery/index_cache.py",
-        "        return AUTO_FAISS_SPEC if count >= AUTO_FAISS_AT else \"exact\"",
-        "        return AUTO_FAISS_SPEC if count > AUTO_FAISS_AT else \"exact\"",
+        "    return AUTO_FAISS_SPEC if count >= AUTO_FAISS_AT else \"exact\"",
+        "    return AUTO_FAISS_SPEC if count > AUTO_FAISS_AT else \"exact\"",
         ("tests/gallery/test_index.py::test_auto_is_exact_below_50000_templates_and_ivf_from_there",),
     ),
     Break(

@@ -339,8 +339,8 @@ class Gallery:
     """Collections of persons with consent, templates, 1:1 and 1:N decisions, and an audit log.
 
     ``url``: a SQLAlchemy URL or a SQLite file path (default ``$VISAGE_DB`` or
-    ``~/.local/share/visage/visage.db``). ``index``: ``auto`` (exact below
-    :data:`~visage.gallery.index_cache.AUTO_FAISS_AT` templates, else IVF), ``exact``,
+    ``~/.local/share/visage/visage.db``). ``index``: ``auto`` (exact, then IVF with more
+    lists as the collection grows: :func:`~visage.gallery.index_cache.auto_spec`), ``exact``,
     ``faiss:<factory>[;<knobs>]`` or ``milvus:<uri>`` (one index shared by every server naming
     that Milvus, see :mod:`visage.gallery.milvus`). ``index_dir``: where index snapshots are saved (default: a
     ``.index`` folder beside a SQLite file; none for other URLs, so indexes are rebuilt from the
