@@ -1,8 +1,8 @@
 """Open-set calibration (the shipped data/open_set.json) and its cross-validated check.
 
     .venv/bin/python benchmarks/open_set.py calibrate [--faces DIR] [--cache FILE]
-    .venv/bin/python benchmarks/open_set.py measure [--faces DIR] [--cache FILE] [--json]
-    .venv/bin/python benchmarks/open_set.py compare [--faces DIR] [--cache FILE]
+    .venv/bin/python benchmarks/open_set.py measure [--faces DIR] [--cache FILE] [--json] [--tta]
+    .venv/bin/python benchmarks/open_set.py compare [--faces DIR] [--cache FILE] [--tta]
 
 ``calibrate`` embeds every photo of ``calibration/`` (400 people, 2,000 strangers less the 73
 that are also distractors; HOG, the labelled face nearest the centre) and writes, for
@@ -14,6 +14,8 @@ splits calibration/ in two by identity, calibrates on one half and measures the 
 people/ and distractors/ (disjoint data), both ways: FPIR and FNIR of a 1%-FPIR collection at
 N = 60 ... 1,000 persons (one template each, strangers drawn 10 times), against the fixed
 per-comparison threshold. Embeddings are cached (``--cache``): ~4 min on 2 cores the first time.
+``--tta``: embed with mirrored-chip averaging (``dlib_resnet_v1+flip``; its own cache file):
+``calibrate --tta`` writes that model's record beside the default's, ``measure --tta`` checks it.
 """
 
 from __future__ import annotations
@@ -50,8 +52,18 @@ def identity(rel: str) -> str:
     )
 
 
-def embed_all(faces: Path, cache: Path) -> tuple[list[str], npt.NDArray[np.float32]]:
-    """Every photo of calibration/, people/ and distractors/ with a face, embedded once."""
+def cache_file(cache: Path | None, tta: bool) -> Path:
+    """Where :func:`embed_all` keeps its embeddings (``--cache``, else one file per variant)."""
+    if cache is not None:
+        return cache
+    return Path(f"/tmp/visage-open-set-embeddings{'-tta' if tta else ''}.npz")
+
+
+def embed_all(
+    faces: Path, cache: Path, tta: bool = False
+) -> tuple[list[str], npt.NDArray[np.float32]]:
+    """Every photo of calibration/, people/ and distractors/ with a face, embedded once
+    (``tta``: averaged with the mirrored chip)."""
     if cache.exists():
         data = np.load(cache)
         ok = data["ok"]
@@ -63,7 +75,7 @@ def embed_all(faces: Path, cache: Path) -> tuple[list[str], npt.NDArray[np.float
              + sorted((faces / "calibration" / "strangers").glob("*.jpg"))
              + sorted((faces / "people").glob("*/*.jpg"))
              + sorted((faces / "distractors").glob("*.jpg")))  # fmt: skip
-    pipe, start, done = Pipeline(), time.monotonic(), [0]
+    pipe, start, done = Pipeline(tta=tta), time.monotonic(), [0]
 
     def tick() -> None:
         done[0] += 1
@@ -208,12 +220,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("command", choices=("calibrate", "measure", "compare"))
     parser.add_argument("--faces", type=Path, default=Path(default_faces()))
-    parser.add_argument("--cache", type=Path, default=Path("/tmp/visage-open-set-embeddings.npz"))
+    parser.add_argument("--cache", type=Path, help="default: /tmp/visage-open-set-embeddings[-tta].npz")
+    parser.add_argument("--tta", action="store_true", help="mirrored-chip averaging (not calibrate)")
     parser.add_argument("--target", type=float, default=0.01)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--plot", type=Path, help="measure: write FPIR and FNIR against N (PNG)")
     args = parser.parse_args()
-    paths, vectors = embed_all(args.faces, args.cache)
+    model = MODEL + ("+flip" if args.tta else "")
+    paths, vectors = embed_all(args.faces, cache_file(args.cache, args.tta), args.tta)
     labels = [identity(p) for p in paths]
     # 73 of the 150 distractors are also calibration strangers (the same photo): calibrate only on
     # identities absent from people/ and distractors/, so tests measuring those stay disjoint.
@@ -221,20 +235,25 @@ def main() -> None:
     people = {labels[i] for i, p in enumerate(paths) if p.startswith("people/")}
     calib = [i for i, p in enumerate(paths) if p.startswith("calibration/") and labels[i] not in tested]
     if args.command == "calibrate":
-        record = calibrate(vectors[calib], [labels[i] for i in calib], model_id=MODEL,
+        record = calibrate(vectors[calib], [labels[i] for i in calib], model_id=model,
                            source=f"calibration/ of shared/faces (LFW) less the identities of people/ "
                            f"and distractors/: {len(calib)} photos of "
-                           f"{len({labels[i] for i in calib})} identities, HOG detector")  # fmt: skip
-        lines = ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in record.items())
-        DATA.write_text("[\n {\n" + lines + "\n }\n]\n", encoding="utf-8")
-        print(f"wrote {DATA}: {record['n_impostor']} impostor pairs, {record['n_probes']} probes")
+                           f"{len({labels[i] for i in calib})} identities, HOG detector"
+                           + (", the chip averaged with its mirror" if args.tta else ""))  # fmt: skip
+        others = [r for r in json.loads(DATA.read_text("utf-8")) if r["model_id"] != model]
+        records = sorted([*others, record], key=lambda r: r["model_id"])
+        DATA.write_text("[\n" + ",\n".join(
+            " {\n" + ",\n".join(f"  {json.dumps(k)}: {json.dumps(v)}" for k, v in r.items()) + "\n }"
+            for r in records) + "\n]\n", encoding="utf-8")  # fmt: skip
+        print(f"wrote {model} to {DATA}: {record['n_impostor']} impostor pairs, "
+              f"{record['n_probes']} probes")  # fmt: skip
         return
     idents = sorted({labels[i] for i in calib})
     fold_of = {name: j % 2 for j, name in enumerate(idents)}
     results = {}
     for fold in (0, 1):
         own = [i for i in calib if fold_of[labels[i]] == fold]
-        cal = OpenSetCalibration.from_dict(calibrate(vectors[own], [labels[i] for i in own], "fold", MODEL))
+        cal = OpenSetCalibration.from_dict(calibrate(vectors[own], [labels[i] for i in own], "fold", model))
         held = [i for i, p in enumerate(paths)
                 if not p.startswith("calibration/") or fold_of.get(labels[i]) == 1 - fold]  # fmt: skip
         groups: dict[str, dict[str, int]] = {}

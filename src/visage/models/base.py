@@ -21,8 +21,9 @@ EMBEDDING_DIMS = {"dlib_resnet_v1": 128}
 
 
 def model_family(model_id: str) -> str:
-    """The weights a model id names, without its variant (``dlib_resnet_v1+tta`` → ``dlib_resnet_v1``):
-    calibrations and embedding sizes belong to the family."""
+    """The weights a model id names, without its variant (``dlib_resnet_v1+flip`` →
+    ``dlib_resnet_v1``): embedding sizes belong to the family, and so do calibrations unless the
+    variant ships its own (:func:`visage.decision.default_calibration`)."""
     return model_id.split("+")[0]
 
 
