@@ -439,6 +439,7 @@ def test_the_last_report_is_a_private_file_a_restarted_server_answers(
             cmc = client.get("/v1/eval/last/cmc.png").content
     finally:
         stop_server(first)
+    assert "Traceback" not in first.log_tail(100_000), first.log_tail()  # the log is reused below
     reports = first.db.with_name(first.db.name + ".eval")
     saved = reports / REPORT_FILE
     assert stat.S_IMODE(reports.stat().st_mode) == 0o700
@@ -458,3 +459,4 @@ def test_the_last_report_is_a_private_file_a_restarted_server_answers(
             assert client.get("/v1/eval/last/cmc.png").content == cmc
     finally:
         stop_server(second)
+    assert "Traceback" not in second.log_tail(100_000), second.log_tail()
