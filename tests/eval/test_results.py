@@ -153,6 +153,24 @@ def test_identification_needs_a_mated_probe() -> None:
         r.evaluate_identification(scores, EMBEDDED)
 
 
+def test_the_gallery_decision_keeps_its_audit_checkpoints_to_itself(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The throw-away gallery's chain is checkpointed beside it, under ``scratch``, and gone
+    with it; never into the anchor file ``$VISAGE_AUDIT_ANCHORS`` names (a server's, as its
+    worker processes inherit it), whose chain it is not."""
+    monkeypatch.setenv("VISAGE_AUDIT_ANCHORS", str(tmp_path / "server.audit-anchors"))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    scores = p.score_identification(
+        [p.Entry("ann", Path("ann1")), p.Entry("bob", Path("bob1"))],
+        [p.Entry("ann", Path("ann2"))],
+        EMBEDDED,
+    )
+    r.gallery_decision(scores, EMBEDDED, scratch=scratch)
+    assert list(tmp_path.iterdir()) == [scratch] and list(scratch.iterdir()) == []
+
+
 def test_calibrate_refuses_an_unsupported_target() -> None:
     scores = p.score_pairs(PAIRS, EMBEDDED)
     with pytest.raises(InputError, match="3 impostor pairs cannot support FMR 0.001"):

@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 
 from tests.gallery.synthetic import write_export
 from tests.server.conftest import Server
-from tests.server.test_eval import small_protocol
+from tests.server.test_eval import identification_lists, small_protocol
 from visage.gallery import Gallery
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -733,10 +733,11 @@ def test_the_audit_page_filters_in_the_store_and_pages_back(
     context.close()
 
 
-ALL_FIGURES_DRAWN = """() => {
+FIGURES_DRAWN = """(count) => {
   const images = [...document.querySelectorAll('#eval-results img')];
-  return images.length === 3 && images.every((i) => i.complete && i.naturalWidth > 0);
+  return images.length === count && images.every((i) => i.complete && i.naturalWidth > 0);
 }"""
+ALL_FIGURES_DRAWN = f"() => ({FIGURES_DRAWN})(3)"
 
 
 def test_the_evaluation_page_runs_a_protocol_and_shows_its_figures(
@@ -770,4 +771,48 @@ def test_the_evaluation_page_runs_a_protocol_and_shows_its_figures(
     page.reload()
     page.locator("#eval-accuracy", has_text=shown).wait_for()
     page.wait_for_function(ALL_FIGURES_DRAWN)
+    assert not [e for e in page.csp_errors if "Content Security Policy" in e]  # type: ignore[attr-defined]
+
+
+def test_the_evaluation_page_runs_an_identification_and_shows_its_cmc(
+    page: object, server: Server, faces_dir: Path, tmp_path: Path
+) -> None:
+    """Identify chosen, a gallery list, a probe list and a zip of their photos uploaded: a
+    refusal first (a probe line without a path) with the API's reason, then the rank-1 the API
+    states, to four decimals, and every figure drawn, the CMC among them; on the next visit the
+    page shows that report."""
+    gallery, probes, archive = identification_lists(faces_dir, tmp_path)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("just-a-name\n")
+    sign_in(page, server, server.admin)
+    page.get_by_role("link", name="Evaluation").click()
+    page.get_by_role("heading", name="Evaluation").wait_for()
+    pairs = page.get_by_label("Pairs file (LFW pairs, or a CSV a,b,same)")
+    assert pairs.is_visible()
+    page.get_by_label("Identify: a gallery and a probe list").check()
+    assert pairs.is_hidden()
+    page.get_by_label("Gallery list (person path lines)").set_input_files(str(gallery))
+    probe_list = page.get_by_label(
+        "Probe list (person path lines; persons not in the gallery are non-mated)"
+    )
+    probe_list.set_input_files(str(bad))
+    photos = page.get_by_label("Photos (a zip of the folder the lists name)")
+    photos.set_input_files(str(archive))
+    page.get_by_role("button", name="Run evaluation").click()
+    page.locator("#status", has_text="Evaluation refused").wait_for(timeout=60_000)
+    assert "bad.txt:1: expected 'person path'" in page.locator("#status").inner_text()
+    probe_list.set_input_files(str(probes))
+    page.get_by_role("button", name="Run evaluation").click()
+    page.locator("#eval-rank1").wait_for(timeout=60_000)
+    with server.client(server.admin) as client:
+        last = client.get("/v1/eval/last").json()
+    assert last["kind"] == "identify" and "cmc" in last["figures"]
+    shown = f"Rank-1 {last['report']['rank1']:.4f}"
+    assert page.locator("#eval-rank1").inner_text().startswith(shown)
+    page.wait_for_function(FIGURES_DRAWN, arg=len(last["figures"]))
+    assert page.locator('#eval-results img[data-figure="cmc"]').count() == 1
+    snap(page, "evaluation-identify")
+    page.reload()
+    page.locator("#eval-rank1", has_text=shown).wait_for()
+    page.wait_for_function(FIGURES_DRAWN, arg=len(last["figures"]))
     assert not [e for e in page.csp_errors if "Content Security Policy" in e]  # type: ignore[attr-defined]

@@ -47,6 +47,7 @@ ROUTES: list[tuple[str, str, str | None]] = [
     ("POST", "/v1/keys", "admin"),
     ("DELETE", "/v1/keys/vk_000000000000", "admin"),
     ("POST", "/v1/eval/verify", "admin"),
+    ("POST", "/v1/eval/identify", "admin"),
     ("GET", "/v1/eval/last", "admin"),
     ("GET", "/v1/eval/last/roc.png", "admin"),
 ]

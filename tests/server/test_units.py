@@ -1,9 +1,12 @@
-"""The server's parts without a server: settings precedence, keys, the rate limiter, grouping."""
+"""The server's parts without a server: settings precedence, keys, the rate limiter, grouping,
+the last evaluation report's file."""
 
 from __future__ import annotations
 
 import json
+import stat
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from visage.cli import app
-from visage.errors import InputError, NotFound
+from visage.errors import InputError, NotFound, StorageError
 from visage.gallery import Gallery
 from visage.grouping import group
 from visage.server.auth import FailureLimit, RateLimiter
+from visage.server.evaluation import REPORT_FILE, LastReport, Report, report_folder
 from visage.server.keys_store import ApiKey, KeyStore, Scope
 from visage.server.problems import RateLimited, Unauthorized
 from visage.server.settings import load_settings
@@ -45,6 +49,7 @@ def test_settings_flag_beats_environment_beats_file_beats_default(
         ("index = 'annoy'\n", "index"),
         ("port = [\n", "TOML"),
         ("eval_scratch = '/no/such/folder'\n", "eval_scratch: .* is not a folder"),
+        ("eval_reports = '/dev/null'\n", "eval_reports: .* is not a folder"),
     ],
 )
 def test_bad_settings_name_the_problem(tmp_path: Path, text: str, word: str) -> None:
@@ -52,6 +57,33 @@ def test_bad_settings_name_the_problem(tmp_path: Path, text: str, word: str) -> 
     config.write_text(text)
     with pytest.raises(InputError, match=word):
         load_settings(config=config)
+
+
+def test_the_last_report_is_one_private_file_that_every_process_reads(tmp_path: Path) -> None:
+    """Two :class:`LastReport` on one folder stand for two worker processes: what one keeps the
+    other answers, the latest either wrote; a file that is not a report is a StorageError."""
+    folder = report_folder(database_url(tmp_path / "g.db"))
+    assert folder == tmp_path / "g.db.eval"
+    assert report_folder("postgresql://db.example/visage") is None
+    assert report_folder("postgresql://db.example/visage", tmp_path / "r") == tmp_path / "r"
+    one, other = LastReport(folder), LastReport(folder)
+    assert one.get() is None
+    now = datetime.now(UTC)
+    first = Report("verify", {"accuracy": {"mean": 0.9}}, {"roc": b"\x89PNG 1"}, now, "vk_a")
+    one.set(first, 7)
+    assert other.get() == (first, 7)
+    second = Report("identify", {"rank1": 1.0, "cmc": [1.0]}, {"cmc": b"\x89PNG 2"}, now, "vk_b")
+    other.set(second, 8)
+    assert one.get() == (second, 8) == other.get()
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+    assert stat.S_IMODE((folder / REPORT_FILE).stat().st_mode) == 0o600
+    assert list(folder.iterdir()) == [folder / REPORT_FILE]
+    (folder / REPORT_FILE).write_text("{not json")
+    with pytest.raises(StorageError, match="not a report"):
+        one.get()
+    memory = LastReport()
+    memory.set(first, 1)
+    assert memory.get() == (first, 1) and not list(tmp_path.glob("*.eval/*.tmp"))
 
 
 def test_keys_are_stored_hashed_and_checked(tmp_path: Path) -> None:

@@ -323,33 +323,27 @@ def identify(
     """1:N identification: rank-1 / rank-5 / CMC, open-set FNIR at FPIR, and the gallery's own
     decision (``"decision"`` in the JSON)."""
     from ..decision import load_calibration
-    from ..eval.protocols import (
-        MissingFace,
-        read_groups,
-        read_identification_list,
-        score_identification,
-    )
-    from ..eval.results import evaluate_identification, shipped_calibration
+    from ..eval.protocols import MissingFace, read_groups, read_identification_list
+    from ..eval.results import identify_lists
 
     enrol = read_identification_list(gallery, root)
     search = read_identification_list(probes, root)
     group_table = read_groups(groups) if groups is not None else None
     saved = load_calibration(calibration) if calibration is not None else None
-    embedded = _embed(
-        [e.path for e in [*enrol, *search]],
-        detector=detector,
-        upsample=upsample,
-        tta=tta,
-        missing_face=MissingFace(no_face),
-        quiet=json_out,
-    )
-    result = evaluate_identification(
-        score_identification(enrol, search, embedded),
-        embedded,
-        groups=group_table,
-        calibration=saved or shipped_calibration(embedded.model_id),
-        target_fpir=target_fpir,
-    )
+    photos = {e.path for e in [*enrol, *search]}
+    with _embedding(
+        len(photos), detector=detector, upsample=upsample, tta=tta, quiet=json_out
+    ) as (pipe, advance):
+        result = identify_lists(
+            enrol,
+            search,
+            pipe,
+            groups=group_table,
+            calibration=saved,
+            missing_face=MissingFace(no_face),
+            target_fpir=target_fpir,
+            progress=advance,
+        )
     _finish(result, report=report, plots_dir=plots_dir, json_out=json_out)
 
 

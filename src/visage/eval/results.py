@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,12 +29,14 @@ from ..pipeline import Pipeline
 from . import metrics
 from .protocols import (
     Embedded,
+    Entry,
     IdentificationScores,
     MissingFace,
     Pair,
     VerificationScores,
     embed_photos,
     pair_photos,
+    score_identification,
     score_pairs,
 )
 
@@ -429,15 +432,26 @@ def gallery_decision(
     embedded: Embedded,
     target_fpir: float = 0.01,
     calibration: Calibration | None = None,
+    *,
+    scratch: Path | None = None,
 ) -> GalleryDecision | None:
     """Enroll ``scores.gallery`` in a temporary SQLite gallery (consent granted by ``visage eval
     identify``) and identify every probe with :meth:`Gallery.identify`; see :class:`GalleryDecision`.
-    ``None`` for a model with no calibration at all (neither shipped nor ``calibration``)."""
+    ``None`` for a model with no calibration at all (neither shipped nor ``calibration``).
+
+    The gallery lives in a folder under ``scratch`` (default: the system's temporary folder),
+    removed when this returns; its audit checkpoints go beside it, never to the anchor file
+    ``$VISAGE_AUDIT_ANCHORS`` names (a server's: its chain is not this one)."""
     from ..gallery import EmbeddingItem, Gallery
 
-    with tempfile.TemporaryDirectory(prefix="visage-eval-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="visage-eval-", dir=scratch) as tmp:
         cals = [calibration] if calibration is not None else []
-        g = Gallery(f"sqlite:///{tmp}/eval.db", actor="eval", calibrations=cals)
+        g = Gallery(
+            f"sqlite:///{tmp}/eval.db",
+            actor="eval",
+            calibrations=cals,
+            anchors=Path(tmp) / "eval.db.audit-anchors",
+        )
         try:
             enrolled = [(e, embedded.vector(e.path)) for e in scores.gallery]
             dim = next((v.size for _, v in enrolled if v is not None), 128)
@@ -502,9 +516,11 @@ def evaluate_identification(
     groups: Mapping[str, str] | None = None,
     calibration: Calibration | None = None,
     target_fpir: float = 0.01,
+    scratch: Path | None = None,
 ) -> IdentificationResult:
     """Rank-k, CMC and open-set FNIR at FPIR (rank 1) from an identification run, and the
-    gallery's own decision at ``target_fpir`` (:func:`gallery_decision`)."""
+    gallery's own decision at ``target_fpir`` (:func:`gallery_decision`, its throw-away gallery
+    under ``scratch``)."""
     _check_model(calibration, embedded.model_id)
     mated = scores.mated
     if not mated.any():
@@ -560,7 +576,39 @@ def evaluate_identification(
         threshold_source=source,
         groups=group_results,
         calibration=check,
-        decision=gallery_decision(scores, embedded, target_fpir, calibration),
+        decision=gallery_decision(scores, embedded, target_fpir, calibration, scratch=scratch),
+    )
+
+
+def identify_lists(
+    gallery: Sequence[Entry],
+    probes: Sequence[Entry],
+    pipeline: Pipeline,
+    *,
+    groups: Mapping[str, str] | None = None,
+    calibration: Calibration | None = None,
+    missing_face: MissingFace = MissingFace.COUNT,
+    target_fpir: float = 0.01,
+    progress: Callable[[], None] | None = None,
+    scratch: Path | None = None,
+) -> IdentificationResult:
+    """Embed the photos both lists name (once each) and evaluate the probes' searches of the
+    gallery, checking ``calibration`` (default: the shipped one) on them: the one run behind
+    ``visage eval identify`` and ``POST /v1/eval/identify``. ``scratch``: see
+    :func:`gallery_decision`."""
+    embedded = embed_photos(
+        [e.path for e in [*gallery, *probes]],
+        pipeline,
+        missing_face=missing_face,
+        progress=progress,
+    )
+    return evaluate_identification(
+        score_identification(gallery, probes, embedded),
+        embedded,
+        groups=groups,
+        calibration=calibration or shipped_calibration(embedded.model_id),
+        target_fpir=target_fpir,
+        scratch=scratch,
     )
 
 

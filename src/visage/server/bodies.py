@@ -178,24 +178,58 @@ async def _batch(request: Request, model: type[Model]) -> PhotoBatch | Model:
 
 @dataclass(frozen=True)
 class EvalUpload:
-    """An evaluation's two files: the pairs protocol and a zip of the photos it names."""
+    """A verification's two files: the pairs protocol and a zip of the photos it names."""
 
     pairs: Upload
     photos: Upload
 
 
-async def eval_upload(request: Request) -> EvalUpload:
-    """The multipart file fields ``pairs`` and ``photos`` (nothing else is accepted)."""
+@dataclass(frozen=True)
+class IdentifyUpload:
+    """An identification's three files: the gallery and probe lists (``person path`` lines)
+    and a zip of the photos they name."""
+
+    gallery: Upload
+    probes: Upload
+    photos: Upload
+
+
+async def _eval_files(request: Request, fields: dict[str, str], whole: str) -> list[Upload]:
+    """The multipart file ``fields`` (name: what it holds, for the message), each required and
+    none empty (``whole`` names them all); nothing else is accepted."""
     media = media_type(request)
     if media != MULTIPART:
         raise UnsupportedMediaType(media, [MULTIPART])
-    _, files = await _form(request, 2)
-    pairs = _one(files, "pairs", what="the pairs file: LFW pairs or a CSV 'a,b,same'")
-    photos = _one(files, "photos", what="a zip of the photos the pairs name")
-    assert pairs is not None and photos is not None, "_one returns a file when it is required"
-    if not pairs.data or not photos.data:
-        raise InputError("the pairs file and the photos archive must not be empty")
+    _, files = await _form(request, len(fields))
+    found = [_one(files, name, what=what) for name, what in fields.items()]
+    uploads = [f for f in found if f is not None]
+    assert len(uploads) == len(fields), "_one returns a file when it is required"
+    if not all(f.data for f in uploads):
+        raise InputError(f"{whole} must not be empty")
+    return uploads
+
+
+async def eval_upload(request: Request) -> EvalUpload:
+    """The multipart file fields ``pairs`` and ``photos``."""
+    pairs, photos = await _eval_files(
+        request,
+        {"pairs": "the pairs file: LFW pairs or a CSV 'a,b,same'",
+         "photos": "a zip of the photos the pairs name"},
+        "the pairs file and the photos archive",
+    )  # fmt: skip
     return EvalUpload(pairs, photos)
+
+
+async def identify_upload(request: Request) -> IdentifyUpload:
+    """The multipart file fields ``gallery``, ``probes`` and ``photos``."""
+    gallery, probes, photos = await _eval_files(
+        request,
+        {"gallery": "the gallery list: 'person path' lines",
+         "probes": "the probe list: 'person path' lines",
+         "photos": "a zip of the photos the lists name"},
+        "the gallery list, the probe list and the photos archive",
+    )  # fmt: skip
+    return IdentifyUpload(gallery, probes, photos)
 
 
 # ---------------------------------------------------------------- OpenAPI request bodies
@@ -285,4 +319,12 @@ EVAL_BODY = request_body(
     required_fields=["pairs", "photos"],
     description="The pairs file (`pairs`: LFW View-2, or a CSV `a,b,same` when its name ends in "
     "`.csv`) and a zip of the photos it names (`photos`), paths relative to the zip's root.",
+)
+EVAL_IDENTIFY_BODY = request_body(
+    multipart={"gallery": _binary(), "probes": _binary(), "photos": _binary()},
+    required_fields=["gallery", "probes", "photos"],
+    description="The gallery list (`gallery`) and the probe list (`probes`), `person path` "
+    "lines as `visage eval identify` reads them (`#` starts a comment; probes of persons not "
+    "in the gallery are non-mated searches), and a zip of the photos they name (`photos`), "
+    "paths relative to the zip's root.",
 )

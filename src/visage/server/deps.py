@@ -113,6 +113,7 @@ TemplateBody = Annotated[bodies.Upload | EmbeddingIn, Depends(bodies.template)]
 GroupBody = Annotated[bodies.PhotoBatch | EmbeddingsIn, Depends(bodies.photo_batch)]
 BulkBody = Annotated[bodies.PhotoBatch | BulkIn, Depends(bodies.enrollment_batch)]
 EvalBody = Annotated[bodies.EvalUpload, Depends(bodies.eval_upload)]
+IdentifyEvalBody = Annotated[bodies.IdentifyUpload, Depends(bodies.identify_upload)]
 
 
 def face_pick(value: str | None) -> FacePick:

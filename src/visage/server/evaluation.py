@@ -1,36 +1,45 @@
-"""``eval verify`` on uploaded files: a pairs file and a zip of the photos it names.
+"""``eval verify`` and ``eval identify`` on uploaded files: the protocol's list(s) and a zip of
+the photos they name.
 
 The archive is extracted into a temporary folder that is removed when the run ends, whatever
-happens: the photos and their embeddings are never kept, only the report (numbers and figures)
-of the last run, in this process's memory. Everything an upload can make the server do is
-bounded before or while it is done:
+happens (:func:`_extracted`, the one place both runs go through): the photos and their
+embeddings are never kept, only the report (numbers and figures) of the last run, in a file
+beside the store (:class:`LastReport`). Everything an upload can make the server do is bounded
+before or while it is done:
 
 - the body by the server's ``max_body_bytes`` (:mod:`.limits`, 413 before it is read past);
 - the archive by :data:`MAX_MEMBERS` entries and :data:`MAX_EXTRACTED_BYTES` extracted, counted
   as the bytes come out of the decompressor (a zip bomb's headers can lie), never from headers;
 - names: an absolute path, a ``..`` part, a backslash or a symbolic link is refused;
-- the work by :data:`MAX_PAIRS` pairs (at most twice that many photos to embed).
+- the work by :data:`MAX_PAIRS` pairs, or :data:`MAX_ENTRIES` gallery and probe lines (at
+  most 2000 photos to embed either way).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
+import json
+import os
 import tempfile
 import threading
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, Any, Literal
 
-from ..errors import InputError
-from ..eval.plots import verification_figures
-from ..eval.protocols import Pair, pair_photos, read_pairs
-from ..eval.results import verify_pairs
+from ..errors import InputError, StorageError
+from ..eval.plots import identification_figures, verification_figures
+from ..eval.protocols import pair_photos, read_identification_list, read_pairs
+from ..eval.results import identify_lists, verify_pairs
 from ..pipeline import Pipeline
+from ..store import private_dir, private_temporary, sqlite_path
+from .bodies import Upload
 
 MAX_MEMBERS = 5000
 """Most entries (files and folders) in a photos archive."""
@@ -38,36 +47,140 @@ MAX_EXTRACTED_BYTES = 200 * 1024 * 1024
 """Most bytes the photos archive may extract to, all members together."""
 MAX_PAIRS = 1000
 """Most pairs in one run: up to 2000 photos, about 80 s at 40 ms a photo."""
+MAX_ENTRIES = 2 * MAX_PAIRS
+"""Most lines of an identification's gallery and probe lists together: the photos a verify
+run may embed at most."""
 CHUNK = 64 * 1024
 _SYMLINK = 0o120000
+
+Kind = Literal["verify", "identify"]
+"""Which protocol a report is of: ``visage eval verify`` or ``visage eval identify``."""
+
+REPORT_FILE = "last-report.json"
+"""The last report's file in the report folder (see :class:`LastReport`)."""
+_FORMAT = 1
 
 
 @dataclass(frozen=True)
 class Report:
-    """The last run's report: the CLI's JSON (``as_dict``), its PNG figures by name, and when
-    and by whom it was made."""
+    """The last run's report: its protocol, the CLI's JSON (``as_dict``), its PNG figures by
+    name, and when and by whom it was made."""
 
+    kind: Kind
     document: dict[str, Any]
     figures: dict[str, bytes]
     created_at: datetime
     actor: str
 
 
-class LastReport:
-    """The most recent report of this process and its audit event's seq, replaced by each
-    successful run."""
+def report_folder(db_url: str, configured: Path | None = None) -> Path | None:
+    """Where the last report is kept: ``configured``, else an ``.eval`` folder beside a SQLite
+    store's file (as its ``.index`` folder is), else ``None``: this process's memory only."""
+    if configured is not None:
+        return configured
+    db_file = sqlite_path(db_url)
+    return None if db_file is None else db_file.with_name(db_file.name + ".eval")
 
-    def __init__(self) -> None:
+
+class LastReport:
+    """The most recent report and its audit event's seq, replaced by each successful run.
+
+    With a ``folder`` the report is one owner-only file there (:data:`REPORT_FILE`, written to a
+    temporary file, fsynced and renamed over the last), so every worker process on the store
+    and a restarted server answer the same one. The figures are inside it (base64): one rename
+    replaces numbers and figures together, so no reader sees one run's numbers beside another's
+    figures. It holds what the route answers, never a photo or an embedding. Without a folder
+    the report stays in this process's memory.
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
         self._lock = threading.Lock()
         self._last: tuple[Report, int] | None = None
+        # (inode, mtime, size) of the file _last was read from: read again when they change.
+        self._read: tuple[int, int, int] | None = None
+
+    @property
+    def path(self) -> Path | None:
+        return None if self.folder is None else self.folder / REPORT_FILE
 
     def get(self) -> tuple[Report, int] | None:
+        """The last report and its seq; ``None`` before any run. :class:`StorageError` when
+        the file cannot be read."""
         with self._lock:
+            if self.path is None:
+                return self._last
+            try:
+                with open(self.path, "rb") as fh:
+                    info = os.fstat(fh.fileno())
+                    seen = (info.st_ino, info.st_mtime_ns, info.st_size)
+                    if seen != self._read:
+                        self._last, self._read = _decode(fh.read(), self.path), seen
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                raise StorageError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
             return self._last
 
     def set(self, report: Report, seq: int) -> None:
+        """Keep ``report`` as the last one (on disk first: a report not saved is not kept)."""
         with self._lock:
+            if self.path is not None:
+                _save(self.path, _encode(report, seq))
+                self._read = None
             self._last = (report, seq)
+
+
+def _encode(report: Report, seq: int) -> bytes:
+    return json.dumps(
+        {
+            "format": _FORMAT,
+            "kind": report.kind,
+            "created_at": report.created_at.isoformat(),
+            "actor": report.actor,
+            "audit_seq": seq,
+            "report": report.document,
+            "figures": {k: base64.b64encode(v).decode("ascii") for k, v in report.figures.items()},
+        }
+    ).encode("utf-8")
+
+
+def _decode(data: bytes, path: Path) -> tuple[Report, int]:
+    try:
+        saved = json.loads(data)
+        if saved.get("format") != _FORMAT or saved["kind"] not in ("verify", "identify"):
+            raise ValueError(f"format {saved.get('format')!r}, kind {saved.get('kind')!r}")
+        figures = {k: base64.b64decode(v, validate=True) for k, v in saved["figures"].items()}
+        report = Report(
+            saved["kind"],
+            dict(saved["report"]),
+            figures,
+            datetime.fromisoformat(saved["created_at"]),
+            str(saved["actor"]),
+        )
+        return report, int(saved["audit_seq"])
+    except (ValueError, KeyError, TypeError, AttributeError, binascii.Error) as exc:
+        raise StorageError(f"{path} is not a report this server wrote: {exc}") from None
+
+
+def _save(path: Path, data: bytes) -> None:
+    """Write ``data`` as ``path``: owner-only, through a temporary file fsynced and renamed into
+    place, then the folder fsynced, so a crash leaves the old report or the new, never part."""
+    try:
+        private_dir(path.parent)
+        with private_temporary(path) as (tmp, fh):
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except (OSError, InputError) as exc:  # private_temporary: InputError for an unwritable folder
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise StorageError(f"cannot keep the evaluation report in {path.parent}: {reason}") from exc
 
 
 def _member_path(info: zipfile.ZipInfo) -> PurePosixPath:
@@ -146,16 +259,18 @@ def _root(folder: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else folder
 
 
-def _check_photos(pairs: list[Pair], root: Path) -> None:
-    """Every photo the pairs name is a file inside the archive (never a path out of it)."""
+def _check_photos(photos: Iterable[Path], root: Path, named_by: str) -> None:
+    """Every photo the protocol names is a file inside the archive (never a path out of it)."""
     inside = root.resolve()
     missing = [  # is_file() first: resolve() raises on a NUL byte, is_file() says False
-        p for p in pair_photos(pairs) if not p.is_file() or not p.resolve().is_relative_to(inside)
+        p
+        for p in dict.fromkeys(photos)
+        if not p.is_file() or not p.resolve().is_relative_to(inside)
     ]
     if missing:
         first = ", ".join(str(_relative(p, root)) for p in missing[:3])
         raise InputError(
-            f"the pairs name {len(missing)} photo(s) not in the archive, first: {first}"
+            f"{named_by} name {len(missing)} photo(s) not in the archive, first: {first}"
         )
 
 
@@ -165,24 +280,56 @@ def _relative(path: Path, root: Path) -> Path | str:
 
 @contextmanager
 def _worded(scratch: Path) -> Iterator[None]:
-    """Errors name files as the caller sent them, not by their temporary paths."""
+    """Errors name files as the caller sent them, not by their temporary paths: photos by
+    their path in the archive, the pairs file by its name, a gallery or probe list as
+    ``gallery/<name>`` or ``probes/<name>`` (both may have one name)."""
     try:
         yield
     except InputError as exc:
-        raise InputError(
-            str(exc).replace(f"{scratch}/photos/", "").replace(f"{scratch}/", "")
-        ) from None
+        message = str(exc)
+        for prefix in (f"{scratch}/photos/", f"{scratch}/pairs/", f"{scratch}/"):
+            message = message.replace(prefix, "")
+        raise InputError(message) from None
 
 
-def _pairs_name(filename: str | None) -> str:
-    """The uploaded pairs file's own name (its suffix chooses the format: ``.csv`` or LFW)."""
+def _file_name(filename: str | None, default: str) -> str:
+    """An uploaded list's own name (a pairs file's suffix chooses its format: ``.csv`` or LFW)."""
     name = PurePosixPath((filename or "").replace("\\", "/")).name[:200]
-    return name if name not in ("", ".", "..") else "pairs.txt"
+    return name if name not in ("", ".", "..") else default
+
+
+@dataclass(frozen=True)
+class _Run:
+    """A run's temporary folder: the photos' root and each uploaded list's file by its field."""
+
+    folder: Path
+    root: Path
+    files: dict[str, Path]
+
+
+@contextmanager
+def _extracted(
+    archive: IO[bytes], lists: Mapping[str, tuple[bytes, str]], scratch: Path | None
+) -> Iterator[_Run]:
+    """A temporary folder (under ``scratch``, default the system's) holding the archive
+    extracted under ``photos/`` and each list as ``<field>/<name>``, removed when the block
+    ends or raises; an :class:`InputError` in the block names files as sent (:func:`_worded`).
+    Both runs go through it: one extraction, one set of limits, one clean-up."""
+    with tempfile.TemporaryDirectory(prefix="visage-eval-", dir=scratch) as made:
+        folder = Path(made)
+        with _worded(folder):
+            (folder / "photos").mkdir()
+            extract_zip(archive, folder / "photos")
+            files: dict[str, Path] = {}
+            for field, (data, name) in lists.items():
+                (folder / field).mkdir()
+                files[field] = folder / field / name
+                files[field].write_bytes(data)
+            yield _Run(folder, _root(folder / "photos"), files)
 
 
 def run_verify(
-    pairs_file: bytes,
-    pairs_filename: str | None,
+    pairs: Upload,
     archive: IO[bytes],
     pipeline: Pipeline,
     *,
@@ -192,24 +339,50 @@ def run_verify(
     """Extract, read, run :func:`~visage.eval.results.verify_pairs` (what ``visage eval
     verify`` runs) and draw its figures; the temporary folder (under ``scratch``, default the
     system's) is gone when this returns or raises. Blocking: seconds per hundred photos."""
-    name = _pairs_name(pairs_filename)
-    with tempfile.TemporaryDirectory(prefix="visage-eval-", dir=scratch) as made:
-        folder = Path(made)
-        with _worded(folder):
-            (folder / "photos").mkdir()
-            extract_zip(archive, folder / "photos")
-            (folder / name).write_bytes(pairs_file)
-            root = _root(folder / "photos")
-            pairs = read_pairs(folder / name, root)
-            if len(pairs) > MAX_PAIRS:
-                raise InputError(f"{name}: {len(pairs)} pairs, more than {MAX_PAIRS} in one run")
-            _check_photos(pairs, root)
-            result = verify_pairs(pairs, pipeline, protocol=name)
+    name = _file_name(pairs.filename, "pairs.txt")
+    with _extracted(archive, {"pairs": (pairs.data, name)}, scratch) as run:
+        protocol = read_pairs(run.files["pairs"], run.root)
+        if len(protocol) > MAX_PAIRS:
+            raise InputError(f"{name}: {len(protocol)} pairs, more than {MAX_PAIRS} in one run")
+        _check_photos(pair_photos(protocol), run.root, "the pairs")
+        result = verify_pairs(protocol, pipeline, protocol=name)
         document = result.as_dict()
         for miss in document["misses"]:
-            miss["a"], miss["b"] = (str(_relative(Path(miss[k]), root)) for k in ("a", "b"))
+            miss["a"], miss["b"] = (str(_relative(Path(miss[k]), run.root)) for k in ("a", "b"))
         figures = verification_figures(result)
-    return Report(document, figures, datetime.now(UTC), actor)
+    return Report("verify", document, figures, datetime.now(UTC), actor)
+
+
+def run_identify(
+    gallery: Upload,
+    probes: Upload,
+    archive: IO[bytes],
+    pipeline: Pipeline,
+    *,
+    actor: str,
+    scratch: Path | None = None,
+) -> Report:
+    """Extract, read both ``person path`` lists (paths relative to the archive's root), run
+    :func:`~visage.eval.results.identify_lists` (what ``visage eval identify`` runs, its
+    throw-away gallery inside the run's folder) and draw its figures (CMC first); the temporary
+    folder is gone when this returns or raises. Blocking: seconds per hundred photos."""
+    lists = {
+        "gallery": (gallery.data, _file_name(gallery.filename, "gallery.txt")),
+        "probes": (probes.data, _file_name(probes.filename, "probes.txt")),
+    }
+    with _extracted(archive, lists, scratch) as run:
+        enrol = read_identification_list(run.files["gallery"], run.root)
+        search = read_identification_list(run.files["probes"], run.root)
+        if len(enrol) + len(search) > MAX_ENTRIES:
+            raise InputError(
+                f"{len(enrol)} gallery and {len(search)} probe lines, more than {MAX_ENTRIES} "
+                "in one run"
+            )
+        _check_photos((e.path for e in [*enrol, *search]), run.root, "the lists")
+        result = identify_lists(enrol, search, pipeline, scratch=run.folder)
+        document = result.as_dict()
+        figures = identification_figures(result)
+    return Report("identify", document, figures, datetime.now(UTC), actor)
 
 
 def input_hash(*parts: bytes) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import struct
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
@@ -687,10 +687,15 @@ class NewKeyOut(BaseModel):
 class EvalReportOut(BaseModel):
     """An evaluation's report: ``report`` is what ``visage eval verify --json`` prints
     (accuracy over folds, ROC AUC, EER, TAR at each target FMR, the shipped calibration on
-    this data, the pairs decided wrongly); ``figures`` are the PNGs' URLs."""
+    this data, the pairs decided wrongly) or, for ``kind`` identify, what ``visage eval identify
+    --json`` prints (rank-1, rank-5, CMC, FNIR at each target FPIR, the gallery's own decision);
+    ``figures`` are the PNGs' URLs."""
 
+    kind: Literal["verify", "identify"] = Field(description="The protocol the report is of")
     created_at: datetime
     actor: str = Field(description="The key id that ran it")
-    audit_seq: int = Field(description="The audit event the run wrote (`eval.verify`)")
+    audit_seq: int = Field(
+        description="The audit event the run wrote (`eval.verify` or `eval.identify`)"
+    )
     figures: dict[str, str] = Field(description="Figure name to the URL of its PNG")
     report: dict[str, Any]

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ..gallery import Gallery
 from .auth import FailureLimit, RateLimiter, SecurityLog
-from .evaluation import LastReport
+from .evaluation import LastReport, report_folder
 from .events import EventLog
 from .keys_store import KeyStore
 from .metrics import Metrics
@@ -32,7 +32,8 @@ class Services:
     security: SecurityLog
     failures: FailureLimit
     evaluations: LastReport = field(default_factory=LastReport)
-    """The last ``POST /v1/eval/verify`` report (this process's; photos are never kept)."""
+    """The last ``POST /v1/eval/verify`` or ``/identify`` report, on disk beside the store (so
+    every worker answers it) or in this process's memory; photos are never kept."""
 
     def close(self) -> None:
         """Save index snapshots and release the database connections."""
@@ -67,4 +68,5 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
         metrics=metrics,
         security=SecurityLog(),
         failures=FailureLimit(settings.auth_failures_per_minute),
+        evaluations=LastReport(report_folder(settings.db_url, settings.eval_reports)),
     )

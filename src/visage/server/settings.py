@@ -127,6 +127,12 @@ class Settings(BaseSettings):
         description="Folder where POST /v1/eval/verify extracts an uploaded photos archive "
         "(default: the system's temporary folder); each run's subfolder is removed when it ends.",
     )
+    eval_reports: Path | None = Field(
+        None,
+        description="Folder where the last evaluation report (numbers and figures, never photos "
+        "or embeddings) is kept for every worker and across restarts (default: an .eval folder "
+        "beside a SQLite store; for other stores unset keeps it in each process's memory).",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
 
     @classmethod
@@ -162,6 +168,15 @@ class Settings(BaseSettings):
     def _existing_folder(cls, value: Path | None) -> Path | None:
         """A missing scratch folder is said at start-up, not as the first evaluation's 500."""
         if value is not None and not value.is_dir():
+            raise ValueError(f"{value} is not a folder")
+        return value
+
+    @field_validator("eval_reports")
+    @classmethod
+    def _folder_or_nothing(cls, value: Path | None) -> Path | None:
+        """The reports folder is made when the first report is kept; a file in its place is
+        said at start-up."""
+        if value is not None and value.exists() and not value.is_dir():
             raise ValueError(f"{value} is not a folder")
         return value
 

@@ -497,13 +497,17 @@ async function keysPage(secret) {
 }
 
 // ------------------------------------------------------------------ evaluation
-// `visage eval verify` run by the server on an uploaded pairs file and zip of photos
-// (POST /v1/eval/verify), and the last report (GET /v1/eval/last) with its PNG figures.
+// `visage eval verify` or `visage eval identify` run by the server on uploaded lists and a zip
+// of photos (POST /v1/eval/verify, /v1/eval/identify), and the last report (GET /v1/eval/last)
+// with its PNG figures.
 
 const EVAL_FIGURES = {
   roc: "ROC: true match rate against false match rate",
   det: "DET: false non-match rate against false match rate",
   scores: "Distances of same-person and different-person pairs, and the threshold",
+  cmc: "CMC: share of mated searches whose mate is among the first k candidates",
+  operating_curve: "The gallery's decision against its size: expected FNIR, the target FPIR, and this run's rates",
+  search_scores: "Distances of mated searches to their mate and of non-mated searches to their nearest candidate, and the threshold",
 };
 
 function evalRate(value) { return value === null || value === undefined ? "—" : Number(value).toFixed(4); }
@@ -518,15 +522,22 @@ async function evalFigure(name, url) {
   return el("figure", {}, img, el("figcaption", { text: EVAL_FIGURES[name] || name }));
 }
 
-async function evalReport(out) {
+async function evalFigures(out) {
+  return el("div", { class: "figures" }, await Promise.all(Object.entries(out.figures).map(([name, url]) => evalFigure(name, url))));
+}
+
+function evalRun(out, what) {
+  return el("p", { class: "muted", text: what + " · model " + out.report.model_id + " · run " + when(out.created_at) + " by " + out.actor + " · audit event " + out.audit_seq });
+}
+
+async function verifyReport(out) {
   const r = out.report;
   const points = r.at_fmr.map((p) => el("tr", {},
     el("td", { text: p.target }), el("td", { text: evalRate(p.threshold) }), el("td", { text: evalRate(p.fmr) }),
     el("td", { text: evalRate(p.tar) }), el("td", { text: p.n_impostor }), el("td", { text: p.supported ? "yes" : "no (too few pairs)" })));
   const check = r.calibration;
-  const figures = await Promise.all(Object.entries(out.figures).map(([name, url]) => evalFigure(name, url)));
   return [
-    el("p", { class: "muted", text: "Protocol " + r.protocol + " · model " + r.model_id + " · run " + when(out.created_at) + " by " + out.actor + " · audit event " + out.audit_seq }),
+    evalRun(out, "Verification, protocol " + r.protocol),
     el("p", { class: "verdict", id: "eval-accuracy", text: "Accuracy " + evalRate(r.accuracy.mean) + " ± " + evalRate(r.accuracy.std) + " over " + r.accuracy.folds.length + " folds" }),
     table(["Same-person pairs", "Different-person pairs", "ROC AUC", "EER", "EER threshold", "Photos", "No face found"], [el("tr", {},
       el("td", { text: r.n_genuine }), el("td", { text: r.n_impostor }), el("td", { text: evalRate(r.auc) }), el("td", { text: evalRate(r.eer) }),
@@ -534,37 +545,81 @@ async function evalReport(out) {
     table(["Target FMR", "Threshold", "FMR", "True match rate", "Different-person pairs", "Supported"], points),
     check ? el("p", { id: "eval-calibration", text: "Shipped calibration " + check.describe + ": FMR " + evalRate(check.fmr) + ", FNMR " + evalRate(check.fnmr) + ", accuracy " + evalRate(check.accuracy) + " on this data" }) : "",
     el("p", { class: "muted", text: r.n_misses + " pairs decided wrongly at " + evalRate(r.group_threshold) + " (" + r.group_threshold_source + ")" }),
-    el("div", { class: "figures" }, figures),
+    await evalFigures(out),
   ];
 }
 
+async function identifyReport(out) {
+  const r = out.report;
+  const points = r.fnir_at_fpir.map((p) => el("tr", {},
+    el("td", { text: p.target }), el("td", { text: evalRate(p.threshold) }), el("td", { text: evalRate(p.fmr) }),
+    el("td", { text: evalRate(p.fnmr) }), el("td", { text: p.n_impostor }), el("td", { text: p.supported ? "yes" : "no (too few searches)" })));
+  const d = r.decision;
+  const check = r.calibration;
+  return [
+    evalRun(out, "Identification"),
+    el("p", { class: "verdict", id: "eval-rank1", text: "Rank-1 " + evalRate(r.rank1) + ", rank-5 " + evalRate(r.rank5) + " over " + r.mated_searches + " mated searches" }),
+    table(["Persons listed", "Persons enrolled", "Mated searches", "Non-mated searches", "Photos", "No face found"], [el("tr", {},
+      el("td", { text: r.persons }), el("td", { text: r.enrolled }), el("td", { text: r.mated_searches }), el("td", { text: r.nonmated_searches }),
+      el("td", { text: r.acquisition.photos }), el("td", { text: r.acquisition.no_face }))]),
+    points.length ? table(["Target FPIR", "Threshold", "FPIR", "FNIR", "Non-mated searches", "Supported"], points)
+      : el("p", { class: "muted", text: "No non-mated searches (probes of persons not in the gallery): no open-set rates." }),
+    d ? el("p", { id: "eval-decision", text: "The gallery's own decision at target FPIR " + d.target_fpir + " with " + d.persons + " persons (threshold " + evalRate(d.threshold) + "): FPIR " + evalRate(d.fpir) + ", FNIR " + evalRate(d.fnir) + (d.expected_fnir === null ? "" : " (expected " + evalRate(d.expected_fnir) + ")") }) : "",
+    check ? el("p", { id: "eval-calibration", text: "Shipped calibration " + check.describe + ": FPIR " + evalRate(check.fmr) + ", FNIR " + evalRate(check.fnmr) + " on this data" }) : "",
+    await evalFigures(out),
+  ];
+}
+
+function evalReport(out) { return out.kind === "identify" ? identifyReport(out) : verifyReport(out); }
+
 async function evaluationPage() {
-  const pairs = el("input", { type: "file", id: "eval-pairs", accept: ".txt,.csv,text/plain,text/csv", required: true });
-  const photos = el("input", { type: "file", id: "eval-photos", accept: ".zip,application/zip", required: true });
+  const file = (id, accept) => el("input", { type: "file", id, accept, required: true });
+  const lists = ".txt,.csv,text/plain,text/csv";
+  const pairs = file("eval-pairs", lists), gallery = file("eval-gallery", lists), probes = file("eval-probes", lists);
+  const photos = file("eval-photos", ".zip,application/zip");
+  const photosCaption = el("span", {});
+  const kinds = { verify: "Verify: a pairs file", identify: "Identify: a gallery and a probe list" };
+  const radios = Object.entries(kinds).map(([value, text]) => el("input", { type: "radio", name: "eval-kind", value, checked: value === "verify", onchange: choose }));
+  const chooser = el("fieldset", { class: "choice" }, el("legend", { text: "Protocol" }),
+    radios.map((radio) => el("label", { class: "inline" }, radio, kinds[radio.value])));
+  const pairsField = field("Pairs file (LFW pairs, or a CSV a,b,same)", pairs);
+  const listFields = [field("Gallery list (person path lines)", gallery), field("Probe list (person path lines; persons not in the gallery are non-mated)", probes)];
+  const kind = () => radios.find((r) => r.checked).value;
+  function choose() {
+    const verify = kind() === "verify";
+    pairsField.hidden = !verify; pairs.required = verify;
+    for (const f of listFields) f.hidden = verify;
+    gallery.required = probes.required = !verify;
+    photosCaption.textContent = "Photos (a zip of the folder the " + (verify ? "pairs" : "lists") + " name)";
+  }
+  choose();
   const run = el("button", { type: "submit", text: "Run evaluation" });
   const results = el("div", { id: "eval-results" });
   const form = el("form", { "aria-label": "Run an evaluation", onsubmit: async (e) => {
     e.preventDefault();
+    const chosen = kind();
     const body = new FormData();
-    body.append("pairs", pairs.files[0]); body.append("photos", photos.files[0]);
+    if (chosen === "verify") body.append("pairs", pairs.files[0]);
+    else { body.append("gallery", gallery.files[0]); body.append("probes", probes.files[0]); }
+    body.append("photos", photos.files[0]);
     run.disabled = true;
-    say("Running: every photo the pairs name is embedded (about 40 ms each)…");
+    say("Running: every photo the " + (chosen === "verify" ? "pairs" : "lists") + " name is embedded (about 40 ms each)…");
     try {
-      results.replaceChildren(...await evalReport(await api("POST", "/v1/eval/verify", { form: body })));
+      results.replaceChildren(...await evalReport(await api("POST", "/v1/eval/" + chosen, { form: body })));
       say("");
     } catch (err) {
       if (!(err instanceof ApiError)) throw err;
       say("Evaluation refused: " + err.message);
     } finally { run.disabled = false; }
-  } }, field("Pairs file (LFW pairs, or a CSV a,b,same)", pairs), field("Photos (a zip of the folder the pairs name)", photos), run);
+  } }, chooser, pairsField, listFields, el("label", {}, photosCaption, photos), run);
   let last;
   try { last = await evalReport(await api("GET", "/v1/eval/last")); } catch (err) {
     if (!(err instanceof ApiError) || err.status !== 404) throw err;
-    last = [el("p", { class: "muted", id: "eval-none", text: "No evaluation has run on this server process yet." })];
+    last = [el("p", { class: "muted", id: "eval-none", text: "No evaluation has run on this server yet." })];
   }
   results.replaceChildren(...last);
   show(el("h1", { text: "Evaluation" }),
-    el("p", { class: "muted", text: "Runs visage eval verify on the server: accuracy over the protocol's folds, ROC AUC, EER, the true match rate at each target FMR, and how the shipped threshold does on your photos. The photos are deleted when the run ends; only the last report is kept, in the server's memory." }),
+    el("p", { class: "muted", text: "Runs visage eval verify or visage eval identify on the server. Verify: accuracy over the protocol's folds, ROC AUC, EER, the true match rate at each target FMR. Identify: rank-1, rank-5 and the CMC, FNIR at each target FPIR, and the gallery's own decision. Both show how the shipped threshold does on your photos. The photos and their embeddings are deleted when the run ends; only the last report (numbers and figures) is kept, beside the server's store." }),
     form, el("h2", { text: "Last report" }), results);
 }
 
