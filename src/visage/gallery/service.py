@@ -186,6 +186,9 @@ class PoorQuality(InputError):
         super().__init__(f"{where}face refused by the quality gate: {'; '.join(self.reasons)}")
 
 
+_IN_MEMORY = (Face, ImageResult, np.ndarray)
+"""Probes resolved without embedding a photo (no decode, no detection)."""
+
 _REFUSALS = (ConsentError, PoorQuality, NoFace, AmbiguousFace, TooManyFaces)
 """The refusals of a biometric call that are audited (:meth:`Gallery.record_refusal`)."""
 
@@ -434,6 +437,19 @@ class Gallery:
             yield session
         if self._indexes.rebuilt:
             self.save_indexes()
+
+    @contextmanager
+    def _probe_search(
+        self, collection: str, probe: Probe, face: FacePick
+    ) -> Iterator[tuple[Session, CollectionRow, _Vector]]:
+        """:meth:`_searching`, the collection's row in it and the probe's vector. A photo is
+        embedded before the snapshot opens (that takes far longer than a query); an embedding
+        or a :class:`Face` is checked against the snapshot's own row: one transaction where
+        there were two."""
+        early = None if isinstance(probe, _IN_MEMORY) else self._resolve(collection, probe, face)
+        with self._searching() as session:
+            coll = self._collection(session, collection)
+            yield session, coll, (early or self._resolve_for(coll, probe, face))[0]
 
     @contextmanager
     def _read_guard(self) -> Iterator[None]:
@@ -1129,7 +1145,12 @@ class Gallery:
         """
         with self._reading() as session:
             coll = self._collection(session, collection)
-        keep_image = for_enrollment and coll.keep_images
+        return self._resolve_for(coll, probe, face, keep_image=for_enrollment and coll.keep_images)
+
+    def _resolve_for(
+        self, coll: CollectionRow, probe: Probe, face: FacePick, *, keep_image: bool = False
+    ) -> tuple[_Vector, Face | None]:
+        """:meth:`_resolve` against a collection row already read."""
         if isinstance(probe, Face):
             if probe.embedding is None:
                 raise InputError("this Face has no embedding: use Pipeline.embed()")
@@ -1555,14 +1576,14 @@ class Gallery:
         """
         if k < 1:
             raise InputError("k must be at least 1")
-        with self._refusals("identify", collection, purpose=purpose, actor=actor, k=k):
-            resolved, _ = self._resolve(collection, probe, face)
+        with (
+            self._refusals("identify", collection, purpose=purpose, actor=actor, k=k),
+            self._probe_search(collection, probe, face) as (session, coll, resolved),
+        ):
             if resolved.quality is not None and resolved.quality < min_quality:
                 raise PoorQuality(
                     [f"quality {resolved.quality:.3f} is below min_quality {min_quality}"]
                 )
-        with self._searching() as session:
-            coll = self._collection(session, collection)
             # the second-nearest person sets the margin rule's bar, even when k is 1
             ranked = self._ranked(session, coll, resolved.vector, max(k, 2), per_person=True)
             point = self._operating_point(session, coll)
@@ -1699,10 +1720,7 @@ class Gallery:
         when they have no template.
         """
         with self._refusals("verify", collection, purpose=purpose, actor=actor, person=person):
-            resolved, _ = self._resolve(collection, probe, face)
-            cal = self.calibration(resolved.model_id)
-            with self._reading() as session:
-                coll = self._collection(session, collection)
+            with self._probe_search(collection, probe, face) as (session, coll, resolved):
                 prow = self._person(session, coll, person)
                 self._require_consent(session, prow, utcnow())
                 rows = session.execute(
@@ -1712,6 +1730,7 @@ class Gallery:
                 ).all()
                 if not rows:
                     raise NotFound(f"person {prow.id} has no enrolled template")
+            cal = self.calibration(resolved.model_id)
             dist = distances(
                 resolved.vector, np.stack([np.frombuffer(r.embedding, "<f4") for r in rows])
             )
@@ -1751,13 +1770,13 @@ class Gallery:
         as for :meth:`identify`."""
         if k < 1:
             raise InputError("k must be at least 1")
-        with self._refusals("find_similar", collection, purpose=purpose, actor=actor, k=k):
-            resolved, _ = self._resolve(collection, probe, face)
-        cal = self.calibration(resolved.model_id)
-        with self._searching() as session:
-            coll = self._collection(session, collection)
+        with (
+            self._refusals("find_similar", collection, purpose=purpose, actor=actor, k=k),
+            self._probe_search(collection, probe, face) as (session, coll, resolved),
+        ):
             ranked = self._ranked(session, coll, resolved.vector, k, per_person=False)
             names = self._names(session, [p for _, p, _ in ranked])
+        cal = self.calibration(resolved.model_id)
         found = [SimilarFace(t, p, names[p].display_name, d) for t, p, d in ranked]
         self._audit_search(
             "find_similar", actor=actor, collection=collection,
