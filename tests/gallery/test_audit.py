@@ -12,10 +12,11 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, Select, create_engine, insert, text
+from sqlalchemy.orm import Session
 
 from visage.gallery import Gallery
 from visage.store import Base, database_url, default_url
-from visage.store.audit import GENESIS, events_query, stamp
+from visage.store.audit import GENESIS, RECENT, events, events_query, stamp
 from visage.store.tables import AuditRow
 
 from .synthetic import consented_person, unit_vectors
@@ -184,3 +185,16 @@ def test_time_and_actor_pages_read_their_index_not_the_whole_log(planned: Engine
     unindexed = {page: _plan(planned, query) for page, query in queries.items()}
     assert all(WALKS.search(plan) for plan in unindexed.values()), unindexed
 
+
+def test_a_time_page_across_the_recent_walk_lists_exactly_the_window(planned: Engine) -> None:
+    """A newest-first page filtered by time walks the newest :data:`RECENT` events, then reads
+    the rest of its window off the index: a window across that edge, paged back with
+    ``before``, lists exactly its events, newest first, 100 a page."""
+    top = PLANNED_EVENTS
+    since, until = _planned_at(top - RECENT - 120), _planned_at(top - RECENT + 50)
+    window = [seq for seq in range(top, 0, -1) if since <= _planned_at(seq) < until]
+    with Session(planned) as session:
+        first = events(session, since=since, until=until, newest_first=True)
+        rest = events(session, since=since, until=until, newest_first=True, before=first[-1].seq)
+    assert len(first) == 100 and len(window) == 170
+    assert [e.seq for e in first + rest] == window
