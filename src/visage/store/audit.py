@@ -433,7 +433,7 @@ def events_query(
     before: int | None = None,
     limit: int = 100,
     newest_first: bool = False,
-) -> Select[tuple[AuditRow]]:
+) -> Select[AuditRow]:
     """The query :func:`events` runs (its arguments), apart so a test can ask the database
     for its plan: a time window is a range on ``ix_audit_event_at``, an actor reads
     ``ix_audit_event_actor`` in ``seq`` order, rather than a scan of the table."""
