@@ -454,6 +454,24 @@ BREAKS = (
         "            reduce_range=False,\n",
         ("tests/models/test_onnx_equivalence.py::test_int8_holds_on_avx2_without_vnni",),
     ),
+    Break(
+        "audit-filters-unindexed",
+        "A since/until window of the audit log is read off an index, not by walking the log.",
+        "docs/gallery.md, docs/server.md",
+        "src/visage/store/migrations/versions/0008_audit_filter_indexes.py",
+        '    op.create_index("ix_audit_event_at", "audit_event", ["at"])\n',
+        "",
+        ("tests/gallery/test_audit.py::test_time_and_actor_pages_read_their_index_not_the_whole_log",),
+    ),
+    Break(
+        "audit-page-waits-for-chain",
+        "The console's audit page shows its events and filters before the chain's walk answers.",
+        "docs/console.md",
+        "src/visage/server/console/console.js",
+        "  const events = list.items;",
+        "  await verifyChain();\n  const events = list.items;",
+        ("tests/server/test_console.py::test_the_audit_page_is_usable_while_the_chain_is_walked",),
+    ),
 )
 
 

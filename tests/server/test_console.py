@@ -214,7 +214,7 @@ def test_an_operator_enrolls_identifies_revokes_and_audits_in_the_browser(
     page.get_by_label("Collection").fill(coll)
     page.get_by_role("button", name="Filter").click()
     page.locator("tr[data-action='consent.revoke']").wait_for()
-    assert page.locator("#chain").inner_text().startswith("Chain verified")
+    page.locator("#chain", has_text="Chain verified").wait_for()  # filled in after the rows
     for action in ("person.create", "consent.grant", "identify", "consent.revoke"):
         assert page.locator(f"tr[data-action='{action}']").count() >= 1, action
     with server.client(server.admin) as client:
@@ -431,7 +431,7 @@ def test_every_text_on_the_main_pages_meets_wcag_aa_contrast(
         "person without consent": (f"#/c/{coll}/p/{bare.json()['id']}", "#needs-consent"),
         "identify": ("#/identify", "main form"),
         "verify": ("#/verify", "main form"),
-        "audit": ("#/audit", "#chain"),
+        "audit": ("#/audit", "#chain.good"),
         "keys": ("#/keys", "#key-name"),
     }
     for what, (where, ready) in visits.items():
@@ -816,3 +816,75 @@ def test_the_evaluation_page_runs_an_identification_and_shows_its_cmc(
     page.locator("#eval-rank1", has_text=shown).wait_for()
     page.wait_for_function(FIGURES_DRAWN, arg=len(last["figures"]))
     assert not [e for e in page.csp_errors if "Content Security Policy" in e]  # type: ignore[attr-defined]
+
+
+PAGE_BUDGET_S = 1.0
+"""Issue 15's "first page interactive in ≤ 1 s on loopback", for every main page."""
+PAGE_LOADS = 3
+"""Loads of each page; the median is held to :data:`PAGE_BUDGET_S` (one load on 2 shared
+cores can be held up by another process; the slowest is reported beside it)."""
+
+
+def interactive_after(page: object, url: str, control: object) -> float:
+    """Seconds from navigating to ``url`` as a new document (not a hash change: the script,
+    ``/v1/me`` and the page's own API calls all count) until ``control`` is visible; it must
+    then be enabled."""
+    page.goto("about:blank")  # type: ignore[attr-defined]
+    started = time.monotonic()
+    page.goto(url)  # type: ignore[attr-defined]
+    control.wait_for()  # type: ignore[attr-defined]
+    took = time.monotonic() - started
+    assert control.is_enabled(), url  # type: ignore[attr-defined]
+    return took
+
+
+def test_every_main_page_is_interactive_within_a_second(
+    page: object, server: Server, person_photos: list[Path], large_collection: str
+) -> None:
+    """Each main page, loaded afresh with the key in the tab, shows its main control enabled
+    within :data:`PAGE_BUDGET_S` (median of :data:`PAGE_LOADS`): the store holds whatever the
+    module's tests made by then, the 100,000-person collection included (its list is the
+    persons page timed), and an evaluation report where that test ran first."""
+    coll, pid = enrolled_person(server, person_photos[0], keep_images=True)
+    sign_in(page, server, server.admin)
+    button = page.get_by_role
+    pages = {
+        "collections": ("#/collections", button("button", name="Create", exact=True)),
+        "persons (100k)": (f"#/c/{large_collection}",
+                           page.get_by_label("Search persons (name or external id)")),
+        "person": (f"#/c/{coll}/p/{pid}", page.locator("#enroll-files")),
+        "identify": ("#/identify", page.get_by_label("Photo", exact=True)),
+        "verify": ("#/verify", button("button", name="Verify", exact=True)),
+        "audit": ("#/audit", button("button", name="Filter", exact=True)),
+        "evaluation": ("#/eval", button("button", name="Run evaluation")),
+        "keys": ("#/keys", button("button", name="Create key")),
+    }  # fmt: skip
+    seen = {
+        name: sorted(interactive_after(page, server.url + "/console/" + where, control)
+                     for _ in range(PAGE_LOADS))
+        for name, (where, control) in pages.items()
+    }  # fmt: skip
+    shown = ", ".join(f"{n} {t[len(t) // 2]:.2f} s (max {t[-1]:.2f})" for n, t in seen.items())
+    print(f"interactive after: {shown}")  # seen with pytest -s
+    slow = [name for name, took in seen.items() if took[len(took) // 2] > PAGE_BUDGET_S]
+    assert not slow, shown
+
+
+def test_the_audit_page_is_usable_while_the_chain_is_walked(
+    page: object, server: Server, collection: str
+) -> None:
+    """``GET /v1/audit/verify`` walks the whole log (seconds on a long one): the page's events
+    and filters show without waiting for it, a filter applied meanwhile asks for no second
+    walk, and the verdict is filled in once the walk answers."""
+    held: list[object] = []
+    page.route("**/v1/audit/verify", lambda route: held.append(route))
+    sign_in(page, server, server.admin)
+    page.goto(server.url + "/console/#/audit")
+    page.get_by_role("heading", name="Audit log").wait_for()
+    assert fresh_rows(page), "no events listed while the walk is held"
+    assert page.locator("#chain").inner_text() == "Verifying the chain…"
+    assert filter_audit(page, Collection=collection), "no events listed for the collection"
+    assert len(held) == 1, len(held)
+    held[0].continue_()
+    page.locator("#chain", has_text="Chain verified").wait_for()
+    assert len(page.locator("#head").inner_text()) == 64

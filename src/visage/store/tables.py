@@ -158,12 +158,18 @@ class TemplateRow(Base):
 
 
 class AuditRow(Base):
-    """One audit event; ``hash`` covers every other column, including ``prev_hash``."""
+    """One audit event; ``hash`` covers every other column, including ``prev_hash``.
+
+    Indexed for :func:`visage.store.audit.events`' filters: ``at`` for a since / until window
+    (a range on it), ``(actor, seq)`` for one key's events newest first (read in ``seq`` order
+    off the index, no sort), ``collection`` for one collection's.
+    """
 
     __tablename__ = "audit_event"
+    __table_args__ = (Index("ix_audit_event_actor", "actor", "seq"),)
 
     seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
-    at: Mapped[str] = mapped_column(String(40))
+    at: Mapped[str] = mapped_column(String(40), index=True)
     actor: Mapped[str] = mapped_column(String(300))
     action: Mapped[str] = mapped_column(String(60))
     collection: Mapped[str | None] = mapped_column(String(200), index=True)
