@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -258,3 +259,23 @@ def test_export_into_a_missing_folder_is_one_error_line(names_db: Path, tmp_path
     done = visage("export", "-c", "demo", "-o", out, "--db", names_db)
     assert done.returncode == 1
     assert done.stderr.strip() == f"error: cannot write {out}: No such file or directory"
+
+
+def test_a_store_from_a_newer_visage_is_one_error_line(names_db: Path, tmp_path: Path) -> None:
+    """A store migrated by a newer Visage (a revision this one has never heard of): every
+    command that opens it, ``migrate`` too, says so in one line, where alembic's ResolutionError
+    came out as a traceback; the store is left as it was."""
+    db = tmp_path / "newer.db"
+    shutil.copyfile(names_db, db)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0099_from_the_future'")
+    for args in (("migrate",), ("export", "-c", "demo", "-o", tmp_path / "out.jsonl")):
+        done = visage(*args, "--db", db)
+        assert done.returncode == 1, (args, done.stdout)
+        assert "revision 0099_from_the_future, which this Visage does not know" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            ("0099_from_the_future",)
+        ]
+    assert not (tmp_path / "out.jsonl").exists()

@@ -143,6 +143,11 @@ def migrate(engine: Engine) -> Migration:
         current = MigrationContext.configure(conn).get_current_revision()
     if current == head:
         return Migration(current, head, ())
+    if current is not None and current not in {r.revision for r in script.walk_revisions()}:
+        raise StorageError(
+            f"the schema of {shown_url(engine.url)} is at revision {current}, which this Visage "
+            f"does not know (it knows up to {head}): a newer Visage migrated it; run that version"
+        )
     pending = tuple(r.revision for r in script.iterate_revisions(head, current))[::-1]
     try:
         command.upgrade(cfg, "head")
