@@ -235,7 +235,7 @@ def test_a_hostile_name_is_shown_as_text_and_runs_nothing(
     page.goto(server.url + f"/console/#/c/{collection}")
     page.get_by_role("heading", name=f"Collection {collection}").wait_for()
     link = page.get_by_role("link", name=hostile)
-    link.wait_for()
+    link.wait_for(timeout=5_000)  # the page is listed well within its 1 s budget
     assert link.inner_text() == hostile  # positive control: the name is on the page, literally
     link.click()
     assert page.locator("#person-name").inner_text() == hostile
@@ -880,7 +880,7 @@ def test_the_audit_page_is_usable_while_the_chain_is_walked(
     page.route("**/v1/audit/verify", lambda route: held.append(route))
     sign_in(page, server, server.admin)
     page.goto(server.url + "/console/#/audit")
-    page.get_by_role("heading", name="Audit log").wait_for()
+    page.get_by_role("heading", name="Audit log").wait_for(timeout=5_000)  # budget: 1 s
     assert fresh_rows(page), "no events listed while the walk is held"
     assert page.locator("#chain").inner_text() == "Verifying the chain…"
     assert filter_audit(page, Collection=collection), "no events listed for the collection"
