@@ -43,10 +43,18 @@ def cluster() -> Iterator[Any]:
     from ray.cluster_utils import Cluster
 
     health = {"health_check_period_ms": 500, "health_check_failure_threshold": 4}
-    c = Cluster(
-        initialize_head=True,
-        head_node_args={"num_cpus": 1, "_system_config": health, "include_dashboard": False},
-    )
+    head = {"num_cpus": 1, "_system_config": health, "include_dashboard": False}
+    try:
+        c = Cluster(initialize_head=True, head_node_args=head)
+    except Exception as exc:  # Ray raises a bare Exception when its raylet is slow to register
+        if "timed out during startup" not in str(exc):
+            raise
+        # Once in a fresh-clone run (2026-12-06) the head's raylet did not register within
+        # Ray's fixed 30 s; the same tests passed alone at once after. One more start.
+        import ray
+
+        ray.shutdown()
+        c = Cluster(initialize_head=True, head_node_args=head)
     c.add_node(num_cpus=1)
     c.wait_for_nodes()
     yield c
