@@ -234,7 +234,8 @@ def _one_thread_for(queries: int) -> Iterator[None]:
     """One OpenMP thread in the calling thread (libgomp keeps the count per thread) while it
     searches a single query: the team gains nothing on one query, and its idle threads spin
     for CPU the server's other requests need (an in-process identify at 100k, IVF, load 2:
-    15.4 ms a call with the default team, 5.6 ms with one thread). Batches keep the team."""
+    13-17 ms of CPU a call with the default team, 6.7-7.7 ms with one thread; see
+    docs/performance-service.md). Batches keep the team."""
     if queries != 1:
         yield
         return
