@@ -306,7 +306,13 @@ class Requires:
     def __init__(self, scope: Scope | None) -> None:
         self.scope = scope
 
-    def __call__(self, request: Request, key: Annotated[ApiKey, Depends(authenticate)]) -> ApiKey:
+    async def __call__(
+        self, request: Request, key: Annotated[ApiKey, Depends(authenticate)]
+    ) -> ApiKey:
+        return self.check(request, key)
+
+    def check(self, request: Request, key: ApiKey) -> ApiKey:
+        """``key``, when it holds the scope and sees the collection ``request`` names."""
         if self.scope is not None and not key.allows(self.scope):
             raise Forbidden(f"key {key.id} lacks the {self.scope.value!r} scope", key_id=key.id)
         collection = request.path_params.get("collection") or request.query_params.get("collection")

@@ -19,7 +19,7 @@ from ..schemas import KeyCreate, KeyList, KeyOut, NewKeyOut
 router = APIRouter(prefix="/v1", tags=["keys"], responses=problem_responses())
 
 
-def key_admin(key: AdminKey) -> ApiKey:
+async def key_admin(key: AdminKey) -> ApiKey:
     """The caller, when it is an admin key for all collections; 403 otherwise."""
     ensure_sees(key, None)
     return key

@@ -53,5 +53,5 @@ def metrics(request: Request, metrics: MetricsDep) -> Response:
     scheme, token = get_authorization_scheme_param(request.headers.get("Authorization"))
     if token:
         credentials = HTTPAuthorizationCredentials(scheme=scheme, credentials=token)
-        ensure_sees(Requires(Scope.ADMIN)(request, authenticate(request, credentials)), None)
+        ensure_sees(Requires(Scope.ADMIN).check(request, authenticate(request, credentials)), None)
     return Response(metrics.render(gallery=bool(token)), media_type=CONTENT_TYPE_LATEST)
