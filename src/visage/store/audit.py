@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -34,7 +34,7 @@ from ..names import utf8_text
 from ..signing import key_id
 from .anchor import CheckpointReader, note_head
 from .engine import store_failure
-from .tables import AuditRow, StateRow, lock_state, utcnow
+from .tables import AuditRow, ChainHead, StateRow, lock_state, utcnow
 
 GENESIS = "0" * 64
 
@@ -125,25 +125,22 @@ def storable(value: Any) -> Any:
     return value
 
 
+_HASHED = ("seq", "at", "actor", "action", "collection", "purpose", "input_hash", "summary",
+           "prev_hash")  # fmt: skip
+"""The stored fields an event's hash covers: all but the hash."""
+_INSERT_EVENT = insert(AuditRow)  # run on the session's Connection: Core, not the ORM's bulk path
+_SET_HEAD = update(StateRow).where(StateRow.id == 1)
+
+
 def event_hash(row: AuditRow) -> str:
     """The hash an event should carry, from its stored fields."""
-    fields = {
-        "seq": row.seq,
-        "at": row.at,
-        "actor": row.actor,
-        "action": row.action,
-        "collection": row.collection,
-        "purpose": row.purpose,
-        "input_hash": row.input_hash,
-        "summary": row.summary,
-        "prev_hash": row.prev_hash,
-    }
+    fields = {name: getattr(row, name) for name in _HASHED}
     return hashlib.sha256(canonical_json(fields).encode("utf-8")).hexdigest()
 
 
 def append(
     session: Session,
-    state: StateRow,
+    state: ChainHead,
     *,
     actor: str,
     action: str,
@@ -151,11 +148,12 @@ def append(
     purpose: str | None,
     input_hash: str | None,
     summary: Mapping[str, Any],
-) -> AuditRow:
-    """Add the next event to the chain inside the caller's transaction.
+) -> int:
+    """Add the next event to the chain inside the caller's transaction; its ``seq``.
 
-    ``state`` must be the :class:`StateRow` the transaction locked first; it supplies the
-    previous hash and receives the new head.
+    ``state`` must be the :class:`ChainHead` of the state row the transaction locked first; it supplies the
+    previous hash and receives the new head. The row is inserted at once with a Core INSERT,
+    not left to the ORM's flush (which cost ~0.3 ms of a search's ~1.3 ms audit commit).
     """
     row = AuditRow(
         seq=state.audit_seq + 1,
@@ -169,11 +167,14 @@ def append(
         prev_hash=state.audit_head,
     )
     row.hash = event_hash(row)
-    session.add(row)
+    session.connection().execute(
+        _INSERT_EVENT,
+        {name: getattr(row, name) for name in (*_HASHED, "hash")},
+    )
     state.audit_seq = row.seq
     state.audit_head = row.hash
     note_head(session, row.seq, row.hash)
-    return row
+    return row.seq
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class Write:
     """A write transaction that holds the writers' lock, and the one way to add its events."""
 
     session: Session
-    state: StateRow
+    state: ChainHead
 
     def record(
         self,
@@ -197,7 +198,7 @@ class Write:
         return append(
             self.session, self.state, actor=actor, action=action, collection=collection,
             purpose=purpose, input_hash=input_hash, summary=summary,
-        ).seq  # fmt: skip
+        )  # fmt: skip
 
 
 @contextmanager
@@ -208,7 +209,13 @@ def write(sessions: sessionmaker[Session], what: str) -> Iterator[Write]:
     name the conflict; other database errors become :class:`StorageError` naming ``what``."""
     try:
         with sessions() as session, session.begin():
-            yield Write(session, lock_state(session))
+            state = lock_state(session)
+            before = state.audit_seq
+            yield Write(session, state)
+            if state.audit_seq != before:
+                session.connection().execute(
+                    _SET_HEAD, {"audit_seq": state.audit_seq, "audit_head": state.audit_head}
+                )
     except IntegrityError:
         raise
     except SQLAlchemyError as exc:
@@ -226,7 +233,7 @@ class _Pending:
 class GroupCommit:
     """Audit events of concurrent read-only operations (searches), appended in arrival order and
     committed together: one writer transaction (``begin``: it yields the session and the locked
-    :class:`StateRow`) per batch instead of one per event.
+    :class:`ChainHead`) per batch instead of one per event.
 
     No timer: while one batch commits, the next gathers; the first waiting caller then writes it.
     :meth:`append` returns only once *its* event is committed, so an answered request's event is
@@ -235,7 +242,7 @@ class GroupCommit:
     """
 
     def __init__(
-        self, begin: Callable[[], AbstractContextManager[tuple[Session, StateRow]]]
+        self, begin: Callable[[], AbstractContextManager[tuple[Session, ChainHead]]]
     ) -> None:
         self._begin = begin
         self._cond = threading.Condition()
@@ -277,9 +284,9 @@ class GroupCommit:
     def _write(self, batch: list[_Pending]) -> None:
         try:
             with self._begin() as (session, state):
-                rows = [append(session, state, **p.fields) for p in batch]
-            for p, row in zip(batch, rows):
-                p.seq = row.seq
+                seqs = [append(session, state, **p.fields) for p in batch]
+            for p, seq in zip(batch, seqs):
+                p.seq = seq
         except VisageError as exc:  # every caller of the batch sees its commit's failure
             for p in batch:
                 p.error = exc

@@ -9,6 +9,7 @@ collection's ``version`` for the whole transaction. Readers take no lock.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,10 +76,27 @@ class StateRow(Base):
     audit_head: Mapped[str] = mapped_column(String(64))
 
 
-def lock_state(session: Session) -> StateRow:
+@dataclass
+class ChainHead:
+    """The audit chain's head as a write transaction holds it, read from the locked state row;
+    :func:`visage.store.audit.write` stores it back with one UPDATE if events were appended. A
+    plain object rather than the ORM row: loading and flushing that cost more than the event's
+    own INSERT."""
+
+    audit_seq: int
+    audit_head: str
+
+
+_LOCK_STATE = (
+    select(StateRow.audit_seq, StateRow.audit_head).where(StateRow.id == 1).with_for_update()
+)
+
+
+def lock_state(session: Session) -> ChainHead:
     """Take the store's writer lock — the state row — as the first lock of a write transaction,
     so gallery, server and edge writers queue in one order and never deadlock."""
-    return session.execute(select(StateRow).where(StateRow.id == 1).with_for_update()).scalar_one()
+    row = session.execute(_LOCK_STATE).one()
+    return ChainHead(row.audit_seq, row.audit_head)
 
 
 class CollectionRow(Base):
