@@ -6,11 +6,13 @@ import io
 import select
 import socket
 import struct
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 from PIL import Image
 
@@ -86,13 +88,15 @@ def test_bad_photos_are_4xx_problems(
 
 
 @contextmanager
-def raw_post(server: Server, path: str, headers: str) -> Iterator[socket.socket]:
+def raw_post(
+    server: Server, path: str, headers: str, media: str = "image/jpeg"
+) -> Iterator[socket.socket]:
     """A socket that has sent a POST's request line and headers (``headers``, CRLF-ended)."""
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=30) as sock:
         sock.sendall(
             f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {server.admin}\r\n"
-            f"Content-Type: image/jpeg\r\n{headers}\r\n".encode()
+            f"Content-Type: {media}\r\n{headers}\r\n".encode()
         )
         yield sock
 
@@ -103,6 +107,32 @@ def answered(sock: socket.socket, wait: float) -> int | None:
         return None
     status_line = sock.recv(65536).split(b"\r\n", 1)[0]
     return int(status_line.split(b" ")[1])
+
+
+def _requests_counted(server: Server, route: str, status: int) -> float:
+    """How many requests to ``route`` (its path template) the server counted with ``status``."""
+    text = httpx.get(f"{server.url}/metrics").text
+    line = f'visage_http_requests_total{{method="POST",route="{route}",status="{status}"}}'
+    found = [row.split()[-1] for row in text.splitlines() if row.startswith(line)]
+    return float(found[0]) if found else 0.0
+
+
+def test_a_client_that_hangs_up_mid_body_is_a_quiet_400(server: Server, collection: str) -> None:
+    """wrk closing its connections at the end of a run did this: the body read failed inside
+    the route's dependency, and the server logged two tracebacks and counted a 500 each time."""
+    route = "/v1/collections/{collection}/identify"
+    before = {status: _requests_counted(server, route, status) for status in (400, 500)}
+    bodies = {"application/json": b'{"embeddings": [[0.1, ', "image/jpeg": b"\xff\xd8"}
+    for media, start in bodies.items():
+        with raw_post(server, f"/v1/collections/{collection}/identify?purpose=test",
+                      "Content-Length: 4096\r\n", media) as sock:  # fmt: skip
+            sock.sendall(start)  # and hang up, 4 KiB short
+    deadline = time.monotonic() + 10
+    while _requests_counted(server, route, 400) < before[400] + 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _requests_counted(server, route, 400) == before[400] + 2
+    assert _requests_counted(server, route, 500) == before[500]
+    assert "Traceback" not in server.log_tail(100_000), server.log_tail()
 
 
 def test_a_100_mb_body_is_refused_before_it_is_read(server: Server) -> None:

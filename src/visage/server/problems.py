@@ -16,6 +16,9 @@ test suite and the fuzzer treat that as a bug.
     ├── RateLimited               429  the key's rate, or the client's failed authentications,
     │                                  is spent; ``Retry-After`` says how long
     └── NotReady                  503  the service is starting or its store is unreachable
+
+A client that hangs up before its request body has arrived (starlette's ``ClientDisconnect``)
+is nobody's error to answer: one line in the log, and a 400 that no one receives.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import BaseRoute, Match
 
 from ..errors import (
@@ -271,6 +275,18 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem_response(exc.status_code, slug, title, detail, request, headers=headers)
 
 
+async def _client_gone(request: Request, exc: Exception) -> JSONResponse:
+    log.info("%s %s: the client disconnected before its request body arrived",
+             request.method, request.url.path)  # fmt: skip
+    return problem_response(
+        400,
+        "client-disconnected",
+        "Client disconnected",
+        "the connection closed before the request body arrived",
+        request,
+    )
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return problem_response(
@@ -287,6 +303,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(VisageError, visage_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(Exception, _unexpected)
 
 
