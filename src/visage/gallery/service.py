@@ -76,6 +76,7 @@ from sqlalchemy import (
     BindParameter,
     ColumnElement,
     CursorResult,
+    Row,
     bindparam,
     delete,
     exists,
@@ -214,6 +215,36 @@ class _Ranked(NamedTuple):
     distance: float
     display_name: str
     external_id: str | None
+
+
+def _nearest(
+    vec: npt.NDArray[np.float32],
+    rows: Sequence[Row[int, str, bytes, str, str | None]],
+    k: int,
+    *,
+    per_person: bool,
+) -> list[_Ranked]:
+    """The ``k`` nearest of the candidate ``rows`` (the columns of ``_CANDIDATES``) by the one
+    distance primitive, ties by template id; with ``per_person`` each person once, at their
+    best template. Only the ``k`` kept become records (building one per candidate was a fifth
+    of a search's CPU)."""
+    if not rows:
+        return []
+    matrix = np.frombuffer(b"".join(r[2] for r in rows), "<f4").reshape(len(rows), -1)
+    dist = distances(vec, matrix)
+    order = np.lexsort((np.fromiter((r[0] for r in rows), np.int64, len(rows)), dist))
+    kept: list[_Ranked] = []
+    seen: set[str] = set()
+    for i in order.tolist():
+        r = rows[i]
+        if per_person:
+            if r[1] in seen:
+                continue
+            seen.add(r[1])
+        kept.append(_Ranked(r[0], r[1], float(dist[i]), r[3], r[4]))
+        if len(kept) == k:
+            break
+    return kept
 
 
 def _sha256(data: bytes) -> str:
@@ -1558,27 +1589,17 @@ class Gallery:
                 total = index.count()
                 fetch = min(total, fetch)
                 _, ids = index.search(vec[None, :], fetch)
-            found = [int(i) for i in ids[0] if i >= 0]
-            scored: list[_Ranked] = []
-            for part in _chunks(found):
-                rows = session.execute(
+            found = ids[0][ids[0] >= 0].tolist()
+            rows = [
+                row
+                for part in _chunks(found)
+                for row in session.connection().execute(
                     _CANDIDATES, {"ids": part, "collection": coll.id, "now": now}
-                ).all()
-                if rows:
-                    matrix = np.stack([np.frombuffer(r.embedding, "<f4") for r in rows])
-                    dist = distances(vec, matrix)
-                    scored.extend(
-                        _Ranked(r.id, r.person_id, float(d), r.display_name, r.external_id)
-                        for r, d in zip(rows, dist)
-                    )
-            scored.sort(key=lambda t: (t.distance, t.template_id))
-            if per_person:
-                best: dict[str, _Ranked] = {}
-                for entry in scored:
-                    best.setdefault(entry.person_id, entry)
-                scored = list(best.values())
-            if len(scored) >= k or fetch >= total:
-                return scored[:k]
+                )
+            ]
+            ranked = _nearest(vec, rows, k, per_person=per_person)
+            if len(ranked) >= k or fetch >= total:
+                return ranked
             fetch = min(total, fetch * 4)
 
     def identify(
