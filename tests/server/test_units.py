@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import stat
+import subprocess
+import sys
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,3 +210,26 @@ def test_serve_refuses_bad_settings_in_one_line(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["serve", "--port", "0", "--db", str(tmp_path / "g.db")])
     assert result.exit_code == 1
     assert "invalid settings: port" in result.output and "Traceback" not in result.output
+
+
+def test_a_server_process_gives_numpy_one_blas_thread_and_leaves_faiss_its_own() -> None:
+    """Run in a fresh interpreter: the limit is process-wide, and this one runs other tests."""
+    script = (
+        "import json, faiss, numpy\n"
+        "from threadpoolctl import threadpool_info\n"
+        "from visage.server.services import numpy_blas_one_thread\n"
+        "before = {i['filepath']: i['num_threads'] for i in threadpool_info()}\n"
+        "limited = numpy_blas_one_thread()\n"
+        "after = {i['filepath']: i['num_threads'] for i in threadpool_info()}\n"
+        "print(json.dumps({'limited': limited, 'before': before, 'after': after}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          check=True, timeout=120)  # fmt: skip
+    seen = json.loads(done.stdout)
+    assert seen["limited"] == 1
+    numpy_blas = [p for p in seen["after"] if "numpy" in p and "openblas" in p]
+    assert len(numpy_blas) == 1 and seen["after"][numpy_blas[0]] == 1
+    for path, threads in seen["after"].items():
+        if path not in numpy_blas:  # faiss's BLAS and OpenMP keep a thread per core
+            assert threads == seen["before"][path], path
+    assert any("faiss" in p for p in seen["after"]), "faiss's libraries were not loaded"

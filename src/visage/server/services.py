@@ -4,6 +4,10 @@ opened in the lifespan, never at import, and closed when the server stops."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from ..gallery import Gallery
 from .auth import FailureLimit, RateLimiter, SecurityLog
@@ -40,8 +44,27 @@ class Services:
         self.gallery.close()
 
 
+def numpy_blas_one_thread() -> int:
+    """Give numpy's BLAS one thread in this server process; how many libraries it limited.
+
+    A server's parallelism is its requests. With a BLAS thread per core, every exact search's
+    matrix-vector product (numpy, above ~72 templates) woke the whole team, which then spun
+    waiting for more: one connection kept both cores busy, and 16 connections on a
+    100k-template exact gallery got 98-110 req/s; with one thread, 160-179
+    (docs/performance-service.md). Only the BLAS shipped inside numpy's own package is limited:
+    faiss's BLAS and OpenMP teams keep their threads for index builds and batch searches."""
+    root = Path(np.__file__).resolve().parent
+    ours = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers
+            if Path(lib.filepath).resolve().is_relative_to(root.parent / "numpy.libs")
+            or Path(lib.filepath).resolve().is_relative_to(root)]  # fmt: skip
+    for lib in ours:
+        lib.set_num_threads(1)
+    return len(ours)
+
+
 def open_services(settings: Settings, metrics: Metrics) -> Services:
     """Load the models, open (and migrate) the store and the gallery; blocking, seconds."""
+    numpy_blas_one_thread()
     pipeline = ServicePipeline(
         detector=settings.detector,
         runtime=settings.runtime,
