@@ -48,9 +48,9 @@ def numpy_blas_one_thread() -> int:
     """Give numpy's BLAS one thread in this server process; how many libraries it limited.
 
     A server's parallelism is its requests. With a BLAS thread per core, every exact search's
-    matrix-vector product (numpy, above ~72 templates) woke the whole team, which then spun
-    waiting for more: one connection kept both cores busy, and 16 connections on a
-    100k-template exact gallery got 98-110 req/s; with one thread, 160-179
+    matrix-vector product (numpy; OpenBLAS splits all but the smallest) woke the whole team,
+    which then spun waiting for more: one connection kept both cores busy, and 16 connections
+    on a 100k-template exact gallery got 98-110 req/s; with one thread, 160-179
     (docs/performance-service.md). Only the BLAS shipped inside numpy's own package is limited:
     faiss's BLAS and OpenMP teams keep their threads for index builds and batch searches."""
     root = Path(np.__file__).resolve().parent

@@ -151,9 +151,10 @@ def append(
 ) -> int:
     """Add the next event to the chain inside the caller's transaction; its ``seq``.
 
-    ``state`` must be the :class:`ChainHead` of the state row the transaction locked first; it supplies the
-    previous hash and receives the new head. The row is inserted at once with a Core INSERT,
-    not left to the ORM's flush (which cost ~0.3 ms of a search's ~1.3 ms audit commit).
+    ``state`` must be the :class:`ChainHead` of the state row the transaction locked first;
+    it supplies the previous hash and receives the new head. The row is inserted at once with
+    a Core INSERT rather than left to the ORM's flush: with the head read and stored the same
+    way, a search's audit commit went from 1.1-1.5 to 0.8-1.0 ms of CPU.
     """
     row = AuditRow(
         seq=state.audit_seq + 1,
