@@ -58,11 +58,11 @@ from ..errors import ConsentError, InputError, NotFound, StorageError
 from ..gallery import ConsentedTemplates, Gallery, PersonInfo
 from ..signing import load_signing_key, public_key_text
 from ..store import (
-    CollectionRow,
     EdgeDeviceRow,
     EdgeEventRow,
     EdgeSnapshotRow,
     audit,
+    collection_named,
     sqlite_path,
     utcnow,
 )
@@ -289,7 +289,8 @@ class EdgeHub:
         keys = [e.key for e in events]
         with self.store.write("edge store") as w:
             session = w.session
-            coll = _collection(session, collection)
+            # read under the writers' lock, so no edge row outlives the collection's deletion
+            coll = collection_named(session, collection)
             named = {f.person_id for f in server_side.values() if f.person_id is not None}
             consented = Gallery.consented_ids(session, collection, named, now)
             rows = session.scalars(
@@ -500,7 +501,7 @@ class EdgeHub:
         sequence; :class:`NotFound` if the collection was deleted meanwhile."""
         with self.store.write("edge store") as w:
             session, state = w.session, w.state
-            if _collection(session, collection).version != version:
+            if collection_named(session, collection).version != version:
                 return None
             latest = session.scalar(
                 select(EdgeSnapshotRow)
@@ -545,14 +546,6 @@ def _same_event(key_id: str, device_id: str, keys: Sequence[str]) -> tuple[Any, 
         EdgeEventRow.device_id == device_id,
         EdgeEventRow.event_key.in_(list(keys)),
     )
-
-
-def _collection(session: Session, name: str) -> CollectionRow:
-    """The collection, read under the writer lock so no edge row outlives its deletion."""
-    row = session.scalar(select(CollectionRow).where(CollectionRow.name == name))
-    if row is None:
-        raise NotFound(f"no collection named {name!r}")
-    return row
 
 
 def _consent_end(person: PersonInfo) -> datetime | None:

@@ -53,6 +53,7 @@ from .tables import (
     StateRow,
     TemplateRow,
     UTCDateTime,
+    collection_named,
     lock_state,
     utcnow,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "Store",
     "TemplateRow",
     "UTCDateTime",
+    "collection_named",
     "database_url",
     "default_url",
     "erase_journal",

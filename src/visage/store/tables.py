@@ -25,10 +25,13 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    bindparam,
     select,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from ..errors import NotFound
 
 MAX_INTEGER = 2**31 - 1
 """The largest value an ``Integer`` column holds on every supported store (PostgreSQL's
@@ -120,6 +123,20 @@ class CollectionRow(Base):
     """The collection's own open-set calibration (JSON); ``None``: the model's shipped one."""
     version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+_COLLECTION_NAMED = select(CollectionRow).where(CollectionRow.name == bindparam("name"))
+"""Built once: every search looks its collection up, and building the select per call cost
+about as much as running it."""
+
+
+def collection_named(session: Session, name: str) -> CollectionRow:
+    """The collection called ``name`` in ``session``'s view of the store; :class:`NotFound`
+    if there is none."""
+    row = session.scalar(_COLLECTION_NAMED, {"name": name})
+    if row is None:
+        raise NotFound(f"no collection named {name!r}")
+    return row
 
 
 class PersonRow(Base):
