@@ -53,10 +53,10 @@ def numpy_blas_one_thread() -> int:
     on a 100k-template exact gallery got 98-110 req/s; with one thread, 160-179
     (docs/performance-service.md). Only the BLAS shipped inside numpy's own package is limited:
     faiss's BLAS and OpenMP teams keep their threads for index builds and batch searches."""
-    root = Path(np.__file__).resolve().parent
+    package = Path(np.__file__).resolve().parent
+    shipped = (package, package.parent / "numpy.libs")  # where numpy's wheels keep their BLAS
     ours = [lib for lib in ThreadpoolController().select(user_api="blas").lib_controllers
-            if Path(lib.filepath).resolve().is_relative_to(root.parent / "numpy.libs")
-            or Path(lib.filepath).resolve().is_relative_to(root)]  # fmt: skip
+            if any(Path(lib.filepath).resolve().is_relative_to(d) for d in shipped)]  # fmt: skip
     for lib in ours:
         lib.set_num_threads(1)
     return len(ours)
