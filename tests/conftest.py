@@ -93,6 +93,46 @@ def embedded(people_photos: list[Path], distractor_photos: list[Path]) -> Embedd
 
 
 @dataclass(frozen=True)
+class DlibFace:
+    """One face as dlib's own path gives it: HOG box, 5-point landmarks, chip, descriptor."""
+
+    photo: Path
+    rect: Box  # (left, top, right, bottom), unclipped, as dlib's rectangle
+    marks: npt.NDArray[np.float32]  # the five landmarks, (x, y)
+    chip: npt.NDArray[np.uint8]  # dlib.get_face_chip(image, shape, 150, 0.25)
+    descriptor: npt.NDArray[np.float64]  # compute_face_descriptor(image, shape), as face_recognition
+
+
+@pytest.fixture(scope="session")
+def dlib_faces(people_photos: list[Path]) -> list[DlibFace]:
+    """dlib's own path on every people/ photo, decoded as face_recognition's ``load_image_file``
+    (Pillow, RGB), HOG at one upsample: the reference the compat, alignment and ONNX tests hold
+    Visage to, computed once (~45 s: dlib's ResNet takes ~80 ms a face here)."""
+    import dlib
+    from PIL import Image
+
+    from visage.models.weights import model_path
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(model_path("landmarks5")))
+    encoder = dlib.face_recognition_model_v1(str(model_path("resnet")))
+    faces = []
+    for path in people_photos:
+        with Image.open(path) as im:
+            img = np.asarray(im.convert("RGB"))
+        for rect in detector(img, 1):
+            shape = predictor(img, rect)
+            faces.append(DlibFace(
+                photo=path,
+                rect=(rect.left(), rect.top(), rect.right(), rect.bottom()),
+                marks=np.array([(p.x, p.y) for p in shape.parts()], np.float32),
+                chip=np.asarray(dlib.get_face_chip(img, shape, 150, 0.25)),
+                descriptor=np.array(encoder.compute_face_descriptor(img, shape)),
+            ))  # fmt: skip
+    return faces
+
+
+@dataclass(frozen=True)
 class LabelledFaces:
     """Labelled faces with their person's name, in path order."""
 
