@@ -94,20 +94,19 @@ def embedded(people_photos: list[Path], distractor_photos: list[Path]) -> Embedd
 
 @dataclass(frozen=True)
 class DlibFace:
-    """One face as dlib's own path gives it: HOG box, 5-point landmarks, chip, descriptor."""
+    """One face as dlib's own path gives it: HOG box, 5-point landmarks and chip."""
 
     photo: Path
     rect: Box  # (left, top, right, bottom), unclipped, as dlib's rectangle
     marks: npt.NDArray[np.float32]  # the five landmarks, (x, y)
     chip: npt.NDArray[np.uint8]  # dlib.get_face_chip(image, shape, 150, 0.25)
-    descriptor: npt.NDArray[np.float64]  # compute_face_descriptor(image, shape), as face_recognition
 
 
 @pytest.fixture(scope="session")
 def dlib_faces(people_photos: list[Path]) -> list[DlibFace]:
     """dlib's own path on every people/ photo, decoded as face_recognition's ``load_image_file``
-    (Pillow, RGB), HOG at one upsample: the reference the compat, alignment and ONNX tests hold
-    Visage to, computed once (~45 s: dlib's ResNet takes ~80 ms a face here)."""
+    (Pillow, RGB), HOG at one upsample: the faces the compat, alignment and ONNX tests hold
+    Visage to, found once (~11 s)."""
     import dlib
     from PIL import Image
 
@@ -115,7 +114,6 @@ def dlib_faces(people_photos: list[Path]) -> list[DlibFace]:
 
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(model_path("landmarks5")))
-    encoder = dlib.face_recognition_model_v1(str(model_path("resnet")))
     faces = []
     for path in people_photos:
         with Image.open(path) as im:
@@ -127,9 +125,20 @@ def dlib_faces(people_photos: list[Path]) -> list[DlibFace]:
                 rect=(rect.left(), rect.top(), rect.right(), rect.bottom()),
                 marks=np.array([(p.x, p.y) for p in shape.parts()], np.float32),
                 chip=np.asarray(dlib.get_face_chip(img, shape, 150, 0.25)),
-                descriptor=np.array(encoder.compute_face_descriptor(img, shape)),
             ))  # fmt: skip
     return faces
+
+
+@pytest.fixture(scope="session")
+def dlib_descriptors(dlib_faces: list[DlibFace]) -> npt.NDArray[np.float64]:
+    """dlib's ResNet descriptor of each of :func:`dlib_faces`' chips, one row a face: what
+    ``face_recognition.face_encodings`` returns for them, computed once (~37 s: ~80 ms a face)."""
+    import dlib
+
+    from visage.models.weights import model_path
+
+    encoder = dlib.face_recognition_model_v1(str(model_path("resnet")))
+    return np.array(encoder.compute_face_descriptor([f.chip for f in dlib_faces]), np.float64)
 
 
 @dataclass(frozen=True)
