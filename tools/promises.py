@@ -10,6 +10,11 @@ guarding tests run against that copy. A break is *caught* when they fail. First 
 run on the unbroken copy and must pass, or nothing would be proved; ``make test`` skips that
 control run (``--no-control``, ~5 min) because it runs the whole suite on the same files just
 before. Exit status 0 only when every break is caught.
+
+Two breaks run at once (``--jobs``; each copy has its own pytest temp folder): most guarding
+tests wait on a server or a subprocess, so the second core is otherwise idle. A break whose
+tests hold a wall-clock budget or race on purpose is marked ``alone`` and runs by itself after
+the others, so load from a neighbour can never be what makes its tests fail.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +44,8 @@ class Break:
     old: str
     new: str
     tests: tuple[str, ...]
+    alone: bool = False
+    """Its tests hold a wall-clock budget or race on purpose: run with no other break beside it."""
 
 
 BREAKS = (
@@ -261,6 +269,7 @@ BREAKS = (
         "                if event.key in existing or event.key in receipts:",
         "                if event.key in receipts:",
         ("tests/edge/test_agent.py::test_offline_identification_delivered_exactly_once",),
+        alone=True,
     ),
     Break(
         "audit-writers-unlocked",
@@ -270,6 +279,7 @@ BREAKS = (
         ".where(StateRow.id == 1).with_for_update()",
         ".where(StateRow.id == 1)",
         ("tests/server/test_workers.py::test_writers_on_two_servers_sharing_one_store_keep_one_chain",),
+        alone=True,
     ),
     Break(
         "search-never-refetches",
@@ -327,6 +337,7 @@ BREAKS = (
         '        self.tiled: bool = getattr(inner, "tiled", False)',
         "        self.tiled = False",
         ("tests/server/test_group_photo.py::test_detect_finds_the_40_pixel_faces_of_a_4000x3000_photo_within_budget",),
+        alone=True,
     ),
     Break(
         "blazeface-padding-symmetric",
@@ -399,6 +410,7 @@ BREAKS = (
         "        if declared is not None and declared > self.limit:",
         "        if False:",
         ("tests/server/test_hostile.py::test_a_100_mb_body_is_refused_before_it_is_read",),
+        alone=True,
     ),
     Break(
         "grouping-fixed-threshold",
@@ -472,6 +484,7 @@ BREAKS = (
         "  const events = list.items;",
         "  await verifyChain();\n  const events = list.items;",
         ("tests/server/test_console.py::test_the_audit_page_is_usable_while_the_chain_is_walked",),
+        alone=True,
     ),
 )
 
@@ -508,7 +521,8 @@ def _run_tests(root: Path, tests: tuple[str, ...], *, echo: bool = False) -> tup
     env["VISAGE_FACES"] = str(faces.resolve())
     start = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests],
+        [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider",
+         f"--basetemp={root.parent / (root.name + '.tmp')}", *tests],
         cwd=root, env=env, capture_output=True, text=True, timeout=1800, check=False,
     )  # fmt: skip
     tail = (done.stdout + done.stderr).strip().splitlines()
@@ -526,6 +540,19 @@ def _table(rows: list[tuple[Break, str, float]]) -> str:
     return "\n".join(lines)
 
 
+def _try(clean: Path, brk: Break) -> tuple[str, float, str]:
+    """Break a fresh copy of ``clean`` and run the break's tests on it: verdict, seconds, last line."""
+    root = clean.parent / brk.id
+    shutil.copytree(clean, root)
+    try:
+        if not _apply(root, brk):
+            return "STALE", 0.0, f"the text to break is not once in {brk.file}"
+        code, seconds, last = _run_tests(root, brk.tests)
+        return {1: "caught", 0: "MISSED"}.get(code, f"error {code}"), seconds, last
+    finally:
+        shutil.rmtree(root)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--only", nargs="*", help="break ids to run (default: all)")
@@ -534,9 +561,13 @@ def main() -> int:
         "--no-control", action="store_true",
         help="skip the unbroken run (only right just after the whole suite passed on these files)",
     )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=int, default=min(2, os.cpu_count() or 1),
+        help="breaks run at once (default: 2, or 1 on one core); an `alone` break runs by itself",
+    )  # fmt: skip
     args = parser.parse_args()
     chosen = [b for b in BREAKS if not args.only or b.id in args.only]
-    rows: list[tuple[Break, str, float]] = []
+    found: dict[str, tuple[str, float, str]] = {}
     with tempfile.TemporaryDirectory(prefix="visage-promises-") as tmp:
         clean = Path(tmp) / "clean"
         _copy_repo(clean)
@@ -547,17 +578,19 @@ def main() -> int:
             if code != 0:
                 print("the guarding tests fail without any break: fix them first")
                 return 2
-        for brk in chosen:
-            root = Path(tmp) / brk.id
-            shutil.copytree(clean, root)
-            if not _apply(root, brk):
-                code, seconds, last = -1, 0.0, f"the text to break is not once in {brk.file}"
-            else:
-                code, seconds, last = _run_tests(root, brk.tests)
-            verdict = {1: "caught", 0: "MISSED", -1: "STALE"}.get(code, f"error {code}")
-            print(f"{brk.id:28s} {verdict:8s} {seconds:5.0f} s  {last}")
-            rows.append((brk, verdict, seconds))
-            shutil.rmtree(root)
+
+        def record(brk: Break, outcome: tuple[str, float, str]) -> None:
+            found[brk.id] = outcome
+            verdict, seconds, last = outcome
+            print(f"{brk.id:28s} {verdict:8s} {seconds:5.0f} s  {last}", flush=True)
+
+        with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+            running = {pool.submit(_try, clean, b): b for b in chosen if not b.alone}
+            for done in as_completed(running):
+                record(running[done], done.result())
+        for brk in (b for b in chosen if b.alone):
+            record(brk, _try(clean, brk))
+    rows = [(b, found[b.id][0], found[b.id][1]) for b in chosen]
     caught = sum(v == "caught" for _, v, _ in rows)
     print(f"\n{caught} of {len(rows)} breaks caught")
     if args.write:
