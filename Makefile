@@ -38,8 +38,9 @@ run: $(STAMP)
 
 test: $(STAMP)
 	VISAGE_FACES=$(FACES) VISAGE_REQUIRE_FACES=1 $(BIN)/python -m pytest
-	# Every documented promise broken on purpose must be caught by its tests (~5 min, two at a time). The
-	# unbroken control run is skipped: the line above just passed the whole suite on these files.
+	# Every documented promise broken on purpose must be caught by its tests (~5 min, two breaks
+	# at a time). The unbroken control run is skipped: the line above just passed the whole suite
+	# on these files.
 	VISAGE_FACES=$(FACES) VISAGE_REQUIRE_FACES=1 $(BIN)/python tools/promises.py --no-control
 
 # Break each documented promise on purpose and check its guarding tests fail (docs/promises.md).
