@@ -140,6 +140,13 @@ class Prepared:
     size: tuple[int, int]
 
 
+def threads_per_worker(workers: int) -> int:
+    """Runtime threads for each of ``workers`` processes on this machine, so that workers x
+    threads <= cores (at least one): a pool's or a server's parallelism is its processes, and
+    more threads than cores only compete (onnxruntime's idle threads spin)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything needed to rebuild a pipeline (in a worker process, say)."""
@@ -330,8 +337,7 @@ class Pipeline:
             yield from _flatten(batches, progress)
             return
         ctx = multiprocessing.get_context("spawn")
-        # One runtime thread per worker unless told otherwise: workers x threads <= cores.
-        threads = self.config.threads or max(1, (os.cpu_count() or 1) // workers)
+        threads = self.config.threads or threads_per_worker(workers)
         config = replace(self.config, threads=threads)
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
                                  initargs=(config,)) as pool:

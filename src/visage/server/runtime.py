@@ -48,11 +48,19 @@ class ServicePipeline(Pipeline):
     decoding stays outside the lock."""
 
     def __init__(
-        self, *, detector: str, runtime: str, upsample: int, max_pixels: int, max_faces: int
+        self,
+        *,
+        detector: str,
+        runtime: str,
+        upsample: int,
+        max_pixels: int,
+        max_faces: int,
+        threads: int | None = None,
     ) -> None:
         super().__init__(
-            detector=detector, runtime=runtime, upsample=upsample, max_pixels=max_pixels
-        )
+            detector=detector, runtime=runtime, upsample=upsample, max_pixels=max_pixels,
+            threads=threads,
+        )  # fmt: skip
         self.detector = _LimitedDetector(self.detector, max_faces)
         self._lock = threading.Lock()
 

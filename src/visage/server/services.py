@@ -10,6 +10,7 @@ import numpy as np
 from threadpoolctl import ThreadpoolController
 
 from ..gallery import Gallery
+from ..pipeline import threads_per_worker
 from .auth import FailureLimit, RateLimiter, SecurityLog
 from .evaluation import LastReport, report_folder
 from .events import EventLog
@@ -71,6 +72,7 @@ def open_services(settings: Settings, metrics: Metrics) -> Services:
         upsample=settings.upsample,
         max_pixels=settings.max_pixels,
         max_faces=settings.max_faces,
+        threads=threads_per_worker(settings.workers),
     )
     pipeline.warm()
     gallery = Gallery(
