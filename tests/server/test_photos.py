@@ -468,3 +468,28 @@ def test_enrollment_photos_are_kept_only_in_keep_images_collections(
         images = dict(conn.execute("SELECT id, image FROM template WHERE id IN (?, ?)",
                                    (held[True][1], held[False][1])).fetchall())  # fmt: skip
     assert images == {held[False][1]: None}  # the kept photo's row went with its person
+
+
+def test_a_photo_for_an_unknown_collection_is_a_404_before_it_is_decoded(server: Server) -> None:
+    """Identify, find-similar and bulk enrollment look the collection up before any photo is
+    decoded: bytes that are no image get the collection's 404, not the image's 400. A known
+    collection then gets the 400, and its bulk batch an answer with the item refused (the
+    positive controls)."""
+    junk = b"not a photo at all" * 10
+    known = f"known-{uuid.uuid4().hex[:8]}"
+    with server.client(server.admin) as client:
+        assert client.post("/v1/collections", json={"name": known}).status_code == 201
+        for collection, status in (("nowhere-to-be-found", 404), (known, 400)):
+            base = f"/v1/collections/{collection}"
+            for route in ("identify", "find-similar"):
+                found = problem(client.post(f"{base}/{route}", params={"purpose": "t"},
+                                            content=junk, headers={"content-type": "image/jpeg"}),
+                                status)  # fmt: skip
+                assert (collection in str(found["detail"])) == (status == 404), found
+            bulk = client.post(f"{base}/faces/bulk", params={"purpose": "t"},
+                               files=[("photos", ("x.jpg", junk, "image/jpeg"))],
+                               data={"person": ["someone"]})  # fmt: skip
+            if status == 404:
+                assert collection in str(problem(bulk, 404)["detail"])
+            else:  # the batch is taken, and its one item refused on its own
+                assert bulk.status_code == 200 and bulk.json()["failed"] == 1, bulk.text

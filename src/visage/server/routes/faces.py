@@ -147,7 +147,7 @@ def enroll_bulk(
             f"{len(body.photos)} photos and {len(body.persons)} person fields: "
             "send one person for all photos, or one per photo"
         )
-    gallery.collection(collection)
+    gallery.require_collection(collection)
     items: list[BulkItemOut] = []
     for number, (upload, person) in enumerate(zip(body.photos, persons)):
         try:

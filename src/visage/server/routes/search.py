@@ -136,7 +136,7 @@ def _probes(
     """The request's probes; for a photo the collection is looked up first, so an unknown one
     is a 404 before any embedding is computed."""
     if isinstance(body, Upload):
-        gallery.collection(collection)
+        gallery.require_collection(collection)
     return read_probes(body, pipeline, max_faces=max_faces)
 
 
