@@ -233,3 +233,28 @@ def test_a_server_process_gives_numpy_one_blas_thread_and_leaves_faiss_its_own()
         if path not in numpy_blas:  # faiss's BLAS and OpenMP keep a thread per core
             assert threads == seen["before"][path], path
     assert any("faiss" in p for p in seen["after"]), "faiss's libraries were not loaded"
+
+
+def test_each_server_worker_runs_the_models_on_its_share_of_the_cores(tmp_path: Path) -> None:
+    """``--workers N``: each process's embedder gets cores // N threads (at least one), as the
+    local pool's workers do; one worker keeps a thread per core. A fresh interpreter, as the
+    services limit numpy's BLAS for the whole process."""
+    script = (
+        "import json, os, sys\n"
+        "from visage.server.metrics import Metrics\n"
+        "from visage.server.services import open_services\n"
+        "from visage.server.settings import load_settings\n"
+        "seen = {}\n"
+        "for workers in (1, 2, 64):\n"
+        "    settings = load_settings(db=f'sqlite:///{sys.argv[1]}/w{workers}.db', workers=workers)\n"
+        "    services = open_services(settings, Metrics())\n"
+        "    seen[workers] = services.pipeline.embedder.threads\n"
+        "    services.close()\n"
+        "print(json.dumps({'cores': os.cpu_count(), 'threads': seen}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True,
+                          text=True, check=False, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    cores = seen["cores"]
+    assert seen["threads"] == {"1": cores, "2": max(1, cores // 2), "64": 1}, seen

@@ -2,7 +2,8 @@
 
 dlib's detector and network keep state while they run and are not safe to call from two
 threads at once, so one call runs at a time (the ONNX runtime already spreads one call over
-the cores, so a second concurrent call would only compete for them). The per-photo face limit
+this process's share of the cores, :func:`~visage.pipeline.threads_per_worker`, so a second
+concurrent call would only compete for them). The per-photo face limit
 is enforced right after detection, before landmarks and embeddings, so a crowd photo costs
 one detection and a 422, not a hundred embeddings.
 """
