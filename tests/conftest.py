@@ -29,14 +29,17 @@ from pathlib import Path
 from typing import Any
 
 import cv2
+import dlib
 import numpy as np
 import numpy.typing as npt
 import psycopg
 import pytest
+from PIL import Image
 
 from visage.imageio import load_image
 from visage.models import make_detector
 from visage.models.base import Box
+from visage.models.weights import model_path
 from visage.pipeline import Face, ImageResult, Pipeline, nearest_centre
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,10 +97,9 @@ def embedded(people_photos: list[Path], distractor_photos: list[Path]) -> Embedd
 
 @dataclass(frozen=True)
 class DlibFace:
-    """One face as dlib's own path gives it: HOG box, 5-point landmarks and chip."""
+    """One face as dlib's own path gives it: 5-point landmarks and chip."""
 
     photo: Path
-    rect: Box  # (left, top, right, bottom), unclipped, as dlib's rectangle
     marks: npt.NDArray[np.float32]  # the five landmarks, (x, y)
     chip: npt.NDArray[np.uint8]  # dlib.get_face_chip(image, shape, 150, 0.25)
 
@@ -107,11 +109,6 @@ def dlib_faces(people_photos: list[Path]) -> list[DlibFace]:
     """dlib's own path on every people/ photo, decoded as face_recognition's ``load_image_file``
     (Pillow, RGB), HOG at one upsample: the faces the compat, alignment and ONNX tests hold
     Visage to, found once (~11 s)."""
-    import dlib
-    from PIL import Image
-
-    from visage.models.weights import model_path
-
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(model_path("landmarks5")))
     faces = []
@@ -122,7 +119,6 @@ def dlib_faces(people_photos: list[Path]) -> list[DlibFace]:
             shape = predictor(img, rect)
             faces.append(DlibFace(
                 photo=path,
-                rect=(rect.left(), rect.top(), rect.right(), rect.bottom()),
                 marks=np.array([(p.x, p.y) for p in shape.parts()], np.float32),
                 chip=np.asarray(dlib.get_face_chip(img, shape, 150, 0.25)),
             ))  # fmt: skip
@@ -133,10 +129,6 @@ def dlib_faces(people_photos: list[Path]) -> list[DlibFace]:
 def dlib_descriptors(dlib_faces: list[DlibFace]) -> npt.NDArray[np.float64]:
     """dlib's ResNet descriptor of each of :func:`dlib_faces`' chips, one row a face: what
     ``face_recognition.face_encodings`` returns for them, computed once (~37 s: ~80 ms a face)."""
-    import dlib
-
-    from visage.models.weights import model_path
-
     encoder = dlib.face_recognition_model_v1(str(model_path("resnet")))
     return np.array(encoder.compute_face_descriptor([f.chip for f in dlib_faces]), np.float64)
 
@@ -177,8 +169,6 @@ def every_face(faces_dir: Path, embedded: EmbeddedSet) -> LabelledFaces:
 def two_face_photo(larger: Path, smaller: Path, out: Path) -> Path:
     """A 520x250 JPEG of two LFW photos side by side: ``larger``'s at full size on the left (its
     face is face 0, the largest), ``smaller``'s at 80% on the right (face 1)."""
-    from PIL import Image
-
     canvas = Image.new("RGB", (520, 250), (120, 120, 120))
     canvas.paste(Image.open(larger).convert("RGB"), (0, 0))
     canvas.paste(Image.open(smaller).convert("RGB").resize((200, 200)), (300, 25))

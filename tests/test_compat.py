@@ -35,10 +35,11 @@ def test_hog_boxes_and_encodings_agree_on_every_people_photo(
         theirs_img, ours_img = fr.load_image_file(path), compat.load_image_file(path)
         assert np.array_equal(theirs_img, ours_img), path.name
         theirs, ours = fr.face_locations(theirs_img), compat.face_locations(ours_img)
-        assert len(theirs) == len(ours) == len(reference.get(path, [])), f"{path.name}: {theirs} vs {ours}"
+        expected = reference.get(path, [])
+        assert len(theirs) == len(ours) == len(expected), f"{path.name}: {theirs} vs {ours}"
         for a, b in zip(theirs, ours):
             worst_box = max(worst_box, max(abs(x - y) for x, y in zip(a, b)))
-        for a, b in zip(reference.get(path, []), compat.face_encodings(ours_img)):
+        for a, b in zip(expected, compat.face_encodings(ours_img)):
             assert b.dtype == np.float64 and a.shape == b.shape == (128,)
             worst_enc = max(worst_enc, float(np.abs(a - b).max()))
             assert worst_enc <= 1e-4, f"{path.name}: encodings differ by {worst_enc}"
